@@ -1,0 +1,456 @@
+//! One loaded app: a pre-instantiated component that serves each request in a fresh, limited
+//! store, and meters the fuel it burns.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Body;
+use tokio::sync::Semaphore;
+use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+
+use crate::error::{Failure, first_line};
+use crate::kv::Namespace;
+use crate::limits::{Limits, Manifest};
+use crate::runtime::Runtime;
+use crate::state::{MemoryLimitReached, RequestState};
+
+/// The response type the host produces.
+pub type HostResponse = http::Response<Full<Bytes>>;
+
+/// Fuel, requests and failures of one app since it was loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MeterReading {
+    /// Requests handled (including refused ones).
+    pub requests: u64,
+    /// Requests that ended in a [`Failure`].
+    pub failures: u64,
+    /// Fuel burnt by all requests.
+    pub fuel: u64,
+}
+
+#[derive(Debug, Default)]
+struct Meter {
+    requests: AtomicU64,
+    failures: AtomicU64,
+    fuel: AtomicU64,
+}
+
+/// What the host measured of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestReport {
+    /// The host's id for the request (also in the `x-fog-request-id` response header).
+    pub request_id: String,
+    /// The status sent.
+    pub status: u16,
+    /// Fuel the guest burnt.
+    pub fuel: u64,
+    /// Time from arrival to the complete response.
+    pub elapsed: Duration,
+    /// Why the guest's answer was replaced by an error, if it was.
+    pub failure: Option<Failure>,
+}
+
+/// An app ready to serve: its component pre-instantiated, its limits and state attached.
+pub struct App {
+    runtime: Arc<Runtime>,
+    manifest: Manifest,
+    sha256: String,
+    pre: ProxyPre<RequestState>,
+    namespace: Namespace,
+    permits: Arc<Semaphore>,
+    meter: Meter,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("name", &self.manifest.name)
+            .field("sha256", &self.sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How the guest's task ended.
+struct GuestEnd {
+    result: wasmtime::Result<()>,
+    memory_hit: bool,
+    stderr: Bytes,
+}
+
+/// The error the epoch callback traps with once the deadline has passed.
+#[derive(Debug, thiserror::Error)]
+#[error("request deadline passed")]
+struct DeadlinePassed;
+
+impl App {
+    pub(crate) fn new(
+        runtime: Arc<Runtime>,
+        manifest: Manifest,
+        sha256: String,
+        pre: ProxyPre<RequestState>,
+        namespace: Namespace,
+    ) -> App {
+        let permits = Arc::new(Semaphore::new(manifest.limits.max_concurrency as usize));
+        App {
+            runtime,
+            manifest,
+            sha256,
+            pre,
+            namespace,
+            permits,
+            meter: Meter::default(),
+        }
+    }
+
+    /// The app's name.
+    pub fn name(&self) -> &str {
+        &self.manifest.name
+    }
+
+    /// The sha256 of the component, in hex.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// The app's manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The app's key-value state, for host-side inspection.
+    pub fn namespace(&self) -> &Namespace {
+        &self.namespace
+    }
+
+    /// Requests, failures and fuel since the app was loaded.
+    pub fn meter(&self) -> MeterReading {
+        MeterReading {
+            requests: self.meter.requests.load(Ordering::Relaxed),
+            failures: self.meter.failures.load(Ordering::Relaxed),
+            fuel: self.meter.fuel.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Requests of this app running now.
+    pub fn in_flight(&self) -> u32 {
+        self.manifest.limits.max_concurrency - self.permits.available_permits() as u32
+    }
+
+    /// Serve one request. Never fails: every problem becomes an error response with a reason.
+    pub async fn handle<B>(&self, request: http::Request<B>) -> (HostResponse, RequestReport)
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let started = Instant::now();
+        let request_id = format!(
+            "{:x}",
+            self.runtime.next_request.fetch_add(1, Ordering::Relaxed)
+        );
+        let fuel_used = Arc::new(AtomicU64::new(0));
+        let outcome = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let outcome = self.run(request, started, fuel_used.clone()).await;
+                drop(permit);
+                outcome
+            }
+            Err(_) => Err(Failure::Overloaded {
+                limit: self.manifest.limits.max_concurrency,
+            }),
+        };
+        let fuel = fuel_used.load(Ordering::Relaxed);
+        self.meter.requests.fetch_add(1, Ordering::Relaxed);
+        self.meter.fuel.fetch_add(fuel, Ordering::Relaxed);
+        let (mut response, failure) = match outcome {
+            Ok(response) => (response, None),
+            Err(failure) => {
+                self.meter.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(app = %self.manifest.name, request_id, kind = failure.kind(), "{failure}");
+                (failure_response(&failure), Some(failure))
+            }
+        };
+        let headers = response.headers_mut();
+        headers.insert("x-fog-request-id", header_value(&request_id));
+        headers.insert("x-fog-fuel", header_value(&fuel.to_string()));
+        let report = RequestReport {
+            request_id,
+            status: response.status().as_u16(),
+            fuel,
+            elapsed: started.elapsed(),
+            failure,
+        };
+        tracing::debug!(app = %self.manifest.name, request_id = report.request_id, status = report.status, fuel, elapsed_us = report.elapsed.as_micros() as u64, "request");
+        (response, report)
+    }
+
+    async fn run<B>(
+        &self,
+        request: http::Request<B>,
+        started: Instant,
+        fuel_used: Arc<AtomicU64>,
+    ) -> Result<HostResponse, Failure>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let limits = self.manifest.limits;
+        let deadline = started + limits.timeout;
+        let timeout = Failure::Timeout {
+            timeout_ms: limits.timeout.as_millis() as u64,
+        };
+
+        // Read the whole request body first (bounded), so a slow or huge upload never holds an
+        // instance.
+        let (mut parts, body) = request.into_parts();
+        let body = match tokio::time::timeout_at(
+            deadline.into(),
+            Limited::new(body, limits.max_request_body as usize).collect(),
+        )
+        .await
+        {
+            Err(_) => return Err(timeout),
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
+                return Err(Failure::RequestTooLarge {
+                    limit: limits.max_request_body,
+                });
+            }
+            Ok(Err(err)) => return Err(Failure::BadRequest(first_line(&err.to_string()))),
+        };
+        if !parts.headers.contains_key(http::header::HOST) && parts.uri.authority().is_none() {
+            parts.headers.insert(
+                http::header::HOST,
+                http::HeaderValue::from_static("localhost"),
+            );
+        }
+        let body = Full::new(body).map_err(|never| -> wasmtime_wasi_http::Error { match never {} });
+        let request = http::Request::from_parts(parts, body);
+
+        let mut store = Store::new(
+            self.pre.engine(),
+            RequestState::new(&limits, &self.manifest.permissions, self.namespace.clone()),
+        );
+        store.limiter(|state| &mut state.limiter);
+        store.set_fuel(limits.fuel).map_err(host_error)?;
+        store.set_epoch_deadline(1);
+        let budget = limits.fuel;
+        let seen = fuel_used.clone();
+        store.epoch_deadline_callback(move |ctx| {
+            seen.store(budget - ctx.get_fuel().unwrap_or(0), Ordering::Relaxed);
+            if Instant::now() >= deadline {
+                return Err(wasmtime::Error::new(DeadlinePassed));
+            }
+            // Yield to the executor at every tick so one busy guest cannot starve the others.
+            Ok(UpdateDeadline::Yield(1))
+        });
+
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let incoming = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request)
+            .map_err(host_error)?;
+        let out = store
+            .data_mut()
+            .http()
+            .new_response_outparam(sender)
+            .map_err(host_error)?;
+        let pre = self.pre.clone();
+        let task_fuel = fuel_used.clone();
+        let mut task = tokio::task::spawn(async move {
+            let result = async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, incoming, out)
+                    .await
+            }
+            .await;
+            task_fuel.store(budget - store.get_fuel().unwrap_or(0), Ordering::Relaxed);
+            let state = store.data();
+            GuestEnd {
+                result,
+                memory_hit: state.limiter.hit,
+                stderr: state.stderr.contents(),
+            }
+        });
+
+        // Wait for the response head, then read the body up to the limit, all before the deadline.
+        let collected = tokio::time::timeout_at(deadline.into(), async {
+            match receiver.await {
+                Ok(Ok(response)) => {
+                    let (parts, body) = response.into_parts();
+                    let limit = limits.max_response_body as usize;
+                    match Limited::new(body, limit).collect().await {
+                        Ok(collected) => Ok((parts, collected.to_bytes())),
+                        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+                            Err(Some(Failure::ResponseTooLarge {
+                                limit: limits.max_response_body,
+                            }))
+                        }
+                        // The body broke off: the guest's end says why.
+                        Err(_) => Err(None),
+                    }
+                }
+                Ok(Err(code)) => Err(Some(Failure::NoResponse(format!(
+                    "guest set an error: {code:?}"
+                )))),
+                Err(_) => Err(None),
+            }
+        })
+        .await;
+
+        match collected {
+            Err(_) => {
+                task.abort();
+                Err(timeout)
+            }
+            Ok(Err(Some(failure))) => {
+                task.abort();
+                Err(failure)
+            }
+            Ok(Err(None)) => {
+                // No response or a broken body: wait (within the deadline) for the guest to end
+                // and report why.
+                match tokio::time::timeout_at(deadline.into(), &mut task).await {
+                    Err(_) => {
+                        task.abort();
+                        Err(timeout)
+                    }
+                    Ok(Err(join)) => Err(Failure::Host(format!("guest task failed: {join}"))),
+                    Ok(Ok(end)) => Err(classify(end, &limits)),
+                }
+            }
+            Ok(Ok((parts, body))) => {
+                // The response is complete; let the guest finish its return (bounded) so the fuel
+                // count is exact, but never hold the visitor for it.
+                let grace = (deadline.min(Instant::now() + Duration::from_millis(50))).into();
+                match tokio::time::timeout_at(grace, &mut task).await {
+                    Ok(Ok(end)) => {
+                        if let Err(err) = &end.result {
+                            tracing::debug!(app = %self.manifest.name, "guest failed after responding: {}", first_line(&format!("{err:#}")));
+                        }
+                    }
+                    _ => task.abort(),
+                }
+                let mut response = http::Response::from_parts(parts, Full::new(body));
+                let headers = response.headers_mut();
+                headers.remove(http::header::CONTENT_LENGTH);
+                headers.remove(http::header::TRANSFER_ENCODING);
+                Ok(response)
+            }
+        }
+    }
+}
+
+/// Turn how a guest ended into the failure a visitor is told about.
+fn classify(end: GuestEnd, limits: &Limits) -> Failure {
+    let err = match end.result {
+        Ok(()) => return Failure::NoResponse("handler returned without setting a response".into()),
+        Err(err) => err,
+    };
+    if end.memory_hit || err.is::<MemoryLimitReached>() {
+        return Failure::MemoryExceeded {
+            limit_mib: limits.memory_bytes >> 20,
+        };
+    }
+    if err.is::<DeadlinePassed>() {
+        return Failure::Timeout {
+            timeout_ms: limits.timeout.as_millis() as u64,
+        };
+    }
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => Failure::FuelExhausted {
+            budget: limits.fuel,
+        },
+        Some(Trap::StackOverflow) => Failure::StackOverflow,
+        Some(Trap::Interrupt) => Failure::Timeout {
+            timeout_ms: limits.timeout.as_millis() as u64,
+        },
+        Some(trap) => match panic_message(&end.stderr) {
+            Some(panic) => Failure::Trap(format!("{trap} ({panic})")),
+            None => Failure::Trap(trap.to_string()),
+        },
+        None => Failure::Trap(first_line(&format!("{err:#}"))),
+    }
+}
+
+/// The panic line a Rust guest printed to stderr before aborting, if any.
+fn panic_message(stderr: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(stderr);
+    let mut lines = text.lines();
+    let at = lines.by_ref().find(|line| line.contains("panicked at"))?;
+    let location = at
+        .split("panicked at")
+        .nth(1)
+        .unwrap_or("")
+        .trim()
+        .trim_end_matches(':');
+    let message = lines.next().unwrap_or("").trim();
+    let mut out = format!("panicked at {location}: {message}");
+    out.truncate(300);
+    Some(out)
+}
+
+fn host_error(err: wasmtime::Error) -> Failure {
+    Failure::Host(first_line(&format!("{err:#}")))
+}
+
+fn header_value(text: &str) -> http::HeaderValue {
+    http::HeaderValue::from_str(text).unwrap_or_else(|_| http::HeaderValue::from_static("-"))
+}
+
+/// The error response for `failure`: its status and a one-line plain-text reason.
+pub fn failure_response(failure: &Failure) -> HostResponse {
+    let mut response = http::Response::new(Full::new(Bytes::from(format!("{failure}\n"))));
+    *response.status_mut() = http::StatusCode::from_u16(failure.status())
+        .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(
+        "x-fog-error",
+        http::HeaderValue::from_static(failure.kind()),
+    );
+    if matches!(failure, Failure::Overloaded { .. }) {
+        headers.insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panic_messages_are_quoted() {
+        let stderr = b"\nthread '<unnamed>' panicked at src/lib.rs:10:9:\nhostile guest panicked on purpose\nnote: run with `RUST_BACKTRACE=1`\n";
+        assert_eq!(
+            panic_message(stderr).as_deref(),
+            Some("panicked at src/lib.rs:10:9: hostile guest panicked on purpose")
+        );
+        assert_eq!(panic_message(b"nothing here"), None);
+    }
+
+    #[test]
+    fn failures_map_to_statuses() {
+        assert_eq!(Failure::Overloaded { limit: 1 }.status(), 503);
+        assert_eq!(Failure::RequestTooLarge { limit: 1 }.status(), 413);
+        assert_eq!(Failure::FuelExhausted { budget: 1 }.status(), 500);
+        let response = failure_response(&Failure::Overloaded { limit: 4 });
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()["retry-after"], "1");
+        assert_eq!(response.headers()["x-fog-error"], "overloaded");
+    }
+}

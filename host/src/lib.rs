@@ -1,0 +1,24 @@
+//! The Fog device host: runs app components in sandboxed, fuel-metered wasmtime instances.
+//!
+//! One [`Runtime`] per device holds the wasmtime engine (pooling allocator where the address
+//! space allows, async, fuel, epoch interruption), the linker, the compiled-component cache and
+//! the key-value state database. [`Runtime::load`] turns a component into an [`App`]: validated,
+//! compiled once (cached on disk by sha256 and engine), pre-instantiated. [`App::handle`] serves
+//! one request in a fresh store with the app's memory cap, fuel budget, deadline and concurrency
+//! cap; whatever the guest does, the caller gets a response (the guest's, or a clear error).
+//! [`server::serve`] puts a table of apps behind an HTTP/1.1 listener.
+
+#![deny(missing_docs)]
+
+mod app;
+mod error;
+pub mod kv;
+mod limits;
+mod runtime;
+pub mod server;
+mod state;
+
+pub use app::{App, HostResponse, MeterReading, RequestReport, failure_response};
+pub use error::{Failure, LoadError, RuntimeError};
+pub use limits::{LimitArgs, Limits, Manifest, Permissions, validate_app_name};
+pub use runtime::{MAX_COMPONENT_BYTES, Runtime, RuntimeConfig};

@@ -1,0 +1,169 @@
+//! The host's own HTTP/1.1 listener: picks the app for each request and serves it.
+//!
+//! Owning the listener (rather than sitting behind a container runtime's proxy) is what keeps a
+//! request's cost down to one fresh store; see `benches/RESULTS.md`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::app::{App, HostResponse};
+
+/// Header that names the app a request is for (set by routers).
+pub const APP_HEADER: &str = "x-fog-app";
+
+/// The apps a host serves, by name, and which one answers requests that name none.
+#[derive(Debug, Default)]
+pub struct AppTable {
+    apps: RwLock<HashMap<String, Arc<App>>>,
+    default_app: RwLock<Option<String>>,
+}
+
+impl AppTable {
+    /// An empty table.
+    pub fn new() -> Arc<AppTable> {
+        Arc::new(AppTable::default())
+    }
+
+    /// Serve `app` under its name, replacing an app of the same name.
+    pub fn insert(&self, app: Arc<App>) {
+        let name = app.name().to_string();
+        self.apps.write().expect("app table lock").insert(name, app);
+    }
+
+    /// Stop serving the app `name`; in-flight requests finish on the old instance.
+    pub fn remove(&self, name: &str) -> Option<Arc<App>> {
+        self.apps.write().expect("app table lock").remove(name)
+    }
+
+    /// Answer requests that name no app with `name`.
+    pub fn set_default(&self, name: Option<String>) {
+        *self.default_app.write().expect("app table lock") = name;
+    }
+
+    /// The app called `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<App>> {
+        self.apps.read().expect("app table lock").get(name).cloned()
+    }
+
+    /// All apps, sorted by name.
+    pub fn list(&self) -> Vec<Arc<App>> {
+        let mut apps: Vec<_> = self
+            .apps
+            .read()
+            .expect("app table lock")
+            .values()
+            .cloned()
+            .collect();
+        apps.sort_by(|a, b| a.name().cmp(b.name()));
+        apps
+    }
+
+    /// The app a request is for: the `x-fog-app` header, else a `<name>.localhost` host name,
+    /// else the default app.
+    fn route<B>(&self, request: &http::Request<B>) -> Result<Arc<App>, String> {
+        if let Some(name) = request.headers().get(APP_HEADER) {
+            let name = name.to_str().unwrap_or("");
+            return self
+                .get(name)
+                .ok_or_else(|| format!("no app named {name:?} on this host"));
+        }
+        let host = request
+            .uri()
+            .host()
+            .or_else(|| {
+                request
+                    .headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
+            .unwrap_or("");
+        let host = host.rsplit_once(':').map_or(host, |(name, _)| name);
+        if let Some(name) = host.strip_suffix(".localhost") {
+            if let Some(app) = self.get(name) {
+                return Ok(app);
+            }
+        }
+        let default = self.default_app.read().expect("app table lock").clone();
+        match default {
+            Some(name) => self
+                .get(&name)
+                .ok_or_else(|| format!("no app named {name:?} on this host")),
+            None => Err("no app named in the request (x-fog-app header or <app>.localhost)".into()),
+        }
+    }
+
+    /// Serve one request from whichever app it is for.
+    pub async fn handle<B>(&self, request: http::Request<B>) -> HostResponse
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        match self.route(&request) {
+            Ok(app) => app.handle(request).await.0,
+            Err(reason) => plain(404, &reason),
+        }
+    }
+}
+
+fn plain(status: u16, reason: &str) -> HostResponse {
+    let mut response = http::Response::new(Full::new(Bytes::from(format!("{reason}\n"))));
+    *response.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Accept HTTP/1.1 connections on `listener` and serve `apps` until `shutdown` resolves; then
+/// stop accepting and let open connections finish their current request.
+pub async fn serve(listener: TcpListener, apps: Arc<AppTable>, shutdown: impl Future<Output = ()>) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    tracing::warn!("accept failed: {err}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let apps = apps.clone();
+        let connection = http1::Builder::new().keep_alive(true).serve_connection(
+            TokioIo::new(stream),
+            service_fn(move |request| {
+                let apps = apps.clone();
+                async move { Ok::<_, std::convert::Infallible>(apps.handle(request).await) }
+            }),
+        );
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%peer, "connection ended: {err}");
+            }
+        });
+    }
+    graceful.shutdown().await;
+}
+
+/// Bind `addr` for [`serve`], with a clear error naming the address.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|err| std::io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}")))
+}

@@ -1,0 +1,161 @@
+//! What one request's store holds: WASI and wasi:http contexts built from the app's permissions,
+//! its key-value namespace, and the memory limiter.
+
+use std::net::SocketAddr;
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::sockets::SocketAddrUse;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use crate::kv::{KvView, Namespace};
+use crate::limits::{Limits, Permissions};
+
+/// Bytes of guest stderr kept per request (panic messages land there).
+const STDERR_CAPACITY: usize = 4096;
+
+/// The data of one request's `Store`.
+pub struct RequestState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: FogHttpHooks,
+    namespace: Namespace,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) stderr: MemoryOutputPipe,
+}
+
+impl RequestState {
+    pub(crate) fn new(limits: &Limits, permissions: &Permissions, namespace: Namespace) -> Self {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        let mut wasi = WasiCtx::builder();
+        wasi.stderr(stderr.clone());
+        if permissions.sockets {
+            wasi.inherit_network().allow_ip_name_lookup(true);
+        } else {
+            wasi.allow_tcp(false)
+                .allow_udp(false)
+                .allow_ip_name_lookup(false)
+                .socket_addr_check(|_: SocketAddr, _: SocketAddrUse| Box::pin(async { false }));
+        }
+        if let Some(dir) = &permissions.read_dir {
+            if let Err(err) = wasi.preopened_dir(dir, "/", FsPerms::ReadOnly) {
+                tracing::warn!(dir = %dir.display(), "cannot open the app's read directory: {err}");
+            }
+        }
+        RequestState {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            hooks: FogHttpHooks {
+                outbound_allowed: permissions.outbound_http,
+            },
+            namespace,
+            limiter: MemoryLimiter {
+                max_bytes: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
+                hit: false,
+            },
+            stderr,
+        }
+    }
+
+    pub(crate) fn kv(&mut self) -> KvView<'_> {
+        KvView {
+            table: &mut self.table,
+            namespace: &self.namespace,
+        }
+    }
+}
+
+impl WasiView for RequestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for RequestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// wasi:http hooks: outgoing requests are refused unless the manifest allows them.
+struct FogHttpHooks {
+    outbound_allowed: bool,
+}
+
+type SendFuture = Box<
+    dyn Future<
+            Output = wasmtime_wasi_http::Result<(
+                http::Response<wasmtime_wasi_http::WasiBody>,
+                Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+            )>,
+        > + Send,
+>;
+
+impl WasiHttpHooks for FogHttpHooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> SendFuture {
+        if !self.outbound_allowed {
+            tracing::debug!(uri = %request.uri(), "outbound HTTP denied by the app's manifest");
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        let _ = fut;
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
+    }
+}
+
+/// Caps linear memory and remembers whether the cap was what stopped the guest.
+pub(crate) struct MemoryLimiter {
+    max_bytes: usize,
+    pub(crate) hit: bool,
+}
+
+/// The error a memory growth past the cap traps with.
+#[derive(Debug, thiserror::Error)]
+#[error("memory limit of {0} bytes reached")]
+pub(crate) struct MemoryLimitReached(usize);
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.hit = true;
+            return Err(wasmtime::Error::new(MemoryLimitReached(self.max_bytes)));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
