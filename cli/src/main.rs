@@ -25,10 +25,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::from(exit::OK),
         Err(err) => {
             eprintln!("error: {err:#}");
-            let code = if err.downcast_ref::<fog_host::LoadError>().is_some() {
-                exit::BAD_APP
-            } else {
-                exit::FAILURE
+            let code = match err.downcast_ref::<fog_host::LoadError>() {
+                Some(fog_host::LoadError::Read { .. }) | None => exit::FAILURE,
+                Some(_) => exit::BAD_APP,
             };
             ExitCode::from(code)
         }

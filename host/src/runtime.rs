@@ -167,16 +167,16 @@ impl Runtime {
             });
         }
         let cached = self.cache_path(bytes);
-        if let Some(path) = &cached {
-            if path.exists() {
-                // SAFETY: the file was written by `Component::serialize` of this runtime into
-                // the host's own data directory; its name carries the engine's compatibility
-                // hash, and wasmtime re-checks that compatibility while deserialising.
-                match unsafe { Component::deserialize_file(&self.engine, path) } {
-                    Ok(component) => return Ok(component),
-                    Err(err) => {
-                        tracing::info!(path = %path.display(), "recompiling: cached component unusable: {err}");
-                    }
+        if let Some(path) = &cached
+            && path.exists()
+        {
+            // SAFETY: the file was written by `Component::serialize` of this runtime into
+            // the host's own data directory; its name carries the engine's compatibility
+            // hash, and wasmtime re-checks that compatibility while deserialising.
+            match unsafe { Component::deserialize_file(&self.engine, path) } {
+                Ok(component) => return Ok(component),
+                Err(err) => {
+                    tracing::info!(path = %path.display(), "recompiling: cached component unusable: {err}");
                 }
             }
         }
@@ -184,10 +184,10 @@ impl Runtime {
             what: what.to_string(),
             reason: first_line(&format!("{err:#}")),
         })?;
-        if let Some(path) = &cached {
-            if let Err(err) = write_cache(&component, path) {
-                tracing::info!(path = %path.display(), "cannot cache compiled component: {err}");
-            }
+        if let Some(path) = &cached
+            && let Err(err) = write_cache(&component, path)
+        {
+            tracing::info!(path = %path.display(), "cannot cache compiled component: {err}");
         }
         Ok(component)
     }

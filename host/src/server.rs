@@ -86,10 +86,10 @@ impl AppTable {
             })
             .unwrap_or("");
         let host = host.rsplit_once(':').map_or(host, |(name, _)| name);
-        if let Some(name) = host.strip_suffix(".localhost") {
-            if let Some(app) = self.get(name) {
-                return Ok(app);
-            }
+        if let Some(name) = host.strip_suffix(".localhost")
+            && let Some(app) = self.get(name)
+        {
+            return Ok(app);
         }
         let default = self.default_app.read().expect("app table lock").clone();
         match default {

@@ -33,17 +33,20 @@ impl RequestState {
         let mut wasi = WasiCtx::builder();
         wasi.stderr(stderr.clone());
         if permissions.sockets {
-            wasi.inherit_network().allow_ip_name_lookup(true);
+            wasi.inherit_network()
+                .allow_tcp(true)
+                .allow_udp(true)
+                .allow_ip_name_lookup(true);
         } else {
             wasi.allow_tcp(false)
                 .allow_udp(false)
                 .allow_ip_name_lookup(false)
                 .socket_addr_check(|_: SocketAddr, _: SocketAddrUse| Box::pin(async { false }));
         }
-        if let Some(dir) = &permissions.read_dir {
-            if let Err(err) = wasi.preopened_dir(dir, "/", FsPerms::ReadOnly) {
-                tracing::warn!(dir = %dir.display(), "cannot open the app's read directory: {err}");
-            }
+        if let Some(dir) = &permissions.read_dir
+            && let Err(err) = wasi.preopened_dir(dir, "/", FsPerms::ReadOnly)
+        {
+            tracing::warn!(dir = %dir.display(), "cannot open the app's read directory: {err}");
         }
         RequestState {
             wasi: wasi.build(),

@@ -1,1 +1,1 @@
-//! x
+//! Fog's router: the visitor edge (HTTP gateway, onion services, Betanet) (not built yet).

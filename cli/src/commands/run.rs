@@ -63,10 +63,7 @@ impl Run {
         );
         // The one line scripts wait for.
         println!("fog: serving {} on http://{addr}/", app.name());
-        server::serve(listener, apps, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await;
+        server::serve(listener, apps, shutdown_signal()).await;
         let meter = app.meter();
         tracing::info!(
             requests = meter.requests,
@@ -76,6 +73,20 @@ impl Run {
         );
         host.flush().context("saving app state")?;
         Ok(())
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM, so both stop the server cleanly and save state.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(term) => { term.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
     }
 }
 

@@ -1,0 +1,5 @@
+//! Fog's end-to-end tests: real components served over real HTTP on loopback.
+
+mod examples;
+mod hostile;
+mod state;
