@@ -1,1 +1,16 @@
-//! Fog's scheduler: NSGA-II placement of app replicas on harvested devices (not built yet).
+//! Fog's scheduler: where app replicas run.
+//!
+//! - [`nsga2`]: a generic, rayon-parallel NSGA-II with constrained domination, flat arrays and
+//!   results identical for a seed whatever the thread count;
+//! - [`hypervolume`]: exact hypervolume for comparing fronts;
+//! - [`problems`]: ZDT1–3 and DTLZ2, the standard checks of an NSGA-II.
+//!
+//! The optimisation core does no I/O and reads no clock; it never depends on wasmtime.
+
+#![deny(missing_docs)]
+
+pub mod hypervolume;
+pub mod nsga2;
+pub mod problems;
+
+pub use hypervolume::hypervolume;

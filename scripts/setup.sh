@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install what building and testing Fog needs on a fresh Debian/Ubuntu machine with rustup:
+# the wasm32-wasip2 target for the guest apps and the system packages listed below.
+# Safe to run again: it only installs what is missing.
+set -euo pipefail
+
+# System packages Fog's build and tests use.
+APT_PACKAGES=(pkg-config)
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo not found. Install Rust with rustup (https://rustup.rs), then run this again." >&2
+  exit 1
+fi
+
+if command -v rustup >/dev/null 2>&1; then
+  if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+    echo "setup: adding the wasm32-wasip2 target"
+    rustup target add wasm32-wasip2
+  fi
+elif ! rustc --print target-list | grep -qx wasm32-wasip2; then
+  echo "setup: the wasm32-wasip2 target is missing and rustup is not available to add it." >&2
+  exit 1
+fi
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "setup: installing ${missing[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+  else
+    echo "setup: please install these packages with your system's package manager: ${missing[*]}" >&2
+    exit 1
+  fi
+fi
