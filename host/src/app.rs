@@ -76,6 +76,9 @@ impl std::fmt::Debug for App {
     }
 }
 
+/// How long a guest may take to return after its response is complete.
+const GUEST_RETURN_GRACE: Duration = Duration::from_millis(50);
+
 /// How the guest's task ended.
 struct GuestEnd {
     result: wasmtime::Result<()>,
@@ -263,7 +266,10 @@ impl App {
             .map_err(host_error)?;
         let pre = self.pre.clone();
         let task_fuel = fuel_used.clone();
-        let mut task = tokio::task::spawn(async move {
+        // The guest runs inside this request's own task, beside the code that reads its
+        // response: no spawn, no cross-thread wake-up per request. Dropping the future (deadline,
+        // oversized body) drops the store and so stops the guest.
+        let guest = async move {
             let result = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy
@@ -279,10 +285,9 @@ impl App {
                 memory_hit: state.limiter.hit,
                 stderr: state.stderr.contents(),
             }
-        });
-
-        // Wait for the response head, then read the body up to the limit, all before the deadline.
-        let collected = tokio::time::timeout_at(deadline.into(), async {
+        };
+        // Wait for the response head, then read the body up to the limit.
+        let collect = async {
             match receiver.await {
                 Ok(Ok(response)) => {
                     let (parts, body) = response.into_parts();
@@ -303,42 +308,47 @@ impl App {
                 )))),
                 Err(_) => Err(None),
             }
-        })
-        .await;
-
-        match collected {
-            Err(_) => {
-                task.abort();
-                Err(timeout)
-            }
-            Ok(Err(Some(failure))) => {
-                task.abort();
-                Err(failure)
-            }
-            Ok(Err(None)) => {
-                // No response or a broken body: wait (within the deadline) for the guest to end
-                // and report why.
-                match tokio::time::timeout_at(deadline.into(), &mut task).await {
-                    Err(_) => {
-                        task.abort();
-                        Err(timeout)
+        };
+        let exchange = async {
+            tokio::pin!(guest, collect);
+            let mut ended: Option<GuestEnd> = None;
+            let collected = loop {
+                tokio::select! {
+                    collected = &mut collect => break collected,
+                    end = &mut guest, if ended.is_none() => ended = Some(end),
+                }
+            };
+            match collected {
+                Err(Some(failure)) => Err(failure),
+                Err(None) => {
+                    // No response or a broken body: the guest's end says why.
+                    let end = match ended {
+                        Some(end) => end,
+                        None => guest.await,
+                    };
+                    Err(classify(end, &limits))
+                }
+                Ok((parts, body)) => {
+                    // The response is complete; let the guest return (briefly) so the fuel count
+                    // is exact, but never hold the visitor for it.
+                    let end = match ended {
+                        Some(end) => Some(end),
+                        None => tokio::time::timeout(GUEST_RETURN_GRACE, guest).await.ok(),
+                    };
+                    if let Some(GuestEnd {
+                        result: Err(err), ..
+                    }) = end
+                    {
+                        tracing::debug!(app = %self.manifest.name, "guest failed after responding: {}", first_line(&format!("{err:#}")));
                     }
-                    Ok(Err(join)) => Err(Failure::Host(format!("guest task failed: {join}"))),
-                    Ok(Ok(end)) => Err(classify(end, &limits)),
+                    Ok((parts, body))
                 }
             }
+        };
+        match tokio::time::timeout_at(deadline.into(), exchange).await {
+            Err(_) => Err(timeout),
+            Ok(Err(failure)) => Err(failure),
             Ok(Ok((parts, body))) => {
-                // The response is complete; let the guest finish its return (bounded) so the fuel
-                // count is exact, but never hold the visitor for it.
-                let grace = (deadline.min(Instant::now() + Duration::from_millis(50))).into();
-                match tokio::time::timeout_at(grace, &mut task).await {
-                    Ok(Ok(end)) => {
-                        if let Err(err) = &end.result {
-                            tracing::debug!(app = %self.manifest.name, "guest failed after responding: {}", first_line(&format!("{err:#}")));
-                        }
-                    }
-                    _ => task.abort(),
-                }
                 let mut response = http::Response::from_parts(parts, Full::new(body));
                 let headers = response.headers_mut();
                 headers.remove(http::header::CONTENT_LENGTH);

@@ -20,6 +20,9 @@ use crate::state::RequestState;
 /// How often the engine's epoch advances; deadlines and fair yielding have this granularity.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// Bytes of each linear memory (and async stack) reset by memset rather than madvise.
+const KEEP_RESIDENT: usize = 0;
+
 /// Largest component accepted, in bytes.
 pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
 
@@ -275,7 +278,7 @@ fn build_engine(config: &RuntimeConfig) -> Result<(Engine, bool), RuntimeError> 
             .max_memories_per_component(4)
             .max_tables_per_component(16)
             .max_memory_size(Limits::MAX_MEMORY_BYTES as usize)
-            .linear_memory_keep_resident(1 << 20)
+            .linear_memory_keep_resident(KEEP_RESIDENT)
             .table_keep_resident(64 << 10);
         let mut c = base();
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
