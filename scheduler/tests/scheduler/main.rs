@@ -2,3 +2,4 @@
 //! across thread counts, and the placement model's guarantees.
 
 mod benchmarks;
+mod placement;

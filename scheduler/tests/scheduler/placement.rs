@@ -1,0 +1,285 @@
+//! The placement model's guarantees on synthetic fleets.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use fog_scheduler::placement::{
+    self, AppDemand, Assignment, Device, IMBALANCE, LATENCY, PlacementConfig, Tier, scenarios,
+};
+
+fn config(seed: u64) -> PlacementConfig {
+    PlacementConfig {
+        population: 60,
+        generations: 40,
+        seed,
+        ..PlacementConfig::default()
+    }
+}
+
+/// Check every hard constraint of `assignment`; panic with the first broken one.
+fn assert_feasible(
+    devices: &[Device],
+    apps: &[AppDemand],
+    assignment: &Assignment,
+    config: &PlacementConfig,
+) {
+    let by_id: HashMap<&str, &Device> = devices.iter().map(|d| (d.id.as_str(), d)).collect();
+    let mut cpu: HashMap<&str, f64> = HashMap::new();
+    let mut mem: HashMap<&str, f64> = HashMap::new();
+    let mut disk: HashMap<&str, f64> = HashMap::new();
+    let mut region_s: HashMap<&str, f64> = HashMap::new();
+    for app in apps {
+        let Some(ids) = assignment.get(&app.id) else {
+            continue;
+        };
+        assert_eq!(
+            ids.len(),
+            app.replica_count() as usize,
+            "{}: replica count",
+            app.id
+        );
+        let distinct: HashSet<&String> = ids.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            ids.len(),
+            "{}: replicas share a device",
+            app.id
+        );
+        for id in ids {
+            let d = by_id[id.as_str()];
+            assert!(
+                d.healthy && d.harvestable,
+                "{} on unusable {}",
+                app.id,
+                d.id
+            );
+            assert!(
+                d.heartbeat_age_s <= config.max_heartbeat_age_s,
+                "{} on silent {}",
+                app.id,
+                d.id
+            );
+            assert!(d.trust >= app.min_trust, "{} on untrusted {}", app.id, d.id);
+            assert!(
+                !app.excluded_devices.contains(id),
+                "{} on excluded {}",
+                app.id,
+                d.id
+            );
+            *cpu.entry(&d.id).or_default() += app.cpu;
+            *mem.entry(&d.id).or_default() += app.mem_mb;
+            *disk.entry(&d.id).or_default() += app.component_mb;
+            if app.tier == Tier::S {
+                *region_s.entry(&d.region).or_default() += app.cpu;
+            }
+        }
+    }
+    for (id, used) in &cpu {
+        let d = by_id[id];
+        assert!(
+            *used <= d.cpu_free + 1e-6,
+            "{id}: cpu {used} > {}",
+            d.cpu_free
+        );
+        assert!(
+            mem[id] <= d.mem_free_mb + 1e-6,
+            "{id}: memory over capacity"
+        );
+        assert!(
+            disk[id] <= d.disk_free_mb + 1e-6,
+            "{id}: disk over capacity"
+        );
+    }
+    let mut region_cap: HashMap<&str, f64> = HashMap::new();
+    for d in devices {
+        *region_cap.entry(&d.region).or_default() += d.cpu_capacity * config.tier_s_region_share;
+    }
+    for (region, used) in region_s {
+        assert!(
+            used <= region_cap[region] + 1e-6,
+            "tier S takes {used} CPUs of {region}"
+        );
+    }
+}
+
+#[test]
+fn chosen_placements_never_break_a_hard_constraint() {
+    for seed in 1..=4 {
+        let devices = scenarios::devices(300, seed);
+        let mut apps = scenarios::apps(150, seed);
+        // Some apps with tighter requirements.
+        apps[0].min_trust = 0.8;
+        apps[1].max_price = Some(0.5);
+        apps[2].excluded_devices = devices.iter().take(100).map(|d| d.id.clone()).collect();
+        let config = config(seed);
+        let outcome = placement::plan(&devices, &apps, &Assignment::new(), &config);
+        assert_feasible(&devices, &apps, &outcome.assignment, &config);
+        let placed = outcome.assignment.len() + outcome.unplaceable.len();
+        assert_eq!(placed, apps.len(), "every app is placed or reported");
+        assert!(outcome.front_size > 0);
+    }
+}
+
+#[test]
+fn a_tight_fleet_reports_what_it_cannot_place_and_places_the_rest_feasibly() {
+    // 12 small devices for a lot of demand: capacity runs out.
+    let devices = scenarios::devices(12, 9);
+    let apps: Vec<AppDemand> = (0..30)
+        .map(|i| {
+            AppDemand::new(
+                format!("big-{i}"),
+                1.0,
+                512.0,
+                if i % 3 == 0 { Tier::S } else { Tier::A },
+            )
+        })
+        .collect();
+    let config = config(3);
+    let outcome = placement::plan(&devices, &apps, &Assignment::new(), &config);
+    assert_feasible(&devices, &apps, &outcome.assignment, &config);
+    assert!(!outcome.unplaceable.is_empty());
+    assert_eq!(
+        outcome.assignment.len() + outcome.unplaceable.len(),
+        apps.len()
+    );
+    for u in &outcome.unplaceable {
+        assert!(!u.reason.is_empty());
+    }
+}
+
+#[test]
+fn unplaceable_apps_are_reported_with_the_blocking_constraint() {
+    let devices = scenarios::devices(50, 2);
+    let mut picky = AppDemand::new("picky", 0.1, 64.0, Tier::S);
+    picky.min_trust = 1.5;
+    let mut huge = AppDemand::new("huge", 64.0, 64.0, Tier::B);
+    huge.component_mb = 1.0;
+    let mut banned = AppDemand::new("banned", 0.1, 64.0, Tier::B);
+    banned.excluded_devices = devices.iter().map(|d| d.id.clone()).collect();
+    let fine = AppDemand::new("fine", 0.1, 64.0, Tier::A);
+    let apps = vec![picky, huge, banned, fine];
+    let outcome = placement::plan(&devices, &apps, &Assignment::new(), &config(1));
+    let reasons: BTreeMap<&str, &str> = outcome
+        .unplaceable
+        .iter()
+        .map(|u| (u.app.as_str(), u.reason.as_str()))
+        .collect();
+    assert!(
+        reasons["picky"].contains("below the app's minimum trust"),
+        "{}",
+        reasons["picky"]
+    );
+    assert!(
+        reasons["picky"].contains("needs 3 distinct devices"),
+        "{}",
+        reasons["picky"]
+    );
+    assert!(
+        reasons["huge"].contains("without free CPU, memory or disk"),
+        "{}",
+        reasons["huge"]
+    );
+    assert!(
+        reasons["banned"].contains("50 excluded"),
+        "{}",
+        reasons["banned"]
+    );
+    assert!(!reasons.contains_key("fine"));
+    assert_eq!(outcome.assignment["fine"].len(), 2);
+}
+
+#[test]
+fn nothing_moves_when_nothing_changed() {
+    let devices = scenarios::devices(200, 5);
+    let apps = scenarios::apps(80, 5);
+    let first = placement::plan(&devices, &apps, &Assignment::new(), &config(5));
+    for seed in [5, 6] {
+        let again = placement::plan(&devices, &apps, &first.assignment, &config(seed));
+        assert_eq!(again.moved, 0, "seed {seed}");
+        assert_eq!(again.assignment, first.assignment, "seed {seed}");
+        assert!(again.kept_current);
+    }
+}
+
+#[test]
+fn replicas_on_a_lost_device_move_and_the_others_stay() {
+    let mut devices = scenarios::devices(200, 8);
+    let apps = scenarios::apps(80, 8);
+    let config = config(8);
+    let first = placement::plan(&devices, &apps, &Assignment::new(), &config);
+    // The busiest device stops being harvestable.
+    let mut load: HashMap<&str, usize> = HashMap::new();
+    for ids in first.assignment.values() {
+        for id in ids {
+            *load.entry(id.as_str()).or_default() += 1;
+        }
+    }
+    let (lost, on_lost) = load
+        .iter()
+        .max_by_key(|(id, n)| (**n, *id))
+        .map(|(id, n)| (id.to_string(), *n))
+        .unwrap();
+    devices
+        .iter_mut()
+        .find(|d| d.id == lost)
+        .unwrap()
+        .harvestable = false;
+    let again = placement::plan(&devices, &apps, &first.assignment, &config);
+    assert_feasible(&devices, &apps, &again.assignment, &config);
+    assert!(again.assignment.values().all(|ids| !ids.contains(&lost)));
+    assert!(again.moved >= on_lost, "moved {} < {on_lost}", again.moved);
+    // Replicas elsewhere stay unless the pick found a clearly better arrangement; with churn as
+    // an objective few should move beyond those that had to.
+    assert!(
+        again.moved <= on_lost + first.assignment.len() / 4,
+        "moved {}",
+        again.moved
+    );
+}
+
+#[test]
+fn the_pick_is_at_least_as_good_as_greedy_on_latency_and_balance() {
+    for seed in 1..=3 {
+        let devices = scenarios::devices(400, seed);
+        let apps = scenarios::apps(150, seed);
+        let outcome = placement::plan(&devices, &apps, &Assignment::new(), &config(seed));
+        let greedy = outcome
+            .greedy
+            .expect("greedy places everything on this fleet");
+        assert!(outcome.unplaceable.is_empty());
+        assert!(
+            outcome.objectives[LATENCY] <= greedy[LATENCY] + 1e-9,
+            "latency {:?} vs {:?}",
+            outcome.objectives,
+            greedy
+        );
+        assert!(
+            outcome.objectives[IMBALANCE] <= greedy[IMBALANCE] + 1e-12,
+            "imbalance {:?} vs {:?}",
+            outcome.objectives,
+            greedy
+        );
+        eprintln!(
+            "seed {seed}: latency {:.1} ms vs greedy {:.1} ms; imbalance {:.5} vs {:.5}",
+            outcome.objectives[LATENCY],
+            greedy[LATENCY],
+            outcome.objectives[IMBALANCE],
+            greedy[IMBALANCE]
+        );
+    }
+}
+
+#[test]
+fn a_seed_gives_the_same_placement_with_one_and_two_threads() {
+    let devices = scenarios::devices(300, 4);
+    let apps = scenarios::apps(100, 4);
+    let run = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| placement::plan(&devices, &apps, &Assignment::new(), &config(11)))
+    };
+    let (one, two) = (run(1), run(2));
+    assert_eq!(one.assignment, two.assignment);
+    assert_eq!(one.objectives, two.objectives);
+}
