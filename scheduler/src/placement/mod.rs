@@ -48,6 +48,8 @@ pub struct PlacementOutcome {
     pub moved: usize,
     /// Feasible solutions on the final Pareto front.
     pub front_size: usize,
+    /// Objectives of every feasible solution on the final Pareto front.
+    pub front: Vec<[f64; 6]>,
     /// Whether the current placement was kept as it was.
     pub kept_current: bool,
 }
@@ -184,6 +186,7 @@ pub fn plan(
             greedy: None,
             moved: 0,
             front_size: 0,
+            front: Vec::new(),
             kept_current: false,
         };
     }
@@ -328,6 +331,14 @@ pub fn plan(
         greedy: greedy_feasible.then_some(greedy_objectives),
         moved,
         front_size: front.len(),
+        front: front
+            .iter()
+            .map(|&i| {
+                let mut row = [0.0; 6];
+                row.copy_from_slice(population.objectives_of(i));
+                row
+            })
+            .collect(),
         kept_current,
     }
 }
