@@ -1,6 +1,9 @@
 //! `fog`: the command-line entry point. One file per subcommand under `commands/`.
 
+mod client;
 mod commands;
+mod progress;
+mod services;
 
 use std::process::ExitCode;
 

@@ -16,9 +16,9 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use crate::error::{Failure, first_line};
 use crate::kv::Namespace;
-use crate::limits::{Limits, Manifest};
 use crate::runtime::Runtime;
 use crate::state::{MemoryLimitReached, RequestState};
+use fog_proto::{Limits, Manifest};
 
 /// The response type the host produces.
 pub type HostResponse = http::Response<Full<Bytes>>;

@@ -10,6 +10,7 @@
 
 #![deny(missing_docs)]
 
+pub mod agent;
 mod app;
 mod error;
 pub mod kv;
@@ -20,5 +21,6 @@ mod state;
 
 pub use app::{App, HostResponse, MeterReading, RequestReport, failure_response};
 pub use error::{Failure, LoadError, RuntimeError};
-pub use limits::{LimitArgs, Limits, Manifest, Permissions, validate_app_name};
+pub use fog_proto::{Limits, Manifest, Permissions, validate_app_name};
+pub use limits::LimitArgs;
 pub use runtime::{MAX_COMPONENT_BYTES, Runtime, RuntimeConfig};

@@ -14,8 +14,8 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use crate::app::App;
 use crate::error::{LoadError, RuntimeError, first_line};
 use crate::kv::Namespace;
-use crate::limits::{Limits, Manifest};
 use crate::state::RequestState;
+use fog_proto::{Limits, Manifest};
 
 /// How often the engine's epoch advances; deadlines and fair yielding have this granularity.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);

@@ -3,7 +3,7 @@
 //! Owning the listener (rather than sitting behind a container runtime's proxy) is what keeps a
 //! request's cost down to one fresh store; see `benches/RESULTS.md`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
@@ -19,11 +19,15 @@ use crate::app::{App, HostResponse};
 /// Header that names the app a request is for (set by routers).
 pub const APP_HEADER: &str = "x-fog-app";
 
+/// Request lines kept for `fog logs` until the agent ships them.
+const LOG_LINES_KEPT: usize = 1000;
+
 /// The apps a host serves, by name, and which one answers requests that name none.
 #[derive(Debug, Default)]
 pub struct AppTable {
     apps: RwLock<HashMap<String, Arc<App>>>,
     default_app: RwLock<Option<String>>,
+    log: std::sync::Mutex<VecDeque<fog_proto::api::LogLine>>,
 }
 
 impl AppTable {
@@ -107,9 +111,38 @@ impl AppTable {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         match self.route(&request) {
-            Ok(app) => app.handle(request).await.0,
+            Ok(app) => {
+                let method = request.method().to_string();
+                let path = request.uri().path().to_string();
+                let (response, report) = app.handle(request).await;
+                let line = fog_proto::api::LogLine {
+                    app: app.name().to_string(),
+                    device: String::new(),
+                    ts_ms: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64),
+                    request_id: report.request_id,
+                    method,
+                    path,
+                    status: report.status,
+                    fuel: report.fuel,
+                    micros: report.elapsed.as_micros() as u64,
+                    error: report.failure.map(|f| f.kind().to_string()),
+                };
+                let mut log = self.log.lock().expect("log lock");
+                if log.len() == LOG_LINES_KEPT {
+                    log.pop_front();
+                }
+                log.push_back(line);
+                response
+            }
             Err(reason) => plain(404, &reason),
         }
+    }
+
+    /// Take the request lines logged since the last call (at most the last 1,000).
+    pub fn drain_log(&self) -> Vec<fog_proto::api::LogLine> {
+        self.log.lock().expect("log lock").drain(..).collect()
     }
 }
 

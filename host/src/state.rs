@@ -11,7 +11,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use crate::kv::{KvView, Namespace};
-use crate::limits::{Limits, Permissions};
+use fog_proto::{Limits, Permissions};
 
 /// Bytes of guest stderr kept per request (panic messages land there).
 const STDERR_CAPACITY: usize = 4096;

@@ -1,1 +1,13 @@
-//! Fog's router: the visitor edge (HTTP gateway, onion services, Betanet) (not built yet).
+//! Fog's router: the visitor edge.
+//!
+//! [`Gateway`] is the plain-HTTP front: it maps a request to an app (by a `<app>.localhost` host
+//! name or an `/apps/<app>/` path prefix), picks the least-loaded live replica from the routes the
+//! control plane publishes, forwards the request to that device's host with `x-fog-app`, and
+//! retries on another replica when a device fails before answering. It never sees app state, and
+//! it never tells hosts who the visitor is.
+
+#![deny(missing_docs)]
+
+mod gateway;
+
+pub use gateway::{Gateway, GatewayConfig, serve};

@@ -12,6 +12,7 @@
 
 #![deny(missing_docs)]
 
+pub mod control;
 pub mod hypervolume;
 pub mod market;
 pub mod nsga2;

@@ -1,6 +1,17 @@
 //! The `fog` subcommands, one file each, and the top-level parser.
 
-mod run;
+mod control;
+mod devices;
+mod host;
+pub mod keygen;
+mod logs;
+mod ps;
+mod publish;
+mod rm;
+mod router;
+pub mod run;
+mod scale;
+mod up;
 
 use clap::{Parser, Subcommand};
 
@@ -20,14 +31,36 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Up(up::Up),
     Run(run::Run),
+    Keygen(keygen::Keygen),
+    Publish(publish::Publish),
+    Ps(ps::Ps),
+    Devices(devices::Devices),
+    Scale(scale::Scale),
+    Rm(rm::Rm),
+    Logs(logs::Logs),
+    Control(control::ControlCmd),
+    Host(host::HostCmd),
+    Router(router::RouterCmd),
 }
 
 impl Cli {
     /// Run the chosen subcommand.
     pub fn execute(self) -> anyhow::Result<()> {
         match self.command {
+            Command::Up(cmd) => cmd.execute(),
             Command::Run(cmd) => cmd.execute(),
+            Command::Keygen(cmd) => cmd.execute(),
+            Command::Publish(cmd) => cmd.execute(),
+            Command::Ps(cmd) => cmd.execute(),
+            Command::Devices(cmd) => cmd.execute(),
+            Command::Scale(cmd) => cmd.execute(),
+            Command::Rm(cmd) => cmd.execute(),
+            Command::Logs(cmd) => cmd.execute(),
+            Command::Control(cmd) => cmd.execute(),
+            Command::Host(cmd) => cmd.execute(),
+            Command::Router(cmd) => cmd.execute(),
         }
     }
 }

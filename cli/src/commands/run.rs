@@ -91,7 +91,7 @@ pub async fn shutdown_signal() {
 }
 
 /// A valid app name from a file name: `my_app.wasm` → `my-app`.
-fn default_name(path: &std::path::Path) -> String {
+pub fn default_name(path: &std::path::Path) -> String {
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("app");
     let name: String = stem
         .to_ascii_lowercase()

@@ -1,0 +1,130 @@
+//! Talking to the control plane from the CLI: the developer's key, signed requests, errors.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use fog_proto::api::ErrorBody;
+use fog_proto::auth::{self, AUTH_HEADER, Identity, META_HEADER};
+
+/// Where the control plane is, for every subcommand that talks to it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControlArgs {
+    /// Base URL of the control plane.
+    #[arg(long, env = "FOG_CONTROL", default_value = "http://127.0.0.1:7070")]
+    pub control: String,
+    /// The developer key (made by `fog keygen`).
+    #[arg(long, env = "FOG_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+}
+
+/// The default key file: `$XDG_CONFIG_HOME/fog/key` or `~/.config/fog/key`.
+pub fn default_key_path() -> PathBuf {
+    std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("fog")
+        .join("key")
+}
+
+/// A client for one control plane, signing with the developer's key when asked.
+#[derive(Debug)]
+pub struct Api {
+    base: String,
+    key: PathBuf,
+    http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(args: &ControlArgs) -> anyhow::Result<Api> {
+        Ok(Api {
+            base: args.control.trim_end_matches('/').to_string(),
+            key: args.key.clone().unwrap_or_else(default_key_path),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .context("building the HTTP client")?,
+        })
+    }
+
+    fn identity(&self) -> anyhow::Result<Identity> {
+        let text = std::fs::read_to_string(&self.key).with_context(|| {
+            format!(
+                "cannot read your key {} (make one with `fog keygen`)",
+                self.key.display()
+            )
+        })?;
+        Identity::from_text(&text)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("bad key file {}", self.key.display()))
+    }
+
+    /// GET `path` and decode its JSON.
+    pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let url = format!("{}{path}", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {url}"))?;
+        decode(response).await
+    }
+
+    /// A signed request with `body` and `meta`; decodes the JSON answer.
+    pub async fn signed<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+        meta: &str,
+    ) -> anyhow::Result<T> {
+        let identity = self.identity()?;
+        let ts = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+        let header = identity.sign(method.as_str(), path, ts, &auth::sha256_hex(&body), meta);
+        let url = format!("{}{path}", self.base);
+        let response = self
+            .http
+            .request(method, &url)
+            .header(AUTH_HEADER, header)
+            .header(META_HEADER, meta)
+            .body(body)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {url}"))?;
+        decode(response).await
+    }
+}
+
+async fn decode<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> anyhow::Result<T> {
+    let status = response.status();
+    let bytes = response
+        .bytes()
+        .await
+        .context("reading the control plane's answer")?;
+    if !status.is_success() {
+        match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => bail!("{} ({})", body.error, status.as_u16()),
+            Err(_) => bail!(
+                "control plane answered {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            ),
+        }
+    }
+    serde_json::from_slice(&bytes).context("the control plane's answer is not the expected JSON")
+}
+
+/// Print `value` as pretty JSON.
+pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// A multi-threaded tokio runtime for one command.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}

@@ -1,0 +1,32 @@
+//! `fog control`: run the control plane (registry, API, reconcile loop).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::services::{self, Stop};
+
+/// Run the control plane: the registry (sled), the HTTP API and the placement loop.
+#[derive(Debug, clap::Args)]
+pub struct ControlCmd {
+    /// Address of the API.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Directory of the registry.
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+}
+
+impl ControlCmd {
+    pub fn execute(self) -> anyhow::Result<()> {
+        let data = self
+            .data
+            .unwrap_or_else(|| fog_host::agent::default_data_dir().join("control"));
+        crate::client::runtime()?.block_on(async {
+            let (stop_tx, stop) = Stop::new();
+            let (addr, tasks) = services::start_control(self.listen, &data, stop).await?;
+            println!("fog: control plane on http://{addr}");
+            services::run_until_signal(stop_tx, tasks).await;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,42 @@
+//! `fog ps`: the published apps and where they run.
+
+use fog_proto::api::AppInfo;
+
+use crate::client::{Api, ControlArgs, print_json};
+
+/// List published apps: version, tier, replicas wanted and running, and any placement problem.
+#[derive(Debug, clap::Args)]
+pub struct Ps {
+    #[command(flatten)]
+    control: ControlArgs,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Ps {
+    pub fn execute(self) -> anyhow::Result<()> {
+        crate::client::runtime()?.block_on(async {
+            let apps: Vec<AppInfo> = Api::new(&self.control)?.get("/v1/apps").await?;
+            if self.json {
+                return print_json(&apps);
+            }
+            println!(
+                "{:<24} {:>4} {:>4} {:>8} {:<40} PROBLEM",
+                "NAME", "VER", "TIER", "RUNNING", "DEVICES"
+            );
+            for app in apps {
+                println!(
+                    "{:<24} {:>4} {:>4} {:>8} {:<40} {}",
+                    app.name,
+                    app.version,
+                    format!("{:?}", app.tier),
+                    format!("{}/{}", app.running.len(), app.replicas),
+                    app.assigned.join(","),
+                    app.problem.unwrap_or_default()
+                );
+            }
+            Ok(())
+        })
+    }
+}

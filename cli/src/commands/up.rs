@@ -1,0 +1,101 @@
+//! `fog up`: the embedded default — control plane, router and N hosts in one process over one
+//! data directory; `--demo` also publishes the example apps and prints their URLs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use fog_proto::Limits;
+use fog_proto::api::{PublishMeta, Tier};
+
+use crate::client::{Api, ControlArgs};
+use crate::services::{self, HostArgs, Stop};
+
+/// Run a whole fog on this machine: control plane, router and hosts in one process.
+#[derive(Debug, clap::Args)]
+pub struct Up {
+    /// Hosts to run.
+    #[arg(long, default_value_t = 3)]
+    hosts: u32,
+    /// Directory for everything (registry, hosts' keys and state, the demo key).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Address of the control plane's API.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    control_listen: SocketAddr,
+    /// Address of the router.
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    router_listen: SocketAddr,
+    /// Publish the example apps (hello, counter, api) found in this directory.
+    #[arg(long)]
+    demo: bool,
+    /// Directory holding hello.wasm, counter.wasm and api.wasm for --demo.
+    #[arg(long, value_name = "DIR", env = "FOG_EXAMPLES")]
+    examples: Option<PathBuf>,
+}
+
+impl Up {
+    pub fn execute(self) -> anyhow::Result<()> {
+        let data = self
+            .data
+            .clone()
+            .unwrap_or_else(|| fog_host::agent::default_data_dir().join("up"));
+        crate::client::runtime()?.block_on(async {
+            let (stop_tx, stop) = Stop::new();
+            let (control, mut tasks) = services::start_control(self.control_listen, &data.join("control"), stop.clone()).await?;
+            let control_url = format!("http://{control}");
+            let (router, more) = services::start_router(self.router_listen, &control_url, stop.clone()).await?;
+            tasks.extend(more);
+            let host_args = HostArgs {
+                region: "local".into(),
+                cpu: Some(1.0),
+                mem_mb: 1024.0,
+                disk_mb: 4096.0,
+                pool: 128,
+            };
+            for n in 1..=self.hosts {
+                let dir = data.join("hosts").join(n.to_string());
+                let (_, more) = services::start_host("127.0.0.1:0".parse()?, &control_url, &dir, &host_args, stop.clone()).await?;
+                tasks.extend(more);
+            }
+            println!("fog: control plane http://{control}, router http://{router}, {} host(s), data in {}", self.hosts, data.display());
+            if self.demo {
+                let examples = self.examples.clone().context("--demo needs --examples DIR (or FOG_EXAMPLES)")?;
+                demo(&control_url, &format!("http://{router}"), &data, &examples).await?;
+            }
+            println!("fog: up (Ctrl-C to stop)");
+            services::run_until_signal(stop_tx, tasks).await;
+            Ok(())
+        })
+    }
+}
+
+/// Publish the examples with a key kept in the data directory, and print their URLs.
+async fn demo(
+    control: &str,
+    router: &str,
+    data: &std::path::Path,
+    examples: &std::path::Path,
+) -> anyhow::Result<()> {
+    let key = data.join("demo.key");
+    if !key.exists() {
+        super::keygen::make_key(&key, false)?;
+    }
+    let api = Api::new(&ControlArgs {
+        control: control.to_string(),
+        key: Some(key),
+    })?;
+    for (name, tier) in [("hello", Tier::B), ("counter", Tier::A), ("api", Tier::B)] {
+        let path = examples.join(format!("{name}.wasm"));
+        let meta = PublishMeta {
+            name: name.to_string(),
+            tier,
+            replicas: None,
+            limits: Limits::default(),
+        };
+        let info = super::publish::publish(&api, &path, &meta, Duration::from_secs(60)).await?;
+        super::publish::print_app(&info, router);
+    }
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! Starting Fog's long-running roles (control plane, router, host) for `fog control`,
+//! `fog router`, `fog host` and `fog up`, each stopped by one shared signal.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use fog_host::agent::{self, AgentConfig};
+use fog_host::server::{self, AppTable};
+use fog_host::{Runtime, RuntimeConfig};
+use fog_router::{Gateway, GatewayConfig};
+use fog_scheduler::control::store::SledStore;
+use fog_scheduler::control::{self, Control, ControlConfig};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// A stop signal shared by every role of a process.
+#[derive(Debug, Clone)]
+pub struct Stop(watch::Receiver<bool>);
+
+impl Stop {
+    /// A signal and the sender that fires it.
+    pub fn new() -> (watch::Sender<bool>, Stop) {
+        let (tx, rx) = watch::channel(false);
+        (tx, Stop(rx))
+    }
+
+    /// Resolves once the signal fires.
+    pub async fn wait(mut self) {
+        let _ = self.0.wait_for(|stopped| *stopped).await;
+    }
+}
+
+/// Start the control plane on `listen` with its registry in `data`.
+pub async fn start_control(
+    listen: SocketAddr,
+    data: &Path,
+    stop: Stop,
+) -> anyhow::Result<(SocketAddr, Vec<JoinHandle<()>>)> {
+    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    let store = SledStore::open(&data.join("registry")).context("opening the registry")?;
+    let control = Control::new(Arc::new(store), ControlConfig::default());
+    let listener = server::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let api = tokio::spawn(control::serve(
+        listener,
+        control.clone(),
+        stop.clone().wait(),
+    ));
+    let reconciler = tokio::spawn(control.run_reconciler(stop.wait()));
+    Ok((addr, vec![api, reconciler]))
+}
+
+/// Start a router on `listen` for the control plane at `control_url`.
+pub async fn start_router(
+    listen: SocketAddr,
+    control_url: &str,
+    stop: Stop,
+) -> anyhow::Result<(SocketAddr, Vec<JoinHandle<()>>)> {
+    let gateway = Gateway::new(GatewayConfig::new(control_url));
+    let listener = server::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let front = tokio::spawn(fog_router::serve(
+        listener,
+        gateway.clone(),
+        stop.clone().wait(),
+    ));
+    let refresher = tokio::spawn(gateway.run_refresher(stop.wait()));
+    Ok((addr, vec![front, refresher]))
+}
+
+/// How a host presents itself.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HostArgs {
+    /// Region this device is in.
+    #[arg(long, default_value = "local")]
+    pub region: String,
+    /// CPU cores offered to the fog (default: all).
+    #[arg(long)]
+    pub cpu: Option<f64>,
+    /// Memory offered, MiB.
+    #[arg(long, default_value_t = 2048.0)]
+    pub mem_mb: f64,
+    /// Disk offered, MiB.
+    #[arg(long, default_value_t = 10240.0)]
+    pub disk_mb: f64,
+    /// Requests in flight across all apps (instance pool size).
+    #[arg(long, default_value_t = 256)]
+    pub pool: u32,
+}
+
+/// Start a host serving on `listen`, agent talking to `control_url`, state in `data`.
+pub async fn start_host(
+    listen: SocketAddr,
+    control_url: &str,
+    data: &Path,
+    args: &HostArgs,
+    stop: Stop,
+) -> anyhow::Result<(SocketAddr, Vec<JoinHandle<()>>)> {
+    let identity = agent::device_identity(data)
+        .with_context(|| format!("device key in {}", data.display()))?;
+    let runtime = Runtime::new(RuntimeConfig {
+        data_dir: Some(data.to_path_buf()),
+        pool_size: args.pool,
+        ..RuntimeConfig::default()
+    })?;
+    let apps = AppTable::new();
+    let listener = server::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let cpu = args
+        .cpu
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64));
+    let config = AgentConfig {
+        control: control_url.trim_end_matches('/').to_string(),
+        advertise: addr,
+        region: args.region.clone(),
+        cpu,
+        mem_mb: args.mem_mb,
+        disk_mb: args.disk_mb,
+        heartbeat: std::time::Duration::from_secs(1),
+    };
+    let serving = tokio::spawn(server::serve(listener, apps.clone(), stop.clone().wait()));
+    let flush = runtime.clone();
+    let agent = tokio::spawn(async move {
+        agent::run(runtime, apps, identity, config, stop.wait()).await;
+        if let Err(err) = flush.flush() {
+            tracing::error!("cannot save app state: {err}");
+        }
+    });
+    Ok((addr, vec![serving, agent]))
+}
+
+/// Wait for Ctrl-C or SIGTERM, fire `stop`, and wait for `tasks` to finish.
+pub async fn run_until_signal(stop: watch::Sender<bool>, tasks: Vec<JoinHandle<()>>) {
+    super::commands::run::shutdown_signal().await;
+    let _ = stop.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+}

@@ -1,0 +1,366 @@
+//! The host agent (`fog host --control URL`): registers the device with the control plane,
+//! heartbeats every second with what it runs and the requests it served, and applies the
+//! assignments it gets back: fetch the component by hash (checked before it runs), compile,
+//! serve; stop what is no longer assigned.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fog_proto::api::{
+    self, Assignment, DeviceRegistered, DeviceRegistration, Heartbeat, HeartbeatReply, RunningApp,
+};
+use fog_proto::auth::{self, AUTH_HEADER, Identity, META_HEADER};
+
+use crate::runtime::Runtime;
+use crate::server::AppTable;
+
+/// How the agent reaches the control plane and what it says about the device.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Base URL of the control plane, e.g. `http://127.0.0.1:7070`.
+    pub control: String,
+    /// Where routers reach this host's data plane.
+    pub advertise: SocketAddr,
+    /// Region name.
+    pub region: String,
+    /// CPU cores offered.
+    pub cpu: f64,
+    /// Memory offered, MiB.
+    pub mem_mb: f64,
+    /// Disk offered, MiB.
+    pub disk_mb: f64,
+    /// Time between heartbeats.
+    pub heartbeat: Duration,
+}
+
+/// Why the agent could not talk to the control plane.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The control plane could not be reached.
+    #[error("control plane {url} unreachable: {reason}")]
+    Unreachable {
+        /// The URL tried.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The control plane refused the request.
+    #[error("control plane refused {path}: {status} {reason}")]
+    Refused {
+        /// The API path.
+        path: String,
+        /// HTTP status.
+        status: u16,
+        /// Its one-line reason.
+        reason: String,
+    },
+}
+
+/// Load or create the device key in `data_dir/device.key` (mode 0600).
+pub fn device_identity(data_dir: &std::path::Path) -> std::io::Result<Identity> {
+    let path = data_dir.join("device.key");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Identity::from_text(&text).map_err(std::io::Error::other),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(data_dir)?;
+            let identity = Identity::generate();
+            write_private(&path, &identity.to_text())?;
+            Ok(identity)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// Write `text` to a new file readable only by its owner.
+pub fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())
+}
+
+fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A signed JSON call to the control plane.
+async fn call<T: serde::de::DeserializeOwned>(
+    client: &reqwest::Client,
+    identity: &Identity,
+    control: &str,
+    path: &str,
+    body: &impl serde::Serialize,
+) -> Result<T, AgentError> {
+    let body = serde_json::to_vec(body).expect("API types always serialise");
+    let auth = identity.sign("POST", path, now_s(), &auth::sha256_hex(&body), "");
+    let url = format!("{control}{path}");
+    let response = client
+        .post(&url)
+        .header(AUTH_HEADER, auth)
+        .header(META_HEADER, "")
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| AgentError::Unreachable {
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
+    let status = response.status().as_u16();
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| AgentError::Unreachable {
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
+    if status >= 400 {
+        let reason = serde_json::from_slice::<api::ErrorBody>(&bytes).map_or_else(
+            |_| String::from_utf8_lossy(&bytes).into_owned(),
+            |e| e.error,
+        );
+        return Err(AgentError::Refused {
+            path: path.to_string(),
+            status,
+            reason,
+        });
+    }
+    serde_json::from_slice(&bytes).map_err(|e| AgentError::Refused {
+        path: path.to_string(),
+        status,
+        reason: format!("unreadable answer: {e}"),
+    })
+}
+
+/// The agent's view of what it runs: app name → sha256 being served or loaded.
+type Loaded = Arc<Mutex<HashMap<String, String>>>;
+
+/// Run the agent until `shutdown` resolves.
+pub async fn run(
+    runtime: Arc<Runtime>,
+    apps: Arc<AppTable>,
+    identity: Identity,
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("an HTTP client");
+    let loaded: Loaded = Arc::new(Mutex::new(HashMap::new()));
+    let registration = DeviceRegistration {
+        addr: config.advertise.to_string(),
+        region: config.region.clone(),
+        cpu: config.cpu,
+        mem_mb: config.mem_mb,
+        disk_mb: config.disk_mb,
+        price_cpu_hour: 0.0,
+    };
+    tokio::pin!(shutdown);
+    let mut device: Option<String> = None;
+    let mut known: Option<String> = None;
+    let mut backoff = config.heartbeat;
+    let wake = Arc::new(tokio::sync::Notify::new());
+    loop {
+        let started = tokio::time::Instant::now();
+        let step = async {
+            let id = match &device {
+                Some(id) => id.clone(),
+                None => {
+                    let registered: DeviceRegistered = call(
+                        &client,
+                        &identity,
+                        &config.control,
+                        "/v1/devices",
+                        &registration,
+                    )
+                    .await?;
+                    tracing::info!(
+                        device = registered.device_id,
+                        control = config.control,
+                        "registered"
+                    );
+                    registered.device_id
+                }
+            };
+            let mut heartbeat = heartbeat(&apps, &config);
+            heartbeat.known = known.clone();
+            let path = format!("/v1/devices/{id}/heartbeat");
+            let reply: HeartbeatReply =
+                call(&client, &identity, &config.control, &path, &heartbeat).await?;
+            Ok::<_, AgentError>((id, reply))
+        };
+        // The control plane holds a heartbeat until assignments change (at most one interval);
+        // a finished load cuts the wait short so the new app is reported at once.
+        let outcome = tokio::select! {
+            () = &mut shutdown => return,
+            outcome = step => Some(outcome),
+            () = wake.notified() => None,
+        };
+        let pause = match outcome {
+            None => Duration::ZERO,
+            Some(Ok((id, reply))) => {
+                device = Some(id);
+                backoff = config.heartbeat;
+                if known.as_deref() != Some(reply.digest.as_str()) {
+                    apply(
+                        &runtime,
+                        &apps,
+                        &client,
+                        &config.control,
+                        &loaded,
+                        &wake,
+                        reply.assignments,
+                    );
+                    known = Some(reply.digest);
+                }
+                // Never more than ten heartbeats a second, whatever the control plane does.
+                Duration::from_millis(100).saturating_sub(started.elapsed())
+            }
+            Some(Err(err)) => {
+                if matches!(err, AgentError::Refused { status: 404, .. }) {
+                    device = None;
+                    known = None;
+                }
+                tracing::warn!("{err}");
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff
+            }
+        };
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+fn heartbeat(apps: &AppTable, config: &AgentConfig) -> Heartbeat {
+    let running: Vec<RunningApp> = apps
+        .list()
+        .iter()
+        .map(|app| {
+            let meter = app.meter();
+            RunningApp {
+                app: app.name().to_string(),
+                sha256: app.sha256().to_string(),
+                in_flight: app.in_flight(),
+                requests: meter.requests,
+                failures: meter.failures,
+                fuel: meter.fuel,
+            }
+        })
+        .collect();
+    let mut logs = apps.drain_log();
+    if logs.len() > api::MAX_LOG_LINES {
+        logs.drain(..logs.len() - api::MAX_LOG_LINES);
+    }
+    Heartbeat {
+        harvestable: true,
+        cpu_free: config.cpu,
+        mem_free_mb: config.mem_mb,
+        battery: None,
+        charging: true,
+        temperature_c: 0.0,
+        running,
+        logs,
+        known: None,
+    }
+}
+
+/// Start loading what is newly assigned and stop what is no longer assigned.
+fn apply(
+    runtime: &Arc<Runtime>,
+    apps: &Arc<AppTable>,
+    client: &reqwest::Client,
+    control: &str,
+    loaded: &Loaded,
+    wake: &Arc<tokio::sync::Notify>,
+    assignments: Vec<Assignment>,
+) {
+    let wanted: HashSet<&str> = assignments
+        .iter()
+        .map(|a| a.manifest.name.as_str())
+        .collect();
+    for app in apps.list() {
+        if !wanted.contains(app.name()) {
+            apps.remove(app.name());
+            loaded.lock().expect("loaded lock").remove(app.name());
+            tracing::info!(app = app.name(), "stopped: no longer assigned");
+        }
+    }
+    for assignment in assignments {
+        let name = assignment.manifest.name.clone();
+        {
+            let mut loaded = loaded.lock().expect("loaded lock");
+            if loaded.get(&name) == Some(&assignment.sha256) {
+                continue;
+            }
+            loaded.insert(name.clone(), assignment.sha256.clone());
+        }
+        let (runtime, apps, client, loaded) = (
+            runtime.clone(),
+            apps.clone(),
+            client.clone(),
+            loaded.clone(),
+        );
+        let wake = wake.clone();
+        let url = format!("{control}/v1/blobs/{}", assignment.sha256);
+        tokio::spawn(async move {
+            let result = async {
+                let bytes = client
+                    .get(&url)
+                    .send()
+                    .await
+                    .and_then(|r| r.error_for_status())
+                    .map_err(|e| e.to_string())?;
+                let bytes = bytes.bytes().await.map_err(|e| e.to_string())?;
+                let actual = auth::sha256_hex(&bytes);
+                if actual != assignment.sha256 {
+                    return Err(format!(
+                        "blob hash mismatch: expected {}, got {actual}",
+                        assignment.sha256
+                    ));
+                }
+                let manifest = assignment.manifest.clone();
+                let app = tokio::task::spawn_blocking(move || runtime.load(manifest, &bytes))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(app)
+            }
+            .await;
+            match result {
+                Ok(app) => {
+                    // Still wanted at this version? (A newer assignment may have replaced it.)
+                    if loaded.lock().expect("loaded lock").get(&name) == Some(&assignment.sha256) {
+                        tracing::info!(app = name, sha256 = assignment.sha256, "serving");
+                        apps.insert(Arc::new(app));
+                        wake.notify_one();
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(app = name, "cannot run assignment: {err}");
+                    loaded.lock().expect("loaded lock").remove(&name);
+                }
+            }
+        });
+    }
+}
+
+/// Default data directory of a host.
+pub fn default_data_dir() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("fog")
+}

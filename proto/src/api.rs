@@ -1,0 +1,328 @@
+//! The control plane's versioned HTTP/JSON API: paths, requests and responses.
+//!
+//! | method | path | who | body |
+//! |---|---|---|---|
+//! | POST | `/v1/apps` | developer (signed) | the component; [`PublishMeta`] in `x-fog-meta` |
+//! | GET | `/v1/apps`, `/v1/apps/{name}` | anyone | → [`AppInfo`] |
+//! | POST | `/v1/apps/{name}/scale` | owner (signed) | [`ScaleRequest`] |
+//! | DELETE | `/v1/apps/{name}` | owner (signed) | — |
+//! | GET | `/v1/apps/{name}/logs` | anyone | → [`LogLine`]s |
+//! | POST | `/v1/devices` | device (signed) | [`DeviceRegistration`] → [`DeviceRegistered`] |
+//! | POST | `/v1/devices/{id}/heartbeat` | device (signed) | [`Heartbeat`] → [`HeartbeatReply`] |
+//! | GET | `/v1/devices` | anyone | → [`DeviceInfo`]s |
+//! | GET | `/v1/blobs/{sha256}` | anyone | the component |
+//! | GET | `/v1/routes[?after=N]` | routers | → [`Route`]s (long-poll past version N) |
+//!
+//! Errors are `{"error": "..."}` with a 4xx or 5xx status.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Manifest;
+use crate::limits::Limits;
+
+/// Prefix of every path of this API version.
+pub const PREFIX: &str = "/v1";
+/// Largest component the control plane accepts, in bytes.
+pub const MAX_COMPONENT_BYTES: u64 = 32 << 20;
+/// Largest JSON body accepted, in bytes.
+pub const MAX_JSON_BYTES: u64 = 1 << 20;
+
+/// An app's service tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Tier {
+    /// 3 replicas, active-active.
+    S,
+    /// 2 replicas, active-passive.
+    A,
+    /// 1 replica, best effort.
+    B,
+}
+
+impl Tier {
+    /// The tier's default replica count.
+    pub fn replicas(self) -> u32 {
+        match self {
+            Tier::S => 3,
+            Tier::A => 2,
+            Tier::B => 1,
+        }
+    }
+}
+
+impl std::str::FromStr for Tier {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "S" | "s" => Ok(Tier::S),
+            "A" | "a" => Ok(Tier::A),
+            "B" | "b" => Ok(Tier::B),
+            _ => Err(format!("tier must be S, A or B, not {s:?}")),
+        }
+    }
+}
+
+/// What a developer says about an app when publishing it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishMeta {
+    /// The app's name.
+    pub name: String,
+    /// Its tier.
+    pub tier: Tier,
+    /// Replicas, if not the tier's default.
+    #[serde(default)]
+    pub replicas: Option<u32>,
+    /// Per-request limits.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Most replicas one app may ask for.
+pub const MAX_REPLICAS: u32 = 16;
+
+impl PublishMeta {
+    /// Check the name, replica count and limits.
+    pub fn validate(&self) -> Result<(), String> {
+        crate::validate_app_name(&self.name)?;
+        if let Some(r) = self.replicas
+            && !(1..=MAX_REPLICAS).contains(&r)
+        {
+            return Err(format!(
+                "replicas must be between 1 and {MAX_REPLICAS}, got {r}"
+            ));
+        }
+        self.limits.validate()
+    }
+}
+
+/// An app as the control plane reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppInfo {
+    /// Name.
+    pub name: String,
+    /// Owner's public key (hex).
+    pub owner: String,
+    /// Version, counting publishes from 1.
+    pub version: u32,
+    /// sha256 of the component.
+    pub sha256: String,
+    /// Size of the component, bytes.
+    pub size: u64,
+    /// Tier.
+    pub tier: Tier,
+    /// Replicas wanted.
+    pub replicas: u32,
+    /// Limits.
+    pub limits: Limits,
+    /// Devices the app is assigned to.
+    pub assigned: Vec<String>,
+    /// Devices that report it running.
+    pub running: Vec<String>,
+    /// Why it is not (fully) placed, if it is not.
+    pub problem: Option<String>,
+    /// Unix milliseconds of the last publish.
+    pub updated_ms: u64,
+}
+
+/// Change the replica count of an app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    /// Replicas wanted.
+    pub replicas: u32,
+}
+
+/// A device announcing itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceRegistration {
+    /// Where routers reach its data plane (host:port).
+    pub addr: String,
+    /// Region name.
+    pub region: String,
+    /// CPU cores offered.
+    pub cpu: f64,
+    /// Memory offered, MiB.
+    pub mem_mb: f64,
+    /// Disk offered, MiB.
+    pub disk_mb: f64,
+    /// Asking price per CPU-hour (0 for the market base).
+    #[serde(default)]
+    pub price_cpu_hour: f64,
+}
+
+/// The control plane's answer to a registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRegistered {
+    /// The device's id.
+    pub device_id: String,
+}
+
+/// What a device reports every second.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// Whether its harvest policy allows running replicas now.
+    pub harvestable: bool,
+    /// CPU cores free.
+    pub cpu_free: f64,
+    /// Memory free, MiB.
+    pub mem_free_mb: f64,
+    /// Battery level in [0, 1], if it has one.
+    #[serde(default)]
+    pub battery: Option<f64>,
+    /// Whether it is charging (or on mains).
+    #[serde(default = "yes")]
+    pub charging: bool,
+    /// CPU temperature, °C.
+    #[serde(default)]
+    pub temperature_c: f64,
+    /// Apps it runs now.
+    #[serde(default)]
+    pub running: Vec<RunningApp>,
+    /// Request lines since the last heartbeat (bounded by the device).
+    #[serde(default)]
+    pub logs: Vec<LogLine>,
+    /// Digest of the assignments the device already has: when nothing changed, the control
+    /// plane holds the reply (up to a heartbeat interval) until something does.
+    #[serde(default)]
+    pub known: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Most log lines one heartbeat may carry.
+pub const MAX_LOG_LINES: usize = 1000;
+/// Most running apps one heartbeat may list.
+pub const MAX_RUNNING: usize = 1000;
+
+/// One app a device runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunningApp {
+    /// App name.
+    pub app: String,
+    /// sha256 of the component it runs.
+    pub sha256: String,
+    /// Requests in flight now.
+    pub in_flight: u32,
+    /// Requests served since it started.
+    pub requests: u64,
+    /// Requests that failed since it started.
+    pub failures: u64,
+    /// Fuel burnt since it started.
+    pub fuel: u64,
+}
+
+/// One served request, for `fog logs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogLine {
+    /// App name.
+    pub app: String,
+    /// Device that served it (filled in by the control plane).
+    #[serde(default)]
+    pub device: String,
+    /// Unix milliseconds.
+    pub ts_ms: u64,
+    /// The host's request id.
+    pub request_id: String,
+    /// Method.
+    pub method: String,
+    /// Path (without query).
+    pub path: String,
+    /// Status sent.
+    pub status: u16,
+    /// Fuel burnt.
+    pub fuel: u64,
+    /// Time to the complete response, µs.
+    pub micros: u64,
+    /// Failure kind, if the guest's answer was replaced.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// What the control plane wants a device to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// The full desired set of apps on this device.
+    pub assignments: Vec<Assignment>,
+    /// Digest of `assignments`, to send back as [`Heartbeat::known`].
+    pub digest: String,
+}
+
+/// One app a device should run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// sha256 of the component to fetch from `/v1/blobs/{sha256}`.
+    pub sha256: String,
+    /// Name, limits and permissions.
+    pub manifest: Manifest,
+}
+
+/// A device as the control plane reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// Id.
+    pub id: String,
+    /// Data-plane address.
+    pub addr: String,
+    /// Region.
+    pub region: String,
+    /// Whether its heartbeat is fresh.
+    pub alive: bool,
+    /// Whether it may run replicas now.
+    pub harvestable: bool,
+    /// CPU cores offered, and free.
+    pub cpu: f64,
+    /// CPU cores free.
+    pub cpu_free: f64,
+    /// Milliseconds since its last heartbeat.
+    pub heartbeat_age_ms: u64,
+    /// Apps assigned to it.
+    pub assigned: Vec<String>,
+    /// Apps it reports running.
+    pub running: Vec<String>,
+}
+
+/// Where an app's live replicas are, for routers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// App name.
+    pub app: String,
+    /// How requests spread over the replicas.
+    pub mode: RouteMode,
+    /// Live replicas, primary first.
+    pub replicas: Vec<Replica>,
+}
+
+/// How a router spreads an app's requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RouteMode {
+    /// Every request to the first live replica; the others take over when it fails (tier A, B).
+    ActivePassive,
+    /// Requests to the least-loaded live replica (tier S).
+    ActiveActive,
+}
+
+/// Header with the routes' version; `GET /v1/routes?after=N` waits until it passes N.
+pub const ROUTES_VERSION_HEADER: &str = "x-fog-routes-version";
+
+/// One live replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replica {
+    /// Device id.
+    pub device: String,
+    /// Data-plane address of the device.
+    pub addr: String,
+}
+
+/// Error body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// One line saying what is wrong.
+    pub error: String,
+}

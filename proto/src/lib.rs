@@ -1,0 +1,13 @@
+//! Fog's wire types, shared by the host, the control plane, the router and the CLI.
+//!
+//! Only (de)serialisation and validation live here: app limits and manifests ([`limits`]), the
+//! control-plane API's requests and responses ([`api`]), and request signing with ed25519
+//! ([`auth`]). Nothing here runs guests or talks to the network.
+
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod auth;
+pub mod limits;
+
+pub use limits::{Limits, Manifest, Permissions, validate_app_name};

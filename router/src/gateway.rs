@@ -1,0 +1,435 @@
+//! The plain-HTTP gateway: app lookup, least-loaded replica choice, retries, clear errors.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fog_proto::api::{ROUTES_VERSION_HEADER, Route, RouteMode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// The response body the gateway sends.
+pub type GatewayBody = BoxBody<Bytes, hyper::Error>;
+
+/// Settings of a gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Base URL of the control plane.
+    pub control: String,
+    /// How often routes are refreshed.
+    pub refresh: Duration,
+    /// Largest request body forwarded (it is buffered so a retry can resend it).
+    pub max_request_body: usize,
+    /// How long a replica that failed is skipped.
+    pub suspect_for: Duration,
+    /// How many replicas one request may try.
+    pub attempts: usize,
+    /// Deadline of one forwarded request.
+    pub timeout: Duration,
+}
+
+impl GatewayConfig {
+    /// Defaults for a control plane at `control`.
+    pub fn new(control: impl Into<String>) -> Self {
+        GatewayConfig {
+            control: control.into(),
+            refresh: Duration::from_millis(500),
+            max_request_body: 8 << 20,
+            suspect_for: Duration::from_secs(3),
+            attempts: 3,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ReplicaState {
+    device: String,
+    addr: String,
+    in_flight: AtomicU32,
+    suspect_until: Mutex<Option<Instant>>,
+}
+
+/// How one app's requests are spread, and over which replicas.
+type AppRoute = (RouteMode, Vec<Arc<ReplicaState>>);
+
+/// The gateway: routes from the control plane and a pooled client to the hosts.
+pub struct Gateway {
+    config: GatewayConfig,
+    routes: RwLock<HashMap<String, AppRoute>>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Headers that describe the visitor or the hop, dropped before forwarding.
+const HOP_HEADERS: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "forwarded",
+    "x-forwarded-for",
+    "x-real-ip",
+];
+
+fn plain(status: u16, reason: &str) -> http::Response<GatewayBody> {
+    let body = Full::new(Bytes::from(format!("{reason}\n")))
+        .map_err(|never| match never {})
+        .boxed();
+    let mut response = http::Response::new(body);
+    *response.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+impl Gateway {
+    /// A gateway with no routes yet.
+    pub fn new(config: GatewayConfig) -> Arc<Gateway> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Arc::new(Gateway {
+            config,
+            routes: RwLock::new(HashMap::new()),
+            client,
+        })
+    }
+
+    /// Replace the routes, keeping the load counters of replicas that stay.
+    pub fn set_routes(&self, routes: Vec<Route>) {
+        let mut table = self.routes.write().expect("routes lock");
+        let mut next = HashMap::new();
+        for route in routes {
+            let old = table
+                .remove(&route.app)
+                .map(|(_, old)| old)
+                .unwrap_or_default();
+            let replicas = route
+                .replicas
+                .into_iter()
+                .map(|r| {
+                    old.iter()
+                        .find(|o| o.device == r.device && o.addr == r.addr)
+                        .cloned()
+                        .unwrap_or_else(|| {
+                            Arc::new(ReplicaState {
+                                device: r.device,
+                                addr: r.addr,
+                                in_flight: AtomicU32::new(0),
+                                suspect_until: Mutex::new(None),
+                            })
+                        })
+                })
+                .collect();
+            next.insert(route.app, (route.mode, replicas));
+        }
+        *table = next;
+    }
+
+    /// Keep the routes current until `shutdown` resolves: a long-poll that the control plane
+    /// answers as soon as routes change (or every few seconds), retried every `refresh` on error.
+    pub async fn run_refresher(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut warned = false;
+        let mut version: Option<u64> = None;
+        loop {
+            let fetched = tokio::select! {
+                () = &mut shutdown => return,
+                fetched = self.fetch_routes(version) => fetched,
+            };
+            match fetched {
+                Ok((routes, next)) => {
+                    self.set_routes(routes);
+                    version = next;
+                    warned = false;
+                    continue;
+                }
+                Err(err) if !warned => {
+                    tracing::warn!("cannot refresh routes from {}: {err}", self.config.control);
+                    warned = true;
+                }
+                Err(_) => {}
+            }
+            version = None;
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(self.config.refresh) => {}
+            }
+        }
+    }
+
+    async fn fetch_routes(&self, after: Option<u64>) -> Result<(Vec<Route>, Option<u64>), String> {
+        let query = after.map(|v| format!("?after={v}")).unwrap_or_default();
+        let uri: http::Uri = format!("{}/v1/routes{query}", self.config.control)
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        let request = http::Request::get(uri)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let response = tokio::time::timeout(Duration::from_secs(30), self.client.request(request))
+            .await
+            .map_err(|_| "timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("status {}", response.status()));
+        }
+        let version = response
+            .headers()
+            .get(ROUTES_VERSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let body = Limited::new(response.into_body(), 16 << 20)
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        let routes = serde_json::from_slice(&body.to_bytes()).map_err(|e| e.to_string())?;
+        Ok((routes, version))
+    }
+
+    /// The app a request is for, and the path to forward.
+    fn app_of<B>(request: &http::Request<B>) -> Option<(String, String)> {
+        let path_and_query = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let host = request
+            .uri()
+            .host()
+            .or_else(|| {
+                request
+                    .headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
+            .unwrap_or("");
+        let host = host.rsplit_once(':').map_or(host, |(name, _)| name);
+        if let Some(app) = host.strip_suffix(".localhost")
+            && !app.is_empty()
+            && !app.contains('.')
+        {
+            return Some((app.to_string(), path_and_query));
+        }
+        let rest = path_and_query.strip_prefix("/apps/")?;
+        let (app, tail) = match rest.find(['/', '?']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let tail = if tail.is_empty() || tail.starts_with('?') {
+            format!("/{tail}")
+        } else {
+            tail.to_string()
+        };
+        (!app.is_empty()).then(|| (app.to_string(), tail))
+    }
+
+    /// Replicas of `app` to try, suspects last: in route order (primary first) for
+    /// active-passive apps, least-loaded first for active-active ones.
+    fn candidates(&self, app: &str) -> Option<Vec<Arc<ReplicaState>>> {
+        let routes = self.routes.read().expect("routes lock");
+        let (mode, replicas) = routes.get(app)?;
+        let mut replicas = replicas.clone();
+        let now = Instant::now();
+        let suspect = |r: &ReplicaState| {
+            r.suspect_until
+                .lock()
+                .expect("suspect lock")
+                .is_some_and(|until| until > now)
+        };
+        match mode {
+            RouteMode::ActivePassive => replicas.sort_by_key(|r| suspect(r)),
+            RouteMode::ActiveActive => {
+                replicas.sort_by_key(|r| (suspect(r), r.in_flight.load(Ordering::Relaxed)))
+            }
+        }
+        Some(replicas)
+    }
+
+    /// Forward one visitor request.
+    pub async fn handle<B>(&self, request: http::Request<B>) -> http::Response<GatewayBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Some((app, path)) = Self::app_of(&request) else {
+            return plain(
+                404,
+                "no app in the request: use http://<app>.localhost/ or /apps/<app>/",
+            );
+        };
+        let Some(replicas) = self.candidates(&app) else {
+            return plain(404, &format!("no app named {app:?}"));
+        };
+        if replicas.is_empty() {
+            return plain(503, &format!("app {app:?} has no live replica right now"));
+        }
+        let (parts, body) = request.into_parts();
+        let body = match Limited::new(body, self.config.max_request_body)
+            .collect()
+            .await
+        {
+            Ok(body) => body.to_bytes(),
+            Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+                return plain(
+                    413,
+                    &format!(
+                        "request body larger than {} bytes",
+                        self.config.max_request_body
+                    ),
+                );
+            }
+            Err(err) => return plain(400, &format!("request body could not be read: {err}")),
+        };
+        let mut last_error = String::new();
+        for replica in replicas.iter().take(self.config.attempts) {
+            let uri = match format!("http://{}{}", replica.addr, path).parse::<http::Uri>() {
+                Ok(uri) => uri,
+                Err(err) => return plain(400, &format!("bad request target: {err}")),
+            };
+            let mut forward = http::Request::builder()
+                .method(parts.method.clone())
+                .uri(uri);
+            for (name, value) in &parts.headers {
+                if !HOP_HEADERS.contains(&name.as_str()) && name != http::header::HOST {
+                    forward = forward.header(name, value);
+                }
+            }
+            let forward = forward
+                .header(http::header::HOST, format!("{app}.localhost"))
+                .header("x-fog-app", app.as_str())
+                .body(Full::new(body.clone()));
+            let forward = match forward {
+                Ok(forward) => forward,
+                Err(err) => return plain(400, &format!("bad request: {err}")),
+            };
+            replica.in_flight.fetch_add(1, Ordering::Relaxed);
+            let result =
+                tokio::time::timeout(self.config.timeout, self.client.request(forward)).await;
+            replica.in_flight.fetch_sub(1, Ordering::Relaxed);
+            match result {
+                Ok(Ok(response)) => {
+                    let (parts, body) = response.into_parts();
+                    return http::Response::from_parts(parts, body.boxed());
+                }
+                Ok(Err(err)) => {
+                    // The device failed before answering: skip it for a while, try another.
+                    *replica.suspect_until.lock().expect("suspect lock") =
+                        Some(Instant::now() + self.config.suspect_for);
+                    last_error = format!("device {} failed: {err}", replica.device);
+                    tracing::info!(
+                        app,
+                        device = replica.device,
+                        "replica failed, retrying elsewhere: {err}"
+                    );
+                }
+                Err(_) => {
+                    return plain(
+                        504,
+                        &format!(
+                            "app {app:?} did not answer within {} s",
+                            self.config.timeout.as_secs()
+                        ),
+                    );
+                }
+            }
+        }
+        plain(
+            502,
+            &format!("every replica of {app:?} failed: {last_error}"),
+        )
+    }
+}
+
+/// Serve visitors on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    tracing::warn!("accept failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let gateway = gateway.clone();
+        let connection = hyper::server::conn::http1::Builder::new().serve_connection(
+            hyper_util::rt::TokioIo::new(stream),
+            hyper::service::service_fn(move |request| {
+                let gateway = gateway.clone();
+                async move { Ok::<_, std::convert::Infallible>(gateway.handle(request).await) }
+            }),
+        );
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+    graceful.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Empty;
+
+    fn request(host: &str, target: &str) -> http::Request<Empty<Bytes>> {
+        http::Request::builder()
+            .uri(target)
+            .header("host", host)
+            .body(Empty::new())
+            .unwrap()
+    }
+
+    #[test]
+    fn apps_are_found_by_host_name_or_path_prefix() {
+        let app = |host, target| Gateway::app_of(&request(host, target));
+        assert_eq!(
+            app("hello.localhost:7080", "/a?b=1"),
+            Some(("hello".into(), "/a?b=1".into()))
+        );
+        assert_eq!(
+            app("127.0.0.1:7080", "/apps/counter/api/count"),
+            Some(("counter".into(), "/api/count".into()))
+        );
+        assert_eq!(
+            app("127.0.0.1:7080", "/apps/counter"),
+            Some(("counter".into(), "/".into()))
+        );
+        assert_eq!(
+            app("127.0.0.1:7080", "/apps/counter?x=1"),
+            Some(("counter".into(), "/?x=1".into()))
+        );
+        assert_eq!(app("127.0.0.1:7080", "/other"), None);
+        assert_eq!(app("a.b.localhost", "/"), None);
+    }
+}

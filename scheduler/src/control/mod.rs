@@ -1,0 +1,913 @@
+//! The control plane (`fog control`): the registry, the versioned HTTP/JSON API and the reconcile
+//! loop that turns apps and devices into assignments with [`crate::placement::plan`].
+//!
+//! Persistent state (apps, devices, placements, blobs) lives in a [`store::Store`]; soft state
+//! (heartbeats, recent request lines) lives in memory and is rebuilt from the devices within a
+//! heartbeat of a restart. A device that misses three heartbeats, or reports it may not be
+//! harvested, loses its replicas at the next reconcile.
+
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use fog_proto::api::{
+    self, AppInfo, Assignment, DeviceInfo, DeviceRegistered, DeviceRegistration, ErrorBody,
+    Heartbeat, HeartbeatReply, LogLine, PublishMeta, Replica, Route, RouteMode, ScaleRequest, Tier,
+};
+use fog_proto::auth::{self, AUTH_HEADER, META_HEADER};
+use fog_proto::{Manifest, Permissions};
+use http_body_util::{BodyExt, Full, Limited};
+use serde::Serialize;
+use tokio::sync::{Notify, watch};
+
+use crate::placement::{self, AppDemand, Device, PlacementConfig};
+use store::{AppRecord, DeviceRecord, PlacementRecord, Store, StoreError, Table, decode, encode};
+
+/// The response type of the API.
+pub type ApiResponse = http::Response<Full<Bytes>>;
+
+/// Settings of the control plane.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// How often devices heartbeat (told to them on registration and used for liveness).
+    pub heartbeat_interval: Duration,
+    /// How many missed heartbeats make a device dead.
+    pub missed_heartbeats: u32,
+    /// How often the reconcile loop runs without a change.
+    pub tick: Duration,
+    /// CPU share one replica is planned with, in cores.
+    pub replica_cpu: f64,
+    /// NSGA-II settings for placement.
+    pub placement: PlacementConfig,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            heartbeat_interval: Duration::from_secs(1),
+            missed_heartbeats: 3,
+            tick: Duration::from_secs(1),
+            replica_cpu: 0.1,
+            placement: PlacementConfig {
+                population: 40,
+                generations: 30,
+                ..PlacementConfig::default()
+            },
+        }
+    }
+}
+
+/// Lines of `fog logs` kept per app.
+const LOG_LINES_KEPT: usize = 1000;
+
+struct Live {
+    at: Instant,
+    heartbeat: Heartbeat,
+}
+
+/// The control plane.
+pub struct Control {
+    store: Arc<dyn Store>,
+    config: ControlConfig,
+    live: Mutex<HashMap<String, Live>>,
+    logs: Mutex<HashMap<String, VecDeque<LogLine>>>,
+    /// Serialises read-modify-write of app records.
+    writes: Mutex<()>,
+    /// Wakes the reconcile loop.
+    changed: Notify,
+    /// Bumped whenever placements or what devices run change: wakes long-polls.
+    version: watch::Sender<u64>,
+}
+
+/// Longest a routes long-poll is held.
+const ROUTES_HOLD: Duration = Duration::from_secs(10);
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A request the API refuses: a status and one line.
+#[derive(Debug)]
+struct Refusal(u16, String);
+
+impl From<StoreError> for Refusal {
+    fn from(err: StoreError) -> Self {
+        tracing::error!("registry: {err}");
+        Refusal(500, format!("registry error: {err}"))
+    }
+}
+
+type Answer = Result<ApiResponse, Refusal>;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn json<T: Serialize>(status: u16, value: &T) -> ApiResponse {
+    let body = serde_json::to_vec(value).expect("API types always serialise");
+    let mut response = http::Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn refusal_response(Refusal(status, error): Refusal) -> ApiResponse {
+    json(status, &ErrorBody { error })
+}
+
+/// A digest of a device's assignments.
+fn digest(assignments: &[Assignment]) -> String {
+    auth::sha256_hex(&serde_json::to_vec(assignments).expect("API types always serialise"))
+}
+
+/// Check that `bytes` is a component exporting `wasi:http/incoming-handler@0.2.*`, with
+/// wasmparser's validator (the control plane never runs wasmtime).
+pub fn check_component(bytes: &[u8]) -> Result<(), String> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err("not a WebAssembly binary (no \\0asm header)".into());
+    }
+    if bytes[6..8] == [0, 0] {
+        return Err("a core WebAssembly module, not a component: build for wasm32-wasip2".into());
+    }
+    let mut validator = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());
+    validator
+        .validate_all(bytes)
+        .map_err(|e| format!("not a valid component: {e}"))?;
+    let mut depth = 0i32;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload.map_err(|e| format!("not a valid component: {e}"))? {
+            wasmparser::Payload::ModuleSection { .. }
+            | wasmparser::Payload::ComponentSection { .. } => depth += 1,
+            wasmparser::Payload::End(_) => depth -= 1,
+            wasmparser::Payload::ComponentExportSection(reader) if depth == 0 => {
+                for export in reader {
+                    let export = export.map_err(|e| format!("not a valid component: {e}"))?;
+                    if export.name.0.starts_with("wasi:http/incoming-handler@0.2.") {
+                        return Ok(());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Err(
+        "the component does not export wasi:http/incoming-handler@0.2: it is not an HTTP app"
+            .into(),
+    )
+}
+
+impl Control {
+    /// A control plane over `store`.
+    pub fn new(store: Arc<dyn Store>, config: ControlConfig) -> Arc<Control> {
+        Arc::new(Control {
+            store,
+            config,
+            live: Mutex::new(HashMap::new()),
+            logs: Mutex::new(HashMap::new()),
+            writes: Mutex::new(()),
+            changed: Notify::new(),
+            version: watch::channel(0).0,
+        })
+    }
+
+    /// Serve one API request; never fails (errors become JSON error responses).
+    pub async fn handle<B>(self: &Arc<Self>, request: http::Request<B>) -> ApiResponse
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let method = request.method().clone();
+        let path = request.uri().path().to_string();
+        let answer = self.route(request).await;
+        let response = answer.unwrap_or_else(refusal_response);
+        if response.status().is_client_error() || response.status().is_server_error() {
+            tracing::info!(%method, path, status = response.status().as_u16(), "refused");
+        }
+        response
+    }
+
+    async fn route<B>(self: &Arc<Self>, request: http::Request<B>) -> Answer
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let path = request.uri().path().to_string();
+        let Some(rest) = path.strip_prefix(api::PREFIX) else {
+            return Err(Refusal(
+                404,
+                format!("unknown path {path}: the API lives under {}", api::PREFIX),
+            ));
+        };
+        let segments: Vec<&str> = rest.trim_matches('/').split('/').collect();
+        let method = request.method().clone();
+        match (method.as_str(), segments.as_slice()) {
+            ("POST", ["apps"]) => self.publish(request).await,
+            ("GET", ["apps"]) => Ok(json(200, &self.app_infos()?)),
+            ("GET", ["apps", name]) => Ok(json(200, &self.app_info(&self.app(name)?)?)),
+            ("POST", ["apps", name, "scale"]) => self.scale(name, request).await,
+            ("DELETE", ["apps", name]) => self.remove(name, request).await,
+            ("GET", ["apps", name, "logs"]) => {
+                self.app(name)?;
+                let logs = self.logs.lock().expect("logs lock");
+                let lines: Vec<&LogLine> = logs
+                    .get(*name)
+                    .map(|l| l.iter().collect())
+                    .unwrap_or_default();
+                Ok(json(200, &lines))
+            }
+            ("POST", ["devices"]) => self.register(request).await,
+            ("GET", ["devices"]) => Ok(json(200, &self.device_infos()?)),
+            ("POST", ["devices", id, "heartbeat"]) => self.heartbeat(id, request).await,
+            ("GET", ["blobs", sha]) => match self.store.get(Table::Blobs, sha)? {
+                Some(bytes) => {
+                    let mut response = http::Response::new(Full::new(Bytes::from(bytes)));
+                    response.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/wasm"),
+                    );
+                    Ok(response)
+                }
+                None => Err(Refusal(404, format!("no blob {sha}"))),
+            },
+            ("GET", ["routes"]) => {
+                let after = request
+                    .uri()
+                    .query()
+                    .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("after=")))
+                    .and_then(|v| v.parse::<u64>().ok());
+                let mut seen = self.version.subscribe();
+                if let Some(after) = after {
+                    let _ = tokio::time::timeout(ROUTES_HOLD, seen.wait_for(|v| *v != after)).await;
+                }
+                let version = *self.version.borrow();
+                let mut response = json(200, &self.routes()?);
+                response.headers_mut().insert(
+                    api::ROUTES_VERSION_HEADER,
+                    http::HeaderValue::from_str(&version.to_string()).expect("digits"),
+                );
+                Ok(response)
+            }
+            (_, ["apps" | "devices" | "blobs" | "routes", ..]) => {
+                Err(Refusal(405, format!("{method} is not allowed on {path}")))
+            }
+            _ => Err(Refusal(404, format!("unknown path {path}"))),
+        }
+    }
+
+    /// Read a body up to `limit` bytes.
+    async fn body<B>(body: B, limit: u64) -> Result<Bytes, Refusal>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        match Limited::new(body, limit as usize).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(Refusal(
+                413,
+                format!("body larger than the limit of {limit} bytes"),
+            )),
+            Err(err) => Err(Refusal(400, format!("body could not be read: {err}"))),
+        }
+    }
+
+    /// Read the body and check the request's signature; returns (signer, body, meta).
+    async fn signed<B>(
+        request: http::Request<B>,
+        limit: u64,
+    ) -> Result<(String, Bytes, String), Refusal>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (parts, body) = request.into_parts();
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let auth_header = header(AUTH_HEADER);
+        if auth_header.is_none() {
+            return Err(Refusal(401, auth::AuthError::Missing.to_string()));
+        }
+        let meta = header(META_HEADER).unwrap_or_default();
+        let body = Self::body(body, limit).await?;
+        let now_s = now_ms() / 1000;
+        let signer = auth::verify(
+            auth_header.as_deref(),
+            parts.method.as_str(),
+            parts.uri.path(),
+            &auth::sha256_hex(&body),
+            &meta,
+            now_s,
+        )
+        .map_err(|e| Refusal(401, e.to_string()))?;
+        Ok((signer, body, meta))
+    }
+
+    fn app(&self, name: &str) -> Result<AppRecord, Refusal> {
+        match self.store.get(Table::Apps, name)? {
+            Some(bytes) => Ok(decode(Table::Apps, name, &bytes)?),
+            None => Err(Refusal(404, format!("no app named {name:?}"))),
+        }
+    }
+
+    fn owned_app(&self, name: &str, signer: &str) -> Result<AppRecord, Refusal> {
+        let app = self.app(name)?;
+        if app.owner != signer {
+            return Err(Refusal(403, format!("app {name:?} belongs to another key")));
+        }
+        Ok(app)
+    }
+
+    async fn publish<B>(self: &Arc<Self>, request: http::Request<B>) -> Answer
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (signer, body, meta) = Self::signed(request, api::MAX_COMPONENT_BYTES).await?;
+        let meta: PublishMeta = serde_json::from_str(&meta)
+            .map_err(|e| Refusal(400, format!("malformed x-fog-meta JSON: {e}")))?;
+        meta.validate().map_err(|e| Refusal(400, e))?;
+        let component = body.clone();
+        tokio::task::spawn_blocking(move || check_component(&component))
+            .await
+            .map_err(|e| Refusal(500, format!("validation failed: {e}")))?
+            .map_err(|e| Refusal(400, e))?;
+        let sha256 = auth::sha256_hex(&body);
+        let info = {
+            let _guard = self.writes.lock().expect("writes lock");
+            let existing = match self.store.get(Table::Apps, &meta.name)? {
+                Some(bytes) => Some(decode::<AppRecord>(Table::Apps, &meta.name, &bytes)?),
+                None => None,
+            };
+            if let Some(existing) = &existing
+                && existing.owner != signer
+            {
+                return Err(Refusal(
+                    409,
+                    format!("the name {:?} is taken by another key", meta.name),
+                ));
+            }
+            self.store.put(Table::Blobs, &sha256, &body)?;
+            let record = AppRecord {
+                name: meta.name.clone(),
+                owner: signer,
+                version: existing.as_ref().map_or(1, |e| e.version + 1),
+                sha256,
+                size: body.len() as u64,
+                tier: meta.tier,
+                replicas: meta.replicas.unwrap_or_else(|| meta.tier.replicas()),
+                limits: meta.limits,
+                updated_ms: now_ms(),
+            };
+            self.store
+                .put(Table::Apps, &record.name, &encode(&record))?;
+            self.store.flush()?;
+            tracing::info!(
+                app = record.name,
+                version = record.version,
+                sha256 = record.sha256,
+                "published"
+            );
+            record
+        };
+        self.changed.notify_one();
+        Ok(json(201, &self.app_info(&info)?))
+    }
+
+    async fn scale<B>(self: &Arc<Self>, name: &str, request: http::Request<B>) -> Answer
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (signer, body, _) = Self::signed(request, api::MAX_JSON_BYTES).await?;
+        let scale: ScaleRequest = serde_json::from_slice(&body)
+            .map_err(|e| Refusal(400, format!("malformed JSON: {e}")))?;
+        if !(1..=api::MAX_REPLICAS).contains(&scale.replicas) {
+            return Err(Refusal(
+                400,
+                format!("replicas must be between 1 and {}", api::MAX_REPLICAS),
+            ));
+        }
+        let record = {
+            let _guard = self.writes.lock().expect("writes lock");
+            let mut record = self.owned_app(name, &signer)?;
+            record.replicas = scale.replicas;
+            self.store.put(Table::Apps, name, &encode(&record))?;
+            self.store.flush()?;
+            record
+        };
+        self.changed.notify_one();
+        Ok(json(200, &self.app_info(&record)?))
+    }
+
+    async fn remove<B>(self: &Arc<Self>, name: &str, request: http::Request<B>) -> Answer
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (signer, _, _) = Self::signed(request, api::MAX_JSON_BYTES).await?;
+        {
+            let _guard = self.writes.lock().expect("writes lock");
+            let record = self.owned_app(name, &signer)?;
+            self.store.delete(Table::Apps, name)?;
+            self.store.delete(Table::Placements, name)?;
+            let still_used = self.store.list(Table::Apps)?.iter().any(|(k, v)| {
+                decode::<AppRecord>(Table::Apps, k, v).is_ok_and(|a| a.sha256 == record.sha256)
+            });
+            if !still_used {
+                self.store.delete(Table::Blobs, &record.sha256)?;
+            }
+            self.store.flush()?;
+        }
+        self.logs.lock().expect("logs lock").remove(name);
+        self.bump();
+        self.changed.notify_one();
+        Ok(json(200, &serde_json::json!({ "removed": name })))
+    }
+
+    async fn register<B>(self: &Arc<Self>, request: http::Request<B>) -> Answer
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (signer, body, _) = Self::signed(request, api::MAX_JSON_BYTES).await?;
+        let registration: DeviceRegistration = serde_json::from_slice(&body)
+            .map_err(|e| Refusal(400, format!("malformed JSON: {e}")))?;
+        if registration.addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(Refusal(
+                400,
+                format!("addr {:?} is not host:port", registration.addr),
+            ));
+        }
+        let finite = |x: f64| x.is_finite() && x >= 0.0;
+        if !(finite(registration.cpu)
+            && finite(registration.mem_mb)
+            && finite(registration.disk_mb))
+        {
+            return Err(Refusal(
+                400,
+                "cpu, mem_mb and disk_mb must be non-negative numbers".into(),
+            ));
+        }
+        let id = auth::device_id(&signer);
+        let record = DeviceRecord {
+            id: id.clone(),
+            public_key: signer,
+            addr: registration.addr,
+            region: registration.region,
+            cpu: registration.cpu,
+            mem_mb: registration.mem_mb,
+            disk_mb: registration.disk_mb,
+            price_cpu_hour: registration.price_cpu_hour,
+            registered_ms: now_ms(),
+        };
+        self.store.put(Table::Devices, &id, &encode(&record))?;
+        self.store.flush()?;
+        tracing::info!(device = id, addr = record.addr, "device registered");
+        self.changed.notify_one();
+        Ok(json(200, &DeviceRegistered { device_id: id }))
+    }
+
+    async fn heartbeat<B>(self: &Arc<Self>, id: &str, request: http::Request<B>) -> Answer
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (signer, body, _) = Self::signed(request, 8 * api::MAX_JSON_BYTES).await?;
+        let device: DeviceRecord = match self.store.get(Table::Devices, id)? {
+            Some(bytes) => decode(Table::Devices, id, &bytes)?,
+            None => return Err(Refusal(404, format!("no device {id}: register first"))),
+        };
+        if device.public_key != signer {
+            return Err(Refusal(
+                403,
+                format!("heartbeat for {id} signed by another key"),
+            ));
+        }
+        let mut heartbeat: Heartbeat = serde_json::from_slice(&body)
+            .map_err(|e| Refusal(400, format!("malformed JSON: {e}")))?;
+        if heartbeat.logs.len() > api::MAX_LOG_LINES || heartbeat.running.len() > api::MAX_RUNNING {
+            return Err(Refusal(
+                413,
+                "too many log lines or running apps in one heartbeat".into(),
+            ));
+        }
+        let lines = std::mem::take(&mut heartbeat.logs);
+        {
+            let mut logs = self.logs.lock().expect("logs lock");
+            for mut line in lines {
+                line.device = id.to_string();
+                let kept = logs.entry(line.app.clone()).or_default();
+                kept.push_back(line);
+                while kept.len() > LOG_LINES_KEPT {
+                    kept.pop_front();
+                }
+            }
+        }
+        let running: Vec<String> = heartbeat
+            .running
+            .iter()
+            .map(|r| format!("{}@{}", r.app, r.sha256))
+            .collect();
+        let known = heartbeat.known.clone();
+        let was = {
+            let mut live = self.live.lock().expect("live lock");
+            let was = live.get(id).map(|l| {
+                let before: Vec<String> = l
+                    .heartbeat
+                    .running
+                    .iter()
+                    .map(|r| format!("{}@{}", r.app, r.sha256))
+                    .collect();
+                (self.is_alive(l), l.heartbeat.harvestable, before)
+            });
+            live.insert(
+                id.to_string(),
+                Live {
+                    at: Instant::now(),
+                    heartbeat: heartbeat.clone(),
+                },
+            );
+            was
+        };
+        match was {
+            Some((true, harvestable, before)) if harvestable == heartbeat.harvestable => {
+                if before != running {
+                    self.bump();
+                }
+            }
+            _ => {
+                self.bump();
+                self.changed.notify_one();
+            }
+        }
+        // Hold the reply while the device already has its assignments, until they change or a
+        // heartbeat interval passes: assignments reach devices as soon as they are made.
+        let mut seen = self.version.subscribe();
+        let mut assignments = self.assignments_for(id)?;
+        let mut digest = digest(&assignments);
+        if known.as_deref() == Some(digest.as_str()) {
+            let deadline = tokio::time::Instant::now() + self.config.heartbeat_interval;
+            while tokio::time::timeout_at(deadline, seen.changed())
+                .await
+                .is_ok_and(|r| r.is_ok())
+            {
+                assignments = self.assignments_for(id)?;
+                digest = self::digest(&assignments);
+                if known.as_deref() != Some(digest.as_str()) {
+                    break;
+                }
+            }
+        }
+        Ok(json(
+            200,
+            &HeartbeatReply {
+                assignments,
+                digest,
+            },
+        ))
+    }
+
+    /// Wake every long-poll: placements or what devices run have changed.
+    fn bump(&self) {
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    fn is_alive(&self, live: &Live) -> bool {
+        live.at.elapsed() <= self.config.heartbeat_interval * self.config.missed_heartbeats
+    }
+
+    fn apps(&self) -> Result<Vec<AppRecord>, StoreError> {
+        self.store
+            .list(Table::Apps)?
+            .iter()
+            .map(|(k, v)| decode(Table::Apps, k, v))
+            .collect()
+    }
+
+    fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.store
+            .list(Table::Devices)?
+            .iter()
+            .map(|(k, v)| decode(Table::Devices, k, v))
+            .collect()
+    }
+
+    fn placements(&self) -> Result<BTreeMap<String, PlacementRecord>, StoreError> {
+        self.store
+            .list(Table::Placements)?
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), decode(Table::Placements, k, v)?)))
+            .collect()
+    }
+
+    fn assignments_for(&self, device: &str) -> Result<Vec<Assignment>, StoreError> {
+        let placements = self.placements()?;
+        let mut out = Vec::new();
+        for app in self.apps()? {
+            if placements
+                .get(&app.name)
+                .is_some_and(|p| p.devices.iter().any(|d| d == device))
+            {
+                out.push(Assignment {
+                    sha256: app.sha256.clone(),
+                    manifest: Manifest {
+                        name: app.name.clone(),
+                        limits: app.limits,
+                        permissions: Permissions::default(),
+                    },
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn running_on(&self) -> HashMap<String, Vec<String>> {
+        let live = self.live.lock().expect("live lock");
+        let mut running: HashMap<String, Vec<String>> = HashMap::new();
+        for (device, l) in live.iter() {
+            if self.is_alive(l) {
+                for app in &l.heartbeat.running {
+                    running
+                        .entry(app.app.clone())
+                        .or_default()
+                        .push(device.clone());
+                }
+            }
+        }
+        for devices in running.values_mut() {
+            devices.sort();
+        }
+        running
+    }
+
+    fn app_info(&self, app: &AppRecord) -> Result<AppInfo, StoreError> {
+        let placement = match self.store.get(Table::Placements, &app.name)? {
+            Some(bytes) => Some(decode::<PlacementRecord>(
+                Table::Placements,
+                &app.name,
+                &bytes,
+            )?),
+            None => None,
+        };
+        let running = self.running_on().remove(&app.name).unwrap_or_default();
+        Ok(AppInfo {
+            name: app.name.clone(),
+            owner: app.owner.clone(),
+            version: app.version,
+            sha256: app.sha256.clone(),
+            size: app.size,
+            tier: app.tier,
+            replicas: app.replicas,
+            limits: app.limits,
+            assigned: placement
+                .as_ref()
+                .map(|p| p.devices.clone())
+                .unwrap_or_default(),
+            running,
+            problem: placement.and_then(|p| p.problem),
+            updated_ms: app.updated_ms,
+        })
+    }
+
+    fn app_infos(&self) -> Result<Vec<AppInfo>, StoreError> {
+        self.apps()?.iter().map(|a| self.app_info(a)).collect()
+    }
+
+    fn device_infos(&self) -> Result<Vec<DeviceInfo>, StoreError> {
+        let placements = self.placements()?;
+        let live = self.live.lock().expect("live lock");
+        Ok(self
+            .devices()?
+            .into_iter()
+            .map(|d| {
+                let l = live.get(&d.id);
+                DeviceInfo {
+                    alive: l.is_some_and(|l| self.is_alive(l)),
+                    harvestable: l.is_some_and(|l| l.heartbeat.harvestable),
+                    cpu_free: l.map_or(0.0, |l| l.heartbeat.cpu_free),
+                    heartbeat_age_ms: l.map_or(u64::MAX, |l| l.at.elapsed().as_millis() as u64),
+                    assigned: placements
+                        .iter()
+                        .filter(|(_, p)| p.devices.contains(&d.id))
+                        .map(|(a, _)| a.clone())
+                        .collect(),
+                    running: l
+                        .map(|l| l.heartbeat.running.iter().map(|r| r.app.clone()).collect())
+                        .unwrap_or_default(),
+                    id: d.id,
+                    addr: d.addr,
+                    region: d.region,
+                    cpu: d.cpu,
+                }
+            })
+            .collect())
+    }
+
+    /// Live replicas of every app: assigned, on a device with a fresh heartbeat that reports
+    /// running the app.
+    pub fn routes(&self) -> Result<Vec<Route>, StoreError> {
+        let placements = self.placements()?;
+        let devices: HashMap<String, DeviceRecord> = self
+            .devices()?
+            .into_iter()
+            .map(|d| (d.id.clone(), d))
+            .collect();
+        let running = self.running_on();
+        Ok(self
+            .apps()?
+            .into_iter()
+            .map(|app| {
+                let assigned = placements
+                    .get(&app.name)
+                    .map(|p| p.devices.clone())
+                    .unwrap_or_default();
+                let running = running.get(&app.name).cloned().unwrap_or_default();
+                let replicas = assigned
+                    .iter()
+                    .filter(|d| running.contains(d))
+                    .filter_map(|d| devices.get(d))
+                    .map(|d| Replica {
+                        device: d.id.clone(),
+                        addr: d.addr.clone(),
+                    })
+                    .collect();
+                let mode = match app.tier {
+                    Tier::S => RouteMode::ActiveActive,
+                    Tier::A | Tier::B => RouteMode::ActivePassive,
+                };
+                Route {
+                    app: app.name,
+                    mode,
+                    replicas,
+                }
+            })
+            .collect())
+    }
+
+    /// Compute placements for every app from the registered devices and write them.
+    pub fn reconcile(&self) -> Result<(), StoreError> {
+        let apps = self.apps()?;
+        let devices = self.devices()?;
+        let placements = self.placements()?;
+        let live: HashMap<String, (bool, bool)> = self
+            .live
+            .lock()
+            .expect("live lock")
+            .iter()
+            .map(|(id, l)| (id.clone(), (self.is_alive(l), l.heartbeat.harvestable)))
+            .collect();
+        let fleet: Vec<Device> = devices
+            .iter()
+            .map(|d| {
+                let (alive, harvestable) = live.get(&d.id).copied().unwrap_or((false, false));
+                Device {
+                    id: d.id.clone(),
+                    cpu_capacity: d.cpu,
+                    cpu_free: d.cpu,
+                    mem_capacity_mb: d.mem_mb,
+                    mem_free_mb: d.mem_mb,
+                    disk_free_mb: d.disk_mb,
+                    harvestable,
+                    healthy: alive,
+                    heartbeat_age_s: if alive { 0.0 } else { f64::INFINITY },
+                    battery: None,
+                    charging: true,
+                    temperature_c: 30.0,
+                    region: d.region.clone(),
+                    latency_ms: 10.0,
+                    bandwidth_mbps: 100.0,
+                    trust: 0.5,
+                    price_cpu_hour: d.price_cpu_hour,
+                    price_gb_hour: 0.01,
+                }
+            })
+            .collect();
+        let demands: Vec<AppDemand> = apps
+            .iter()
+            .map(|a| {
+                let tier = match a.tier {
+                    Tier::S => placement::Tier::S,
+                    Tier::A => placement::Tier::A,
+                    Tier::B => placement::Tier::B,
+                };
+                let mut demand = AppDemand::new(
+                    a.name.clone(),
+                    self.config.replica_cpu,
+                    (a.limits.memory_bytes >> 20) as f64,
+                    tier,
+                );
+                demand.replicas = Some(a.replicas);
+                demand.component_mb = a.size as f64 / (1 << 20) as f64;
+                demand
+            })
+            .collect();
+        let current: placement::Assignment = placements
+            .iter()
+            .map(|(app, p)| (app.clone(), p.devices.clone()))
+            .collect();
+        let outcome = placement::plan(&fleet, &demands, &current, &self.config.placement);
+        let problems: HashMap<&str, &str> = outcome
+            .unplaceable
+            .iter()
+            .map(|u| (u.app.as_str(), u.reason.as_str()))
+            .collect();
+        let _guard = self.writes.lock().expect("writes lock");
+        let mut changed = false;
+        for app in &apps {
+            // Only apps still registered (one may have been removed while we planned).
+            if self.store.get(Table::Apps, &app.name)?.is_none() {
+                continue;
+            }
+            let record = PlacementRecord {
+                devices: outcome
+                    .assignment
+                    .get(&app.name)
+                    .cloned()
+                    .unwrap_or_default(),
+                problem: problems.get(app.name.as_str()).map(|p| p.to_string()),
+            };
+            if placements.get(&app.name) != Some(&record) {
+                tracing::info!(app = app.name, devices = ?record.devices, problem = ?record.problem, "placement changed");
+                self.store
+                    .put(Table::Placements, &app.name, &encode(&record))?;
+                changed = true;
+            }
+        }
+        self.store.flush()?;
+        if changed {
+            self.bump();
+        }
+        Ok(())
+    }
+
+    /// Reconcile on every change and every tick until `shutdown` resolves.
+    pub async fn run_reconciler(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let control = self.clone();
+            match tokio::task::spawn_blocking(move || control.reconcile()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::error!("reconcile failed: {err}"),
+                Err(err) => tracing::error!("reconcile panicked: {err}"),
+            }
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = self.changed.notified() => {}
+                () = tokio::time::sleep(self.config.tick) => {}
+            }
+        }
+    }
+}
+
+/// Serve the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    control: Arc<Control>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    tracing::warn!("accept failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let control = control.clone();
+        let connection = hyper::server::conn::http1::Builder::new().serve_connection(
+            hyper_util::rt::TokioIo::new(stream),
+            hyper::service::service_fn(move |request| {
+                let control = control.clone();
+                async move { Ok::<_, std::convert::Infallible>(control.handle(request).await) }
+            }),
+        );
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+    graceful.shutdown().await;
+}
