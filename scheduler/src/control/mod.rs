@@ -80,6 +80,9 @@ pub struct Control {
     changed: Notify,
     /// Bumped whenever placements or what devices run change: wakes long-polls.
     version: watch::Sender<u64>,
+    /// When this control plane started: placements are not recomputed until devices have had
+    /// time to heartbeat, so a restart never takes replicas away from live devices.
+    started: Instant,
 }
 
 /// Longest a routes long-poll is held.
@@ -180,6 +183,7 @@ impl Control {
             writes: Mutex::new(()),
             changed: Notify::new(),
             version: watch::channel(0).0,
+            started: Instant::now(),
         })
     }
 
@@ -761,11 +765,17 @@ impl Control {
             .collect())
     }
 
-    /// Compute placements for every app from the registered devices and write them.
+    /// Compute placements for every app from the registered devices and write them (after the
+    /// start-up grace period of `missed_heartbeats` intervals).
     pub fn reconcile(&self) -> Result<(), StoreError> {
         let apps = self.apps()?;
         let devices = self.devices()?;
         let placements = self.placements()?;
+        let in_grace =
+            self.started.elapsed() < self.config.heartbeat_interval * self.config.missed_heartbeats;
+        if in_grace && placements.values().any(|p| !p.devices.is_empty()) {
+            return Ok(());
+        }
         let live: HashMap<String, (bool, bool)> = self
             .live
             .lock()

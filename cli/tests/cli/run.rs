@@ -1,4 +1,4 @@
-//! The `fog` binary as a user runs it: real processes, real sockets.
+//! `fog run`: one component served over HTTP, limits and state, bad input.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

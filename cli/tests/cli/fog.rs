@@ -1,0 +1,81 @@
+//! Helpers: start `fog` processes and read the address they print.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+
+pub const FOG: &str = env!("CARGO_BIN_EXE_fog");
+
+/// A `fog` process, killed when dropped.
+pub struct Running {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Running {
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let status = self.child.wait().expect("waiting for fog");
+        assert!(status.success(), "fog exited with {status} on SIGTERM");
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// Start `fog ARGS` and wait for its first line, which names its address as `http://ADDR`.
+pub fn spawn(args: &[&str]) -> Running {
+    let mut child = Command::new(FOG)
+        .args(args)
+        .env("FOG_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting fog");
+    let stdout = child.stdout.take().unwrap();
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    reader
+        .read_line(&mut line)
+        .expect("reading fog's first line");
+    // Keep draining stdout so the process never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while reader.read_line(&mut sink).is_ok_and(|n| n > 0) {
+            sink.clear();
+        }
+    });
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split(['/', ',', ' ']).next())
+        .and_then(|addr| addr.trim().parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line from fog {args:?}: {line:?}"));
+    Running { child, addr }
+}
+
+/// Run `fog ARGS` to completion; returns (exit code, stdout, stderr).
+pub fn run(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(FOG).args(args).output().expect("running fog");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,5 @@
+//! The `fog` binary as people run it: real processes, real sockets.
+
+mod fog;
+mod publish;
+mod run;
