@@ -239,6 +239,7 @@ pub async fn run(
         tokio::select! {
             () = &mut shutdown => return,
             () = tokio::time::sleep(pause) => {}
+            () = wake.notified() => {}
         }
     }
 }
