@@ -921,3 +921,132 @@ pub async fn serve(
     }
     graceful.shutdown().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fog_proto::auth::Identity;
+
+    fn control() -> Arc<Control> {
+        Control::new(
+            Arc::new(store::SledStore::temporary().unwrap()),
+            ControlConfig::default(),
+        )
+    }
+
+    fn request(
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> http::Request<Full<Bytes>> {
+        let mut builder = http::Request::builder().method(method).uri(path);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(Full::new(Bytes::from(body))).unwrap()
+    }
+
+    fn signed(
+        key: &Identity,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+        meta: &str,
+    ) -> http::Request<Full<Bytes>> {
+        let header = key.sign(
+            method,
+            path,
+            now_ms() / 1000,
+            &auth::sha256_hex(&body),
+            meta,
+        );
+        request(
+            method,
+            path,
+            &[(AUTH_HEADER, &header), (META_HEADER, meta)],
+            body,
+        )
+    }
+
+    #[test]
+    fn components_are_checked_without_running_them() {
+        let hello = std::fs::read(fog_test_programs::HELLO).unwrap();
+        assert_eq!(check_component(&hello), Ok(()));
+        assert!(
+            check_component(b"nope")
+                .unwrap_err()
+                .contains("not a WebAssembly binary")
+        );
+        assert!(
+            check_component(b"\0asm\x01\0\0\0")
+                .unwrap_err()
+                .contains("core")
+        );
+        assert!(
+            check_component(b"\0asm\x0d\0\x01\0")
+                .unwrap_err()
+                .contains("does not export")
+        );
+        assert!(
+            check_component(&hello[..hello.len() / 3])
+                .unwrap_err()
+                .contains("not a valid component")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_api_answers_without_sockets() {
+        let control = control();
+        assert_eq!(
+            control
+                .handle(request("GET", "/v2/apps", &[], vec![]))
+                .await
+                .status(),
+            404
+        );
+        assert_eq!(
+            control
+                .handle(request("PUT", "/v1/apps", &[], vec![]))
+                .await
+                .status(),
+            405
+        );
+        let hello = std::fs::read(fog_test_programs::HELLO).unwrap();
+        let meta = r#"{"name":"hello","tier":"B"}"#;
+        let unsigned = request("POST", "/v1/apps", &[(META_HEADER, meta)], hello.clone());
+        assert_eq!(control.handle(unsigned).await.status(), 401);
+        let key = Identity::generate();
+        let published = control
+            .handle(signed(&key, "POST", "/v1/apps", hello.clone(), meta))
+            .await;
+        assert_eq!(published.status(), 201);
+        let again = control
+            .handle(signed(&key, "POST", "/v1/apps", hello, meta))
+            .await;
+        let body = again.into_body().collect().await.unwrap().to_bytes();
+        let info: AppInfo = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (info.name.as_str(), info.version, info.replicas),
+            ("hello", 2, 1)
+        );
+        let listed = control
+            .handle(request("GET", "/v1/apps", &[], vec![]))
+            .await;
+        let body = listed.into_body().collect().await.unwrap().to_bytes();
+        let apps: Vec<AppInfo> = serde_json::from_slice(&body).unwrap();
+        assert_eq!(apps.len(), 1);
+        let heartbeat = signed(
+            &key,
+            "POST",
+            "/v1/devices/0123/heartbeat",
+            b"{}".to_vec(),
+            "",
+        );
+        assert_eq!(control.handle(heartbeat).await.status(), 404);
+        // No device yet: the app is reported, not silently dropped.
+        control.reconcile().unwrap();
+        let info = control.app_info(&control.app("hello").unwrap()).unwrap();
+        assert!(info.problem.unwrap().contains("needs 1 distinct devices"));
+    }
+}
