@@ -126,6 +126,7 @@ fn main() {
             mem_mb: 4096.0,
             disk_mb: 4096.0,
             heartbeat: Duration::from_secs(1),
+            harvest: None,
         };
         tokio::spawn(agent::run(
             runtime,

@@ -7,6 +7,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use fog_host::agent::{self, AgentConfig};
+use fog_host::harvest::ledger::Ledger;
+use fog_host::harvest::policy::HarvestConfig;
+use fog_host::harvest::sensors::{FileSensors, LinuxSensors, Sensors};
+use fog_host::harvest::{self, HarvesterConfig};
 use fog_host::server::{self, AppTable};
 use fog_host::{Runtime, RuntimeConfig};
 use fog_router::{Gateway, GatewayConfig};
@@ -88,6 +92,21 @@ pub struct HostArgs {
     /// Requests in flight across all apps (instance pool size).
     #[arg(long, default_value_t = 256)]
     pub pool: u32,
+    /// Ignore the harvest policy: offer the capacity above at all times (servers, development).
+    #[arg(long)]
+    pub always_on: bool,
+    /// Harvest policy file (TOML, a `[harvest]` section; see host/harvest.example.toml).
+    #[arg(long, value_name = "FILE")]
+    pub harvest: Option<std::path::PathBuf>,
+    /// Read sensors from this JSON file instead of the machine (for tests, or a power daemon).
+    #[arg(long, value_name = "FILE")]
+    pub sensors: Option<std::path::PathBuf>,
+    /// Price per CPU-hour this device asks (0: the market base).
+    #[arg(long, default_value_t = 0.15)]
+    pub price: f64,
+    /// Length of a rewards-ledger period, seconds.
+    #[arg(long, default_value_t = 60)]
+    pub ledger_period: u64,
 }
 
 /// Start a host serving on `listen`, agent talking to `control_url`, state in `data`.
@@ -119,16 +138,62 @@ pub async fn start_host(
         mem_mb: args.mem_mb,
         disk_mb: args.disk_mb,
         heartbeat: std::time::Duration::from_secs(1),
+        harvest: None,
+    };
+    let mut tasks = Vec::new();
+    let harvest = if args.always_on {
+        None
+    } else {
+        let policy = match &args.harvest {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                HarvestConfig::from_toml(&text)
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("bad harvest policy {}", path.display()))?
+            }
+            None => HarvestConfig::default(),
+        };
+        let sensors: Box<dyn Sensors> = match &args.sensors {
+            Some(path) => Box::new(FileSensors::new(path)),
+            None => Box::new(LinuxSensors::new()),
+        };
+        let ledger_db = sled::open(data.join("ledger"))
+            .with_context(|| format!("opening the ledger in {}", data.display()))?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as u64;
+        let ledger_identity = fog_proto::auth::Identity::from_text(&identity.to_text())
+            .map_err(anyhow::Error::msg)?;
+        let ledger = Ledger::new(
+            ledger_db.open_tree("periods")?,
+            ledger_identity,
+            args.price,
+            now_ms,
+        );
+        let config = HarvesterConfig {
+            policy,
+            price_cpu_hour: args.price,
+            period: std::time::Duration::from_secs(args.ledger_period.max(1)),
+            status_file: Some(data.join("status.json")),
+        };
+        let (handle, task) =
+            harvest::start(sensors, config, apps.clone(), ledger, stop.clone().wait());
+        tasks.push(task);
+        Some(handle)
     };
     let serving = tokio::spawn(server::serve(listener, apps.clone(), stop.clone().wait()));
     let flush = runtime.clone();
+    let config = AgentConfig { harvest, ..config };
     let agent = tokio::spawn(async move {
         agent::run(runtime, apps, identity, config, stop.wait()).await;
         if let Err(err) = flush.flush() {
             tracing::error!("cannot save app state: {err}");
         }
     });
-    Ok((addr, vec![serving, agent]))
+    tasks.push(serving);
+    tasks.push(agent);
+    Ok((addr, tasks))
 }
 
 /// Wait for Ctrl-C or SIGTERM, fire `stop`, and wait for `tasks` to finish.

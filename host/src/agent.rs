@@ -34,6 +34,8 @@ pub struct AgentConfig {
     pub disk_mb: f64,
     /// Time between heartbeats.
     pub heartbeat: Duration,
+    /// The harvester's status and ledger; without one the device always offers `cpu`.
+    pub harvest: Option<crate::harvest::HarvestHandle>,
 }
 
 /// Why the agent could not talk to the control plane.
@@ -231,6 +233,25 @@ pub async fn run(
                     device = None;
                     known = None;
                 }
+                // A period the control plane will never accept must not block the heartbeat.
+                if let (
+                    AgentError::Refused {
+                        status: 400,
+                        reason,
+                        ..
+                    },
+                    Some(harvest),
+                ) = (&err, &config.harvest)
+                    && reason.starts_with("ledger period")
+                {
+                    let ledger = harvest.ledger.lock().expect("ledger lock");
+                    if let Some(last) = ledger.pending(api::MAX_PERIODS).last() {
+                        tracing::error!(
+                            "dropping ledger periods the control plane refused: {reason}"
+                        );
+                        ledger.acknowledge(last.period.start_ms);
+                    }
+                }
                 tracing::warn!("{err}");
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 backoff
@@ -264,7 +285,7 @@ fn heartbeat(apps: &AppTable, config: &AgentConfig) -> Heartbeat {
     if logs.len() > api::MAX_LOG_LINES {
         logs.drain(..logs.len() - api::MAX_LOG_LINES);
     }
-    Heartbeat {
+    let mut heartbeat = Heartbeat {
         harvestable: true,
         cpu_free: config.cpu,
         mem_free_mb: config.mem_mb,
@@ -274,7 +295,23 @@ fn heartbeat(apps: &AppTable, config: &AgentConfig) -> Heartbeat {
         running,
         logs,
         known: None,
+        periods: Vec::new(),
+    };
+    if let Some(harvest) = &config.harvest {
+        let status = harvest.status.borrow().clone();
+        heartbeat.harvestable = status.state == crate::harvest::policy::State::Harvesting;
+        heartbeat.cpu_free = status.cpu_offered.min(config.cpu);
+        heartbeat.mem_free_mb = status.mem_offered_mb.min(config.mem_mb);
+        heartbeat.battery = status.reading.battery;
+        heartbeat.charging = status.reading.charging;
+        heartbeat.temperature_c = status.reading.cpu_temp_c.unwrap_or(0.0);
+        heartbeat.periods = harvest
+            .ledger
+            .lock()
+            .expect("ledger lock")
+            .pending(api::MAX_PERIODS);
     }
+    heartbeat
 }
 
 /// Start loading what is newly assigned and stop what is no longer assigned.

@@ -13,6 +13,7 @@
 pub mod agent;
 mod app;
 mod error;
+pub mod harvest;
 pub mod kv;
 mod limits;
 mod runtime;

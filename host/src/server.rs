@@ -28,6 +28,7 @@ pub struct AppTable {
     apps: RwLock<HashMap<String, Arc<App>>>,
     default_app: RwLock<Option<String>>,
     log: std::sync::Mutex<VecDeque<fog_proto::api::LogLine>>,
+    gate: crate::harvest::Gate,
 }
 
 impl AppTable {
@@ -45,6 +46,11 @@ impl AppTable {
     /// Stop serving the app `name`; in-flight requests finish on the old instance.
     pub fn remove(&self, name: &str) -> Option<Arc<App>> {
         self.apps.write().expect("app table lock").remove(name)
+    }
+
+    /// What the host admits (set by the harvester; admits everything otherwise).
+    pub fn gate(&self) -> &crate::harvest::Gate {
+        &self.gate
     }
 
     /// Answer requests that name no app with `name`.
@@ -112,9 +118,23 @@ impl AppTable {
     {
         match self.route(&request) {
             Ok(app) => {
+                let admission = match self.gate.admit() {
+                    Ok(admission) => admission,
+                    Err(reason) => {
+                        let mut response = plain(503, &reason);
+                        let headers = response.headers_mut();
+                        headers.insert("x-fog-error", http::HeaderValue::from_static("harvest"));
+                        headers.insert(
+                            http::header::RETRY_AFTER,
+                            http::HeaderValue::from_static("1"),
+                        );
+                        return response;
+                    }
+                };
                 let method = request.method().to_string();
                 let path = request.uri().path().to_string();
                 let (response, report) = app.handle(request).await;
+                admission.finish(report.fuel);
                 let line = fog_proto::api::LogLine {
                     app: app.name().to_string(),
                     device: String::new(),
@@ -136,7 +156,14 @@ impl AppTable {
                 log.push_back(line);
                 response
             }
-            Err(reason) => plain(404, &reason),
+            Err(reason) => {
+                // Not the app's answer: routers retry such a request on another replica.
+                let mut response = plain(404, &reason);
+                response
+                    .headers_mut()
+                    .insert("x-fog-error", http::HeaderValue::from_static("unknown-app"));
+                response
+            }
         }
     }
 

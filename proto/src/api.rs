@@ -10,6 +10,7 @@
 //! | POST | `/v1/devices` | device (signed) | [`DeviceRegistration`] → [`DeviceRegistered`] |
 //! | POST | `/v1/devices/{id}/heartbeat` | device (signed) | [`Heartbeat`] → [`HeartbeatReply`] |
 //! | GET | `/v1/devices` | anyone | → [`DeviceInfo`]s |
+//! | GET | `/v1/devices/{id}/ledger` | anyone | → verified [`SignedPeriod`]s |
 //! | GET | `/v1/blobs/{sha256}` | anyone | the component |
 //! | GET | `/v1/routes[?after=N]` | routers | → [`Route`]s (long-poll past version N) |
 //!
@@ -188,6 +189,91 @@ pub struct Heartbeat {
     /// plane holds the reply (up to a heartbeat interval) until something does.
     #[serde(default)]
     pub known: Option<String>,
+    /// Ledger periods closed since the last heartbeat, signed with the device key.
+    #[serde(default)]
+    pub periods: Vec<SignedPeriod>,
+}
+
+/// Fuel that counts as one CPU-hour when turning fuel into credits (about 2·10⁹ fuel per
+/// core-second on the machines Fog was measured on).
+pub const FUEL_PER_CPU_HOUR: f64 = 2.0e9 * 3600.0;
+
+/// Most ledger periods one heartbeat may carry.
+pub const MAX_PERIODS: usize = 64;
+
+/// One period of a device's rewards ledger: fuel burnt per app and the credits it earns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerPeriod {
+    /// Device id.
+    pub device: String,
+    /// Start, unix ms.
+    pub start_ms: u64,
+    /// End, unix ms.
+    pub end_ms: u64,
+    /// The device's price per CPU-hour.
+    pub price_cpu_hour: f64,
+    /// Fuel burnt and credits earned per app.
+    pub entries: Vec<LedgerEntry>,
+    /// Sum of the entries' credits.
+    pub total_credits: f64,
+}
+
+/// Fuel and credits of one app in one period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerEntry {
+    /// App name.
+    pub app: String,
+    /// Fuel burnt.
+    pub fuel: u64,
+    /// `fuel / FUEL_PER_CPU_HOUR × price_cpu_hour`.
+    pub credits: f64,
+}
+
+impl LedgerPeriod {
+    /// Credits for `fuel` at `price_cpu_hour`.
+    pub fn credits(fuel: u64, price_cpu_hour: f64) -> f64 {
+        fuel as f64 / FUEL_PER_CPU_HOUR * price_cpu_hour
+    }
+
+    /// The bytes the device signs: the period as JSON.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("ledger periods always serialise")
+    }
+
+    /// Check that every entry's credits follow from its fuel and the total adds up.
+    pub fn check_arithmetic(&self) -> Result<(), String> {
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1e-12);
+        let mut total = 0.0;
+        for entry in &self.entries {
+            let expected = Self::credits(entry.fuel, self.price_cpu_hour);
+            if !close(entry.credits, expected) {
+                return Err(format!(
+                    "{}: {} credits for {} fuel, expected {expected}",
+                    entry.app, entry.credits, entry.fuel
+                ));
+            }
+            total += entry.credits;
+        }
+        if !close(total, self.total_credits) {
+            return Err(format!(
+                "total {} does not add up to {total}",
+                self.total_credits
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A ledger period with the device's signature over [`LedgerPeriod::signed_bytes`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedPeriod {
+    /// The period.
+    pub period: LedgerPeriod,
+    /// Signature (hex) by the device key.
+    pub signature: String,
 }
 
 fn yes() -> bool {

@@ -82,6 +82,11 @@ impl Identity {
         self.key.to_bytes()
     }
 
+    /// Sign arbitrary bytes; the signature in hex.
+    pub fn sign_bytes(&self, message: &[u8]) -> String {
+        hex::encode(self.key.sign(message).to_bytes())
+    }
+
     /// The `x-fog-auth` header value for a request.
     pub fn sign(&self, method: &str, path: &str, ts: u64, body_sha256: &str, meta: &str) -> String {
         let signature = self
@@ -93,6 +98,26 @@ impl Identity {
             hex::encode(signature.to_bytes())
         )
     }
+}
+
+/// Check a hex signature by the hex public key `public_hex` over `message`.
+pub fn verify_bytes(
+    public_hex: &str,
+    message: &[u8],
+    signature_hex: &str,
+) -> Result<(), AuthError> {
+    let key: [u8; 32] = hex::decode(public_hex)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| AuthError::Malformed("key must be 32 bytes of hex".into()))?;
+    let sig: [u8; 64] = hex::decode(signature_hex)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| AuthError::Malformed("signature must be 64 bytes of hex".into()))?;
+    let key = VerifyingKey::from_bytes(&key)
+        .map_err(|_| AuthError::Malformed("not a valid public key".into()))?;
+    key.verify(message, &Signature::from_bytes(&sig))
+        .map_err(|_| AuthError::BadSignature)
 }
 
 /// The bytes a request signature covers.

@@ -328,8 +328,19 @@ impl Gateway {
             replica.in_flight.fetch_sub(1, Ordering::Relaxed);
             match result {
                 Ok(Ok(response)) => {
-                    let (parts, body) = response.into_parts();
-                    return http::Response::from_parts(parts, body.boxed());
+                    // The host did not run the app (it no longer has it, or its device stopped
+                    // offering capacity): the request never reached app code, so try elsewhere.
+                    let refused = response
+                        .headers()
+                        .get("x-fog-error")
+                        .is_some_and(|kind| kind == "unknown-app" || kind == "harvest");
+                    if !refused {
+                        let (parts, body) = response.into_parts();
+                        return http::Response::from_parts(parts, body.boxed());
+                    }
+                    *replica.suspect_until.lock().expect("suspect lock") =
+                        Some(Instant::now() + self.config.suspect_for);
+                    last_error = format!("device {} does not serve the app now", replica.device);
                 }
                 Ok(Err(err)) => {
                     // The device failed before answering: skip it for a while, try another.

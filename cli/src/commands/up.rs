@@ -53,6 +53,12 @@ impl Up {
                 mem_mb: 1024.0,
                 disk_mb: 4096.0,
                 pool: 128,
+                // The embedded demo runs on a developer's machine: no harvest policy.
+                always_on: true,
+                harvest: None,
+                sensors: None,
+                price: 0.15,
+                ledger_period: 60,
             };
             for n in 1..=self.hosts {
                 let dir = data.join("hosts").join(n.to_string());

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 pub const FOG: &str = env!("CARGO_BIN_EXE_fog");
 
 /// A `fog` process, killed when dropped.
+#[derive(Debug)]
 pub struct Running {
     pub child: Child,
     pub addr: SocketAddr,

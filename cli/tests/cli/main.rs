@@ -1,5 +1,6 @@
 //! The `fog` binary as people run it: real processes, real sockets.
 
 mod fog;
-mod publish;
+mod harvest;
+pub mod publish;
 mod run;

@@ -13,16 +13,26 @@ use fog_test_programs as programs;
 use crate::fog::{Running, run, spawn};
 
 /// A fog of separate processes.
-struct Fog {
-    dir: tempfile::TempDir,
-    control: Running,
-    router: Running,
-    hosts: Vec<Running>,
-    key: String,
+#[derive(Debug)]
+pub struct Fog {
+    pub dir: tempfile::TempDir,
+    pub control: Running,
+    pub router: Running,
+    pub hosts: Vec<Running>,
+    pub key: String,
 }
 
 impl Fog {
-    fn start(hosts: usize) -> Fog {
+    /// Control plane, router and `hosts` hosts that ignore harvest policy.
+    pub fn start(hosts: usize) -> Fog {
+        Fog::start_with(hosts, |_, _| vec!["--always-on".to_string()])
+    }
+
+    /// Control plane, router and `hosts` hosts with extra arguments from `host_args(i, dir)`.
+    pub fn start_with(
+        hosts: usize,
+        host_args: impl Fn(usize, &std::path::Path) -> Vec<String>,
+    ) -> Fog {
         let dir = tempfile::tempdir().unwrap();
         let path = |p: &str| dir.path().join(p).to_str().unwrap().to_string();
         let control = spawn(&[
@@ -42,15 +52,11 @@ impl Fog {
         let hosts = (0..hosts)
             .map(|i| {
                 let data = path(&format!("host{i}"));
-                spawn(&[
-                    "host",
-                    "--control",
-                    &control.url(),
-                    "--data",
-                    &data,
-                    "--cpu",
-                    "1",
-                ])
+                let extra = host_args(i, dir.path());
+                let control = control.url();
+                let mut args = vec!["host", "--control", &control, "--data", &data, "--cpu", "1"];
+                args.extend(extra.iter().map(String::as_str));
+                spawn(&args)
             })
             .collect();
         let key = path("developer.key");
@@ -66,14 +72,14 @@ impl Fog {
     }
 
     /// `fog ARGS --control URL --key KEY` → (code, stdout, stderr).
-    fn fog(&self, args: &[&str]) -> (i32, String, String) {
+    pub fn fog(&self, args: &[&str]) -> (i32, String, String) {
         let mut all: Vec<&str> = args.to_vec();
         let control = self.control.url();
         all.extend_from_slice(&["--control", &control, "--key", &self.key]);
         run(&all)
     }
 
-    fn app(&self, name: &str) -> AppInfo {
+    pub fn app(&self, name: &str) -> AppInfo {
         let (code, out, err) = self.fog(&["ps", "--json"]);
         assert_eq!(code, 0, "{err}");
         let apps: Vec<AppInfo> = serde_json::from_str(&out).unwrap();
@@ -82,7 +88,7 @@ impl Fog {
             .expect("app listed")
     }
 
-    fn devices(&self) -> Vec<DeviceInfo> {
+    pub fn devices(&self) -> Vec<DeviceInfo> {
         let (code, out, err) = self.fog(&["devices", "--json"]);
         assert_eq!(code, 0, "{err}");
         serde_json::from_str(&out).unwrap()
@@ -94,7 +100,8 @@ async fn through_router(fog: &Fog, method: &str, target: &str) -> Result<fog_tes
 }
 
 /// Load through the router until stopped: (successes, failures, time of the last failure).
-struct Load {
+#[derive(Debug)]
+pub struct Load {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
@@ -102,7 +109,7 @@ struct Load {
 }
 
 impl Load {
-    fn start(addr: std::net::SocketAddr, workers: usize) -> Load {
+    pub fn start(addr: std::net::SocketAddr, workers: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
@@ -142,7 +149,7 @@ impl Load {
         }
     }
 
-    async fn finish(self) -> (u64, u64, Option<Instant>) {
+    pub async fn finish(self) -> (u64, u64, Option<Instant>) {
         self.stop.store(true, Ordering::Relaxed);
         let mut last = None;
         for task in self.tasks {

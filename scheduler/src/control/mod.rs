@@ -235,6 +235,17 @@ impl Control {
             ("POST", ["devices"]) => self.register(request).await,
             ("GET", ["devices"]) => Ok(json(200, &self.device_infos()?)),
             ("POST", ["devices", id, "heartbeat"]) => self.heartbeat(id, request).await,
+            ("GET", ["devices", id, "ledger"]) => {
+                let prefix = format!("{id}/");
+                let periods: Vec<api::SignedPeriod> = self
+                    .store
+                    .list(Table::Ledger)?
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(&prefix))
+                    .map(|(k, v)| decode(Table::Ledger, k, v))
+                    .collect::<Result<_, _>>()?;
+                Ok(json(200, &periods))
+            }
             ("GET", ["blobs", sha]) => match self.store.get(Table::Blobs, sha)? {
                 Some(bytes) => {
                     let mut response = http::Response::new(Full::new(Bytes::from(bytes)));
@@ -506,11 +517,38 @@ impl Control {
         }
         let mut heartbeat: Heartbeat = serde_json::from_slice(&body)
             .map_err(|e| Refusal(400, format!("malformed JSON: {e}")))?;
-        if heartbeat.logs.len() > api::MAX_LOG_LINES || heartbeat.running.len() > api::MAX_RUNNING {
+        if heartbeat.logs.len() > api::MAX_LOG_LINES
+            || heartbeat.running.len() > api::MAX_RUNNING
+            || heartbeat.periods.len() > api::MAX_PERIODS
+        {
             return Err(Refusal(
                 413,
-                "too many log lines or running apps in one heartbeat".into(),
+                "too many log lines, running apps or ledger periods in one heartbeat".into(),
             ));
+        }
+        // Ledger periods: signed by this device's key, for this device, with honest arithmetic.
+        for period in std::mem::take(&mut heartbeat.periods) {
+            let rejected = |e: String| {
+                Refusal(
+                    400,
+                    format!("ledger period {} rejected: {e}", period.period.start_ms),
+                )
+            };
+            if period.period.device != id {
+                return Err(rejected(format!(
+                    "it is for device {}",
+                    period.period.device
+                )));
+            }
+            auth::verify_bytes(
+                &device.public_key,
+                &period.period.signed_bytes(),
+                &period.signature,
+            )
+            .map_err(|e| rejected(e.to_string()))?;
+            period.period.check_arithmetic().map_err(rejected)?;
+            let key = format!("{id}/{:020}", period.period.start_ms);
+            self.store.put(Table::Ledger, &key, &encode(&period))?;
         }
         let lines = std::mem::take(&mut heartbeat.logs);
         {
@@ -776,30 +814,44 @@ impl Control {
         if in_grace && placements.values().any(|p| !p.devices.is_empty()) {
             return Ok(());
         }
-        let live: HashMap<String, (bool, bool)> = self
+        let live: HashMap<String, (bool, Heartbeat)> = self
             .live
             .lock()
             .expect("live lock")
             .iter()
-            .map(|(id, l)| (id.clone(), (self.is_alive(l), l.heartbeat.harvestable)))
+            .map(|(id, l)| (id.clone(), (self.is_alive(l), l.heartbeat.clone())))
             .collect();
         let fleet: Vec<Device> = devices
             .iter()
             .map(|d| {
-                let (alive, harvestable) = live.get(&d.id).copied().unwrap_or((false, false));
+                // What the device offers now (its harvest policy's share), capped by what it
+                // registered; battery and heat feed the energy objective.
+                let (alive, harvestable, cpu, mem, battery, charging, temperature) =
+                    match live.get(&d.id) {
+                        Some((alive, hb)) => (
+                            *alive,
+                            hb.harvestable,
+                            hb.cpu_free.min(d.cpu),
+                            hb.mem_free_mb.min(d.mem_mb),
+                            hb.battery,
+                            hb.charging,
+                            hb.temperature_c,
+                        ),
+                        None => (false, false, 0.0, 0.0, None, true, 0.0),
+                    };
                 Device {
                     id: d.id.clone(),
-                    cpu_capacity: d.cpu,
-                    cpu_free: d.cpu,
-                    mem_capacity_mb: d.mem_mb,
-                    mem_free_mb: d.mem_mb,
+                    cpu_capacity: cpu.max(1e-6),
+                    cpu_free: cpu,
+                    mem_capacity_mb: mem.max(1e-6),
+                    mem_free_mb: mem,
                     disk_free_mb: d.disk_mb,
                     harvestable,
                     healthy: alive,
                     heartbeat_age_s: if alive { 0.0 } else { f64::INFINITY },
-                    battery: None,
-                    charging: true,
-                    temperature_c: 30.0,
+                    battery,
+                    charging,
+                    temperature_c: temperature,
                     region: d.region.clone(),
                     latency_ms: 10.0,
                     bandwidth_mbps: 100.0,
@@ -1044,9 +1096,81 @@ mod tests {
             "",
         );
         assert_eq!(control.handle(heartbeat).await.status(), 404);
-        // No device yet: the app is reported, not silently dropped.
-        control.reconcile().unwrap();
-        let info = control.app_info(&control.app("hello").unwrap()).unwrap();
+        // Ledger periods: verified against the device key; a tampered one is refused.
+        let device_key = Identity::generate();
+        let registration =
+            br#"{"addr":"127.0.0.1:9","region":"r","cpu":2,"mem_mb":1024,"disk_mb":1024}"#.to_vec();
+        let registered = control
+            .handle(signed(&device_key, "POST", "/v1/devices", registration, ""))
+            .await;
+        assert_eq!(registered.status(), 200);
+        let id = auth::device_id(&device_key.public_hex());
+        let entries = vec![api::LedgerEntry {
+            app: "hello".into(),
+            fuel: 7_200_000_000,
+            credits: api::LedgerPeriod::credits(7_200_000_000, 0.15),
+        }];
+        let period = api::LedgerPeriod {
+            device: id.clone(),
+            start_ms: 1,
+            end_ms: 2,
+            price_cpu_hour: 0.15,
+            total_credits: entries[0].credits,
+            entries,
+        };
+        let honest = api::SignedPeriod {
+            signature: device_key.sign_bytes(&period.signed_bytes()),
+            period,
+        };
+        let mut tampered = honest.clone();
+        tampered.period.entries[0].fuel *= 10;
+        tampered.period.entries[0].credits *= 10.0;
+        tampered.period.total_credits *= 10.0;
+        let path = format!("/v1/devices/{id}/heartbeat");
+        for (period, status) in [(tampered, 400), (honest, 200)] {
+            let heartbeat = serde_json::json!({ "harvestable": true, "cpu_free": 1.0, "mem_free_mb": 512.0, "periods": [period] });
+            let response = control
+                .handle(signed(
+                    &device_key,
+                    "POST",
+                    &path,
+                    serde_json::to_vec(&heartbeat).unwrap(),
+                    "",
+                ))
+                .await;
+            assert_eq!(response.status(), status);
+        }
+        let ledger = control
+            .handle(request(
+                "GET",
+                &format!("/v1/devices/{id}/ledger"),
+                &[],
+                vec![],
+            ))
+            .await;
+        let body = ledger.into_body().collect().await.unwrap().to_bytes();
+        let stored: Vec<api::SignedPeriod> = serde_json::from_slice(&body).unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].period.entries[0].fuel, 7_200_000_000);
+        // No device has room yet: the app is reported, not silently dropped.
+        let stale = Control::new(
+            Arc::new(store::SledStore::temporary().unwrap()),
+            ControlConfig::default(),
+        );
+        let key2 = Identity::generate();
+        let hello = std::fs::read(fog_test_programs::HELLO).unwrap();
+        let published = stale
+            .handle(signed(
+                &key2,
+                "POST",
+                "/v1/apps",
+                hello,
+                r#"{"name":"hello","tier":"B"}"#,
+            ))
+            .await;
+        assert_eq!(published.status(), 201);
+        stale.reconcile().unwrap();
+        let info = stale.app_info(&stale.app("hello").unwrap()).unwrap();
         assert!(info.problem.unwrap().contains("needs 1 distinct devices"));
     }
 }

@@ -18,6 +18,8 @@ pub enum Table {
     Placements,
     /// Component bytes by sha256.
     Blobs,
+    /// Verified ledger periods by `device/start_ms`.
+    Ledger,
 }
 
 impl Table {
@@ -27,6 +29,7 @@ impl Table {
             Table::Devices => "devices",
             Table::Placements => "placements",
             Table::Blobs => "blobs",
+            Table::Ledger => "ledger",
         }
     }
 }
