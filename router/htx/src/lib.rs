@@ -9,13 +9,16 @@
 //! - [`handshake`]: `Noise_XK_25519_ChaChaPoly_SHA256` with the `snow` crate (the responder's
 //!   static key is known in advance). The 1.2 proposal's hand-written state machine is not
 //!   standard XK; Fog uses standard Noise and derives the 1.2 traffic secrets from the Noise
-//!   split keys and handshake hash (see [`handshake`]).
+//!   split keys and handshake hash (see [`handshake`]);
+//! - [`conn`]: a connection of many flow-controlled streams (odd ids for the client, even for
+//!   the server), PING with a timeout, KEY_UPDATE on frame / byte / time thresholds, CLOSE.
 //!
 //! Where the 1.1 and 1.2 documents disagree, Fog follows 1.2's frame layout and key schedule,
 //! which come with test vectors.
 
 #![deny(missing_docs)]
 
+pub mod conn;
 pub mod frame;
 pub mod handshake;
 pub mod keys;

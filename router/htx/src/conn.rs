@@ -1,0 +1,810 @@
+//! An HTX connection: many flow-controlled streams over one Noise-keyed byte stream.
+//!
+//! One task writes (seals frames in order, rekeying on the frame, byte and time thresholds) and
+//! one reads (opens frames, enforces windows and stream-id parity, dispatches). Client streams are
+//! odd, server streams even. A sender never has more unacknowledged bytes in flight than the
+//! stream window and the connection window allow; a receiver that sees more closes the
+//! connection.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::HtxError;
+use crate::frame::{DEFAULT_MAX_FRAME, FrameType, Opener, Sealer, decode_stream, encode_stream};
+use crate::handshake::{self, SessionKeys, StaticKey};
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Initial credit of each stream, bytes (the spec's 32,768; larger is allowed).
+    pub stream_window: u32,
+    /// Initial credit of the connection, bytes (the spec's 65,535; larger is allowed).
+    pub connection_window: u32,
+    /// Largest data in one STREAM frame.
+    pub max_chunk: usize,
+    /// Rekey after this many frames in one direction.
+    pub rekey_frames: u64,
+    /// Rekey after this many bytes in one direction.
+    pub rekey_bytes: u64,
+    /// Rekey after this long in one direction.
+    pub rekey_after: Duration,
+    /// A ping must be answered within this.
+    pub ping_timeout: Duration,
+    /// Most streams the peer may have open at once.
+    pub max_streams: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            stream_window: 32_768,
+            connection_window: 65_535,
+            max_chunk: 16_384,
+            rekey_frames: 1 << 16,
+            rekey_bytes: 8 << 30,
+            rekey_after: Duration::from_secs(3600),
+            ping_timeout: Duration::from_secs(5),
+            max_streams: 4096,
+        }
+    }
+}
+
+/// Flow-control credit that senders wait on.
+#[derive(Debug, Default)]
+struct Credit {
+    available: Mutex<u64>,
+    notify: Notify,
+}
+
+impl Credit {
+    fn new(initial: u32) -> Arc<Credit> {
+        Arc::new(Credit {
+            available: Mutex::new(initial as u64),
+            notify: Notify::new(),
+        })
+    }
+
+    fn add(&self, n: u64) {
+        *self.available.lock().expect("credit lock") += n;
+        self.notify.notify_waiters();
+    }
+}
+
+enum Outgoing {
+    Frame {
+        kind: FrameType,
+        stream: u32,
+        payload: Vec<u8>,
+    },
+}
+
+/// Data (and whether it ends the stream) delivered to a stream.
+type Chunk = Result<(Vec<u8>, bool), HtxError>;
+
+#[derive(Debug)]
+struct StreamEntry {
+    data: mpsc::UnboundedSender<Chunk>,
+    send_credit: Arc<Credit>,
+    /// Bytes received beyond the credit the reader has returned.
+    outstanding: u64,
+    next_offset: u64,
+}
+
+struct Shared {
+    config: Config,
+    client: bool,
+    out: mpsc::UnboundedSender<Outgoing>,
+    streams: Mutex<HashMap<u32, StreamEntry>>,
+    next_id: AtomicU32,
+    connection_credit: Arc<Credit>,
+    /// Bytes received on all streams beyond the connection credit returned.
+    connection_outstanding: Mutex<u64>,
+    /// Bytes consumed by readers but not yet returned to the peer as connection credit.
+    connection_unacked: Mutex<u64>,
+    incoming: Mutex<Option<mpsc::UnboundedSender<HtxStream>>>,
+    pings: Mutex<HashMap<[u8; 8], oneshot::Sender<()>>>,
+    ping_counter: std::sync::atomic::AtomicU64,
+    /// Held while a new stream takes its id and queues its first frame.
+    open_order: Mutex<()>,
+    /// The highest stream id the peer has opened (lower unknown ids were closed here).
+    highest_peer_stream: Mutex<u32>,
+    key_updates_sent: std::sync::atomic::AtomicU64,
+    key_updates_received: std::sync::atomic::AtomicU64,
+    closed: AtomicBool,
+    error: Mutex<Option<HtxError>>,
+    closed_notify: Notify,
+}
+
+impl Shared {
+    fn send(&self, kind: FrameType, stream: u32, payload: Vec<u8>) -> Result<(), HtxError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(self.error());
+        }
+        self.out
+            .send(Outgoing::Frame {
+                kind,
+                stream,
+                payload,
+            })
+            .map_err(|_| self.error())
+    }
+
+    fn error(&self) -> HtxError {
+        self.error
+            .lock()
+            .expect("error lock")
+            .clone()
+            .unwrap_or_else(|| HtxError::Closed("connection closed".into()))
+    }
+
+    /// Close everything with `error`: wake every waiter, fail every stream.
+    fn fail(&self, error: HtxError) {
+        {
+            let mut slot = self.error.lock().expect("error lock");
+            if slot.is_none() {
+                *slot = Some(error.clone());
+            }
+        }
+        self.closed.store(true, Ordering::Release);
+        for (_, entry) in self.streams.lock().expect("streams lock").drain() {
+            let _ = entry.data.send(Err(error.clone()));
+            entry.send_credit.notify.notify_waiters();
+        }
+        self.connection_credit.notify.notify_waiters();
+        self.incoming.lock().expect("incoming lock").take();
+        self.pings.lock().expect("pings lock").clear();
+        self.closed_notify.notify_waiters();
+    }
+
+    /// A stream object; `register` puts it in the stream table at once (peer-opened streams),
+    /// otherwise its first frame does (so new streams reach the wire in id order).
+    fn new_stream(self: &Arc<Self>, id: u32, register: bool) -> HtxStream {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let send_credit = Credit::new(self.config.stream_window);
+        let entry = StreamEntry {
+            data: tx,
+            send_credit: send_credit.clone(),
+            outstanding: 0,
+            next_offset: 0,
+        };
+        let unregistered = if register {
+            self.streams.lock().expect("streams lock").insert(id, entry);
+            None
+        } else {
+            Some(entry)
+        };
+        HtxStream {
+            id,
+            shared: self.clone(),
+            data: rx,
+            send_credit,
+            unregistered,
+            send_offset: 0,
+            unacknowledged: 0,
+            finished: false,
+            ended: false,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Send a STREAM frame for `stream`, first giving it an id and a table entry if it has
+    /// none: ids are taken and first frames queued under one lock, so the peer sees new
+    /// streams in increasing id order.
+    fn send_stream(
+        &self,
+        stream: &mut HtxStream,
+        payload_of: impl FnOnce() -> Vec<u8>,
+    ) -> Result<(), HtxError> {
+        match stream.unregistered.take() {
+            None => self.send(FrameType::Stream, stream.id, payload_of()),
+            Some(entry) => {
+                let _order = self.open_order.lock().expect("open order lock");
+                let id = self.next_id.fetch_add(2, Ordering::Relaxed);
+                stream.id = id;
+                self.streams.lock().expect("streams lock").insert(id, entry);
+                self.send(FrameType::Stream, id, payload_of())
+            }
+        }
+    }
+}
+
+/// One end of an HTX connection.
+#[derive(Clone)]
+pub struct Connection {
+    shared: Arc<Shared>,
+    incoming: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<HtxStream>>>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("client", &self.shared.client)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Handshake as the initiator over `io` and start the connection.
+pub async fn connect<S>(
+    mut io: S,
+    local: &StaticKey,
+    remote: &[u8; 32],
+    prologue: &[u8],
+    config: Config,
+) -> Result<Connection, HtxError>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let keys = handshake::initiate(&mut io, local, remote, prologue).await?;
+    Ok(Connection::start(io, keys, true, config))
+}
+
+/// Handshake as the responder over `io` and start the connection; also returns the peer's
+/// static key.
+pub async fn accept<S>(
+    mut io: S,
+    local: &StaticKey,
+    prologue: &[u8],
+    config: Config,
+) -> Result<(Connection, [u8; 32]), HtxError>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let keys = handshake::respond(&mut io, local, prologue).await?;
+    let remote = keys.remote_static;
+    Ok((Connection::start(io, keys, false, config), remote))
+}
+
+impl Connection {
+    fn start<S>(io: S, keys: SessionKeys, client: bool, config: Config) -> Connection
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let (reader, writer) = tokio::io::split(io);
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            connection_credit: Credit::new(config.connection_window),
+            config,
+            client,
+            out: out_tx,
+            streams: Mutex::new(HashMap::new()),
+            next_id: AtomicU32::new(if client { 1 } else { 2 }),
+            connection_outstanding: Mutex::new(0),
+            connection_unacked: Mutex::new(0),
+            incoming: Mutex::new(Some(incoming_tx)),
+            pings: Mutex::new(HashMap::new()),
+            ping_counter: std::sync::atomic::AtomicU64::new(1),
+            highest_peer_stream: Mutex::new(0),
+            open_order: Mutex::new(()),
+            key_updates_sent: std::sync::atomic::AtomicU64::new(0),
+            key_updates_received: std::sync::atomic::AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            error: Mutex::new(None),
+            closed_notify: Notify::new(),
+        });
+        let sealer = Sealer::new(keys.send);
+        let opener = Opener::new(
+            keys.recv,
+            DEFAULT_MAX_FRAME.max(shared.config.max_chunk + 11 + 7 + 16),
+        );
+        tokio::spawn(write_loop(shared.clone(), writer, out_rx, sealer));
+        tokio::spawn(read_loop(shared.clone(), reader, opener));
+        Connection {
+            shared,
+            incoming: Arc::new(tokio::sync::Mutex::new(incoming_rx)),
+        }
+    }
+
+    /// Open a new stream (it gets its id when it first sends).
+    pub fn open(&self) -> Result<HtxStream, HtxError> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(self.shared.error());
+        }
+        Ok(self.shared.new_stream(0, false))
+    }
+
+    /// The next stream the peer opens; `None` once the connection is closed.
+    pub async fn accept(&self) -> Option<HtxStream> {
+        self.incoming.lock().await.recv().await
+    }
+
+    /// Send a PING and wait for its echo; the connection is closed if none comes in time.
+    pub async fn ping(&self) -> Result<Duration, HtxError> {
+        let token = self
+            .shared
+            .ping_counter
+            .fetch_add(1, Ordering::Relaxed)
+            .to_be_bytes();
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .pings
+            .lock()
+            .expect("pings lock")
+            .insert(token, tx);
+        let started = Instant::now();
+        let mut payload = vec![0u8];
+        payload.extend_from_slice(&token);
+        self.shared.send(FrameType::Ping, 0, payload)?;
+        match tokio::time::timeout(self.shared.config.ping_timeout, rx).await {
+            Ok(Ok(())) => Ok(started.elapsed()),
+            Ok(Err(_)) => Err(self.shared.error()),
+            Err(_) => {
+                let error = HtxError::Closed(format!(
+                    "no PING echo within {:?}",
+                    self.shared.config.ping_timeout
+                ));
+                self.shared.fail(error.clone());
+                Err(error)
+            }
+        }
+    }
+
+    /// Close the connection with a reason.
+    pub fn close(&self, reason: &str) {
+        let mut payload = 0u16.to_be_bytes().to_vec();
+        payload.extend_from_slice(reason.as_bytes());
+        let _ = self.shared.send(FrameType::Close, 0, payload);
+        self.shared.fail(HtxError::Closed(reason.to_string()));
+    }
+
+    /// Key updates (sent, received) so far.
+    pub fn key_updates(&self) -> (u64, u64) {
+        (
+            self.shared.key_updates_sent.load(Ordering::Relaxed),
+            self.shared.key_updates_received.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Why the connection ended, once it has.
+    pub fn error(&self) -> Option<HtxError> {
+        self.shared.error.lock().expect("error lock").clone()
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    shared: Arc<Shared>,
+    mut writer: W,
+    mut out: mpsc::UnboundedReceiver<Outgoing>,
+    mut sealer: Sealer,
+) {
+    let mut buffer = Vec::with_capacity(64 << 10);
+    let mut bytes_under_key = 0u64;
+    let mut keyed_at = Instant::now();
+    while let Some(first) = out.recv().await {
+        buffer.clear();
+        let mut next = Some(first);
+        // Coalesce whatever is already queued into one write.
+        while let Some(Outgoing::Frame {
+            kind,
+            stream,
+            payload,
+        }) = next.take()
+        {
+            let before = buffer.len();
+            sealer.seal(kind, stream, 0, &payload, &mut buffer);
+            bytes_under_key += (buffer.len() - before) as u64;
+            let config = &shared.config;
+            if sealer.counter() >= config.rekey_frames
+                || bytes_under_key >= config.rekey_bytes
+                || keyed_at.elapsed() >= config.rekey_after
+            {
+                sealer.seal(FrameType::KeyUpdate, 0, 0, &[], &mut buffer);
+                sealer.rekey();
+                shared.key_updates_sent.fetch_add(1, Ordering::Relaxed);
+                bytes_under_key = 0;
+                keyed_at = Instant::now();
+            }
+            if buffer.len() < 256 << 10 {
+                next = out.try_recv().ok();
+            }
+        }
+        if let Err(err) = writer.write_all(&buffer).await {
+            shared.fail(HtxError::Io(err.to_string()));
+            return;
+        }
+        if let Err(err) = writer.flush().await {
+            shared.fail(HtxError::Io(err.to_string()));
+            return;
+        }
+        if shared.closed.load(Ordering::Acquire) && out.is_empty() {
+            let _ = writer.shutdown().await;
+            return;
+        }
+    }
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut reader: R, mut opener: Opener) {
+    let result: Result<(), HtxError> = async {
+        let mut frame = Vec::with_capacity(DEFAULT_MAX_FRAME);
+        loop {
+            let mut len = [0u8; 3];
+            match reader.read_exact(&mut len).await {
+                Ok(_) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Err(HtxError::Closed("the peer closed the transport".into()));
+                }
+                Err(err) => return Err(HtxError::Io(err.to_string())),
+            }
+            let total = opener.frame_len(len)?;
+            frame.clear();
+            frame.extend_from_slice(&len);
+            frame.resize(total, 0);
+            reader
+                .read_exact(&mut frame[3..])
+                .await
+                .map_err(|e| HtxError::Truncated {
+                    what: "frame",
+                    len: if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                        0
+                    } else {
+                        total
+                    },
+                })?;
+            let opened = opener.open(&frame)?;
+            match opened.kind {
+                FrameType::Stream => on_stream(&shared, opened.stream, &opened.payload)?,
+                FrameType::WindowUpdate => {
+                    if opened.payload.len() != 5 {
+                        return Err(HtxError::Malformed {
+                            what: "WINDOW_UPDATE",
+                            reason: "not 5 bytes".into(),
+                        });
+                    }
+                    let credit =
+                        u32::from_be_bytes(opened.payload[1..5].try_into().expect("4 bytes"))
+                            as u64;
+                    match opened.payload[0] {
+                        0 => shared.connection_credit.add(credit),
+                        1 => {
+                            let credit_target = shared
+                                .streams
+                                .lock()
+                                .expect("streams lock")
+                                .get(&opened.stream)
+                                .map(|s| s.send_credit.clone());
+                            if let Some(target) = credit_target {
+                                target.add(credit);
+                            }
+                        }
+                        other => {
+                            return Err(HtxError::Malformed {
+                                what: "WINDOW_UPDATE",
+                                reason: format!("scope {other}"),
+                            });
+                        }
+                    }
+                }
+                FrameType::Ping => {
+                    if opened.payload.len() != 9 {
+                        return Err(HtxError::Malformed {
+                            what: "PING",
+                            reason: "not 9 bytes".into(),
+                        });
+                    }
+                    let token: [u8; 8] = opened.payload[1..].try_into().expect("8 bytes");
+                    if opened.payload[0] == 0 {
+                        let mut echo = vec![1u8];
+                        echo.extend_from_slice(&token);
+                        shared.send(FrameType::Ping, 0, echo)?;
+                    } else if let Some(waiter) =
+                        shared.pings.lock().expect("pings lock").remove(&token)
+                    {
+                        let _ = waiter.send(());
+                    }
+                }
+                FrameType::KeyUpdate => {
+                    opener.rekey();
+                    shared.key_updates_received.fetch_add(1, Ordering::Relaxed);
+                }
+                FrameType::Close => {
+                    let reason =
+                        String::from_utf8_lossy(opened.payload.get(2..).unwrap_or_default())
+                            .into_owned();
+                    if opened.stream == 0 {
+                        return Err(HtxError::Closed(reason));
+                    }
+                    if let Some(entry) = shared
+                        .streams
+                        .lock()
+                        .expect("streams lock")
+                        .remove(&opened.stream)
+                    {
+                        let _ = entry
+                            .data
+                            .send(Err(HtxError::Closed(format!("stream reset: {reason}"))));
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    if let Err(error) = result {
+        // Tell the peer why, best effort, before failing locally.
+        let mut payload = 1u16.to_be_bytes().to_vec();
+        payload.extend_from_slice(error.to_string().as_bytes());
+        let _ = shared.out.send(Outgoing::Frame {
+            kind: FrameType::Close,
+            stream: 0,
+            payload,
+        });
+        shared.fail(error);
+    }
+}
+
+fn on_stream(shared: &Arc<Shared>, id: u32, payload: &[u8]) -> Result<(), HtxError> {
+    let (fin, offset, data) = decode_stream(payload)?;
+    let mut streams = shared.streams.lock().expect("streams lock");
+    if !streams.contains_key(&id) {
+        let peer_parity = if shared.client { 0 } else { 1 };
+        if id == 0 {
+            return Err(HtxError::Malformed {
+                what: "STREAM frame",
+                reason: "stream 0 carries no data".into(),
+            });
+        }
+        if id % 2 != peer_parity {
+            // One of ours: either already closed here (late data is dropped) or never opened.
+            if id < shared.next_id.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            return Err(HtxError::Malformed {
+                what: "STREAM frame",
+                reason: format!("stream {id} was never opened"),
+            });
+        }
+        let mut highest = shared.highest_peer_stream.lock().expect("stream ids lock");
+        if id <= *highest {
+            // The peer's stream, already closed here: drop late data.
+            return Ok(());
+        }
+        if streams.len() >= shared.config.max_streams {
+            return Err(HtxError::Malformed {
+                what: "STREAM frame",
+                reason: "too many open streams".into(),
+            });
+        }
+        *highest = id;
+        drop(highest);
+        drop(streams);
+        let stream = shared.new_stream(id, true);
+        let incoming = shared.incoming.lock().expect("incoming lock").clone();
+        if let Some(incoming) = incoming {
+            let _ = incoming.send(stream);
+        }
+        streams = shared.streams.lock().expect("streams lock");
+    }
+    let entry = streams.get_mut(&id).expect("stream registered above");
+    if offset != entry.next_offset {
+        return Err(HtxError::Malformed {
+            what: "STREAM frame",
+            reason: format!("offset {offset}, expected {}", entry.next_offset),
+        });
+    }
+    entry.next_offset += data.len() as u64;
+    entry.outstanding += data.len() as u64;
+    if entry.outstanding > shared.config.stream_window as u64 {
+        return Err(HtxError::Malformed {
+            what: "STREAM frame",
+            reason: format!("stream {id} exceeded its window"),
+        });
+    }
+    {
+        let mut connection = shared.connection_outstanding.lock().expect("window lock");
+        *connection += data.len() as u64;
+        if *connection > shared.config.connection_window as u64 {
+            return Err(HtxError::Malformed {
+                what: "STREAM frame",
+                reason: "connection window exceeded".into(),
+            });
+        }
+    }
+    let _ = entry.data.send(Ok((data.to_vec(), fin)));
+    Ok(())
+}
+
+/// One stream of an HTX connection.
+pub struct HtxStream {
+    id: u32,
+    shared: Arc<Shared>,
+    data: mpsc::UnboundedReceiver<Chunk>,
+    send_credit: Arc<Credit>,
+    /// The table entry of a locally opened stream that has not sent yet.
+    unregistered: Option<StreamEntry>,
+    send_offset: u64,
+    /// Bytes read but not yet returned to the peer as credit.
+    unacknowledged: u64,
+    finished: bool,
+    ended: bool,
+    pending: Vec<u8>,
+}
+
+impl std::fmt::Debug for HtxStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HtxStream")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HtxStream {
+    /// The stream's id (odd when the client opened it; 0 until it first sends).
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Bytes this side has sent on the stream.
+    pub fn sent(&self) -> u64 {
+        self.send_offset
+    }
+
+    /// Wait for credit on both the stream and the connection; take up to `want` bytes of it.
+    async fn reserve(&self, want: usize) -> Result<usize, HtxError> {
+        loop {
+            let stream_wait = self.send_credit.notify.notified();
+            let connection_wait = self.shared.connection_credit.notify.notified();
+            tokio::pin!(stream_wait, connection_wait);
+            stream_wait.as_mut().enable();
+            connection_wait.as_mut().enable();
+            if self.shared.closed.load(Ordering::Acquire) {
+                return Err(self.shared.error());
+            }
+            {
+                let mut stream = self.send_credit.available.lock().expect("credit lock");
+                let mut connection = self
+                    .shared
+                    .connection_credit
+                    .available
+                    .lock()
+                    .expect("credit lock");
+                let take = (want as u64).min(*stream).min(*connection);
+                if take > 0 {
+                    *stream -= take;
+                    *connection -= take;
+                    return Ok(take as usize);
+                }
+            }
+            tokio::select! {
+                () = stream_wait => {}
+                () = connection_wait => {}
+            }
+        }
+    }
+
+    /// Send `data`, waiting for flow-control credit as needed.
+    pub async fn write(&mut self, mut data: &[u8]) -> Result<(), HtxError> {
+        if self.finished {
+            return Err(HtxError::Closed("stream already finished".into()));
+        }
+        while !data.is_empty() {
+            let n = self
+                .reserve(data.len().min(self.shared.config.max_chunk))
+                .await?;
+            let offset = self.send_offset;
+            let shared = self.shared.clone();
+            shared.send_stream(self, || encode_stream(false, offset, &data[..n]))?;
+            self.send_offset += n as u64;
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    /// End the stream (FIN).
+    pub async fn finish(&mut self) -> Result<(), HtxError> {
+        if !self.finished {
+            self.finished = true;
+            let offset = self.send_offset;
+            let shared = self.shared.clone();
+            shared.send_stream(self, || encode_stream(true, offset, &[]))?;
+        }
+        Ok(())
+    }
+
+    /// The next data the peer sent, `None` once it finished the stream.
+    pub async fn read(&mut self) -> Result<Option<Vec<u8>>, HtxError> {
+        if self.unregistered.is_some() {
+            return Err(HtxError::Closed(
+                "nothing can arrive on a stream that has not sent yet".into(),
+            ));
+        }
+        if !self.pending.is_empty() {
+            return Ok(Some(std::mem::take(&mut self.pending)));
+        }
+        if self.ended {
+            return Ok(None);
+        }
+        loop {
+            match self.data.recv().await {
+                None => return Err(self.shared.error()),
+                Some(Err(error)) => return Err(error),
+                Some(Ok((data, fin))) => {
+                    self.ended = fin;
+                    self.acknowledge(data.len() as u64)?;
+                    if data.is_empty() {
+                        if fin {
+                            return Ok(None);
+                        }
+                        continue;
+                    }
+                    return Ok(Some(data));
+                }
+            }
+        }
+    }
+
+    /// Everything until the peer finishes the stream.
+    pub async fn read_to_end(&mut self) -> Result<Vec<u8>, HtxError> {
+        let mut all = Vec::new();
+        while let Some(chunk) = self.read().await? {
+            all.extend_from_slice(&chunk);
+        }
+        Ok(all)
+    }
+
+    /// Return credit for `n` consumed bytes: to the stream in batches of half its window (or at
+    /// its end), to the connection in batches of a quarter of its window, independently, so
+    /// streams that each hold a little credit can never starve each other.
+    fn acknowledge(&mut self, n: u64) -> Result<(), HtxError> {
+        self.unacknowledged += n;
+        let threshold = (self.shared.config.stream_window as u64 / 2).max(1);
+        if self.unacknowledged >= threshold || (self.ended && self.unacknowledged > 0) {
+            let credit = self.unacknowledged;
+            self.unacknowledged = 0;
+            if let Some(entry) = self
+                .shared
+                .streams
+                .lock()
+                .expect("streams lock")
+                .get_mut(&self.id)
+            {
+                entry.outstanding -= credit.min(entry.outstanding);
+            }
+            if !self.ended {
+                let mut stream = vec![1u8];
+                stream.extend_from_slice(&(credit as u32).to_be_bytes());
+                self.shared.send(FrameType::WindowUpdate, self.id, stream)?;
+            }
+        }
+        self.shared.consumed(n)
+    }
+}
+
+impl Shared {
+    /// `n` bytes were consumed by a reader: return connection credit in batches.
+    fn consumed(&self, n: u64) -> Result<(), HtxError> {
+        let credit = {
+            let mut outstanding = self.connection_outstanding.lock().expect("window lock");
+            *outstanding -= n.min(*outstanding);
+            let mut unacked = self.connection_unacked.lock().expect("window lock");
+            *unacked += n;
+            if *unacked < (self.config.connection_window as u64 / 4).max(1) {
+                return Ok(());
+            }
+            std::mem::take(&mut *unacked)
+        };
+        let mut payload = vec![0u8];
+        payload.extend_from_slice(&(credit as u32).to_be_bytes());
+        self.send(FrameType::WindowUpdate, 0, payload)
+    }
+}
+
+impl Drop for HtxStream {
+    fn drop(&mut self) {
+        if !self.finished || !self.ended {
+            self.shared
+                .streams
+                .lock()
+                .expect("streams lock")
+                .remove(&self.id);
+        }
+    }
+}
