@@ -5,8 +5,7 @@
 //! replayed, reordered, dropped or tampered frame fails authentication. Lengths are checked
 //! against a limit before any buffer is sized from them.
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 
 use crate::HtxError;
 use crate::keys::DirectionKeys;
@@ -64,10 +63,16 @@ pub struct Frame {
     pub payload: Vec<u8>,
 }
 
+fn cipher(keys: &DirectionKeys) -> LessSafeKey {
+    LessSafeKey::new(
+        UnboundKey::new(&CHACHA20_POLY1305, &keys.key).expect("a 32-byte ChaCha20-Poly1305 key"),
+    )
+}
+
 /// Encrypts frames in one direction.
 pub struct Sealer {
     keys: DirectionKeys,
-    cipher: ChaCha20Poly1305,
+    cipher: LessSafeKey,
     counter: u64,
 }
 
@@ -82,7 +87,7 @@ impl std::fmt::Debug for Sealer {
 impl Sealer {
     /// A sealer starting at frame counter 0.
     pub fn new(keys: DirectionKeys) -> Sealer {
-        let cipher = ChaCha20Poly1305::new(Key::from_slice(&keys.key));
+        let cipher = cipher(&keys);
         Sealer {
             keys,
             cipher,
@@ -113,12 +118,12 @@ impl Sealer {
         out.extend_from_slice(&aad.to_be_bytes());
         out.extend_from_slice(plaintext);
         let (header, body) = out[start..].split_at_mut(HEADER_LEN);
-        let nonce = self.keys.nonce(self.counter);
+        let nonce = Nonce::assume_unique_for_key(self.keys.nonce(self.counter));
         let tag = self
             .cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), header, body)
+            .seal_in_place_separate_tag(nonce, Aad::from(&*header), body)
             .expect("ChaCha20-Poly1305 encrypts any payload under 256 GiB");
-        out.extend_from_slice(&tag);
+        out.extend_from_slice(tag.as_ref());
         self.counter += 1;
     }
 
@@ -131,7 +136,7 @@ impl Sealer {
 /// Decrypts frames in one direction.
 pub struct Opener {
     keys: DirectionKeys,
-    cipher: ChaCha20Poly1305,
+    cipher: LessSafeKey,
     counter: u64,
     max_frame: usize,
 }
@@ -147,7 +152,7 @@ impl std::fmt::Debug for Opener {
 impl Opener {
     /// An opener starting at frame counter 0, refusing `Len` above `max_frame`.
     pub fn new(keys: DirectionKeys, max_frame: usize) -> Opener {
-        let cipher = ChaCha20Poly1305::new(Key::from_slice(&keys.key));
+        let cipher = cipher(&keys);
         Opener {
             keys,
             cipher,
@@ -188,19 +193,17 @@ impl Opener {
             });
         }
         let (header, rest) = frame.split_at(HEADER_LEN);
-        let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
-        let mut payload = ciphertext.to_vec();
-        let nonce = self.keys.nonce(self.counter);
-        self.cipher
-            .decrypt_in_place_detached(
-                Nonce::from_slice(&nonce),
-                header,
-                &mut payload,
-                Tag::from_slice(tag),
-            )
+        // ring opens ciphertext || tag in place and returns the plaintext.
+        let mut payload = rest.to_vec();
+        let nonce = Nonce::assume_unique_for_key(self.keys.nonce(self.counter));
+        let plaintext_len = self
+            .cipher
+            .open_in_place(nonce, Aad::from(header), &mut payload)
             .map_err(|_| HtxError::Authentication {
                 counter: self.counter,
-            })?;
+            })?
+            .len();
+        payload.truncate(plaintext_len);
         self.counter += 1;
         Ok(Frame {
             kind: FrameType::from_u8(header[3])?,
