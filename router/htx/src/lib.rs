@@ -11,7 +11,9 @@
 //!   standard XK; Fog uses standard Noise and derives the 1.2 traffic secrets from the Noise
 //!   split keys and handshake hash (see [`handshake`]);
 //! - [`conn`]: a connection of many flow-controlled streams (odd ids for the client, even for
-//!   the server), PING with a timeout, KEY_UPDATE on frame / byte / time thresholds, CLOSE.
+//!   the server), PING with a timeout, KEY_UPDATE on frame / byte / time thresholds, CLOSE;
+//! - [`names`]: self-certifying `betanet://` and `bn1:` names;
+//! - [`tickets`]: access tickets (the 1.1 formula) with replay rejection.
 //!
 //! Where the 1.1 and 1.2 documents disagree, Fog follows 1.2's frame layout and key schedule,
 //! which come with test vectors.
@@ -22,6 +24,8 @@ pub mod conn;
 pub mod frame;
 pub mod handshake;
 pub mod keys;
+pub mod names;
+pub mod tickets;
 
 /// Everything that can go wrong on an HTX connection.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
