@@ -127,6 +127,7 @@ fn main() {
             disk_mb: 4096.0,
             heartbeat: Duration::from_secs(1),
             harvest: None,
+            htx: None,
         };
         tokio::spawn(agent::run(
             runtime,

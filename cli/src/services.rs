@@ -60,9 +60,13 @@ pub async fn start_control(
 pub async fn start_router(
     listen: SocketAddr,
     control_url: &str,
+    htx: bool,
     stop: Stop,
 ) -> anyhow::Result<(SocketAddr, Vec<JoinHandle<()>>)> {
-    let gateway = Gateway::new(GatewayConfig::new(control_url));
+    let gateway = Gateway::new(GatewayConfig {
+        htx_data_plane: htx,
+        ..GatewayConfig::new(control_url)
+    });
     let listener = server::bind(listen).await?;
     let addr = listener.local_addr()?;
     let front = tokio::spawn(fog_router::serve(
@@ -139,6 +143,7 @@ pub async fn start_host(
         disk_mb: args.disk_mb,
         heartbeat: std::time::Duration::from_secs(1),
         harvest: None,
+        htx: None,
     };
     let mut tasks = Vec::new();
     let harvest = if args.always_on {
@@ -183,8 +188,25 @@ pub async fn start_host(
         Some(handle)
     };
     let serving = tokio::spawn(server::serve(listener, apps.clone(), stop.clone().wait()));
+    // The data plane routers use: HTX (Noise XK to a key derived from the device identity).
+    let htx_key = fog_host::htx_server::static_key(&identity.secret_bytes());
+    let htx_listener = server::bind(std::net::SocketAddr::new(listen.ip(), 0)).await?;
+    let htx = fog_proto::api::HtxEndpoint {
+        addr: htx_listener.local_addr()?.to_string(),
+        key: hex::encode(htx_key.public),
+    };
+    tasks.push(tokio::spawn(fog_host::htx_server::serve(
+        htx_listener,
+        apps.clone(),
+        htx_key,
+        stop.clone().wait(),
+    )));
     let flush = runtime.clone();
-    let config = AgentConfig { harvest, ..config };
+    let config = AgentConfig {
+        harvest,
+        htx: Some(htx),
+        ..config
+    };
     let agent = tokio::spawn(async move {
         agent::run(runtime, apps, identity, config, stop.wait()).await;
         if let Err(err) = flush.flush() {

@@ -36,6 +36,8 @@ pub struct AgentConfig {
     pub heartbeat: Duration,
     /// The harvester's status and ledger; without one the device always offers `cpu`.
     pub harvest: Option<crate::harvest::HarvestHandle>,
+    /// The device's HTX listener, announced to routers through the control plane.
+    pub htx: Option<api::HtxEndpoint>,
 }
 
 /// Why the agent could not talk to the control plane.
@@ -296,6 +298,7 @@ fn heartbeat(apps: &AppTable, config: &AgentConfig) -> Heartbeat {
         logs,
         known: None,
         periods: Vec::new(),
+        htx: config.htx.clone(),
     };
     if let Some(harvest) = &config.harvest {
         let status = harvest.status.borrow().clone();

@@ -14,6 +14,7 @@ pub mod agent;
 mod app;
 mod error;
 pub mod harvest;
+pub mod htx_server;
 pub mod kv;
 mod limits;
 mod runtime;

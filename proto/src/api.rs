@@ -192,6 +192,20 @@ pub struct Heartbeat {
     /// Ledger periods closed since the last heartbeat, signed with the device key.
     #[serde(default)]
     pub periods: Vec<SignedPeriod>,
+    /// Where the device accepts HTX (Betanet) connections from routers, and its Noise static
+    /// public key (hex); signed with the heartbeat, so routers can trust it.
+    #[serde(default)]
+    pub htx: Option<HtxEndpoint>,
+}
+
+/// An HTX listener and the Noise static key it answers with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HtxEndpoint {
+    /// host:port.
+    pub addr: String,
+    /// X25519 public key, hex.
+    pub key: String,
 }
 
 /// Fuel that counts as one CPU-hour when turning fuel into credits (about 2·10⁹ fuel per
@@ -402,8 +416,11 @@ pub const ROUTES_VERSION_HEADER: &str = "x-fog-routes-version";
 pub struct Replica {
     /// Device id.
     pub device: String,
-    /// Data-plane address of the device.
+    /// Plain-HTTP data-plane address of the device (local development).
     pub addr: String,
+    /// The device's HTX endpoint, when it has one (the normal data plane).
+    #[serde(default)]
+    pub htx: Option<HtxEndpoint>,
 }
 
 /// Error body.

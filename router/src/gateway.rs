@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fog_proto::api::{ROUTES_VERSION_HEADER, Route, RouteMode};
+use fog_htx::conn::{self as htx, Connection as HtxConnection};
+use fog_htx::handshake::StaticKey;
+use fog_proto::api::{HtxEndpoint, ROUTES_VERSION_HEADER, Route, RouteMode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
@@ -31,6 +33,9 @@ pub struct GatewayConfig {
     pub attempts: usize,
     /// Deadline of one forwarded request.
     pub timeout: Duration,
+    /// Forward to hosts over HTX when they offer it. Off by default for now: under sustained
+    /// load, host-side streams are not yet released after each request (see ARCHITECTURE.md).
+    pub htx_data_plane: bool,
 }
 
 impl GatewayConfig {
@@ -43,6 +48,7 @@ impl GatewayConfig {
             suspect_for: Duration::from_secs(3),
             attempts: 3,
             timeout: Duration::from_secs(30),
+            htx_data_plane: false,
         }
     }
 }
@@ -51,6 +57,7 @@ impl GatewayConfig {
 struct ReplicaState {
     device: String,
     addr: String,
+    htx: Option<HtxEndpoint>,
     in_flight: AtomicU32,
     suspect_until: Mutex<Option<Instant>>,
 }
@@ -63,6 +70,9 @@ pub struct Gateway {
     config: GatewayConfig,
     routes: RwLock<HashMap<String, AppRoute>>,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// This router's Noise static key, and its HTX connections to hosts by address.
+    htx_key: StaticKey,
+    htx_pool: tokio::sync::Mutex<HashMap<String, HtxConnection>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -112,6 +122,8 @@ impl Gateway {
             config,
             routes: RwLock::new(HashMap::new()),
             client,
+            htx_key: StaticKey::generate(),
+            htx_pool: tokio::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -129,12 +141,13 @@ impl Gateway {
                 .into_iter()
                 .map(|r| {
                     old.iter()
-                        .find(|o| o.device == r.device && o.addr == r.addr)
+                        .find(|o| o.device == r.device && o.addr == r.addr && o.htx == r.htx)
                         .cloned()
                         .unwrap_or_else(|| {
                             Arc::new(ReplicaState {
                                 device: r.device,
                                 addr: r.addr,
+                                htx: r.htx,
                                 in_flight: AtomicU32::new(0),
                                 suspect_until: Mutex::new(None),
                             })
@@ -204,6 +217,62 @@ impl Gateway {
             .map_err(|e| e.to_string())?;
         let routes = serde_json::from_slice(&body.to_bytes()).map_err(|e| e.to_string())?;
         Ok((routes, version))
+    }
+
+    /// An HTX connection to `endpoint`, reused while it lives.
+    async fn htx_connection(&self, endpoint: &HtxEndpoint) -> Result<HtxConnection, String> {
+        let mut pool = self.htx_pool.lock().await;
+        if let Some(connection) = pool.get(&endpoint.addr)
+            && !connection.is_closed()
+        {
+            return Ok(connection.clone());
+        }
+        let key: [u8; 32] = hex::decode(&endpoint.key)
+            .ok()
+            .and_then(|k| k.try_into().ok())
+            .ok_or_else(|| format!("bad HTX key for {}", endpoint.addr))?;
+        let socket = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(&endpoint.addr),
+        )
+        .await
+        .map_err(|_| format!("HTX connect to {} timed out", endpoint.addr))?
+        .map_err(|e| format!("HTX connect to {}: {e}", endpoint.addr))?;
+        let _ = socket.set_nodelay(true);
+        let config = htx::Config {
+            stream_window: 1 << 20,
+            connection_window: 16 << 20,
+            ..htx::Config::default()
+        };
+        let connection = htx::connect(socket, &self.htx_key, &key, b"fog-data-plane-v1", config)
+            .await
+            .map_err(|e| format!("HTX handshake with {}: {e}", endpoint.addr))?;
+        pool.insert(endpoint.addr.clone(), connection.clone());
+        Ok(connection)
+    }
+
+    /// Send `request` to a host over a new HTX stream.
+    async fn send_htx(
+        &self,
+        endpoint: &HtxEndpoint,
+        request: http::Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, String> {
+        let connection = self.htx_connection(endpoint).await?;
+        let stream = connection.open().map_err(|e| e.to_string())?;
+        let io = fog_htx::io::into_io(stream);
+        let (mut sender, driver) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(driver);
+        let result = sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string());
+        if result.is_err() && connection.is_closed() {
+            self.htx_pool.lock().await.remove(&endpoint.addr);
+        }
+        result
     }
 
     /// The app a request is for, and the path to forward.
@@ -302,7 +371,14 @@ impl Gateway {
         };
         let mut last_error = String::new();
         for replica in replicas.iter().take(self.config.attempts) {
-            let uri = match format!("http://{}{}", replica.addr, path).parse::<http::Uri>() {
+            let htx = replica.htx.as_ref().filter(|_| self.config.htx_data_plane);
+            // Over HTX the request goes in origin form on its own stream; over plain HTTP the
+            // pooled client needs the absolute form.
+            let target = match htx {
+                Some(_) => path.clone(),
+                None => format!("http://{}{}", replica.addr, path),
+            };
+            let uri = match target.parse::<http::Uri>() {
                 Ok(uri) => uri,
                 Err(err) => return plain(400, &format!("bad request target: {err}")),
             };
@@ -316,15 +392,24 @@ impl Gateway {
             }
             let forward = forward
                 .header(http::header::HOST, format!("{app}.localhost"))
-                .header("x-fog-app", app.as_str())
-                .body(Full::new(body.clone()));
+                .header("x-fog-app", app.as_str());
+            let forward = forward.body(Full::new(body.clone()));
             let forward = match forward {
                 Ok(forward) => forward,
                 Err(err) => return plain(400, &format!("bad request: {err}")),
             };
             replica.in_flight.fetch_add(1, Ordering::Relaxed);
-            let result =
-                tokio::time::timeout(self.config.timeout, self.client.request(forward)).await;
+            let sent = async {
+                match htx {
+                    Some(endpoint) => self.send_htx(endpoint, forward).await,
+                    None => self
+                        .client
+                        .request(forward)
+                        .await
+                        .map_err(|e| e.to_string()),
+                }
+            };
+            let result = tokio::time::timeout(self.config.timeout, sent).await;
             replica.in_flight.fetch_sub(1, Ordering::Relaxed);
             match result {
                 Ok(Ok(response)) => {

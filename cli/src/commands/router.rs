@@ -13,13 +13,17 @@ pub struct RouterCmd {
     /// Address visitors connect to.
     #[arg(long, default_value = "127.0.0.1:7080")]
     listen: SocketAddr,
+    /// Reach hosts over HTX (Noise XK, Betanet frames) instead of plain HTTP. Experimental.
+    #[arg(long)]
+    htx: bool,
 }
 
 impl RouterCmd {
     pub fn execute(self) -> anyhow::Result<()> {
         crate::client::runtime()?.block_on(async {
             let (stop_tx, stop) = Stop::new();
-            let (addr, tasks) = services::start_router(self.listen, &self.control, stop).await?;
+            let (addr, tasks) =
+                services::start_router(self.listen, &self.control, self.htx, stop).await?;
             println!("fog: router on http://{addr}");
             services::run_until_signal(stop_tx, tasks).await;
             Ok(())

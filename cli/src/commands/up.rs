@@ -45,7 +45,7 @@ impl Up {
             let (stop_tx, stop) = Stop::new();
             let (control, mut tasks) = services::start_control(self.control_listen, &data.join("control"), stop.clone()).await?;
             let control_url = format!("http://{control}");
-            let (router, more) = services::start_router(self.router_listen, &control_url, stop.clone()).await?;
+            let (router, more) = services::start_router(self.router_listen, &control_url, false, stop.clone()).await?;
             tasks.extend(more);
             let host_args = HostArgs {
                 region: "local".into(),

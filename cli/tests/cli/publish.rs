@@ -516,3 +516,43 @@ async fn bad_input_is_refused_and_the_fog_keeps_serving(fog: &Fog) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_reaches_hosts_over_htx() {
+    let fog = Fog::start(2);
+    let (code, _, err) = fog.fog(&[
+        "publish",
+        programs::COUNTER,
+        "--name",
+        "counter",
+        "--tier",
+        "A",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    // The hosts announce their HTX endpoint (Noise static key) with their heartbeats.
+    let routes = fog_tests::request(fog.control.addr, "GET", "/v1/routes", &[], "")
+        .await
+        .unwrap();
+    let routes: Vec<fog_proto::api::Route> = serde_json::from_slice(&routes.body).unwrap();
+    assert!(
+        routes[0].replicas.iter().all(|r| r.htx.is_some()),
+        "{routes:?}"
+    );
+    let router = spawn(&[
+        "router",
+        "--listen",
+        "127.0.0.1:0",
+        "--control",
+        &fog.control.url(),
+        "--htx",
+    ]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 1..=100u64 {
+        let reply = fog_tests::request(router.addr, "POST", "/apps/counter/api/increment", &[], "")
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200, "request {i}: {}", reply.text());
+        assert_eq!(reply.text(), format!("{{\"visits\":{i}}}"));
+    }
+}

@@ -712,10 +712,11 @@ impl HtxStream {
     /// The next data the peer sent, `None` once it finished the stream.
     pub async fn read(&mut self) -> Result<Option<Vec<u8>>, HtxError> {
         if self.unregistered.is_some() {
-            return Err(HtxError::Closed(
-                "nothing can arrive on a stream that has not sent yet".into(),
-            ));
+            // Nothing can arrive before this side's first frame; callers race reads against
+            // writes (see `io::into_io`), so wait to be cancelled rather than fail.
+            std::future::pending::<()>().await;
         }
+
         if !self.pending.is_empty() {
             return Ok(Some(std::mem::take(&mut self.pending)));
         }

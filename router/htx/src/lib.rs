@@ -23,6 +23,7 @@
 pub mod conn;
 pub mod frame;
 pub mod handshake;
+pub mod io;
 pub mod keys;
 pub mod names;
 pub mod tickets;

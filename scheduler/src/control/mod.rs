@@ -772,6 +772,13 @@ impl Control {
             .map(|d| (d.id.clone(), d))
             .collect();
         let running = self.running_on();
+        let htx: HashMap<String, api::HtxEndpoint> = self
+            .live
+            .lock()
+            .expect("live lock")
+            .iter()
+            .filter_map(|(id, l)| l.heartbeat.htx.clone().map(|h| (id.clone(), h)))
+            .collect();
         Ok(self
             .apps()?
             .into_iter()
@@ -788,6 +795,7 @@ impl Control {
                     .map(|d| Replica {
                         device: d.id.clone(),
                         addr: d.addr.clone(),
+                        htx: htx.get(&d.id).cloned(),
                     })
                     .collect();
                 let mode = match app.tier {

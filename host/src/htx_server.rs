@@ -1,0 +1,79 @@
+//! The host's HTX (Betanet) listener: routers connect with Noise XK to the device's static key
+//! and send HTTP/1.1 requests on HTX streams; each stream is served by the app table.
+
+use std::sync::Arc;
+
+use fog_htx::conn::{self, Config};
+use fog_htx::handshake::StaticKey;
+use hkdf::Hkdf;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use sha2::Sha256;
+use tokio::net::TcpListener;
+
+use crate::server::AppTable;
+
+/// The device's Noise static key, derived from its identity secret.
+pub fn static_key(identity_secret: &[u8; 32]) -> StaticKey {
+    let mut private = [0u8; 32];
+    Hkdf::<Sha256>::new(Some(b"fog-htx-static-v1"), identity_secret)
+        .expand(b"x25519", &mut private)
+        .expect("32 bytes is a valid HKDF output");
+    StaticKey::from_private(private)
+}
+
+/// Accept HTX connections on `listener` and serve their streams until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    apps: Arc<AppTable>,
+    key: StaticKey,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let socket = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => socket,
+                Err(err) => {
+                    tracing::warn!("HTX accept failed: {err}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let _ = socket.set_nodelay(true);
+        let (apps, key) = (apps.clone(), key.clone());
+        tokio::spawn(async move {
+            let config = Config {
+                stream_window: 1 << 20,
+                connection_window: 16 << 20,
+                ..Config::default()
+            };
+            let connection = match conn::accept(socket, &key, b"fog-data-plane-v1", config).await {
+                Ok((connection, _router)) => connection,
+                Err(err) => {
+                    tracing::debug!("HTX handshake failed: {err}");
+                    return;
+                }
+            };
+            while let Some(stream) = connection.accept().await {
+                let apps = apps.clone();
+                tokio::spawn(async move {
+                    let io = fog_htx::io::into_io(stream);
+                    let service = service_fn(move |request| {
+                        let apps = apps.clone();
+                        async move { Ok::<_, std::convert::Infallible>(apps.handle(request).await) }
+                    });
+                    // The router may half-close its side once the request is sent: keep answering.
+                    let _ = http1::Builder::new()
+                        .half_close(true)
+                        .serve_connection(TokioIo::new(io), service)
+                        .await;
+                });
+            }
+            tracing::debug!("HTX connection ended: {:?}", connection.error());
+        });
+    }
+}
