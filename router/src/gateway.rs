@@ -390,9 +390,14 @@ impl Gateway {
                     forward = forward.header(name, value);
                 }
             }
-            let forward = forward
+            let mut forward = forward
                 .header(http::header::HOST, format!("{app}.localhost"))
                 .header("x-fog-app", app.as_str());
+            if htx.is_some() {
+                // One request per HTX stream: the host closes after answering, which ends the
+                // stream on both sides.
+                forward = forward.header(http::header::CONNECTION, "close");
+            }
             let forward = forward.body(Full::new(body.clone()));
             let forward = match forward {
                 Ok(forward) => forward,

@@ -30,6 +30,9 @@ pub struct Up {
     /// Publish the example apps (hello, counter, api) found in this directory.
     #[arg(long)]
     demo: bool,
+    /// Route to hosts over the HTX transport (experimental).
+    #[arg(long)]
+    htx: bool,
     /// Directory holding hello.wasm, counter.wasm and api.wasm for --demo.
     #[arg(long, value_name = "DIR", env = "FOG_EXAMPLES")]
     examples: Option<PathBuf>,
@@ -45,7 +48,7 @@ impl Up {
             let (stop_tx, stop) = Stop::new();
             let (control, mut tasks) = services::start_control(self.control_listen, &data.join("control"), stop.clone()).await?;
             let control_url = format!("http://{control}");
-            let (router, more) = services::start_router(self.router_listen, &control_url, false, stop.clone()).await?;
+            let (router, more) = services::start_router(self.router_listen, &control_url, self.htx, stop.clone()).await?;
             tasks.extend(more);
             let host_args = HostArgs {
                 region: "local".into(),
