@@ -329,12 +329,18 @@ impl App {
                     Err(classify(end, &limits))
                 }
                 Ok((parts, body)) => {
+                    // A guest that failed before its body was read to the end (a trap, the
+                    // deadline firing inside the guest just before the host's timer) leaves a
+                    // body that merely stops: it is not a complete response.
+                    if let Some(end) = ended {
+                        if end.result.is_err() {
+                            return Err(classify(end, &limits));
+                        }
+                        return Ok((parts, body));
+                    }
                     // The response is complete; let the guest return (briefly) so the fuel count
                     // is exact, but never hold the visitor for it.
-                    let end = match ended {
-                        Some(end) => Some(end),
-                        None => tokio::time::timeout(GUEST_RETURN_GRACE, guest).await.ok(),
-                    };
+                    let end = tokio::time::timeout(GUEST_RETURN_GRACE, guest).await.ok();
                     if let Some(GuestEnd {
                         result: Err(err), ..
                     }) = end
