@@ -28,14 +28,14 @@ pub const MAX_COMPONENT_BYTES: u64 = 32 << 20;
 /// Largest JSON body accepted, in bytes.
 pub const MAX_JSON_BYTES: u64 = 1 << 20;
 
-/// An app's service tier.
+/// An app's service tier: how many replicas it gets, what it pays, what placement favours.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Tier {
-    /// 3 replicas, active-active.
+    /// 3 replicas, active-active, success ≥ 0.999; price ×2.0.
     S,
-    /// 2 replicas, active-passive.
+    /// 2 replicas, active-passive, success ≥ 0.99; price ×1.5.
     A,
-    /// 1 replica, best effort.
+    /// 1 replica, best effort, success ≥ 0.95; price ×1.0.
     B,
 }
 
@@ -46,6 +46,24 @@ impl Tier {
             Tier::S => 3,
             Tier::A => 2,
             Tier::B => 1,
+        }
+    }
+
+    /// Price multiplier of the tier.
+    pub fn price_multiplier(self) -> f64 {
+        match self {
+            Tier::S => 2.0,
+            Tier::A => 1.5,
+            Tier::B => 1.0,
+        }
+    }
+
+    /// Target success ratio of the tier.
+    pub fn success_target(self) -> f64 {
+        match self {
+            Tier::S => 0.999,
+            Tier::A => 0.99,
+            Tier::B => 0.95,
         }
     }
 }

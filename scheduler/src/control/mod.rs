@@ -872,11 +872,7 @@ impl Control {
         let demands: Vec<AppDemand> = apps
             .iter()
             .map(|a| {
-                let tier = match a.tier {
-                    Tier::S => placement::Tier::S,
-                    Tier::A => placement::Tier::A,
-                    Tier::B => placement::Tier::B,
-                };
+                let tier = a.tier;
                 let mut demand = AppDemand::new(
                     a.name.clone(),
                     self.config.replica_cpu,
