@@ -352,6 +352,11 @@ impl Connection {
         self.shared.fail(HtxError::Closed(reason.to_string()));
     }
 
+    /// Streams open on this side of the connection (opened or accepted, not yet dropped).
+    pub fn open_streams(&self) -> usize {
+        self.shared.streams.lock().expect("streams lock").len()
+    }
+
     /// Key updates (sent, received) so far.
     pub fn key_updates(&self) -> (u64, u64) {
         (
@@ -800,12 +805,22 @@ impl Shared {
 
 impl Drop for HtxStream {
     fn drop(&mut self) {
-        if !self.finished || !self.ended {
-            self.shared
-                .streams
-                .lock()
-                .expect("streams lock")
-                .remove(&self.id);
+        // A stream dropped before it finished still ends for the peer: send the FIN it would
+        // otherwise wait for forever (best effort; the queue is unbounded, so this never blocks).
+        if !self.finished && self.unregistered.is_none() {
+            let fin = encode_stream(true, self.send_offset, &[]);
+            let _ = self.shared.send(FrameType::Stream, self.id, fin);
+        }
+        // Return the credit of data received but never read, so the connection window does not
+        // shrink for good, then forget the stream.
+        let removed = self
+            .shared
+            .streams
+            .lock()
+            .expect("streams lock")
+            .remove(&self.id);
+        if let Some(entry) = removed {
+            let _ = self.shared.consumed(entry.outstanding);
         }
     }
 }

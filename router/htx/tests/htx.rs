@@ -17,12 +17,14 @@ async fn pair(config: Config) -> (Connection, Connection) {
     let (key, server_config) = (server_key.clone(), config.clone());
     let server = tokio::spawn(async move {
         let (socket, _) = listener.accept().await.unwrap();
+        socket.set_nodelay(true).unwrap();
         conn::accept(socket, &key, b"fog-test", server_config)
             .await
             .unwrap()
             .0
     });
     let socket = TcpStream::connect(addr).await.unwrap();
+    socket.set_nodelay(true).unwrap();
     let client = conn::connect(
         socket,
         &StaticKey::generate(),
@@ -242,4 +244,39 @@ async fn a_tampered_byte_on_the_wire_closes_the_connection_with_a_clear_error() 
         "{:?}",
         server.error()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_dropped_without_finishing_are_released_on_both_sides() {
+    // Regression: a stream dropped before it sent FIN left the peer waiting for it forever, and
+    // after ~4,000 requests a connection refused new streams ("too many open streams").
+    let config = Config {
+        max_streams: 64,
+        ..Config::default()
+    };
+    let (client, server) = pair(config).await;
+    let serving = server.clone();
+    tokio::spawn(async move {
+        while let Some(mut stream) = serving.accept().await {
+            tokio::spawn(async move {
+                // Answer as soon as the request arrives, without waiting for the client's FIN.
+                if let Ok(Some(request)) = stream.read().await {
+                    let _ = stream.write(&request).await;
+                    let _ = stream.finish().await;
+                    let _ = stream.read_to_end().await;
+                }
+            });
+        }
+    });
+    for i in 0..1000u32 {
+        let mut stream = client.open().unwrap();
+        stream.write(&i.to_be_bytes()).await.unwrap();
+        let answer = stream.read().await.unwrap().unwrap();
+        assert_eq!(answer, i.to_be_bytes());
+        drop(stream); // never finished by this side
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!server.is_closed(), "{:?}", server.error());
+    assert_eq!(server.open_streams(), 0);
+    assert_eq!(client.open_streams(), 0);
 }
