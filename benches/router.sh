@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Router overhead: requests/s and latency of the hello app through `fog router` vs straight to
-# the host serving it, same load generator (wrk), same `fog up` process, one run.
+# Router overhead: requests/s and latency of the hello app through the router over HTX (the
+# default data plane), through the router over plain HTTP (`--plain`), and straight to the host,
+# same load generator (wrk), one run.
 #
 #   benches/router.sh        (never run by CI)
 set -euo pipefail
@@ -17,14 +18,17 @@ fi
 cargo build --release --locked -p fog -p fog-test-programs
 FOG="$CARGO_TARGET_DIR/release/fog"
 data=$(mktemp -d)
-log="$data/up.log"
-FOG_LOG=warn "$FOG" up --hosts 1 --data "$data" --demo --examples "$CARGO_TARGET_DIR/guests/wasm32-wasip2/release" \
-  --control-listen 127.0.0.1:17170 --router-listen 127.0.0.1:17180 >"$log" 2>&1 &
-pid=$!
+pid=""
 trap 'kill $pid 2>/dev/null || true; rm -rf "$data"' EXIT
-for _ in $(seq 1 600); do grep -q "fog: up" "$log" && break; sleep 0.1; done
-grep -q "fog: up" "$log" || { cat "$log"; exit 1; }
-host=$("$FOG" devices --control http://127.0.0.1:17170 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["addr"])')
+start_up() { # extra flags for fog up
+  rm -rf "$data/fog"; mkdir -p "$data/fog"
+  FOG_LOG=warn "$FOG" up --hosts 1 --data "$data/fog" --demo --examples "$CARGO_TARGET_DIR/guests/wasm32-wasip2/release" \
+    --control-listen 127.0.0.1:17170 --router-listen 127.0.0.1:17180 "$@" >"$data/up.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 600); do grep -q "fog: up" "$data/up.log" && break; sleep 0.1; done
+  grep -q "fog: up" "$data/up.log" || { cat "$data/up.log"; exit 1; }
+}
+stop_up() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=""; sleep 0.5; }
 
 measure() { # url [header]
   local out
@@ -35,9 +39,16 @@ measure() { # url [header]
 echo "| path | round | requests/s | p50 | p99 |"
 echo "|---|---|---|---|---|"
 for round in $(seq 1 "$ROUNDS"); do
+  start_up
+  host=$("$FOG" devices --control http://127.0.0.1:17170 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["addr"])')
   read -r rps p50 p99 <<<"$(measure "http://$host/" "x-fog-app: hello")"
   echo "| direct to the host | $round | $rps | $p50 | $p99 |"
   read -r rps p50 p99 <<<"$(measure "http://127.0.0.1:17180/apps/hello/")"
-  echo "| through the router | $round | $rps | $p50 | $p99 |"
+  echo "| router, HTX to the host | $round | $rps | $p50 | $p99 |"
+  stop_up
+  start_up --plain
+  read -r rps p50 p99 <<<"$(measure "http://127.0.0.1:17180/apps/hello/")"
+  echo "| router, plain HTTP to the host | $round | $rps | $p50 | $p99 |"
+  stop_up
 done
 echo "machine: $(nproc) cores, $(uname -sr); wrk -t2 -c$CONNECTIONS -d$DURATION; $(date -u +%Y-%m-%d)"

@@ -33,8 +33,7 @@ pub struct GatewayConfig {
     pub attempts: usize,
     /// Deadline of one forwarded request.
     pub timeout: Duration,
-    /// Forward to hosts over HTX when they offer it. Off by default for now: under sustained
-    /// load, host-side streams are not yet released after each request (see ARCHITECTURE.md).
+    /// Forward to hosts over HTX when they offer it (plain HTTP is for local development).
     pub htx_data_plane: bool,
 }
 
@@ -48,7 +47,7 @@ impl GatewayConfig {
             suspect_for: Duration::from_secs(3),
             attempts: 3,
             timeout: Duration::from_secs(30),
-            htx_data_plane: false,
+            htx_data_plane: true,
         }
     }
 }

@@ -13,9 +13,10 @@ pub struct RouterCmd {
     /// Address visitors connect to.
     #[arg(long, default_value = "127.0.0.1:7080")]
     listen: SocketAddr,
-    /// Reach hosts over HTX (Noise XK, Betanet frames) instead of plain HTTP. Experimental.
+    /// Reach hosts over plain HTTP instead of HTX (Noise XK, Betanet frames): local
+    /// development only.
     #[arg(long)]
-    htx: bool,
+    plain: bool,
 }
 
 impl RouterCmd {
@@ -23,7 +24,7 @@ impl RouterCmd {
         crate::client::runtime()?.block_on(async {
             let (stop_tx, stop) = Stop::new();
             let (addr, tasks) =
-                services::start_router(self.listen, &self.control, self.htx, stop).await?;
+                services::start_router(self.listen, &self.control, !self.plain, stop).await?;
             println!("fog: router on http://{addr}");
             services::run_until_signal(stop_tx, tasks).await;
             Ok(())

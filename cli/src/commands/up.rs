@@ -30,9 +30,9 @@ pub struct Up {
     /// Publish the example apps (hello, counter, api) found in this directory.
     #[arg(long)]
     demo: bool,
-    /// Route to hosts over the HTX transport (experimental).
+    /// Route to hosts over plain HTTP instead of HTX (to compare, or to debug).
     #[arg(long)]
-    htx: bool,
+    plain: bool,
     /// Directory holding hello.wasm, counter.wasm and api.wasm for --demo.
     #[arg(long, value_name = "DIR", env = "FOG_EXAMPLES")]
     examples: Option<PathBuf>,
@@ -48,7 +48,7 @@ impl Up {
             let (stop_tx, stop) = Stop::new();
             let (control, mut tasks) = services::start_control(self.control_listen, &data.join("control"), stop.clone()).await?;
             let control_url = format!("http://{control}");
-            let (router, more) = services::start_router(self.router_listen, &control_url, self.htx, stop.clone()).await?;
+            let (router, more) = services::start_router(self.router_listen, &control_url, !self.plain, stop.clone()).await?;
             tasks.extend(more);
             let host_args = HostArgs {
                 region: "local".into(),

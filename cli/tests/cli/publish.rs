@@ -518,7 +518,7 @@ async fn bad_input_is_refused_and_the_fog_keeps_serving(fog: &Fog) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_router_reaches_hosts_over_htx() {
+async fn routers_use_htx_by_default_and_plain_http_on_request() {
     let fog = Fog::start(2);
     let (code, _, err) = fog.fog(&[
         "publish",
@@ -545,11 +545,18 @@ async fn a_router_reaches_hosts_over_htx() {
         "127.0.0.1:0",
         "--control",
         &fog.control.url(),
-        "--htx",
+        "--plain",
     ]);
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // Alternate between the fog's router (HTX to the hosts) and a plain-HTTP one: both reach
+    // the same primary replica, so the count goes up by one each time.
     for i in 1..=100u64 {
-        let reply = fog_tests::request(router.addr, "POST", "/apps/counter/api/increment", &[], "")
+        let via = if i % 2 == 0 {
+            router.addr
+        } else {
+            fog.router.addr
+        };
+        let reply = fog_tests::request(via, "POST", "/apps/counter/api/increment", &[], "")
             .await
             .unwrap();
         assert_eq!(reply.status, 200, "request {i}: {}", reply.text());
