@@ -4,14 +4,10 @@
 //! request's cost down to one fresh store; see `benches/RESULTS.md`.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::app::{App, HostResponse};
@@ -85,20 +81,7 @@ impl AppTable {
                 .get(name)
                 .ok_or_else(|| format!("no app named {name:?} on this host"));
         }
-        let host = request
-            .uri()
-            .host()
-            .or_else(|| {
-                request
-                    .headers()
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            })
-            .unwrap_or("");
-        let host = host.rsplit_once(':').map_or(host, |(name, _)| name);
-        if let Some(name) = host.strip_suffix(".localhost")
-            && let Some(app) = self.get(name)
-        {
+        if let Some(app) = fog_net::app_from_host(request).and_then(|name| self.get(name)) {
             return Ok(app);
         }
         let default = self.default_app.read().expect("app table lock").clone();
@@ -187,43 +170,15 @@ fn plain(status: u16, reason: &str) -> HostResponse {
 /// Accept HTTP/1.1 connections on `listener` and serve `apps` until `shutdown` resolves; then
 /// stop accepting and let open connections finish their current request.
 pub async fn serve(listener: TcpListener, apps: Arc<AppTable>, shutdown: impl Future<Output = ()>) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Out of file descriptors and similar: back off instead of spinning.
-                    tracing::warn!("accept failed: {err}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let apps = apps.clone();
-        let connection = http1::Builder::new().keep_alive(true).serve_connection(
-            TokioIo::new(stream),
-            service_fn(move |request| {
-                let apps = apps.clone();
-                async move { Ok::<_, std::convert::Infallible>(apps.handle(request).await) }
-            }),
-        );
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(%peer, "connection ended: {err}");
-            }
-        });
-    }
-    graceful.shutdown().await;
+    fog_net::serve_http1(
+        listener,
+        move |request| {
+            let apps = apps.clone();
+            async move { apps.handle(request).await }
+        },
+        shutdown,
+    )
+    .await;
 }
 
-/// Bind `addr` for [`serve`], with a clear error naming the address.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|err| std::io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}")))
-}
+pub use fog_net::bind;

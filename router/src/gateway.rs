@@ -281,21 +281,7 @@ impl Gateway {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_string();
-        let host = request
-            .uri()
-            .host()
-            .or_else(|| {
-                request
-                    .headers()
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            })
-            .unwrap_or("");
-        let host = host.rsplit_once(':').map_or(host, |(name, _)| name);
-        if let Some(app) = host.strip_suffix(".localhost")
-            && !app.is_empty()
-            && !app.contains('.')
-        {
+        if let Some(app) = fog_net::app_from_host(request) {
             return Some((app.to_string(), path_and_query));
         }
         let rest = path_and_query.strip_prefix("/apps/")?;
@@ -466,35 +452,15 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(err) => {
-                    tracing::warn!("accept failed: {err}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let gateway = gateway.clone();
-        let connection = hyper::server::conn::http1::Builder::new().serve_connection(
-            hyper_util::rt::TokioIo::new(stream),
-            hyper::service::service_fn(move |request| {
-                let gateway = gateway.clone();
-                async move { Ok::<_, std::convert::Infallible>(gateway.handle(request).await) }
-            }),
-        );
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-    }
-    graceful.shutdown().await;
+    fog_net::serve_http1(
+        listener,
+        move |request| {
+            let gateway = gateway.clone();
+            async move { gateway.handle(request).await }
+        },
+        shutdown,
+    )
+    .await;
 }
 
 #[cfg(test)]

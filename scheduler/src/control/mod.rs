@@ -948,34 +948,15 @@ pub async fn serve(
     control: Arc<Control>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(err) => {
-                    tracing::warn!("accept failed: {err}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let control = control.clone();
-        let connection = hyper::server::conn::http1::Builder::new().serve_connection(
-            hyper_util::rt::TokioIo::new(stream),
-            hyper::service::service_fn(move |request| {
-                let control = control.clone();
-                async move { Ok::<_, std::convert::Infallible>(control.handle(request).await) }
-            }),
-        );
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-    }
-    graceful.shutdown().await;
+    fog_net::serve_http1(
+        listener,
+        move |request| {
+            let control = control.clone();
+            async move { control.handle(request).await }
+        },
+        shutdown,
+    )
+    .await;
 }
 
 #[cfg(test)]
