@@ -33,6 +33,8 @@ pub fn default_key_path() -> PathBuf {
 pub struct Api {
     base: String,
     key: PathBuf,
+    /// A key held in memory (a relay's identity) instead of the key file.
+    fixed: Option<Identity>,
     http: reqwest::Client,
 }
 
@@ -41,6 +43,7 @@ impl Api {
         Ok(Api {
             base: args.control.trim_end_matches('/').to_string(),
             key: args.key.clone().unwrap_or_else(default_key_path),
+            fixed: None,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(120))
                 .build()
@@ -48,7 +51,30 @@ impl Api {
         })
     }
 
+    /// A client that signs with `identity` (a service's own key).
+    pub fn with_identity(control: &str, identity: Identity) -> anyhow::Result<Api> {
+        let mut api = Api::new(&ControlArgs {
+            control: control.to_string(),
+            key: None,
+        })?;
+        api.fixed = Some(identity);
+        Ok(api)
+    }
+
+    /// POST `body` as JSON, signed; decodes the JSON answer.
+    pub async fn post_json<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let body = serde_json::to_vec(body)?;
+        self.signed(reqwest::Method::POST, path, body, "").await
+    }
+
     fn identity(&self) -> anyhow::Result<Identity> {
+        if let Some(fixed) = &self.fixed {
+            return Ok(Identity::from_secret(&fixed.secret_bytes()));
+        }
         let text = std::fs::read_to_string(&self.key).with_context(|| {
             format!(
                 "cannot read your key {} (make one with `fog keygen`)",

@@ -36,15 +36,23 @@ impl Stop {
     }
 }
 
-/// Start the control plane on `listen` with its registry in `data`.
+/// Start the control plane on `listen` with its registry in `data`, letting the routers with
+/// keys `trusted_routers` (hex) register Betanet fronts.
 pub async fn start_control(
     listen: SocketAddr,
     data: &Path,
+    trusted_routers: Vec<String>,
     stop: Stop,
 ) -> anyhow::Result<(SocketAddr, Vec<JoinHandle<()>>)> {
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
     let store = SledStore::open(&data.join("registry")).context("opening the registry")?;
-    let control = Control::new(Arc::new(store), ControlConfig::default());
+    let control = Control::new(
+        Arc::new(store),
+        ControlConfig {
+            trusted_routers,
+            ..ControlConfig::default()
+        },
+    );
     let listener = server::bind(listen).await?;
     let addr = listener.local_addr()?;
     let api = tokio::spawn(control::serve(
@@ -56,26 +64,147 @@ pub async fn start_control(
     Ok((addr, vec![api, reconciler]))
 }
 
+/// How a router runs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RouterArgs {
+    /// Reach hosts over plain HTTP instead of HTX (Noise XK, Betanet frames): local
+    /// development only.
+    #[arg(long)]
+    pub plain: bool,
+    /// Address of the Betanet front visitors open HTX connections to ("off" for none).
+    #[arg(long, default_value = "127.0.0.1:7443", value_name = "ADDR|off")]
+    pub betanet: String,
+    /// Relays on the way to hosts: performance (0), balanced (2), strict (3, with delays) or
+    /// strict:N.
+    #[arg(long, default_value = "performance")]
+    pub mix: fog_htx::mix::MixMode,
+    /// Seed of the relay paths (hex; default: random per start).
+    #[arg(long, value_name = "HEX")]
+    pub mix_seed: Option<String>,
+}
+
+/// Where a started router listens.
+#[derive(Debug, Clone, Copy)]
+pub struct RouterAddrs {
+    /// Visitors' HTTP.
+    pub http: SocketAddr,
+    /// The Betanet front, if any.
+    pub betanet: Option<SocketAddr>,
+}
+
+/// The router's identity (its key signs front registrations), kept in `data`.
+pub fn router_identity(data: &Path) -> anyhow::Result<fog_proto::auth::Identity> {
+    agent::device_identity(data).with_context(|| format!("router key in {}", data.display()))
+}
+
 /// Start a router on `listen` for the control plane at `control_url`.
 pub async fn start_router(
     listen: SocketAddr,
     control_url: &str,
-    htx: bool,
+    args: &RouterArgs,
+    identity: fog_proto::auth::Identity,
     stop: Stop,
-) -> anyhow::Result<(SocketAddr, Vec<JoinHandle<()>>)> {
+) -> anyhow::Result<(RouterAddrs, Vec<JoinHandle<()>>)> {
+    let mix_seed = match &args.mix_seed {
+        Some(seed) => hex::decode(seed).context("--mix-seed must be hex")?,
+        None => Vec::new(),
+    };
     let gateway = Gateway::new(GatewayConfig {
-        htx_data_plane: htx,
+        htx_data_plane: !args.plain,
+        mix: args.mix,
+        mix_seed,
         ..GatewayConfig::new(control_url)
     });
     let listener = server::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let front = tokio::spawn(fog_router::serve(
+    let mut tasks = vec![tokio::spawn(fog_router::serve(
         listener,
         gateway.clone(),
         stop.clone().wait(),
+    ))];
+    let betanet = if args.betanet == "off" {
+        None
+    } else {
+        let front_listen: SocketAddr = args
+            .betanet
+            .parse()
+            .with_context(|| format!("--betanet {:?} is not host:port or off", args.betanet))?;
+        let front_listener = server::bind(front_listen).await?;
+        let front_addr = front_listener.local_addr()?;
+        let front = fog_router::front::Front::new(gateway.clone(), &identity);
+        tasks.push(tokio::spawn(fog_router::front::serve(
+            front_listener,
+            front.clone(),
+            stop.clone().wait(),
+        )));
+        tasks.push(tokio::spawn(fog_router::front::run_registration(
+            gateway.clone(),
+            front.info(&front_addr.to_string()),
+            identity,
+            stop.clone().wait(),
+        )));
+        Some(front_addr)
+    };
+    tasks.push(tokio::spawn(
+        gateway.clone().run_relay_refresher(stop.clone().wait()),
     ));
-    let refresher = tokio::spawn(gateway.run_refresher(stop.wait()));
-    Ok((addr, vec![front, refresher]))
+    tasks.push(tokio::spawn(gateway.run_refresher(stop.wait())));
+    Ok((
+        RouterAddrs {
+            http: addr,
+            betanet,
+        },
+        tasks,
+    ))
+}
+
+/// Start a mix relay on `listen` with its key in `data`, registering with the control plane at
+/// `control_url` every 10 s.
+pub async fn start_relay(
+    listen: SocketAddr,
+    control_url: &str,
+    data: &Path,
+    stop: Stop,
+) -> anyhow::Result<(SocketAddr, Vec<JoinHandle<()>>)> {
+    let identity =
+        agent::device_identity(data).with_context(|| format!("relay key in {}", data.display()))?;
+    let key = fog_host::htx_server::static_key(&identity.secret_bytes());
+    let listener = server::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let relay = tokio::spawn(fog_htx::mix::serve_relay(
+        listener,
+        key.clone(),
+        fog_htx::mix::RelayConfig::default(),
+        stop.clone().wait(),
+    ));
+    let info = fog_proto::api::RelayInfo {
+        addr: addr.to_string(),
+        key: hex::encode(key.public),
+    };
+    let api = crate::client::Api::with_identity(control_url, identity)?;
+    let registration = tokio::spawn(async move {
+        let stop = stop.wait();
+        tokio::pin!(stop);
+        let mut warned = false;
+        loop {
+            match api
+                .post_json::<_, Vec<fog_proto::api::RelayInfo>>("/v1/relays", &info)
+                .await
+            {
+                Ok(_) => warned = false,
+                Err(err) if !warned => {
+                    tracing::warn!("cannot register the relay: {err:#}");
+                    warned = true;
+                }
+                Err(_) => {}
+            }
+            tokio::select! {
+                () = &mut stop => return,
+                () = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
+            }
+        }
+    });
+    Ok((addr, vec![relay, registration]))
 }
 
 /// How a host presents itself.

@@ -61,15 +61,15 @@ pub async fn serve(
             while let Some(stream) = connection.accept().await {
                 let apps = apps.clone();
                 tokio::spawn(async move {
-                    let io = fog_htx::io::into_io(stream);
                     let service = service_fn(move |request| {
                         let apps = apps.clone();
                         async move { Ok::<_, std::convert::Infallible>(apps.handle(request).await) }
                     });
-                    // The router may half-close its side once the request is sent: keep answering.
+                    // Each stream is one keep-alive HTTP/1.1 connection; the router may half-close its
+                    // side once a request is sent: keep answering.
                     let _ = http1::Builder::new()
                         .half_close(true)
-                        .serve_connection(TokioIo::new(io), service)
+                        .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });
             }

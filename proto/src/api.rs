@@ -142,6 +142,9 @@ pub struct AppInfo {
     pub problem: Option<String>,
     /// Unix milliseconds of the last publish.
     pub updated_ms: u64,
+    /// The app's self-certifying Betanet addresses (`betanet://…` and `bn1:…`).
+    #[serde(default)]
+    pub betanet: Vec<String>,
 }
 
 /// Change the replica count of an app.
@@ -415,6 +418,9 @@ pub struct Route {
     pub mode: RouteMode,
     /// Live replicas, primary first.
     pub replicas: Vec<Replica>,
+    /// The app's Betanet id: hex sha256 of its public key (what `betanet://` names).
+    #[serde(default)]
+    pub betanet: Option<String>,
 }
 
 /// How a router spreads an app's requests.
@@ -446,4 +452,77 @@ pub struct Replica {
 pub struct ErrorBody {
     /// One line saying what is wrong.
     pub error: String,
+}
+
+/// A mix relay (`fog relay`): where it listens and its Noise static key (hex). Relays register
+/// themselves (signed with their identity) and expire unless they register again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayInfo {
+    /// host:port.
+    pub addr: String,
+    /// X25519 public key, hex.
+    pub key: String,
+}
+
+/// A router's Betanet front: where visitors open HTX connections, its Noise static key and the
+/// key access tickets are made with (both X25519, hex). Only routers the control plane trusts
+/// may register one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrontInfo {
+    /// host:port.
+    pub addr: String,
+    /// Noise static public key, hex.
+    pub key: String,
+    /// Ticket public key, hex.
+    pub ticket_key: String,
+}
+
+/// How long registered relays and fronts stay listed without registering again.
+pub const REGISTRATION_TTL_MS: u64 = 30_000;
+
+/// What a Betanet name resolves to, signed by the app's own key: anyone can check it against
+/// the name (the name is the key's hash), so whoever serves it need not be trusted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NameDescriptor {
+    /// The app's name.
+    pub app: String,
+    /// The app's ed25519 public key, hex.
+    pub app_key: String,
+    /// Fronts that serve the app.
+    pub fronts: Vec<FrontInfo>,
+    /// Unix seconds after which the descriptor is stale.
+    pub expires_s: u64,
+    /// ed25519 signature by `app_key` over [`NameDescriptor::signed_bytes`], hex.
+    pub signature: String,
+}
+
+impl NameDescriptor {
+    /// The bytes the app key signs: a domain tag and everything but the signature.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let body = serde_json::json!({
+            "app": self.app,
+            "app_key": self.app_key,
+            "fronts": self.fronts,
+            "expires_s": self.expires_s,
+        });
+        let mut bytes = b"fog-betanet-descriptor-v1\n".to_vec();
+        bytes.extend_from_slice(body.to_string().as_bytes());
+        bytes
+    }
+
+    /// Check the signature and freshness (the caller checks that the key matches the name).
+    pub fn verify(&self, now_s: u64) -> Result<(), String> {
+        crate::auth::verify_bytes(&self.app_key, &self.signed_bytes(), &self.signature)
+            .map_err(|e| format!("descriptor signature: {e}"))?;
+        if now_s > self.expires_s {
+            return Err(format!(
+                "descriptor expired {} s ago",
+                now_s - self.expires_s
+            ));
+        }
+        Ok(())
+    }
 }

@@ -56,6 +56,18 @@ impl Identity {
         }
     }
 
+    /// The identity whose secret key is `secret` (e.g. derived from another secret).
+    pub fn from_secret(secret: &[u8; 32]) -> Identity {
+        Identity {
+            key: SigningKey::from_bytes(secret),
+        }
+    }
+
+    /// The public key's 32 bytes.
+    pub fn public_bytes(&self) -> [u8; 32] {
+        self.key.verifying_key().to_bytes()
+    }
+
     /// The key stored as hex text (as written by [`Identity::to_text`]).
     pub fn from_text(text: &str) -> Result<Identity, String> {
         let bytes = hex::decode(text.trim()).map_err(|e| format!("key is not hex: {e}"))?;

@@ -6,14 +6,15 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fog_htx::conn::{self as htx, Connection as HtxConnection};
-use fog_htx::handshake::StaticKey;
-use fog_proto::api::{HtxEndpoint, ROUTES_VERSION_HEADER, Route, RouteMode};
+use fog_htx::mix::{MixMode, Relay};
+use fog_proto::api::{HtxEndpoint, ROUTES_VERSION_HEADER, RelayInfo, Route, RouteMode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+
+use crate::dial::{Dialer, HtxConnector};
 
 /// The response body the gateway sends.
 pub type GatewayBody = BoxBody<Bytes, hyper::Error>;
@@ -35,6 +36,10 @@ pub struct GatewayConfig {
     pub timeout: Duration,
     /// Forward to hosts over HTX when they offer it (plain HTTP is for local development).
     pub htx_data_plane: bool,
+    /// How many relays data-plane connections go through.
+    pub mix: MixMode,
+    /// Seed of the relay paths (the same seed picks the same paths).
+    pub mix_seed: Vec<u8>,
 }
 
 impl GatewayConfig {
@@ -48,6 +53,8 @@ impl GatewayConfig {
             attempts: 3,
             timeout: Duration::from_secs(30),
             htx_data_plane: true,
+            mix: MixMode::Performance,
+            mix_seed: Vec::new(),
         }
     }
 }
@@ -61,17 +68,17 @@ struct ReplicaState {
     suspect_until: Mutex<Option<Instant>>,
 }
 
-/// How one app's requests are spread, and over which replicas.
-type AppRoute = (RouteMode, Vec<Arc<ReplicaState>>);
+/// How one app's requests are spread, over which replicas, and its Betanet id.
+type AppRoute = (RouteMode, Vec<Arc<ReplicaState>>, Option<String>);
 
 /// The gateway: routes from the control plane and a pooled client to the hosts.
 pub struct Gateway {
     config: GatewayConfig,
     routes: RwLock<HashMap<String, AppRoute>>,
     client: Client<HttpConnector, Full<Bytes>>,
-    /// This router's Noise static key, and its HTX connections to hosts by address.
-    htx_key: StaticKey,
-    htx_pool: tokio::sync::Mutex<HashMap<String, HtxConnection>>,
+    /// Hosts' HTX connections, and the pooled client whose connections are HTX streams.
+    dialer: Arc<Dialer>,
+    htx_client: Client<HtxConnector, Full<Bytes>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -117,23 +124,54 @@ impl Gateway {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
+        let seed = if config.mix_seed.is_empty() {
+            let mut seed = vec![0u8; 16];
+            getrandom::fill(&mut seed).expect("the operating system's random source");
+            seed
+        } else {
+            config.mix_seed.clone()
+        };
+        let dialer = Dialer::new(config.mix, seed);
+        let htx_client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(HtxConnector(dialer.clone()));
         Arc::new(Gateway {
             config,
             routes: RwLock::new(HashMap::new()),
             client,
-            htx_key: StaticKey::generate(),
-            htx_pool: tokio::sync::Mutex::new(HashMap::new()),
+            dialer,
+            htx_client,
         })
+    }
+
+    /// The app whose Betanet id (hex sha256 of its key) is `id`.
+    pub fn app_by_betanet_id(&self, id: &str) -> Option<String> {
+        let routes = self.routes.read().expect("routes lock");
+        routes
+            .iter()
+            .find(|(_, (_, _, betanet))| {
+                betanet
+                    .as_deref()
+                    .is_some_and(|b| b.eq_ignore_ascii_case(id))
+            })
+            .map(|(app, _)| app.clone())
     }
 
     /// Replace the routes, keeping the load counters of replicas that stay.
     pub fn set_routes(&self, routes: Vec<Route>) {
+        self.dialer.learn(routes.iter().flat_map(|route| {
+            route.replicas.iter().filter_map(|r| {
+                let htx = r.htx.as_ref()?;
+                let key: [u8; 32] = hex::decode(&htx.key).ok()?.try_into().ok()?;
+                Some((htx.addr.clone(), key))
+            })
+        }));
         let mut table = self.routes.write().expect("routes lock");
         let mut next = HashMap::new();
         for route in routes {
             let old = table
                 .remove(&route.app)
-                .map(|(_, old)| old)
+                .map(|(_, old, _)| old)
                 .unwrap_or_default();
             let replicas = route
                 .replicas
@@ -153,9 +191,93 @@ impl Gateway {
                         })
                 })
                 .collect();
-            next.insert(route.app, (route.mode, replicas));
+            next.insert(route.app, (route.mode, replicas, route.betanet));
         }
         *table = next;
+    }
+
+    /// Keep the relays of mix paths current (every 5 s) until `shutdown` resolves; does nothing
+    /// in performance mode.
+    pub async fn run_relay_refresher(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        if self.config.mix == MixMode::Performance || !self.config.htx_data_plane {
+            return;
+        }
+        tokio::pin!(shutdown);
+        loop {
+            match self.get_json::<Vec<RelayInfo>>("/v1/relays").await {
+                Ok(relays) => self.dialer.set_relays(
+                    relays
+                        .into_iter()
+                        .filter_map(|r| {
+                            let key = hex::decode(&r.key).ok()?.try_into().ok()?;
+                            Some(Relay { addr: r.addr, key })
+                        })
+                        .collect(),
+                ),
+                Err(err) => tracing::warn!("cannot fetch relays: {err}"),
+            }
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
+    }
+
+    /// POST `body` to the control plane, signed with `identity`.
+    pub(crate) async fn post_signed(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        identity: &fog_proto::auth::Identity,
+    ) -> Result<(), String> {
+        use fog_proto::auth::{self, AUTH_HEADER, META_HEADER};
+        let now_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let signature = identity.sign("POST", path, now_s, &auth::sha256_hex(&body), "");
+        let request = http::Request::post(format!("{}{path}", self.config.control))
+            .header(AUTH_HEADER, signature)
+            .header(META_HEADER, "")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let response = tokio::time::timeout(Duration::from_secs(10), self.client.request(request))
+            .await
+            .map_err(|_| "timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = Limited::new(response.into_body(), 64 << 10)
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+            .unwrap_or_default();
+        Err(format!("status {status}: {}", body.trim()))
+    }
+
+    /// GET a JSON document from the control plane.
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, String> {
+        let uri: http::Uri = format!("{}{path}", self.config.control)
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        let request = http::Request::get(uri)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let response = tokio::time::timeout(Duration::from_secs(10), self.client.request(request))
+            .await
+            .map_err(|_| "timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("status {}", response.status()));
+        }
+        let body = Limited::new(response.into_body(), 16 << 20)
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        serde_json::from_slice(&body.to_bytes()).map_err(|e| e.to_string())
     }
 
     /// Keep the routes current until `shutdown` resolves: a long-poll that the control plane
@@ -218,62 +340,6 @@ impl Gateway {
         Ok((routes, version))
     }
 
-    /// An HTX connection to `endpoint`, reused while it lives.
-    async fn htx_connection(&self, endpoint: &HtxEndpoint) -> Result<HtxConnection, String> {
-        let mut pool = self.htx_pool.lock().await;
-        if let Some(connection) = pool.get(&endpoint.addr)
-            && !connection.is_closed()
-        {
-            return Ok(connection.clone());
-        }
-        let key: [u8; 32] = hex::decode(&endpoint.key)
-            .ok()
-            .and_then(|k| k.try_into().ok())
-            .ok_or_else(|| format!("bad HTX key for {}", endpoint.addr))?;
-        let socket = tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::net::TcpStream::connect(&endpoint.addr),
-        )
-        .await
-        .map_err(|_| format!("HTX connect to {} timed out", endpoint.addr))?
-        .map_err(|e| format!("HTX connect to {}: {e}", endpoint.addr))?;
-        let _ = socket.set_nodelay(true);
-        let config = htx::Config {
-            stream_window: 1 << 20,
-            connection_window: 16 << 20,
-            ..htx::Config::default()
-        };
-        let connection = htx::connect(socket, &self.htx_key, &key, b"fog-data-plane-v1", config)
-            .await
-            .map_err(|e| format!("HTX handshake with {}: {e}", endpoint.addr))?;
-        pool.insert(endpoint.addr.clone(), connection.clone());
-        Ok(connection)
-    }
-
-    /// Send `request` to a host over a new HTX stream.
-    async fn send_htx(
-        &self,
-        endpoint: &HtxEndpoint,
-        request: http::Request<Full<Bytes>>,
-    ) -> Result<http::Response<hyper::body::Incoming>, String> {
-        let connection = self.htx_connection(endpoint).await?;
-        let stream = connection.open().map_err(|e| e.to_string())?;
-        let io = fog_htx::io::into_io(stream);
-        let (mut sender, driver) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
-                .await
-                .map_err(|e| e.to_string())?;
-        tokio::spawn(driver);
-        let result = sender
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string());
-        if result.is_err() && connection.is_closed() {
-            self.htx_pool.lock().await.remove(&endpoint.addr);
-        }
-        result
-    }
-
     /// The app a request is for, and the path to forward.
     fn app_of<B>(request: &http::Request<B>) -> Option<(String, String)> {
         let path_and_query = request
@@ -301,7 +367,7 @@ impl Gateway {
     /// active-passive apps, least-loaded first for active-active ones.
     fn candidates(&self, app: &str) -> Option<Vec<Arc<ReplicaState>>> {
         let routes = self.routes.read().expect("routes lock");
-        let (mode, replicas) = routes.get(app)?;
+        let (mode, replicas, _) = routes.get(app)?;
         let mut replicas = replicas.clone();
         let now = Instant::now();
         let suspect = |r: &ReplicaState| {
@@ -357,10 +423,10 @@ impl Gateway {
         let mut last_error = String::new();
         for replica in replicas.iter().take(self.config.attempts) {
             let htx = replica.htx.as_ref().filter(|_| self.config.htx_data_plane);
-            // Over HTX the request goes in origin form on its own stream; over plain HTTP the
-            // pooled client needs the absolute form.
+            // Both pooled clients take the absolute form; the HTX one opens a stream on the
+            // host's HTX connection for each new pooled connection.
             let target = match htx {
-                Some(_) => path.clone(),
+                Some(endpoint) => format!("http://{}{}", endpoint.addr, path),
                 None => format!("http://{}{}", replica.addr, path),
             };
             let uri = match target.parse::<http::Uri>() {
@@ -375,15 +441,10 @@ impl Gateway {
                     forward = forward.header(name, value);
                 }
             }
-            let mut forward = forward
+            let forward = forward
                 .header(http::header::HOST, format!("{app}.localhost"))
-                .header("x-fog-app", app.as_str());
-            if htx.is_some() {
-                // One request per HTX stream: the host closes after answering, which ends the
-                // stream on both sides.
-                forward = forward.header(http::header::CONNECTION, "close");
-            }
-            let forward = forward.body(Full::new(body.clone()));
+                .header("x-fog-app", app.as_str())
+                .body(Full::new(body.clone()));
             let forward = match forward {
                 Ok(forward) => forward,
                 Err(err) => return plain(400, &format!("bad request: {err}")),
@@ -391,13 +452,16 @@ impl Gateway {
             replica.in_flight.fetch_add(1, Ordering::Relaxed);
             let sent = async {
                 match htx {
-                    Some(endpoint) => self.send_htx(endpoint, forward).await,
-                    None => self
-                        .client
-                        .request(forward)
-                        .await
-                        .map_err(|e| e.to_string()),
+                    Some(_) => self.htx_client.request(forward).await,
+                    None => self.client.request(forward).await,
                 }
+                .map_err(|e| {
+                    // hyper's error alone says little; its source says why.
+                    match std::error::Error::source(&e) {
+                        Some(source) => format!("{e}: {source}"),
+                        None => e.to_string(),
+                    }
+                })
             };
             let result = tokio::time::timeout(self.config.timeout, sent).await;
             replica.in_flight.fetch_sub(1, Ordering::Relaxed);

@@ -5,9 +5,16 @@
 //! control plane publishes, forwards the request to that device's host with `x-fog-app`, and
 //! retries on another replica when a device fails before answering. It never sees app state, and
 //! it never tells hosts who the visitor is.
+//!
+//! Hosts are reached over HTX ([`dial`]), optionally through mix relays. [`front`] is the second
+//! way in for visitors: HTX connections addressed to an app's self-certifying Betanet name and
+//! gated by access tickets; [`visitor`] is the matching client (`fog fetch`).
 
 #![deny(missing_docs)]
 
+pub mod dial;
+pub mod front;
 mod gateway;
+pub mod visitor;
 
 pub use gateway::{Gateway, GatewayConfig, serve};

@@ -14,6 +14,15 @@ pub struct ControlCmd {
     /// Directory of the registry.
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
+    /// A router key (hex, printed by `fog router`) allowed to register a Betanet front;
+    /// repeat for several routers.
+    #[arg(
+        long = "trust-router",
+        value_name = "HEX",
+        env = "FOG_TRUST_ROUTERS",
+        value_delimiter = ','
+    )]
+    trust_router: Vec<String>,
 }
 
 impl ControlCmd {
@@ -23,7 +32,8 @@ impl ControlCmd {
             .unwrap_or_else(|| fog_host::agent::default_data_dir().join("control"));
         crate::client::runtime()?.block_on(async {
             let (stop_tx, stop) = Stop::new();
-            let (addr, tasks) = services::start_control(self.listen, &data, stop).await?;
+            let (addr, tasks) =
+                services::start_control(self.listen, &data, self.trust_router, stop).await?;
             println!("fog: control plane on http://{addr}");
             services::run_until_signal(stop_tx, tasks).await;
             Ok(())

@@ -2,11 +2,13 @@
 
 mod control;
 mod devices;
+mod fetch;
 mod host;
 pub mod keygen;
 mod logs;
 mod ps;
 mod publish;
+mod relay;
 mod rm;
 mod router;
 pub mod run;
@@ -43,6 +45,8 @@ enum Command {
     Control(control::ControlCmd),
     Host(host::HostCmd),
     Router(router::RouterCmd),
+    Relay(relay::RelayCmd),
+    Fetch(fetch::Fetch),
 }
 
 impl Cli {
@@ -61,6 +65,8 @@ impl Cli {
             Command::Control(cmd) => cmd.execute(),
             Command::Host(cmd) => cmd.execute(),
             Command::Router(cmd) => cmd.execute(),
+            Command::Relay(cmd) => cmd.execute(),
+            Command::Fetch(cmd) => cmd.execute(),
         }
     }
 }

@@ -22,18 +22,22 @@ impl Ps {
                 return print_json(&apps);
             }
             println!(
-                "{:<24} {:>4} {:>4} {:>8} {:<40} PROBLEM",
-                "NAME", "VER", "TIER", "RUNNING", "DEVICES"
+                "{:<24} {:>4} {:>4} {:>8} {:<40} {:<43} PROBLEM",
+                "NAME", "VER", "TIER", "RUNNING", "DEVICES", "BETANET"
             );
             for app in apps {
                 println!(
-                    "{:<24} {:>4} {:>4} {:>8} {:<40} {}",
+                    "{:<24} {:>4} {:>4} {:>8} {:<40} {:<43} {}",
                     app.name,
                     app.version,
                     format!("{:?}", app.tier),
                     format!("{}/{}", app.running.len(), app.replicas),
                     app.assigned.join(","),
-                    app.problem.unwrap_or_default()
+                    app.betanet
+                        .iter()
+                        .find(|n| n.starts_with("bn1:"))
+                        .map_or("-", String::as_str),
+                    app.problem.as_deref().unwrap_or_default()
                 );
             }
             Ok(())

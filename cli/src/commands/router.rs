@@ -1,10 +1,12 @@
-//! `fog router`: run the visitor-facing HTTP gateway.
+//! `fog router`: run the visitor-facing HTTP gateway and Betanet front.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
-use crate::services::{self, Stop};
+use crate::services::{self, RouterArgs, Stop};
 
-/// Run a router: visitors' requests to `<app>.localhost` or `/apps/<app>/` reach a live replica.
+/// Run a router: visitors' requests to `<app>.localhost` or `/apps/<app>/`, and Betanet
+/// connections to apps' `betanet://` / `bn1:` names, reach a live replica.
 #[derive(Debug, clap::Args)]
 pub struct RouterCmd {
     /// Base URL of the control plane.
@@ -13,19 +15,29 @@ pub struct RouterCmd {
     /// Address visitors connect to.
     #[arg(long, default_value = "127.0.0.1:7080")]
     listen: SocketAddr,
-    /// Reach hosts over plain HTTP instead of HTX (Noise XK, Betanet frames): local
-    /// development only.
-    #[arg(long)]
-    plain: bool,
+    /// Directory of the router's key (it signs the Betanet front's registration).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    #[command(flatten)]
+    router: RouterArgs,
 }
 
 impl RouterCmd {
     pub fn execute(self) -> anyhow::Result<()> {
+        let data = self
+            .data
+            .unwrap_or_else(|| fog_host::agent::default_data_dir().join("router"));
+        let identity = services::router_identity(&data)?;
+        let key = identity.public_hex();
         crate::client::runtime()?.block_on(async {
             let (stop_tx, stop) = Stop::new();
-            let (addr, tasks) =
-                services::start_router(self.listen, &self.control, !self.plain, stop).await?;
-            println!("fog: router on http://{addr}");
+            let (addrs, tasks) =
+                services::start_router(self.listen, &self.control, &self.router, identity, stop)
+                    .await?;
+            println!("fog: router on http://{}", addrs.http);
+            if let Some(front) = addrs.betanet {
+                println!("fog: Betanet front on {front} (router key {key}; the control plane must trust it: fog control --trust-router {key})");
+            }
             services::run_until_signal(stop_tx, tasks).await;
             Ok(())
         })

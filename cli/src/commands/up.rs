@@ -10,7 +10,7 @@ use fog_proto::Limits;
 use fog_proto::api::{PublishMeta, Tier};
 
 use crate::client::{Api, ControlArgs};
-use crate::services::{self, HostArgs, Stop};
+use crate::services::{self, HostArgs, RouterArgs, Stop};
 
 /// Run a whole fog on this machine: control plane, router and hosts in one process.
 #[derive(Debug, clap::Args)]
@@ -30,9 +30,11 @@ pub struct Up {
     /// Publish the example apps (hello, counter, api) found in this directory.
     #[arg(long)]
     demo: bool,
-    /// Route to hosts over plain HTTP instead of HTX (to compare, or to debug).
-    #[arg(long)]
-    plain: bool,
+    #[command(flatten)]
+    router: RouterArgs,
+    /// Mix relays to run (paths through them need --mix balanced or strict).
+    #[arg(long, default_value_t = 0)]
+    relays: u32,
     /// Directory holding hello.wasm, counter.wasm and api.wasm for --demo.
     #[arg(long, value_name = "DIR", env = "FOG_EXAMPLES")]
     examples: Option<PathBuf>,
@@ -46,9 +48,18 @@ impl Up {
             .unwrap_or_else(|| fog_host::agent::default_data_dir().join("up"));
         crate::client::runtime()?.block_on(async {
             let (stop_tx, stop) = Stop::new();
-            let (control, mut tasks) = services::start_control(self.control_listen, &data.join("control"), stop.clone()).await?;
+            let router_identity = services::router_identity(&data.join("router"))?;
+            let trusted = vec![router_identity.public_hex()];
+            let (control, mut tasks) = services::start_control(self.control_listen, &data.join("control"), trusted, stop.clone()).await?;
             let control_url = format!("http://{control}");
-            let (router, more) = services::start_router(self.router_listen, &control_url, !self.plain, stop.clone()).await?;
+            for n in 1..=self.relays {
+                let dir = data.join("relays").join(n.to_string());
+                let (addr, more) = services::start_relay("127.0.0.1:0".parse()?, &control_url, &dir, stop.clone()).await?;
+                println!("fog: relay {n} on {addr}");
+                tasks.extend(more);
+            }
+            let (router_addrs, more) = services::start_router(self.router_listen, &control_url, &self.router, router_identity, stop.clone()).await?;
+            let router = router_addrs.http;
             tasks.extend(more);
             let host_args = HostArgs {
                 region: "local".into(),
@@ -69,6 +80,9 @@ impl Up {
                 tasks.extend(more);
             }
             println!("fog: control plane http://{control}, router http://{router}, {} host(s), data in {}", self.hosts, data.display());
+            if let Some(front) = router_addrs.betanet {
+                println!("fog: Betanet front on {front} (fog fetch <betanet address>)");
+            }
             if self.demo {
                 let examples = self.examples.clone().context("--demo needs --examples DIR (or FOG_EXAMPLES)")?;
                 demo(&control_url, &format!("http://{router}"), &data, &examples).await?;

@@ -62,11 +62,14 @@ pub fn spawn(args: &[&str]) -> Running {
             sink.clear();
         }
     });
+    // The first word that is an address, with or without a scheme (http://ADDR, ADDR).
     let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split(['/', ',', ' ']).next())
-        .and_then(|addr| addr.trim().parse().ok())
+        .split_whitespace()
+        .filter_map(|word| {
+            let word = word.rsplit("://").next()?;
+            word.split(['/', ',']).next()?.parse().ok()
+        })
+        .next()
         .unwrap_or_else(|| panic!("unexpected first line from fog {args:?}: {line:?}"));
     Running { child, addr }
 }

@@ -20,6 +20,8 @@ pub struct Fog {
     pub router: Running,
     pub hosts: Vec<Running>,
     pub key: String,
+    /// The router's key (hex), which the control plane trusts to register a Betanet front.
+    pub router_key: String,
 }
 
 impl Fog {
@@ -35,12 +37,22 @@ impl Fog {
     ) -> Fog {
         let dir = tempfile::tempdir().unwrap();
         let path = |p: &str| dir.path().join(p).to_str().unwrap().to_string();
+        // The router's key exists before the control plane starts, so it can be trusted.
+        let (code, _, stderr) = run(&["keygen", "--key", &path("router/device.key")]);
+        assert_eq!(code, 0, "{stderr}");
+        let router_key = Identity::from_text(
+            &std::fs::read_to_string(dir.path().join("router/device.key")).unwrap(),
+        )
+        .unwrap()
+        .public_hex();
         let control = spawn(&[
             "control",
             "--listen",
             "127.0.0.1:0",
             "--data",
             &path("control"),
+            "--trust-router",
+            &router_key,
         ]);
         let router = spawn(&[
             "router",
@@ -48,6 +60,10 @@ impl Fog {
             "127.0.0.1:0",
             "--control",
             &control.url(),
+            "--data",
+            &path("router"),
+            "--betanet",
+            "127.0.0.1:0",
         ]);
         let hosts = (0..hosts)
             .map(|i| {
@@ -68,6 +84,7 @@ impl Fog {
             router,
             hosts,
             key,
+            router_key,
         }
     }
 
@@ -287,6 +304,8 @@ async fn publish_serve_survive_a_host_and_a_control_plane_restart() {
         &control_addr,
         "--data",
         &control_data,
+        "--trust-router",
+        &fog.router_key,
     ]);
     let after = fog.app("counter");
     assert_eq!(
@@ -546,6 +565,10 @@ async fn routers_use_htx_by_default_and_plain_http_on_request() {
         "--control",
         &fog.control.url(),
         "--plain",
+        "--betanet",
+        "off",
+        "--data",
+        fog.dir.path().join("plain-router").to_str().unwrap(),
     ]);
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Alternate between the fog's router (HTX to the hosts) and a plain-HTTP one: both reach

@@ -7,11 +7,13 @@
 //! connection.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::HtxError;
@@ -57,21 +59,46 @@ impl Default for Config {
 /// Flow-control credit that senders wait on.
 #[derive(Debug, Default)]
 struct Credit {
-    available: Mutex<u64>,
-    notify: Notify,
+    state: Mutex<CreditState>,
+}
+
+#[derive(Debug, Default)]
+struct CreditState {
+    available: u64,
+    /// Senders waiting for credit.
+    waiting: Vec<Waker>,
+}
+
+impl CreditState {
+    fn wait(&mut self, waker: &Waker) {
+        if !self.waiting.iter().any(|w| w.will_wake(waker)) {
+            self.waiting.push(waker.clone());
+        }
+    }
 }
 
 impl Credit {
     fn new(initial: u32) -> Arc<Credit> {
         Arc::new(Credit {
-            available: Mutex::new(initial as u64),
-            notify: Notify::new(),
+            state: Mutex::new(CreditState {
+                available: initial as u64,
+                waiting: Vec::new(),
+            }),
         })
     }
 
     fn add(&self, n: u64) {
-        *self.available.lock().expect("credit lock") += n;
-        self.notify.notify_waiters();
+        let waiting = {
+            let mut state = self.state.lock().expect("credit lock");
+            state.available += n;
+            std::mem::take(&mut state.waiting)
+        };
+        waiting.into_iter().for_each(Waker::wake);
+    }
+
+    fn wake_all(&self) {
+        let waiting = std::mem::take(&mut self.state.lock().expect("credit lock").waiting);
+        waiting.into_iter().for_each(Waker::wake);
     }
 }
 
@@ -153,9 +180,9 @@ impl Shared {
         self.closed.store(true, Ordering::Release);
         for (_, entry) in self.streams.lock().expect("streams lock").drain() {
             let _ = entry.data.send(Err(error.clone()));
-            entry.send_credit.notify.notify_waiters();
+            entry.send_credit.wake_all();
         }
-        self.connection_credit.notify.notify_waiters();
+        self.connection_credit.wake_all();
         self.incoming.lock().expect("incoming lock").take();
         self.pings.lock().expect("pings lock").clear();
         self.closed_notify.notify_waiters();
@@ -189,6 +216,7 @@ impl Shared {
             finished: false,
             ended: false,
             pending: Vec::new(),
+            pending_at: 0,
         }
     }
 
@@ -230,7 +258,7 @@ impl std::fmt::Debug for Connection {
 
 /// Handshake as the initiator over `io` and start the connection.
 pub async fn connect<S>(
-    mut io: S,
+    io: S,
     local: &StaticKey,
     remote: &[u8; 32],
     prologue: &[u8],
@@ -239,24 +267,50 @@ pub async fn connect<S>(
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let keys = handshake::initiate(&mut io, local, remote, prologue).await?;
+    connect_with_hello(io, local, remote, prologue, &[], config).await
+}
+
+/// Like [`connect`], sending `hello` (e.g. an access ticket) encrypted in the handshake.
+pub async fn connect_with_hello<S>(
+    mut io: S,
+    local: &StaticKey,
+    remote: &[u8; 32],
+    prologue: &[u8],
+    hello: &[u8],
+    config: Config,
+) -> Result<Connection, HtxError>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let keys = handshake::initiate(&mut io, local, remote, prologue, hello).await?;
     Ok(Connection::start(io, keys, true, config))
 }
 
-/// Handshake as the responder over `io` and start the connection; also returns the peer's
-/// static key.
+/// Who connected: the initiator's static key and the hello it sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// The initiator's static public key.
+    pub key: [u8; 32],
+    /// Its hello (empty if none).
+    pub hello: Vec<u8>,
+}
+
+/// Handshake as the responder over `io` and start the connection; also returns who connected.
 pub async fn accept<S>(
     mut io: S,
     local: &StaticKey,
     prologue: &[u8],
     config: Config,
-) -> Result<(Connection, [u8; 32]), HtxError>
+) -> Result<(Connection, Peer), HtxError>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let keys = handshake::respond(&mut io, local, prologue).await?;
-    let remote = keys.remote_static;
-    Ok((Connection::start(io, keys, false, config), remote))
+    let mut keys = handshake::respond(&mut io, local, prologue).await?;
+    let peer = Peer {
+        key: keys.remote_static,
+        hello: std::mem::take(&mut keys.hello),
+    };
+    Ok((Connection::start(io, keys, false, config), peer))
 }
 
 impl Connection {
@@ -630,7 +684,9 @@ pub struct HtxStream {
     unacknowledged: u64,
     finished: bool,
     ended: bool,
+    /// Received data not yet handed to the reader, from `pending_at` on.
     pending: Vec<u8>,
+    pending_at: usize,
 }
 
 impl std::fmt::Debug for HtxStream {
@@ -652,37 +708,56 @@ impl HtxStream {
         self.send_offset
     }
 
-    /// Wait for credit on both the stream and the connection; take up to `want` bytes of it.
-    async fn reserve(&self, want: usize) -> Result<usize, HtxError> {
-        loop {
-            let stream_wait = self.send_credit.notify.notified();
-            let connection_wait = self.shared.connection_credit.notify.notified();
-            tokio::pin!(stream_wait, connection_wait);
-            stream_wait.as_mut().enable();
-            connection_wait.as_mut().enable();
-            if self.shared.closed.load(Ordering::Acquire) {
-                return Err(self.shared.error());
+    /// Take up to `want` bytes of credit on both the stream and the connection, or register to
+    /// be woken when either grows.
+    fn poll_reserve(&self, cx: &mut Context<'_>, want: usize) -> Poll<Result<usize, HtxError>> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Poll::Ready(Err(self.shared.error()));
+        }
+        {
+            let mut stream = self.send_credit.state.lock().expect("credit lock");
+            let mut connection = self
+                .shared
+                .connection_credit
+                .state
+                .lock()
+                .expect("credit lock");
+            let take = (want as u64)
+                .min(stream.available)
+                .min(connection.available);
+            if take > 0 {
+                stream.available -= take;
+                connection.available -= take;
+                return Poll::Ready(Ok(take as usize));
             }
-            {
-                let mut stream = self.send_credit.available.lock().expect("credit lock");
-                let mut connection = self
-                    .shared
-                    .connection_credit
-                    .available
-                    .lock()
-                    .expect("credit lock");
-                let take = (want as u64).min(*stream).min(*connection);
-                if take > 0 {
-                    *stream -= take;
-                    *connection -= take;
-                    return Ok(take as usize);
-                }
+            if stream.available == 0 {
+                stream.wait(cx.waker());
             }
-            tokio::select! {
-                () = stream_wait => {}
-                () = connection_wait => {}
+            if connection.available == 0 {
+                connection.wait(cx.waker());
             }
         }
+        // A close that raced the registration has already woken everyone it could see.
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Poll::Ready(Err(self.shared.error()));
+        }
+        Poll::Pending
+    }
+
+    /// Send up to one frame of `data` as credit allows; returns how much was sent.
+    fn poll_send(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<Result<usize, HtxError>> {
+        if self.finished {
+            return Poll::Ready(Err(HtxError::Closed("stream already finished".into())));
+        }
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let n = ready!(self.poll_reserve(cx, data.len().min(self.shared.config.max_chunk)))?;
+        let offset = self.send_offset;
+        let shared = self.shared.clone();
+        shared.send_stream(self, || encode_stream(false, offset, &data[..n]))?;
+        self.send_offset += n as u64;
+        Poll::Ready(Ok(n))
     }
 
     /// Send `data`, waiting for flow-control credit as needed.
@@ -691,20 +766,14 @@ impl HtxStream {
             return Err(HtxError::Closed("stream already finished".into()));
         }
         while !data.is_empty() {
-            let n = self
-                .reserve(data.len().min(self.shared.config.max_chunk))
-                .await?;
-            let offset = self.send_offset;
-            let shared = self.shared.clone();
-            shared.send_stream(self, || encode_stream(false, offset, &data[..n]))?;
-            self.send_offset += n as u64;
+            let n = std::future::poll_fn(|cx| self.poll_send(cx, data)).await?;
             data = &data[n..];
         }
         Ok(())
     }
 
-    /// End the stream (FIN).
-    pub async fn finish(&mut self) -> Result<(), HtxError> {
+    /// End the stream (FIN); later writes fail.
+    fn finish_now(&mut self) -> Result<(), HtxError> {
         if !self.finished {
             self.finished = true;
             let offset = self.send_offset;
@@ -714,37 +783,44 @@ impl HtxStream {
         Ok(())
     }
 
-    /// The next data the peer sent, `None` once it finished the stream.
-    pub async fn read(&mut self) -> Result<Option<Vec<u8>>, HtxError> {
-        if self.unregistered.is_some() {
-            // Nothing can arrive before this side's first frame; callers race reads against
-            // writes (see `io::into_io`), so wait to be cancelled rather than fail.
-            std::future::pending::<()>().await;
-        }
+    /// End the stream (FIN).
+    pub async fn finish(&mut self) -> Result<(), HtxError> {
+        self.finish_now()
+    }
 
-        if !self.pending.is_empty() {
-            return Ok(Some(std::mem::take(&mut self.pending)));
-        }
-        if self.ended {
-            return Ok(None);
-        }
+    /// Make sure some received data is pending unless the stream ended; `Ok(false)` at its end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, HtxError>> {
+        // Nothing arrives before this side's first frame registers the stream; the channel's
+        // sender lives in the stream until then, so this simply waits.
         loop {
-            match self.data.recv().await {
-                None => return Err(self.shared.error()),
-                Some(Err(error)) => return Err(error),
+            if self.pending_at < self.pending.len() {
+                return Poll::Ready(Ok(true));
+            }
+            if self.ended {
+                return Poll::Ready(Ok(false));
+            }
+            match ready!(self.data.poll_recv(cx)) {
+                None => return Poll::Ready(Err(self.shared.error())),
+                Some(Err(error)) => return Poll::Ready(Err(error)),
                 Some(Ok((data, fin))) => {
                     self.ended = fin;
                     self.acknowledge(data.len() as u64)?;
-                    if data.is_empty() {
-                        if fin {
-                            return Ok(None);
-                        }
-                        continue;
-                    }
-                    return Ok(Some(data));
+                    self.pending = data;
+                    self.pending_at = 0;
                 }
             }
         }
+    }
+
+    /// The next data the peer sent, `None` once it finished the stream.
+    pub async fn read(&mut self) -> Result<Option<Vec<u8>>, HtxError> {
+        if !std::future::poll_fn(|cx| self.poll_fill(cx)).await? {
+            return Ok(None);
+        }
+        let at = std::mem::take(&mut self.pending_at);
+        let mut data = std::mem::take(&mut self.pending);
+        data.drain(..at);
+        Ok(Some(data))
     }
 
     /// Everything until the peer finishes the stream.
@@ -822,5 +898,55 @@ impl Drop for HtxStream {
         if let Some(entry) = removed {
             let _ = self.shared.consumed(entry.outstanding);
         }
+    }
+}
+
+fn io_error(error: HtxError) -> std::io::Error {
+    let kind = match error {
+        HtxError::Closed(_) => std::io::ErrorKind::ConnectionReset,
+        HtxError::Io(_) => std::io::ErrorKind::BrokenPipe,
+        _ => std::io::ErrorKind::InvalidData,
+    };
+    std::io::Error::new(kind, error)
+}
+
+/// A stream is a byte pipe: reads return what the peer sent (EOF at its FIN), writes wait for
+/// flow-control credit, and shutdown sends FIN.
+impl AsyncRead for HtxStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        if ready!(this.poll_fill(cx)).map_err(io_error)? {
+            let available = &this.pending[this.pending_at..];
+            let n = available.len().min(buf.remaining());
+            buf.put_slice(&available[..n]);
+            this.pending_at += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for HtxStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.get_mut().poll_send(cx, buf).map_err(io_error)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // Frames are queued to the connection's writer as they are made.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(self.get_mut().finish_now().map_err(io_error))
     }
 }

@@ -68,7 +68,13 @@ pub struct SessionKeys {
     pub recv: DirectionKeys,
     /// The peer's static public key.
     pub remote_static: [u8; 32],
+    /// What the initiator sent with its last handshake message (e.g. an access ticket);
+    /// encrypted to the responder and bound to the handshake. Empty on the initiator's side.
+    pub hello: Vec<u8>,
 }
+
+/// Largest hello an initiator may send.
+pub const MAX_HELLO: usize = 512;
 
 fn derive(state: &mut snow::HandshakeState, initiator: bool) -> Result<SessionKeys, HtxError> {
     let remote_static: [u8; 32] = state
@@ -93,6 +99,7 @@ fn derive(state: &mut snow::HandshakeState, initiator: bool) -> Result<SessionKe
         send,
         recv,
         remote_static,
+        hello: Vec::new(),
     })
 }
 
@@ -129,13 +136,21 @@ fn noise_error(e: snow::Error) -> HtxError {
     HtxError::Handshake(e.to_string())
 }
 
-/// Run the initiator's side against a responder whose static public key is `remote`.
+/// Run the initiator's side against a responder whose static public key is `remote`, sending
+/// `hello` (at most [`MAX_HELLO`] bytes) encrypted in the last message.
 pub async fn initiate<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     local: &StaticKey,
     remote: &[u8; 32],
     prologue: &[u8],
+    hello: &[u8],
 ) -> Result<SessionKeys, HtxError> {
+    if hello.len() > MAX_HELLO {
+        return Err(HtxError::Oversized {
+            len: hello.len(),
+            limit: MAX_HELLO,
+        });
+    }
     let mut state = snow::Builder::new(PATTERN.parse().expect("a valid pattern"))
         .local_private_key(&local.private)
         .and_then(|b| b.remote_public_key(remote))
@@ -150,7 +165,7 @@ pub async fn initiate<S: AsyncRead + AsyncWrite + Unpin>(
     state
         .read_message(&message, &mut payload)
         .map_err(noise_error)?;
-    let n = state.write_message(&[], &mut buf).map_err(noise_error)?; // -> s, se
+    let n = state.write_message(hello, &mut buf).map_err(noise_error)?; // -> s, se
     send(io, &buf[..n]).await?;
     derive(&mut state, true)
 }
@@ -175,10 +190,18 @@ pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
     let n = state.write_message(&[], &mut buf).map_err(noise_error)?;
     send(io, &buf[..n]).await?;
     let message = receive(io).await?;
-    state
+    let n = state
         .read_message(&message, &mut payload)
         .map_err(noise_error)?;
-    derive(&mut state, false)
+    if n > MAX_HELLO {
+        return Err(HtxError::Oversized {
+            len: n,
+            limit: MAX_HELLO,
+        });
+    }
+    let mut keys = derive(&mut state, false)?;
+    keys.hello = payload[..n].to_vec();
+    Ok(keys)
 }
 
 #[cfg(test)]
@@ -193,10 +216,12 @@ mod tests {
             let key = server_key.clone();
             tokio::spawn(async move { respond(&mut b, &key, b"fog").await })
         };
-        let client = initiate(&mut a, &client_key, &server_key.public, b"fog")
+        let client = initiate(&mut a, &client_key, &server_key.public, b"fog", b"ticket")
             .await
             .unwrap();
         let server = server.await.unwrap().unwrap();
+        assert_eq!(server.hello, b"ticket");
+        assert!(client.hello.is_empty());
         assert_eq!(client.send, server.recv);
         assert_eq!(client.recv, server.send);
         assert_ne!(client.send, client.recv);
@@ -214,7 +239,7 @@ mod tests {
             let (mut a, mut b) = tokio::io::duplex(4096);
             let key = server_key.clone();
             let server = tokio::spawn(async move { respond(&mut b, &key, b"fog").await });
-            let client = initiate(&mut a, &StaticKey::generate(), &remote, prologue).await;
+            let client = initiate(&mut a, &StaticKey::generate(), &remote, prologue, &[]).await;
             let server = server.await.unwrap();
             assert!(
                 client.is_err() || server.is_err(),

@@ -13,7 +13,8 @@
 //! - [`conn`]: a connection of many flow-controlled streams (odd ids for the client, even for
 //!   the server), PING with a timeout, KEY_UPDATE on frame / byte / time thresholds, CLOSE;
 //! - [`names`]: self-certifying `betanet://` and `bn1:` names;
-//! - [`tickets`]: access tickets (the 1.1 formula) with replay rejection.
+//! - [`tickets`]: access tickets (the 1.1 formula) with replay rejection;
+//! - [`mix`]: paths through 0, 2 or ≥ 3 relays, and the relay itself.
 //!
 //! Where the 1.1 and 1.2 documents disagree, Fog follows 1.2's frame layout and key schedule,
 //! which come with test vectors.
@@ -23,8 +24,8 @@
 pub mod conn;
 pub mod frame;
 pub mod handshake;
-pub mod io;
 pub mod keys;
+pub mod mix;
 pub mod names;
 pub mod tickets;
 

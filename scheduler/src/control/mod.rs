@@ -6,6 +6,7 @@
 //! heartbeat of a restart. A device that misses three heartbeats, or reports it may not be
 //! harvested, loses its replicas at the next reconcile.
 
+pub mod names;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -42,6 +43,8 @@ pub struct ControlConfig {
     pub replica_cpu: f64,
     /// NSGA-II settings for placement.
     pub placement: PlacementConfig,
+    /// Public keys (hex) of routers allowed to register Betanet fronts.
+    pub trusted_routers: Vec<String>,
 }
 
 impl Default for ControlConfig {
@@ -56,6 +59,7 @@ impl Default for ControlConfig {
                 generations: 30,
                 ..PlacementConfig::default()
             },
+            trusted_routers: Vec::new(),
         }
     }
 }
@@ -83,6 +87,10 @@ pub struct Control {
     /// When this control plane started: placements are not recomputed until devices have had
     /// time to heartbeat, so a restart never takes replicas away from live devices.
     started: Instant,
+    /// The secret app keys are derived from (loaded on first use).
+    master: Mutex<Option<[u8; 32]>>,
+    /// Betanet fronts and mix relays that registered recently.
+    registrations: names::Registrations,
 }
 
 /// Longest a routes long-poll is held.
@@ -184,6 +192,8 @@ impl Control {
             changed: Notify::new(),
             version: watch::channel(0).0,
             started: Instant::now(),
+            master: Mutex::new(None),
+            registrations: names::Registrations::default(),
         })
     }
 
@@ -275,9 +285,40 @@ impl Control {
                 );
                 Ok(response)
             }
-            (_, ["apps" | "devices" | "blobs" | "routes", ..]) => {
-                Err(Refusal(405, format!("{method} is not allowed on {path}")))
+            ("POST", ["fronts"]) => {
+                let (signer, body, _) = Self::signed(request, 64 << 10).await?;
+                if !self.config.trusted_routers.contains(&signer) {
+                    return Err(Refusal(
+                        403,
+                        format!("router key {signer} is not trusted to register a Betanet front"),
+                    ));
+                }
+                let front: api::FrontInfo = serde_json::from_slice(&body)
+                    .map_err(|e| Refusal(400, format!("malformed front: {e}")))?;
+                self.registrations
+                    .register_front(&signer, front)
+                    .map_err(|e| Refusal(400, e))?;
+                Ok(json(200, &self.registrations.fronts()))
             }
+            ("GET", ["fronts"]) => Ok(json(200, &self.registrations.fronts())),
+            ("POST", ["relays"]) => {
+                let (signer, body, _) = Self::signed(request, 64 << 10).await?;
+                let relay: api::RelayInfo = serde_json::from_slice(&body)
+                    .map_err(|e| Refusal(400, format!("malformed relay: {e}")))?;
+                self.registrations
+                    .register_relay(&signer, relay)
+                    .map_err(|e| Refusal(400, e))?;
+                Ok(json(200, &self.registrations.relays()))
+            }
+            ("GET", ["relays"]) => Ok(json(200, &self.registrations.relays())),
+            ("GET", ["names", name]) => self.resolve(name),
+            (
+                _,
+                [
+                    "apps" | "devices" | "blobs" | "routes" | "fronts" | "relays" | "names",
+                    ..,
+                ],
+            ) => Err(Refusal(405, format!("{method} is not allowed on {path}"))),
             _ => Err(Refusal(404, format!("unknown path {path}"))),
         }
     }
@@ -332,6 +373,58 @@ impl Control {
         )
         .map_err(|e| Refusal(401, e.to_string()))?;
         Ok((signer, body, meta))
+    }
+
+    fn master(&self) -> Result<[u8; 32], StoreError> {
+        let mut master = self.master.lock().expect("master lock");
+        if let Some(secret) = *master {
+            return Ok(secret);
+        }
+        let secret = names::master_secret(self.store.as_ref())?;
+        *master = Some(secret);
+        Ok(secret)
+    }
+
+    /// The key of `app`.
+    fn app_identity(&self, app: &AppRecord) -> Result<auth::Identity, StoreError> {
+        Ok(names::app_identity(&self.master()?, &app.owner, &app.name))
+    }
+
+    /// `GET /v1/names/{name}`: the signed descriptor of the app a Betanet name (the hex id of
+    /// `betanet://` or a `bn1:` name) belongs to.
+    fn resolve(&self, name: &str) -> Answer {
+        let wanted = name.trim_start_matches("betanet://");
+        let node = fog_htx::names::parse_bn1(wanted).ok();
+        if node.is_none() && (wanted.len() != 64 || hex::decode(wanted).is_err()) {
+            return Err(Refusal(
+                400,
+                format!("{name:?} is not a Betanet name (64 hex digits or bn1:...)"),
+            ));
+        }
+        for app in self.apps()? {
+            let identity = self.app_identity(&app)?;
+            let matches = match node {
+                Some(node) => fog_htx::names::node_id(&identity.public_bytes()) == node,
+                None => names::betanet_id(&identity).eq_ignore_ascii_case(wanted),
+            };
+            if matches {
+                let fronts = self.registrations.fronts();
+                if fronts.is_empty() {
+                    return Err(Refusal(
+                        503,
+                        format!("app {:?} has no Betanet front serving right now", app.name),
+                    ));
+                }
+                return Ok(json(
+                    200,
+                    &names::descriptor(&identity, &app.name, fronts, now_ms() / 1000),
+                ));
+            }
+        }
+        Err(Refusal(
+            404,
+            format!("no app has the Betanet name {name:?}"),
+        ))
     }
 
     fn app(&self, name: &str) -> Result<AppRecord, Refusal> {
@@ -725,6 +818,7 @@ impl Control {
             running,
             problem: placement.and_then(|p| p.problem),
             updated_ms: app.updated_ms,
+            betanet: names::names(&self.app_identity(app)?),
         })
     }
 
@@ -779,10 +873,14 @@ impl Control {
             .iter()
             .filter_map(|(id, l)| l.heartbeat.htx.clone().map(|h| (id.clone(), h)))
             .collect();
+        let master = self.master()?;
         Ok(self
             .apps()?
             .into_iter()
             .map(|app| {
+                let betanet = Some(names::betanet_id(&names::app_identity(
+                    &master, &app.owner, &app.name,
+                )));
                 let assigned = placements
                     .get(&app.name)
                     .map(|p| p.devices.clone())
@@ -806,6 +904,7 @@ impl Control {
                     app: app.name,
                     mode,
                     replicas,
+                    betanet,
                 }
             })
             .collect())

@@ -20,6 +20,8 @@ pub enum Table {
     Blobs,
     /// Verified ledger periods by `device/start_ms`.
     Ledger,
+    /// The control plane's own secrets (the master key app keys are derived from).
+    Secrets,
 }
 
 impl Table {
@@ -30,6 +32,7 @@ impl Table {
             Table::Placements => "placements",
             Table::Blobs => "blobs",
             Table::Ledger => "ledger",
+            Table::Secrets => "secrets",
         }
     }
 }

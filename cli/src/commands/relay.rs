@@ -1,0 +1,37 @@
+//! `fog relay`: run a mix relay for Betanet paths.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::services::{self, Stop};
+
+/// Run a mix relay: it forwards HTX connections one hop further without being able to read
+/// them, and registers itself with the control plane so routers and visitors can use it.
+#[derive(Debug, clap::Args)]
+pub struct RelayCmd {
+    /// Base URL of the control plane.
+    #[arg(long, env = "FOG_CONTROL", default_value = "http://127.0.0.1:7070")]
+    control: String,
+    /// Address the relay listens on (and registers).
+    #[arg(long, default_value = "127.0.0.1:7600")]
+    listen: SocketAddr,
+    /// Directory of the relay's key.
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+}
+
+impl RelayCmd {
+    pub fn execute(self) -> anyhow::Result<()> {
+        let data = self
+            .data
+            .unwrap_or_else(|| fog_host::agent::default_data_dir().join("relay"));
+        crate::client::runtime()?.block_on(async {
+            let (stop_tx, stop) = Stop::new();
+            let (addr, tasks) =
+                services::start_relay(self.listen, &self.control, &data, stop).await?;
+            println!("fog: relay on {addr}");
+            services::run_until_signal(stop_tx, tasks).await;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,234 @@
+//! Betanet names, fronts and relays in the control plane.
+//!
+//! Every app has an ed25519 key derived from the control plane's master secret, the owner's key
+//! and the app's name: `HKDF-SHA256(ikm = master, salt = "fog-app-key-v1", info = owner ‖ 0 ‖
+//! name)`. Its self-certifying names (`betanet://<hex sha256(pk)>`, `bn1:…`) are therefore stable
+//! across restarts and republishes by the same owner, and a different owner publishing the same
+//! name after a removal gets a different address. The secret never leaves the control plane: it
+//! signs short-lived [`NameDescriptor`]s listing the fronts (routers) that serve the app, and a
+//! visitor checks the descriptor against the name alone.
+//!
+//! Fronts may only be registered by routers the control plane trusts; relays are open to anyone
+//! (they only ever carry ciphertext). Both expire unless they register again.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use fog_proto::api::{FrontInfo, NameDescriptor, REGISTRATION_TTL_MS, RelayInfo};
+use fog_proto::auth::Identity;
+use hkdf::Hkdf;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::store::{Store, StoreError, Table, decode, encode};
+
+/// How long a descriptor is valid.
+pub const DESCRIPTOR_LIFETIME: Duration = Duration::from_secs(600);
+
+#[derive(Serialize, Deserialize)]
+struct MasterRecord {
+    secret: Vec<u8>,
+}
+
+/// Load the master secret, creating it on first use.
+pub fn master_secret(store: &dyn Store) -> Result<[u8; 32], StoreError> {
+    const KEY: &str = "app-keys-master";
+    if let Some(bytes) = store.get(Table::Secrets, KEY)? {
+        let record: MasterRecord = decode(Table::Secrets, KEY, &bytes)?;
+        return record.secret.try_into().map_err(|_| StoreError::Decode {
+            table: "secrets",
+            key: KEY.into(),
+            reason: "master secret is not 32 bytes".into(),
+        });
+    }
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| StoreError::Backend(e.to_string()))?;
+    store.put(
+        Table::Secrets,
+        KEY,
+        &encode(&MasterRecord {
+            secret: secret.to_vec(),
+        }),
+    )?;
+    store.flush()?;
+    Ok(secret)
+}
+
+/// The app's key.
+pub fn app_identity(master: &[u8; 32], owner: &str, name: &str) -> Identity {
+    let mut info = owner.as_bytes().to_vec();
+    info.push(0);
+    info.extend_from_slice(name.as_bytes());
+    let mut secret = [0u8; 32];
+    Hkdf::<Sha256>::new(Some(b"fog-app-key-v1"), master)
+        .expand(&info, &mut secret)
+        .expect("32 bytes is a valid HKDF output");
+    Identity::from_secret(&secret)
+}
+
+/// The app's Betanet id: hex sha256 of its public key.
+pub fn betanet_id(identity: &Identity) -> String {
+    hex::encode(Sha256::digest(identity.public_bytes()))
+}
+
+/// Both names of the app.
+pub fn names(identity: &Identity) -> Vec<String> {
+    let public = identity.public_bytes();
+    vec![
+        fog_htx::names::betanet_url(&public),
+        fog_htx::names::bn1(&public),
+    ]
+}
+
+/// A signed descriptor for `app` served by `fronts`.
+pub fn descriptor(
+    identity: &Identity,
+    app: &str,
+    fronts: Vec<FrontInfo>,
+    now_s: u64,
+) -> NameDescriptor {
+    let mut descriptor = NameDescriptor {
+        app: app.to_string(),
+        app_key: identity.public_hex(),
+        fronts,
+        expires_s: now_s + DESCRIPTOR_LIFETIME.as_secs(),
+        signature: String::new(),
+    };
+    descriptor.signature = identity.sign_bytes(&descriptor.signed_bytes());
+    descriptor
+}
+
+/// Registered fronts (by router key) and relays (by relay key), with when they registered.
+#[derive(Debug, Default)]
+pub struct Registrations {
+    fronts: Mutex<HashMap<String, (FrontInfo, Instant)>>,
+    relays: Mutex<HashMap<String, (RelayInfo, Instant)>>,
+}
+
+fn fresh<T: Clone>(table: &Mutex<HashMap<String, (T, Instant)>>) -> Vec<T> {
+    let ttl = Duration::from_millis(REGISTRATION_TTL_MS);
+    let mut table = table.lock().expect("registrations lock");
+    table.retain(|_, (_, at)| at.elapsed() < ttl);
+    let mut fresh: Vec<(String, T)> = table
+        .iter()
+        .map(|(k, (v, _))| (k.clone(), v.clone()))
+        .collect();
+    fresh.sort_by(|a, b| a.0.cmp(&b.0));
+    fresh.into_iter().map(|(_, v)| v).collect()
+}
+
+fn check_key(hex_key: &str, what: &str) -> Result<(), String> {
+    match hex::decode(hex_key) {
+        Ok(bytes) if bytes.len() == 32 => Ok(()),
+        _ => Err(format!("{what} must be 32 bytes of hex")),
+    }
+}
+
+impl Registrations {
+    /// Register (or refresh) `router`'s front.
+    pub fn register_front(&self, router: &str, front: FrontInfo) -> Result<(), String> {
+        check_key(&front.key, "key")?;
+        check_key(&front.ticket_key, "ticket_key")?;
+        check_addr(&front.addr)?;
+        self.fronts
+            .lock()
+            .expect("registrations lock")
+            .insert(router.to_string(), (front, Instant::now()));
+        Ok(())
+    }
+
+    /// Register (or refresh) a relay, keyed by its signer.
+    pub fn register_relay(&self, signer: &str, relay: RelayInfo) -> Result<(), String> {
+        check_key(&relay.key, "key")?;
+        check_addr(&relay.addr)?;
+        self.relays
+            .lock()
+            .expect("registrations lock")
+            .insert(signer.to_string(), (relay, Instant::now()));
+        Ok(())
+    }
+
+    /// Fronts that registered recently.
+    pub fn fronts(&self) -> Vec<FrontInfo> {
+        fresh(&self.fronts)
+    }
+
+    /// Relays that registered recently.
+    pub fn relays(&self) -> Vec<RelayInfo> {
+        fresh(&self.relays)
+    }
+}
+
+fn check_addr(addr: &str) -> Result<(), String> {
+    addr.parse::<std::net::SocketAddr>()
+        .map(|_| ())
+        .map_err(|_| format!("address {addr:?} is not host:port with an IP"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::store::SledStore;
+
+    #[test]
+    fn app_keys_are_stable_per_owner_and_name_and_descriptors_verify() {
+        let store = SledStore::temporary().unwrap();
+        let master = master_secret(&store).unwrap();
+        assert_eq!(master_secret(&store).unwrap(), master, "created once");
+        let a = app_identity(&master, "owner1", "hello");
+        assert_eq!(
+            a.public_hex(),
+            app_identity(&master, "owner1", "hello").public_hex()
+        );
+        assert_ne!(
+            a.public_hex(),
+            app_identity(&master, "owner2", "hello").public_hex()
+        );
+        assert_ne!(
+            a.public_hex(),
+            app_identity(&master, "owner1", "hello2").public_hex()
+        );
+        let names = names(&a);
+        assert!(names[0].ends_with(&betanet_id(&a)));
+        assert!(fog_htx::names::names_key(&names[1], &a.public_bytes()));
+
+        let front = FrontInfo {
+            addr: "127.0.0.1:7443".into(),
+            key: hex::encode([1u8; 32]),
+            ticket_key: hex::encode([2u8; 32]),
+        };
+        let signed = descriptor(&a, "hello", vec![front], 1000);
+        assert_eq!(signed.verify(1000), Ok(()));
+        assert!(signed.verify(1000 + 601).unwrap_err().contains("expired"));
+        let mut forged = signed.clone();
+        forged.fronts[0].addr = "10.0.0.1:7443".into();
+        assert!(
+            forged.verify(1000).is_err(),
+            "a changed front breaks the signature"
+        );
+    }
+
+    #[test]
+    fn registrations_check_their_fields() {
+        let registrations = Registrations::default();
+        let relay = RelayInfo {
+            addr: "127.0.0.1:7600".into(),
+            key: hex::encode([3u8; 32]),
+        };
+        registrations.register_relay("r1", relay.clone()).unwrap();
+        registrations.register_relay("r1", relay.clone()).unwrap();
+        assert_eq!(registrations.relays(), vec![relay]);
+        let bad = RelayInfo {
+            addr: "nowhere".into(),
+            key: hex::encode([3u8; 32]),
+        };
+        assert!(registrations.register_relay("r2", bad).is_err());
+        let bad_key = RelayInfo {
+            addr: "127.0.0.1:1".into(),
+            key: "00".into(),
+        };
+        assert!(registrations.register_relay("r2", bad_key).is_err());
+        assert!(registrations.fronts().is_empty());
+    }
+}
