@@ -3,14 +3,19 @@
 //! spec's default windows. The peer in the same run is the frame layer alone (seal + open in
 //! memory, no I/O), the ceiling for the connection.
 //!
+//! Then the latency a relay hop adds: round trips of a small request over an HTX connection
+//! dialled directly and through 1, 2 and 3 relays on loopback with no mix delay (the relays'
+//! own cost: a Noise layer, frame sealing and a copy per hop); the direct path is the peer.
+//!
 //! `cargo bench -p fog-benches --bench htx`
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fog_htx::conn::{self, Config};
 use fog_htx::frame::{DEFAULT_MAX_FRAME, FrameType, Opener, Sealer, encode_stream};
 use fog_htx::handshake::StaticKey;
 use fog_htx::keys::DirectionKeys;
+use fog_htx::mix::{self, Hop, Relay, RelayConfig};
 use tokio::net::{TcpListener, TcpStream};
 
 const FRAMES: usize = 400_000;
@@ -75,6 +80,73 @@ fn frame_layer_run() -> f64 {
     started.elapsed().as_secs_f64()
 }
 
+/// Round trips (64 bytes there, 64 back, one stream each) over a connection through `hops`
+/// relays: the median and p99 in microseconds.
+async fn hop_latency(hops: usize, rounds: usize) -> (f64, f64) {
+    let mut path = Vec::new();
+    for _ in 0..hops {
+        let key = StaticKey::generate();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(mix::serve_relay(
+            listener,
+            key.clone(),
+            RelayConfig::default(),
+            std::future::pending(),
+        ));
+        path.push(Hop {
+            relay: Relay {
+                addr,
+                key: key.public,
+            },
+            delay: Duration::ZERO,
+        });
+    }
+    let server_key = StaticKey::generate();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let key = server_key.clone();
+    tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.unwrap();
+        socket.set_nodelay(true).unwrap();
+        let (server, _) = conn::accept(socket, &key, b"bench", Config::default())
+            .await
+            .unwrap();
+        while let Some(mut stream) = server.accept().await {
+            tokio::spawn(async move {
+                let data = stream.read_to_end().await.unwrap();
+                stream.write(&data).await.unwrap();
+                stream.finish().await.unwrap();
+            });
+        }
+    });
+    let pipe = mix::dial(&path, &addr, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let client = conn::connect(
+        pipe,
+        &StaticKey::generate(),
+        &server_key.public,
+        b"bench",
+        Config::default(),
+    )
+    .await
+    .unwrap();
+    let mut times = Vec::with_capacity(rounds);
+    for i in 0..rounds + 50 {
+        let started = Instant::now();
+        let mut stream = client.open().unwrap();
+        stream.write(&[0x42; 64]).await.unwrap();
+        stream.finish().await.unwrap();
+        assert_eq!(stream.read_to_end().await.unwrap().len(), 64);
+        if i >= 50 {
+            times.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    (times[times.len() / 2], times[times.len() * 99 / 100])
+}
+
 fn main() {
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -109,4 +181,17 @@ fn main() {
         "connection, spec windows (32 KiB stream, 64 KiB connection)",
         tokio.block_on(connection_run(spec)),
     );
+
+    println!();
+    println!("| relay hops (no mix delay) | round-trip p50 µs | p99 µs | added per hop, p50 µs |");
+    println!("|---|---|---|---|");
+    let (direct, direct_p99) = tokio.block_on(hop_latency(0, 2000));
+    println!("| 0 (direct) | {direct:.0} | {direct_p99:.0} | — |");
+    for hops in 1..=3 {
+        let (p50, p99) = tokio.block_on(hop_latency(hops, 2000));
+        println!(
+            "| {hops} | {p50:.0} | {p99:.0} | {:.0} |",
+            (p50 - direct) / hops as f64
+        );
+    }
 }

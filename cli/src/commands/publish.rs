@@ -129,8 +129,8 @@ pub fn print_app(info: &AppInfo, router: &str) {
         .map(|(_, p)| format!(":{p}"))
         .unwrap_or_default();
     println!("  {scheme}://{}.localhost{port}/", info.name);
+    println!("  {router}/apps/{}/", info.name);
     for name in &info.betanet {
         println!("  {name}");
     }
-    println!("  {router}/apps/{}/", info.name);
 }

@@ -384,7 +384,11 @@ where
     };
     let writer = async move {
         while let Some((due, chunk)) = rx.recv().await {
-            tokio::time::sleep_until(due).await;
+            // Tokio's timer rounds up to whole milliseconds: never touch it for a chunk that
+            // is already due (always, on a path without delays).
+            if due > Instant::now() {
+                tokio::time::sleep_until(due).await;
+            }
             if to.write_all(&chunk).await.is_err() {
                 return;
             }
