@@ -74,6 +74,10 @@ pub struct RouterArgs {
     /// Address of the Betanet front visitors open HTX connections to ("off" for none).
     #[arg(long, default_value = "127.0.0.1:7443", value_name = "ADDR|off")]
     pub betanet: String,
+    /// Run the Betanet front's HTX inside TLS 1.3 (the TLS exporter bound into the Noise
+    /// prologue).
+    #[arg(long)]
+    pub betanet_tls: bool,
     /// Relays on the way to hosts: performance (0), balanced (2), strict (3, with delays) or
     /// strict:N.
     #[arg(long, default_value = "performance")]
@@ -131,7 +135,7 @@ pub async fn start_router(
             .with_context(|| format!("--betanet {:?} is not host:port or off", args.betanet))?;
         let front_listener = server::bind(front_listen).await?;
         let front_addr = front_listener.local_addr()?;
-        let front = fog_router::front::Front::new(gateway.clone(), &identity);
+        let front = fog_router::front::Front::new(gateway.clone(), &identity, args.betanet_tls)?;
         tasks.push(tokio::spawn(fog_router::front::serve(
             front_listener,
             front.clone(),

@@ -477,6 +477,9 @@ pub struct FrontInfo {
     pub key: String,
     /// Ticket public key, hex.
     pub ticket_key: String,
+    /// Whether HTX runs inside TLS 1.3 here (the exporter bound into the Noise prologue).
+    #[serde(default)]
+    pub tls: bool,
 }
 
 /// How long registered relays and fronts stay listed without registering again.

@@ -62,6 +62,8 @@ fn unix_s() -> u64 {
 /// A router's Betanet front.
 pub struct Front {
     gateway: Arc<Gateway>,
+    /// The outer TLS layer, when the front uses one.
+    tls: Option<fog_htx::tls::Server>,
     key: StaticKey,
     tickets: Mutex<TicketVerifier>,
     ticket_public: [u8; 32],
@@ -76,8 +78,13 @@ impl std::fmt::Debug for Front {
 }
 
 impl Front {
-    /// A front for `gateway` with keys derived from the router's identity.
-    pub fn new(gateway: Arc<Gateway>, identity: &Identity) -> Arc<Front> {
+    /// A front for `gateway` with keys derived from the router's identity; with `tls`, HTX runs
+    /// inside TLS 1.3 (a fresh self-signed certificate; the exporter binds it to Noise).
+    pub fn new(
+        gateway: Arc<Gateway>,
+        identity: &Identity,
+        tls: bool,
+    ) -> Result<Arc<Front>, fog_htx::HtxError> {
         let derive = |label: &[u8]| {
             let mut key = [0u8; 32];
             Hkdf::<Sha256>::new(Some(b"fog-betanet-front-v1"), &identity.secret_bytes())
@@ -88,12 +95,18 @@ impl Front {
         let key = StaticKey::from_private(derive(b"noise"));
         let ticket_private = derive(b"ticket");
         let ticket_public = StaticKey::from_private(ticket_private).public;
-        Arc::new(Front {
+        let tls = if tls {
+            Some(fog_htx::tls::Server::new("betanet.invalid")?)
+        } else {
+            None
+        };
+        Ok(Arc::new(Front {
             gateway,
+            tls,
             key,
             tickets: Mutex::new(TicketVerifier::new(ticket_private, &ticket_public)),
             ticket_public,
-        })
+        }))
     }
 
     /// What to register with the control plane for a front reachable at `addr`.
@@ -102,6 +115,7 @@ impl Front {
             addr: addr.to_string(),
             key: hex::encode(self.key.public),
             ticket_key: hex::encode(self.ticket_public),
+            tls: self.tls.is_some(),
         }
     }
 
@@ -143,10 +157,18 @@ pub async fn serve(listener: TcpListener, front: Arc<Front>, shutdown: impl Futu
         let _ = socket.set_nodelay(true);
         let front = front.clone();
         tokio::spawn(async move {
-            let handshake = tokio::time::timeout(
-                Duration::from_secs(10),
-                conn::accept(socket, &front.key, FRONT_PROLOGUE, visitor_config()),
-            );
+            let handshake = tokio::time::timeout(Duration::from_secs(10), async {
+                match &front.tls {
+                    None => {
+                        conn::accept(socket, &front.key, FRONT_PROLOGUE, visitor_config()).await
+                    }
+                    Some(tls) => {
+                        let (stream, exporter) = tls.accept(socket).await?;
+                        let prologue = fog_htx::tls::bound_prologue(FRONT_PROLOGUE, &exporter);
+                        conn::accept(stream, &front.key, &prologue, visitor_config()).await
+                    }
+                }
+            });
             let (connection, peer) = match handshake.await {
                 Ok(Ok(accepted)) => accepted,
                 Ok(Err(err)) => {

@@ -73,6 +73,8 @@ pub struct Fetched {
     pub front: String,
     /// Relays the connection went through.
     pub hops: usize,
+    /// Whether HTX ran inside TLS.
+    pub tls: bool,
     /// The response (body collected).
     pub response: http::Response<Bytes>,
 }
@@ -161,6 +163,7 @@ pub async fn fetch(control: &str, url: &str, mix: MixMode) -> Result<Fetched, St
                     app: descriptor.app.clone(),
                     front: front.addr.clone(),
                     hops,
+                    tls: front.tls,
                     response,
                 });
             }
@@ -195,15 +198,32 @@ async fn visit(
     // A fresh key per visit: the ticket is bound to it, and visits cannot be linked by key.
     let client = StaticKey::generate();
     let ticket = tickets::ticket(&client.private, &ticket_key, &ticket_key, unix_s() / 3600);
-    let connection = conn::connect_with_hello(
-        pipe,
-        &client,
-        &front_key,
-        FRONT_PROLOGUE,
-        &hello(app_id, &ticket),
-        visitor_config(),
-    )
-    .await
+    let hello = hello(app_id, &ticket);
+    let connection = if front.tls {
+        let (stream, exporter) = fog_htx::tls::connect(pipe)
+            .await
+            .map_err(|e| e.to_string())?;
+        let prologue = fog_htx::tls::bound_prologue(FRONT_PROLOGUE, &exporter);
+        conn::connect_with_hello(
+            stream,
+            &client,
+            &front_key,
+            &prologue,
+            &hello,
+            visitor_config(),
+        )
+        .await
+    } else {
+        conn::connect_with_hello(
+            pipe,
+            &client,
+            &front_key,
+            FRONT_PROLOGUE,
+            &hello,
+            visitor_config(),
+        )
+        .await
+    }
     .map_err(|e| e.to_string())?;
     let stream = connection.open().map_err(|e| e.to_string())?;
     let why = |fallback: String| match connection.error() {

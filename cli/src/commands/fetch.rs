@@ -42,10 +42,11 @@ impl Fetch {
         if self.include {
             writeln!(
                 out,
-                "HTTP/1.1 {} (app {}, front {}, {} relay hop(s))",
+                "HTTP/1.1 {} (app {}, front {}{}, {} relay hop(s))",
                 response.status(),
                 fetched.app,
                 fetched.front,
+                if fetched.tls { " over TLS" } else { "" },
                 fetched.hops
             )?;
             for (name, value) in response.headers() {

@@ -37,7 +37,7 @@ fn relays(fog: &Fog, n: usize) -> Vec<Running> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn visitors_fetch_apps_by_betanet_address_directly_and_through_three_relays() {
-    let fog = Fog::start(2);
+    let mut fog = Fog::start(2);
     let _relays = relays(&fog, 3);
     for (app, tier) in [("hello", "B"), ("counter", "A")] {
         let wasm = if app == "hello" {
@@ -123,4 +123,24 @@ async fn visitors_fetch_apps_by_betanet_address_directly_and_through_three_relay
     let (code, out, err) = fetch(&fog, &[&format!("{counter_bn1}/api/count")]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, "{\"visits\":2}");
+
+    // The same router restarted with its front inside TLS 1.3: the descriptor says so and the
+    // visitor follows, directly and through relays; the address has not changed.
+    fog.restart_router(&["--betanet-tls"]);
+    for mix in ["performance", "balanced"] {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let (code, out, err) = loop {
+            let fetched = fetch(
+                &fog,
+                &["-i", "--mix", mix, &format!("{counter_bn1}/api/count")],
+            );
+            if (fetched.0 == 0 && fetched.1.contains("over TLS")) || Instant::now() > deadline {
+                break fetched;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("over TLS"), "{out}");
+        assert!(out.ends_with("{\"visits\":2}"), "{out}");
+    }
 }

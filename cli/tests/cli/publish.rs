@@ -30,6 +30,26 @@ impl Fog {
         Fog::start_with(hosts, |_, _| vec!["--always-on".to_string()])
     }
 
+    /// Stop the router and start it again (same key) with `extra` arguments.
+    pub fn restart_router(&mut self, extra: &[&str]) {
+        self.router.terminate();
+        let data = self.dir.path().join("router");
+        let control = self.control.url();
+        let mut args = vec![
+            "router",
+            "--listen",
+            "127.0.0.1:0",
+            "--control",
+            &control,
+            "--data",
+            data.to_str().unwrap(),
+            "--betanet",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        self.router = spawn(&args);
+    }
+
     /// Control plane, router and `hosts` hosts with extra arguments from `host_args(i, dir)`.
     pub fn start_with(
         hosts: usize,

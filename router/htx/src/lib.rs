@@ -14,7 +14,8 @@
 //!   the server), PING with a timeout, KEY_UPDATE on frame / byte / time thresholds, CLOSE;
 //! - [`names`]: self-certifying `betanet://` and `bn1:` names;
 //! - [`tickets`]: access tickets (the 1.1 formula) with replay rejection;
-//! - [`mix`]: paths through 0, 2 or ≥ 3 relays, and the relay itself.
+//! - [`mix`]: paths through 0, 2 or ≥ 3 relays, and the relay itself;
+//! - [`tls`]: the optional outer TLS 1.3 session, its exporter bound into the Noise prologue.
 //!
 //! Where the 1.1 and 1.2 documents disagree, Fog follows 1.2's frame layout and key schedule,
 //! which come with test vectors.
@@ -28,6 +29,7 @@ pub mod keys;
 pub mod mix;
 pub mod names;
 pub mod tickets;
+pub mod tls;
 
 /// Everything that can go wrong on an HTX connection.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

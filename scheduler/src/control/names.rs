@@ -197,6 +197,7 @@ mod tests {
             addr: "127.0.0.1:7443".into(),
             key: hex::encode([1u8; 32]),
             ticket_key: hex::encode([2u8; 32]),
+            tls: false,
         };
         let signed = descriptor(&a, "hello", vec![front], 1000);
         assert_eq!(signed.verify(1000), Ok(()));
