@@ -42,6 +42,7 @@ pub async fn start_control(
     listen: SocketAddr,
     data: &Path,
     trusted_routers: Vec<String>,
+    snapshot_every: std::time::Duration,
     stop: Stop,
 ) -> anyhow::Result<(SocketAddr, Vec<JoinHandle<()>>)> {
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
@@ -50,6 +51,7 @@ pub async fn start_control(
         Arc::new(store),
         ControlConfig {
             trusted_routers,
+            snapshot_every,
             ..ControlConfig::default()
         },
     );

@@ -1,7 +1,9 @@
 //! The host agent (`fog host --control URL`): registers the device with the control plane,
 //! heartbeats every second with what it runs and the requests it served, and applies the
 //! assignments it gets back: fetch the component by hash (checked before it runs), compile,
-//! serve; stop what is no longer assigned.
+//! serve; stop what is no longer assigned. Each assignment also says how the app's state is
+//! kept here (see [`crate::replica`]): as the primary (feeding its followers, fenced while being
+//! moved away, uploading snapshots for tier B) or as a follower of another device.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -10,10 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fog_proto::api::{
-    self, Assignment, DeviceRegistered, DeviceRegistration, Heartbeat, HeartbeatReply, RunningApp,
+    self, Assignment, DeviceRegistered, DeviceRegistration, Heartbeat, HeartbeatReply, ReplicaRole,
+    Replication, RunningApp,
 };
 use fog_proto::auth::{self, AUTH_HEADER, Identity, META_HEADER};
 
+use crate::peers::{FollowStatus, PeerClient};
+use crate::replica::Mode;
 use crate::runtime::Runtime;
 use crate::server::AppTable;
 
@@ -105,13 +110,30 @@ async fn call<T: serde::de::DeserializeOwned>(
     body: &impl serde::Serialize,
 ) -> Result<T, AgentError> {
     let body = serde_json::to_vec(body).expect("API types always serialise");
+    let bytes = call_raw(client, identity, control, path, body, "application/json").await?;
+    serde_json::from_slice(&bytes).map_err(|e| AgentError::Refused {
+        path: path.to_string(),
+        status: 200,
+        reason: format!("unreadable answer: {e}"),
+    })
+}
+
+/// A signed POST with any body; the answer's bytes on success.
+async fn call_raw(
+    client: &reqwest::Client,
+    identity: &Identity,
+    control: &str,
+    path: &str,
+    body: Vec<u8>,
+    content_type: &str,
+) -> Result<bytes::Bytes, AgentError> {
     let auth = identity.sign("POST", path, now_s(), &auth::sha256_hex(&body), "");
     let url = format!("{control}{path}");
     let response = client
         .post(&url)
         .header(AUTH_HEADER, auth)
         .header(META_HEADER, "")
-        .header("content-type", "application/json")
+        .header("content-type", content_type)
         .body(body)
         .send()
         .await
@@ -138,11 +160,42 @@ async fn call<T: serde::de::DeserializeOwned>(
             reason,
         });
     }
-    serde_json::from_slice(&bytes).map_err(|e| AgentError::Refused {
-        path: path.to_string(),
-        status,
-        reason: format!("unreadable answer: {e}"),
-    })
+    Ok(bytes)
+}
+
+/// The replication tasks of one app on this device.
+#[derive(Debug, Default)]
+struct AppTasks {
+    /// The device followed, and the task following it.
+    follow: Option<(String, tokio::task::JoinHandle<()>)>,
+    status: Arc<FollowStatus>,
+    /// The snapshot uploader (tier B) and its interval.
+    uploader: Option<(u64, tokio::task::JoinHandle<()>)>,
+}
+
+impl Drop for AppTasks {
+    fn drop(&mut self) {
+        if let Some((_, task)) = self.follow.take() {
+            task.abort();
+        }
+        if let Some((_, task)) = self.uploader.take() {
+            task.abort();
+        }
+    }
+}
+
+/// What the agent shares between its loop and the tasks it starts.
+#[derive(Clone)]
+struct Shared {
+    runtime: Arc<Runtime>,
+    apps: Arc<AppTable>,
+    client: reqwest::Client,
+    control: String,
+    identity: Arc<Identity>,
+    peers: PeerClient,
+    loaded: Loaded,
+    tasks: Arc<Mutex<HashMap<String, AppTasks>>>,
+    wake: Arc<tokio::sync::Notify>,
 }
 
 /// The agent's view of what it runs: app name → sha256 being served or loaded.
@@ -161,6 +214,18 @@ pub async fn run(
         .build()
         .expect("an HTTP client");
     let loaded: Loaded = Arc::new(Mutex::new(HashMap::new()));
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let shared = Shared {
+        runtime: runtime.clone(),
+        apps: apps.clone(),
+        client: client.clone(),
+        control: config.control.clone(),
+        identity: Arc::new(Identity::from_secret(&identity.secret_bytes())),
+        peers: PeerClient::new(crate::htx_server::static_key(&identity.secret_bytes())),
+        loaded: loaded.clone(),
+        tasks: Arc::new(Mutex::new(HashMap::new())),
+        wake: wake.clone(),
+    };
     let registration = DeviceRegistration {
         addr: config.advertise.to_string(),
         region: config.region.clone(),
@@ -173,7 +238,6 @@ pub async fn run(
     let mut device: Option<String> = None;
     let mut known: Option<String> = None;
     let mut backoff = config.heartbeat;
-    let wake = Arc::new(tokio::sync::Notify::new());
     loop {
         let started = tokio::time::Instant::now();
         let step = async {
@@ -196,7 +260,7 @@ pub async fn run(
                     registered.device_id
                 }
             };
-            let mut heartbeat = heartbeat(&apps, &config);
+            let mut heartbeat = heartbeat(&shared, &config);
             heartbeat.known = known.clone();
             let path = format!("/v1/devices/{id}/heartbeat");
             let reply: HeartbeatReply =
@@ -216,15 +280,7 @@ pub async fn run(
                 device = Some(id);
                 backoff = config.heartbeat;
                 if known.as_deref() != Some(reply.digest.as_str()) {
-                    apply(
-                        &runtime,
-                        &apps,
-                        &client,
-                        &config.control,
-                        &loaded,
-                        &wake,
-                        reply.assignments,
-                    );
+                    apply(&shared, reply.assignments);
                     known = Some(reply.digest);
                 }
                 // Never more than ten heartbeats a second, whatever the control plane does.
@@ -267,12 +323,16 @@ pub async fn run(
     }
 }
 
-fn heartbeat(apps: &AppTable, config: &AgentConfig) -> Heartbeat {
-    let running: Vec<RunningApp> = apps
+fn heartbeat(shared: &Shared, config: &AgentConfig) -> Heartbeat {
+    let tasks = shared.tasks.lock().expect("tasks lock");
+    let running: Vec<RunningApp> = shared
+        .apps
         .list()
         .iter()
         .map(|app| {
             let meter = app.meter();
+            let namespace = app.namespace();
+            let mode = namespace.mode();
             RunningApp {
                 app: app.name().to_string(),
                 sha256: app.sha256().to_string(),
@@ -280,10 +340,24 @@ fn heartbeat(apps: &AppTable, config: &AgentConfig) -> Heartbeat {
                 requests: meter.requests,
                 failures: meter.failures,
                 fuel: meter.fuel,
+                state_seq: namespace.head(),
+                role: if mode == Mode::Follower {
+                    ReplicaRole::Follower
+                } else {
+                    ReplicaRole::Primary
+                },
+                caught_up: tasks.get(app.name()).is_some_and(|t| {
+                    t.follow.is_some()
+                        && t.status
+                            .caught_up
+                            .load(std::sync::atomic::Ordering::Acquire)
+                }),
+                fenced: mode == Mode::Fenced && app.in_flight() == 0,
             }
         })
         .collect();
-    let mut logs = apps.drain_log();
+    drop(tasks);
+    let mut logs = shared.apps.drain_log();
     if logs.len() > api::MAX_LOG_LINES {
         logs.drain(..logs.len() - api::MAX_LOG_LINES);
     }
@@ -317,47 +391,45 @@ fn heartbeat(apps: &AppTable, config: &AgentConfig) -> Heartbeat {
     heartbeat
 }
 
-/// Start loading what is newly assigned and stop what is no longer assigned.
-fn apply(
-    runtime: &Arc<Runtime>,
-    apps: &Arc<AppTable>,
-    client: &reqwest::Client,
-    control: &str,
-    loaded: &Loaded,
-    wake: &Arc<tokio::sync::Notify>,
-    assignments: Vec<Assignment>,
-) {
+/// Start loading what is newly assigned, stop what is no longer assigned, and set every app's
+/// replication role.
+fn apply(shared: &Shared, assignments: Vec<Assignment>) {
     let wanted: HashSet<&str> = assignments
         .iter()
         .map(|a| a.manifest.name.as_str())
         .collect();
-    for app in apps.list() {
+    for app in shared.apps.list() {
         if !wanted.contains(app.name()) {
-            apps.remove(app.name());
-            loaded.lock().expect("loaded lock").remove(app.name());
+            shared.apps.remove(app.name());
+            shared
+                .loaded
+                .lock()
+                .expect("loaded lock")
+                .remove(app.name());
             tracing::info!(app = app.name(), "stopped: no longer assigned");
         }
     }
+    shared
+        .tasks
+        .lock()
+        .expect("tasks lock")
+        .retain(|app, _| wanted.contains(app.as_str()));
     for assignment in assignments {
         let name = assignment.manifest.name.clone();
+        configure(shared, &name, &assignment.replication);
         {
-            let mut loaded = loaded.lock().expect("loaded lock");
+            let mut loaded = shared.loaded.lock().expect("loaded lock");
             if loaded.get(&name) == Some(&assignment.sha256) {
                 continue;
             }
             loaded.insert(name.clone(), assignment.sha256.clone());
         }
-        let (runtime, apps, client, loaded) = (
-            runtime.clone(),
-            apps.clone(),
-            client.clone(),
-            loaded.clone(),
-        );
-        let wake = wake.clone();
-        let url = format!("{control}/v1/blobs/{}", assignment.sha256);
+        let shared = shared.clone();
+        let url = format!("{}/v1/blobs/{}", shared.control, assignment.sha256);
         tokio::spawn(async move {
             let result = async {
-                let bytes = client
+                let bytes = shared
+                    .client
                     .get(&url)
                     .send()
                     .await
@@ -372,29 +444,204 @@ fn apply(
                     ));
                 }
                 let manifest = assignment.manifest.clone();
+                let runtime = shared.runtime.clone();
                 let app = tokio::task::spawn_blocking(move || runtime.load(manifest, &bytes))
                     .await
                     .map_err(|e| e.to_string())?
                     .map_err(|e| e.to_string())?;
+                if assignment.replication.restore && shared.apps.get(&name).is_none() {
+                    restore(&shared, &name, app.namespace()).await?;
+                }
                 Ok::<_, String>(app)
             }
             .await;
             match result {
                 Ok(app) => {
                     // Still wanted at this version? (A newer assignment may have replaced it.)
-                    if loaded.lock().expect("loaded lock").get(&name) == Some(&assignment.sha256) {
+                    if shared.loaded.lock().expect("loaded lock").get(&name)
+                        == Some(&assignment.sha256)
+                    {
                         tracing::info!(app = name, sha256 = assignment.sha256, "serving");
-                        apps.insert(Arc::new(app));
-                        wake.notify_one();
+                        shared.apps.insert(Arc::new(app));
+                        shared.wake.notify_one();
                     }
                 }
                 Err(err) => {
                     tracing::warn!(app = name, "cannot run assignment: {err}");
-                    loaded.lock().expect("loaded lock").remove(&name);
+                    shared.loaded.lock().expect("loaded lock").remove(&name);
                 }
             }
         });
     }
+}
+
+/// Set `app`'s replication role here, starting or stopping its tasks.
+fn configure(shared: &Shared, app: &str, replication: &Replication) {
+    let namespace = match shared.runtime.namespace(app) {
+        Ok(namespace) => namespace,
+        Err(err) => {
+            tracing::error!(app, "cannot open the app's state: {err}");
+            return;
+        }
+    };
+    let keys = |peers: &[api::Peer]| -> Vec<[u8; 32]> {
+        peers
+            .iter()
+            .filter_map(|p| hex::decode(&p.htx.key).ok()?.try_into().ok())
+            .collect()
+    };
+    let mut tasks = shared.tasks.lock().expect("tasks lock");
+    let entry = tasks.entry(app.to_string()).or_default();
+    match (replication.role, replication.peers.first()) {
+        (ReplicaRole::Follower, Some(source)) => {
+            namespace.set_mode(Mode::Follower);
+            namespace.set_allowed(Vec::new());
+            if entry.follow.as_ref().map(|(d, _)| d) != Some(&source.device) {
+                if let Some((_, old)) = entry.follow.take() {
+                    old.abort();
+                }
+                entry.status = Arc::new(FollowStatus {
+                    wake: shared.wake.clone(),
+                    ..FollowStatus::default()
+                });
+                let task = tokio::spawn(crate::peers::follow(
+                    shared.peers.clone(),
+                    namespace.clone(),
+                    app.to_string(),
+                    source.clone(),
+                    entry.status.clone(),
+                ));
+                tracing::info!(app, primary = source.device, "following");
+                entry.follow = Some((source.device.clone(), task));
+            }
+        }
+        (ReplicaRole::Follower, None) => {
+            tracing::warn!(
+                app,
+                "follower assignment without a primary: refusing writes"
+            );
+            namespace.set_mode(Mode::Follower);
+        }
+        (ReplicaRole::Primary, _) => {
+            if let Some((_, task)) = entry.follow.take() {
+                task.abort();
+                tracing::info!(app, seq = namespace.head(), "promoted to primary");
+            }
+            namespace.set_allowed(keys(&replication.peers));
+            let mode = if replication.fenced {
+                Mode::Fenced
+            } else {
+                Mode::Primary
+            };
+            if namespace.mode() != mode {
+                tracing::info!(app, ?mode, seq = namespace.head(), "replica mode");
+                if mode == Mode::Fenced {
+                    // Report "fenced" as soon as the last in-flight request is done.
+                    let (apps, wake, app) =
+                        (shared.apps.clone(), shared.wake.clone(), app.to_string());
+                    tokio::spawn(async move {
+                        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                        while apps.get(&app).is_some_and(|a| a.in_flight() > 0)
+                            && tokio::time::Instant::now() < deadline
+                        {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        wake.notify_one();
+                    });
+                }
+            }
+            namespace.set_mode(mode);
+        }
+    }
+    // Snapshots for the control plane (tier B), on the primary only.
+    let every = match replication.role {
+        ReplicaRole::Primary => replication.snapshot_every_ms,
+        ReplicaRole::Follower => 0,
+    };
+    if entry.uploader.as_ref().map(|(e, _)| *e) != Some(every) {
+        if let Some((_, old)) = entry.uploader.take() {
+            old.abort();
+        }
+        if every > 0 {
+            let task = tokio::spawn(upload_snapshots(
+                shared.clone(),
+                app.to_string(),
+                namespace,
+                Duration::from_millis(every),
+            ));
+            entry.uploader = Some((every, task));
+        }
+    }
+}
+
+/// Every `every`, if the state changed, upload a snapshot to the control plane.
+async fn upload_snapshots(
+    shared: Shared,
+    app: String,
+    namespace: crate::kv::Namespace,
+    every: Duration,
+) {
+    let mut uploaded = None;
+    loop {
+        tokio::time::sleep(every).await;
+        let head = namespace.head();
+        if uploaded == Some(head) || namespace.mode() != Mode::Primary {
+            continue;
+        }
+        let (ns, name) = (namespace.clone(), app.clone());
+        let snapshot = tokio::task::spawn_blocking(move || ns.snapshot_bytes(&name)).await;
+        let Ok(Ok((seq, bytes))) = snapshot else {
+            tracing::warn!(app, "cannot take a snapshot");
+            continue;
+        };
+        let path = format!("/v1/apps/{app}/snapshot");
+        match call_raw(
+            &shared.client,
+            &shared.identity,
+            &shared.control,
+            &path,
+            bytes,
+            "application/octet-stream",
+        )
+        .await
+        {
+            Ok(_) => {
+                tracing::debug!(app, seq, "snapshot uploaded");
+                uploaded = Some(seq);
+            }
+            Err(err) => tracing::warn!(app, "snapshot upload failed: {err}"),
+        }
+    }
+}
+
+/// Restore the latest snapshot the control plane holds for `app` (none yet: start empty).
+async fn restore(
+    shared: &Shared,
+    app: &str,
+    namespace: &crate::kv::Namespace,
+) -> Result<(), String> {
+    let path = format!("/v1/apps/{app}/snapshot/latest");
+    let bytes = match call_raw(
+        &shared.client,
+        &shared.identity,
+        &shared.control,
+        &path,
+        b"{}".to_vec(),
+        "application/json",
+    )
+    .await
+    {
+        Ok(bytes) => bytes,
+        Err(AgentError::Refused { status: 404, .. }) => {
+            tracing::warn!(app, "no snapshot to restore: starting with empty state");
+            return Ok(());
+        }
+        Err(err) => return Err(err.to_string()),
+    };
+    let chunks = futures_util::stream::iter([Ok::<_, String>(bytes)]);
+    let seq = namespace.restore_from(chunks).await?;
+    tracing::info!(app, seq, "restored the control plane's snapshot");
+    Ok(())
 }
 
 /// Default data directory of a host.

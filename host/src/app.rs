@@ -157,7 +157,10 @@ impl App {
             self.runtime.next_request.fetch_add(1, Ordering::Relaxed)
         );
         let fuel_used = Arc::new(AtomicU64::new(0));
+        let fenced = self.namespace.mode() == crate::replica::Mode::Fenced;
         let outcome = match self.permits.clone().try_acquire_owned() {
+            // Being moved away: nothing new starts here (routers retry on the new device).
+            Ok(_) if fenced => Err(Failure::Moved),
             Ok(permit) => {
                 let outcome = self.run(request, started, fuel_used.clone()).await;
                 drop(permit);
@@ -235,9 +238,15 @@ impl App {
         let body = Full::new(body).map_err(|never| -> wasmtime_wasi_http::Error { match never {} });
         let request = http::Request::from_parts(parts, body);
 
+        let written = Arc::new(AtomicU64::new(0));
         let mut store = Store::new(
             self.pre.engine(),
-            RequestState::new(&limits, &self.manifest.permissions, self.namespace.clone()),
+            RequestState::new(
+                &limits,
+                &self.manifest.permissions,
+                self.namespace.clone(),
+                written.clone(),
+            ),
         );
         store.limiter(|state| &mut state.limiter);
         store.set_fuel(limits.fuel).map_err(host_error)?;
@@ -355,6 +364,11 @@ impl App {
             Err(_) => Err(timeout),
             Ok(Err(failure)) => Err(failure),
             Ok(Ok((parts, body))) => {
+                // Acknowledge a write only once the synchronous followers hold it.
+                let seq = written.load(Ordering::Acquire);
+                if seq > 0 {
+                    self.namespace.wait_replicated(seq).await;
+                }
                 let mut response = http::Response::from_parts(parts, Full::new(body));
                 let headers = response.headers_mut();
                 headers.remove(http::header::CONTENT_LENGTH);
@@ -371,6 +385,12 @@ fn classify(end: GuestEnd, limits: &Limits) -> Failure {
         Ok(()) => return Failure::NoResponse("handler returned without setting a response".into()),
         Err(err) => err,
     };
+    if let Some(refused) = err.downcast_ref::<crate::replica::WriteRefused>() {
+        return match refused.0 {
+            crate::replica::Mode::Fenced => Failure::Moved,
+            _ => Failure::Follower,
+        };
+    }
     if end.memory_hit || err.is::<MemoryLimitReached>() {
         return Failure::MemoryExceeded {
             limit_mib: limits.memory_bytes >> 20,

@@ -151,13 +151,20 @@ pub enum Failure {
     /// The host itself failed (e.g. the instance pool is exhausted).
     #[error("host error: {0}")]
     Host(String),
+    /// The guest tried to write on a replica that is not the app's primary; nothing was
+    /// written, and routers retry the request on the primary.
+    #[error("this replica of the app is a follower: writes go to the primary")]
+    Follower,
+    /// The app is being moved to another device; routers retry the request there.
+    #[error("the app is moving to another device: retry there")]
+    Moved,
 }
 
 impl Failure {
     /// The HTTP status a visitor gets for this failure.
     pub fn status(&self) -> u16 {
         match self {
-            Failure::Overloaded { .. } => 503,
+            Failure::Overloaded { .. } | Failure::Follower | Failure::Moved => 503,
             Failure::RequestTooLarge { .. } => 413,
             Failure::BadRequest(_) => 400,
             _ => 500,
@@ -178,6 +185,8 @@ impl Failure {
             Failure::ResponseTooLarge { .. } => "response-too-large",
             Failure::NoResponse(_) => "no-response",
             Failure::Host(_) => "host",
+            Failure::Follower => "follower",
+            Failure::Moved => "moved",
         }
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use fog_htx::conn::{self, Config};
 use fog_htx::handshake::StaticKey;
 use hkdf::Hkdf;
+use http_body_util::BodyExt;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -51,20 +52,31 @@ pub async fn serve(
                 connection_window: 16 << 20,
                 ..Config::default()
             };
-            let connection = match conn::accept(socket, &key, b"fog-data-plane-v1", config).await {
-                Ok((connection, _router)) => connection,
-                Err(err) => {
-                    tracing::debug!("HTX handshake failed: {err}");
-                    return;
-                }
-            };
+            let (connection, peer) =
+                match conn::accept(socket, &key, b"fog-data-plane-v1", config).await {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        tracing::debug!("HTX handshake failed: {err}");
+                        return;
+                    }
+                };
             while let Some(stream) = connection.accept().await {
                 let apps = apps.clone();
+                let peer = peer.key;
                 tokio::spawn(async move {
-                    let service = service_fn(move |request| {
-                        let apps = apps.clone();
-                        async move { Ok::<_, std::convert::Infallible>(apps.handle(request).await) }
-                    });
+                    let service =
+                        service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                            let apps = apps.clone();
+                            async move {
+                                // State transfer between devices, for the peers the app allows.
+                                if request.uri().path().starts_with(crate::peers::PREFIX) {
+                                    return Ok::<_, std::convert::Infallible>(
+                                        crate::peers::serve(&apps, &peer, &request).await,
+                                    );
+                                }
+                                Ok(apps.handle(request).await.map(BodyExt::boxed))
+                            }
+                        });
                     // Each stream is one keep-alive HTTP/1.1 connection; the router may half-close its
                     // side once a request is sent: keep answering.
                     let _ = http1::Builder::new()

@@ -5,9 +5,13 @@
 //! stored as `bucket NUL key`. Numbers written by `increment` are decimal text, as in every other
 //! `wasi:keyvalue` host, so `get` reads them back the same everywhere.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use wasmtime::component::{HasData, Resource, ResourceTable};
 
 use crate::error::LoadError;
+use crate::replica::{Change, Replication, WriteError};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -31,22 +35,34 @@ pub const MAX_VALUE_BYTES: usize = 8 << 20;
 /// Keys returned by one `list-keys` page.
 const PAGE: usize = 1000;
 
-/// One app's key-value state.
+/// One app's key-value state, its change log and its replication state (see
+/// [`crate::replica`]).
 #[derive(Debug, Clone)]
 pub struct Namespace {
-    tree: sled::Tree,
+    pub(crate) tree: sled::Tree,
+    pub(crate) log: sled::Tree,
+    pub(crate) repl: Arc<Replication>,
 }
 
 impl Namespace {
     /// Open (or create) the namespace of `app` in `db`.
     pub fn open(db: &sled::Db, app: &str) -> Result<Namespace, LoadError> {
-        let tree = db
-            .open_tree(format!("kv/{app}"))
-            .map_err(|source| LoadError::State {
-                app: app.to_string(),
-                source,
-            })?;
-        Ok(Namespace { tree })
+        let error = |source| LoadError::State {
+            app: app.to_string(),
+            source,
+        };
+        let tree = db.open_tree(format!("kv/{app}")).map_err(error)?;
+        let log = db.open_tree(format!("log/{app}")).map_err(error)?;
+        let head = log
+            .last()
+            .map_err(error)?
+            .and_then(|(key, _)| key.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0);
+        Ok(Namespace {
+            tree,
+            log,
+            repl: Arc::new(Replication::new(head)),
+        })
     }
 
     /// The value under `key` in `bucket`, read from the host side (for tests and tools).
@@ -78,6 +94,8 @@ pub struct KvView<'a> {
     pub table: &'a mut ResourceTable,
     /// The app's namespace.
     pub namespace: &'a Namespace,
+    /// The highest sequence number this request wrote (0: none).
+    pub written: &'a AtomicU64,
 }
 
 /// Marker for [`HasData`] so the generated `add_to_linker` can borrow a [`KvView`].
@@ -135,12 +153,29 @@ impl KvView<'_> {
         Ok(Ok(full))
     }
 
-    fn set_one(&self, full: Vec<u8>, value: &[u8]) -> Result<(), store::Error> {
-        if value.len() > MAX_VALUE_BYTES {
-            return Err(other(format!("value larger than {MAX_VALUE_BYTES} bytes")));
+    /// Make a write through the namespace's log; a replica that takes no writes stops the
+    /// guest (the host answers for it and routers retry on the primary).
+    fn write<T>(
+        &self,
+        compute: impl FnOnce(&sled::Tree) -> Result<(Vec<Change>, T), String>,
+    ) -> KvResult<T> {
+        match self.namespace.write(compute) {
+            Ok((value, seq)) => {
+                self.written.fetch_max(seq, Ordering::AcqRel);
+                Ok(Ok(value))
+            }
+            Err(WriteError::Refused(refused)) => Err(wasmtime::Error::new(refused)),
+            Err(WriteError::Store(reason)) => Ok(Err(other(reason))),
         }
-        self.namespace.tree.insert(full, value).map_err(other)?;
-        Ok(())
+    }
+
+    fn set_one(&self, full: Vec<u8>, value: Vec<u8>) -> KvResult<()> {
+        if value.len() > MAX_VALUE_BYTES {
+            return Ok(Err(other(format!(
+                "value larger than {MAX_VALUE_BYTES} bytes"
+            ))));
+        }
+        self.write(|_| Ok((vec![Change::Set { key: full, value }], ())))
     }
 }
 
@@ -173,17 +208,17 @@ impl store::HostBucket for KvView<'_> {
     }
 
     fn set(&mut self, bucket: Resource<BucketHandle>, key: String, value: Vec<u8>) -> KvResult<()> {
-        Ok(match self.key(&bucket, &key)? {
-            Ok(full) => self.set_one(full, &value),
-            Err(err) => Err(err),
-        })
+        match self.key(&bucket, &key)? {
+            Ok(full) => self.set_one(full, value),
+            Err(err) => Ok(Err(err)),
+        }
     }
 
     fn delete(&mut self, bucket: Resource<BucketHandle>, key: String) -> KvResult<()> {
-        Ok(match self.key(&bucket, &key)? {
-            Ok(full) => self.namespace.tree.remove(full).map(|_| ()).map_err(other),
-            Err(err) => Err(err),
-        })
+        match self.key(&bucket, &key)? {
+            Ok(full) => self.write(|_| Ok((vec![Change::Delete { key: full }], ()))),
+            Err(err) => Ok(Err(err)),
+        }
     }
 
     fn exists(&mut self, bucket: Resource<BucketHandle>, key: String) -> KvResult<bool> {
@@ -234,33 +269,25 @@ impl atomics::Host for KvView<'_> {
             Ok(full) => full,
             Err(err) => return Ok(Err(err)),
         };
-        let tree = &self.namespace.tree;
-        // Compare-and-swap until no other request raced us; sled gives linearizable CAS per key.
-        loop {
-            let current = match tree.get(&full) {
-                Ok(current) => current,
-                Err(err) => return Ok(Err(other(err))),
-            };
+        // Writes of one app are serialised, so read-add-write cannot race another request.
+        self.write(|tree| {
+            let current = tree.get(&full).map_err(|e| e.to_string())?;
             let old: u64 = match &current {
                 None => 0,
-                Some(bytes) => match std::str::from_utf8(bytes).ok().and_then(|s| s.parse().ok()) {
-                    Some(n) => n,
-                    None => {
-                        return Ok(Err(other(format!(
-                            "value of {key:?} is not a decimal number"
-                        ))));
-                    }
-                },
+                Some(bytes) => std::str::from_utf8(bytes)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| format!("value of {key:?} is not a decimal number"))?,
             };
-            let Some(new) = old.checked_add(delta) else {
-                return Ok(Err(other(format!("incrementing {key:?} overflows u64"))));
+            let new = old
+                .checked_add(delta)
+                .ok_or_else(|| format!("incrementing {key:?} overflows u64"))?;
+            let change = Change::Set {
+                key: full.clone(),
+                value: new.to_string().into_bytes(),
             };
-            match tree.compare_and_swap(&full, current, Some(new.to_string().into_bytes())) {
-                Ok(Ok(())) => return Ok(Ok(new)),
-                Ok(Err(_)) => continue,
-                Err(err) => return Ok(Err(other(err))),
-            }
-        }
+            Ok((vec![change], new))
+        })
     }
 }
 
@@ -289,7 +316,7 @@ impl batch::Host for KvView<'_> {
         bucket: Resource<BucketHandle>,
         pairs: Vec<(String, Vec<u8>)>,
     ) -> KvResult<()> {
-        let mut batch = sled::Batch::default();
+        let mut changes = Vec::with_capacity(pairs.len());
         for (key, value) in pairs {
             let full = match self.key(&bucket, &key)? {
                 Ok(full) => full,
@@ -300,20 +327,20 @@ impl batch::Host for KvView<'_> {
                     "value larger than {MAX_VALUE_BYTES} bytes"
                 ))));
             }
-            batch.insert(full, value);
+            changes.push(Change::Set { key: full, value });
         }
-        Ok(self.namespace.tree.apply_batch(batch).map_err(other))
+        self.write(|_| Ok((changes, ())))
     }
 
     fn delete_many(&mut self, bucket: Resource<BucketHandle>, keys: Vec<String>) -> KvResult<()> {
-        let mut batch = sled::Batch::default();
+        let mut changes = Vec::with_capacity(keys.len());
         for key in keys {
             match self.key(&bucket, &key)? {
-                Ok(full) => batch.remove(full),
+                Ok(full) => changes.push(Change::Delete { key: full }),
                 Err(err) => return Ok(Err(err)),
             }
         }
-        Ok(self.namespace.tree.apply_batch(batch).map_err(other))
+        self.write(|_| Ok((changes, ())))
     }
 }
 
@@ -322,10 +349,13 @@ mod tests {
     use super::*;
     use store::{Host as _, HostBucket as _};
 
+    static WRITTEN: AtomicU64 = AtomicU64::new(0);
+
     fn view_for<'a>(table: &'a mut ResourceTable, ns: &'a Namespace) -> KvView<'a> {
         KvView {
             table,
             namespace: ns,
+            written: &WRITTEN,
         }
     }
 

@@ -17,6 +17,8 @@ pub mod harvest;
 pub mod htx_server;
 pub mod kv;
 mod limits;
+pub mod peers;
+pub mod replica;
 mod runtime;
 pub mod server;
 mod state;

@@ -56,6 +56,8 @@ pub struct Runtime {
     linker: Linker<RequestState>,
     cache_dir: Option<PathBuf>,
     db: sled::Db,
+    /// Each app's namespace, shared by every version of the app loaded.
+    namespaces: std::sync::Mutex<std::collections::HashMap<String, Namespace>>,
     pooling: bool,
     pub(crate) next_request: AtomicU64,
     ticker: Option<EpochTicker>,
@@ -117,10 +119,22 @@ impl Runtime {
             linker,
             cache_dir,
             db,
+            namespaces: std::sync::Mutex::new(std::collections::HashMap::new()),
             pooling,
             next_request: AtomicU64::new(1),
             ticker: Some(ticker),
         }))
+    }
+
+    /// The key-value namespace (state, change log, replication) of `app`.
+    pub fn namespace(&self, app: &str) -> Result<Namespace, LoadError> {
+        let mut namespaces = self.namespaces.lock().expect("namespaces lock");
+        if let Some(namespace) = namespaces.get(app) {
+            return Ok(namespace.clone());
+        }
+        let namespace = Namespace::open(&self.db, app)?;
+        namespaces.insert(app.to_string(), namespace.clone());
+        Ok(namespace)
     }
 
     /// Whether instances come from the pooling allocator.
@@ -155,7 +169,7 @@ impl Runtime {
         })?;
         let component = self.compile(bytes, what)?;
         let pre = self.pre_instantiate(&component, what)?;
-        let namespace = Namespace::open(&self.db, &manifest.name)?;
+        let namespace = self.namespace(&manifest.name)?;
         let sha256 = hex::encode(Sha256::digest(bytes));
         Ok(App::new(self.clone(), manifest, sha256, pre, namespace))
     }

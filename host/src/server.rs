@@ -99,6 +99,10 @@ impl AppTable {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        if request.uri().path().starts_with("/_fog/") {
+            // Reserved for Fog's own traffic between devices (served over HTX only).
+            return plain(403, "paths under /_fog/ are reserved");
+        }
         match self.route(&request) {
             Ok(app) => {
                 let admission = match self.gate.admit() {

@@ -23,12 +23,19 @@ pub struct RequestState {
     table: ResourceTable,
     hooks: FogHttpHooks,
     namespace: Namespace,
+    /// The highest change-log sequence number this request wrote.
+    written: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) stderr: MemoryOutputPipe,
 }
 
 impl RequestState {
-    pub(crate) fn new(limits: &Limits, permissions: &Permissions, namespace: Namespace) -> Self {
+    pub(crate) fn new(
+        limits: &Limits,
+        permissions: &Permissions,
+        namespace: Namespace,
+        written: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) -> Self {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         let mut wasi = WasiCtx::builder();
         wasi.stderr(stderr.clone());
@@ -56,6 +63,7 @@ impl RequestState {
                 outbound_allowed: permissions.outbound_http,
             },
             namespace,
+            written,
             limiter: MemoryLimiter {
                 max_bytes: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
                 hit: false,
@@ -68,6 +76,7 @@ impl RequestState {
         KvView {
             table: &mut self.table,
             namespace: &self.namespace,
+            written: &self.written,
         }
     }
 }

@@ -145,6 +145,20 @@ pub struct AppInfo {
     /// The app's self-certifying Betanet addresses (`betanet://…` and `bn1:…`).
     #[serde(default)]
     pub betanet: Vec<String>,
+    /// Recent handovers, promotions, restores and scaling decisions, oldest first.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// A handover in progress, if any.
+    #[serde(default)]
+    pub moving: Option<String>,
+}
+
+/// Move an app's primary to another device (`fog move`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoveRequest {
+    /// The device to move to.
+    pub to: String,
 }
 
 /// Change the replica count of an app.
@@ -336,6 +350,62 @@ pub struct RunningApp {
     pub failures: u64,
     /// Fuel burnt since it started.
     pub fuel: u64,
+    /// The last change-log sequence number its state holds.
+    #[serde(default)]
+    pub state_seq: u64,
+    /// Its replica role.
+    #[serde(default)]
+    pub role: ReplicaRole,
+    /// A follower: its last pull found nothing newer at the primary.
+    #[serde(default)]
+    pub caught_up: bool,
+    /// A fenced primary with no request in flight: its state will not change any more.
+    #[serde(default)]
+    pub fenced: bool,
+}
+
+/// What a replica of an app does with writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicaRole {
+    /// Serves reads and writes, and feeds its followers' change logs.
+    #[default]
+    Primary,
+    /// Follows a primary's change log; serves reads, refuses writes (routers retry them).
+    Follower,
+}
+
+/// A replica's peer: its device and HTX endpoint (the Noise key that authenticates it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    /// Device id.
+    pub device: String,
+    /// Its HTX endpoint.
+    pub htx: HtxEndpoint,
+}
+
+/// How one replica keeps its state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Replication {
+    /// Primary or follower.
+    #[serde(default)]
+    pub role: ReplicaRole,
+    /// A primary: the followers allowed to pull its state (acknowledged writes wait for those
+    /// that have caught up). A follower: the primary it follows.
+    #[serde(default)]
+    pub peers: Vec<Peer>,
+    /// A primary being moved away: refuse new requests (routers retry elsewhere).
+    #[serde(default)]
+    pub fenced: bool,
+    /// Upload a snapshot of the state to the control plane this often (0: never).
+    #[serde(default)]
+    pub snapshot_every_ms: u64,
+    /// Before serving, restore the latest snapshot the control plane holds (the previous
+    /// primary is gone and there is no follower to promote).
+    #[serde(default)]
+    pub restore: bool,
 }
 
 /// One served request, for `fog logs`.
@@ -382,6 +452,9 @@ pub struct Assignment {
     pub sha256: String,
     /// Name, limits and permissions.
     pub manifest: Manifest,
+    /// Replication role and peers.
+    #[serde(default)]
+    pub replication: Replication,
 }
 
 /// A device as the control plane reports it.

@@ -14,7 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::dial::{Dialer, HtxConnector};
+use fog_htx::dial::{Dialer, HtxConnector};
 
 /// The response body the gateway sends.
 pub type GatewayBody = BoxBody<Bytes, hyper::Error>;
@@ -30,8 +30,10 @@ pub struct GatewayConfig {
     pub max_request_body: usize,
     /// How long a replica that failed is skipped.
     pub suspect_for: Duration,
-    /// How many replicas one request may try.
+    /// How many replicas one request may try per round.
     pub attempts: usize,
+    /// How long a request is held (and retried) while no replica can take it.
+    pub hold: Duration,
     /// Deadline of one forwarded request.
     pub timeout: Duration,
     /// Forward to hosts over HTX when they offer it (plain HTTP is for local development).
@@ -51,6 +53,7 @@ impl GatewayConfig {
             max_request_body: 8 << 20,
             suspect_for: Duration::from_secs(3),
             attempts: 3,
+            hold: Duration::from_secs(10),
             timeout: Duration::from_secs(30),
             htx_data_plane: true,
             mix: MixMode::Performance,
@@ -131,7 +134,7 @@ impl Gateway {
         } else {
             config.mix_seed.clone()
         };
-        let dialer = Dialer::new(config.mix, seed);
+        let dialer = Dialer::new(fog_htx::handshake::StaticKey::generate(), config.mix, seed);
         let htx_client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(HtxConnector(dialer.clone()));
@@ -397,11 +400,8 @@ impl Gateway {
                 "no app in the request: use http://<app>.localhost/ or /apps/<app>/",
             );
         };
-        let Some(replicas) = self.candidates(&app) else {
+        if self.candidates(&app).is_none() {
             return plain(404, &format!("no app named {app:?}"));
-        };
-        if replicas.is_empty() {
-            return plain(503, &format!("app {app:?} has no live replica right now"));
         }
         let (parts, body) = request.into_parts();
         let body = match Limited::new(body, self.config.max_request_body)
@@ -420,94 +420,198 @@ impl Gateway {
             }
             Err(err) => return plain(400, &format!("request body could not be read: {err}")),
         };
+        // Try the replicas; when none can take the request right now (a primary being moved
+        // or promoted, a replica starting), hold it and try again until the hold runs out.
+        let held_until = Instant::now() + self.config.hold;
         let mut last_error = String::new();
-        for replica in replicas.iter().take(self.config.attempts) {
-            let htx = replica.htx.as_ref().filter(|_| self.config.htx_data_plane);
-            // Both pooled clients take the absolute form; the HTX one opens a stream on the
-            // host's HTX connection for each new pooled connection.
-            let target = match htx {
-                Some(endpoint) => format!("http://{}{}", endpoint.addr, path),
-                None => format!("http://{}{}", replica.addr, path),
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let Some(mut replicas) = self.candidates(&app) else {
+                return plain(404, &format!("no app named {app:?}"));
             };
-            let uri = match target.parse::<http::Uri>() {
-                Ok(uri) => uri,
-                Err(err) => return plain(400, &format!("bad request target: {err}")),
-            };
-            let mut forward = http::Request::builder()
-                .method(parts.method.clone())
-                .uri(uri);
-            for (name, value) in &parts.headers {
-                if !HOP_HEADERS.contains(&name.as_str()) && name != http::header::HOST {
-                    forward = forward.header(name, value);
+            if replicas.is_empty() {
+                last_error = format!("app {app:?} has no live replica right now");
+            }
+            let mut tried = 0;
+            while tried < replicas.len().min(self.config.attempts.max(1) + 1) {
+                let replica = replicas[tried].clone();
+                tried += 1;
+                match self.forward(&replica, &app, &path, &parts, &body).await {
+                    Forwarded::Answer(response) => return response,
+                    Forwarded::TimedOut => {
+                        return plain(
+                            504,
+                            &format!(
+                                "app {app:?} did not answer within {} s",
+                                self.config.timeout.as_secs()
+                            ),
+                        );
+                    }
+                    Forwarded::Follower => {
+                        // Writes go to the primary: try it next if it is not next already.
+                        last_error = format!("device {} only follows", replica.device);
+                        let primary = self.primary(&app);
+                        if let Some(primary) = primary
+                            && let Some(at) = replicas[tried..]
+                                .iter()
+                                .position(|r| Arc::ptr_eq(r, &primary))
+                        {
+                            replicas.swap(tried, tried + at);
+                        }
+                    }
+                    Forwarded::Elsewhere(reason) => {
+                        *replica.suspect_until.lock().expect("suspect lock") =
+                            Some(Instant::now() + self.config.suspect_for);
+                        last_error = reason;
+                    }
                 }
             }
-            let forward = forward
-                .header(http::header::HOST, format!("{app}.localhost"))
-                .header("x-fog-app", app.as_str())
-                .body(Full::new(body.clone()));
-            let forward = match forward {
-                Ok(forward) => forward,
-                Err(err) => return plain(400, &format!("bad request: {err}")),
-            };
-            replica.in_flight.fetch_add(1, Ordering::Relaxed);
-            let sent = async {
-                match htx {
-                    Some(_) => self.htx_client.request(forward).await,
-                    None => self.client.request(forward).await,
-                }
-                .map_err(|e| {
-                    // hyper's error alone says little; its source says why.
-                    match std::error::Error::source(&e) {
-                        Some(source) => format!("{e}: {source}"),
-                        None => e.to_string(),
-                    }
-                })
-            };
-            let result = tokio::time::timeout(self.config.timeout, sent).await;
-            replica.in_flight.fetch_sub(1, Ordering::Relaxed);
-            match result {
-                Ok(Ok(response)) => {
-                    // The host did not run the app (it no longer has it, or its device stopped
-                    // offering capacity): the request never reached app code, so try elsewhere.
-                    let refused = response
-                        .headers()
-                        .get("x-fog-error")
-                        .is_some_and(|kind| kind == "unknown-app" || kind == "harvest");
-                    if !refused {
+            if Instant::now() + pause > held_until {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
+        plain(
+            if last_error.contains("no live replica") {
+                503
+            } else {
+                502
+            },
+            &format!("every replica of {app:?} failed: {last_error}"),
+        )
+    }
+
+    /// The app's primary (the first replica in the route), if it is live.
+    fn primary(&self, app: &str) -> Option<Arc<ReplicaState>> {
+        let routes = self.routes.read().expect("routes lock");
+        routes.get(app)?.1.first().cloned()
+    }
+
+    /// Send the request to one replica.
+    async fn forward(
+        &self,
+        replica: &Arc<ReplicaState>,
+        app: &str,
+        path: &str,
+        parts: &http::request::Parts,
+        body: &Bytes,
+    ) -> Forwarded {
+        let htx = replica.htx.as_ref().filter(|_| self.config.htx_data_plane);
+        // Both pooled clients take the absolute form; the HTX one opens a stream on the host's
+        // HTX connection for each new pooled connection.
+        let target = match htx {
+            Some(endpoint) => format!("http://{}{}", endpoint.addr, path),
+            None => format!("http://{}{}", replica.addr, path),
+        };
+        let uri = match target.parse::<http::Uri>() {
+            Ok(uri) => uri,
+            Err(err) => {
+                return Forwarded::Answer(plain(400, &format!("bad request target: {err}")));
+            }
+        };
+        let mut forward = http::Request::builder()
+            .method(parts.method.clone())
+            .uri(uri);
+        for (name, value) in &parts.headers {
+            if !HOP_HEADERS.contains(&name.as_str()) && name != http::header::HOST {
+                forward = forward.header(name, value);
+            }
+        }
+        let forward = forward
+            .header(http::header::HOST, format!("{app}.localhost"))
+            .header("x-fog-app", app)
+            .body(Full::new(body.clone()));
+        let forward = match forward {
+            Ok(forward) => forward,
+            Err(err) => return Forwarded::Answer(plain(400, &format!("bad request: {err}"))),
+        };
+        replica.in_flight.fetch_add(1, Ordering::Relaxed);
+        let sent = async {
+            match htx {
+                Some(_) => self.htx_client.request(forward).await,
+                None => self.client.request(forward).await,
+            }
+            .map_err(|e| {
+                // hyper's error alone says little; its source says why.
+                let reason = match std::error::Error::source(&e) {
+                    Some(source) => format!("{e}: {source}"),
+                    None => e.to_string(),
+                };
+                (e.is_connect(), reason)
+            })
+        };
+        let result = tokio::time::timeout(self.config.timeout, sent).await;
+        replica.in_flight.fetch_sub(1, Ordering::Relaxed);
+        match result {
+            Ok(Ok(response)) => {
+                // The host did not run the app, or ran it without changing anything (it no
+                // longer has it, its device stopped offering capacity, the app is moving, or
+                // this replica only follows): try elsewhere.
+                let kind = response
+                    .headers()
+                    .get("x-fog-error")
+                    .and_then(|k| k.to_str().ok())
+                    .unwrap_or("");
+                match kind {
+                    "follower" => Forwarded::Follower,
+                    "unknown-app" | "harvest" | "moved" => Forwarded::Elsewhere(format!(
+                        "device {} does not serve the app now ({kind})",
+                        replica.device
+                    )),
+                    _ => {
                         let (parts, body) = response.into_parts();
-                        return http::Response::from_parts(parts, body.boxed());
+                        Forwarded::Answer(http::Response::from_parts(parts, body.boxed()))
                     }
-                    *replica.suspect_until.lock().expect("suspect lock") =
-                        Some(Instant::now() + self.config.suspect_for);
-                    last_error = format!("device {} does not serve the app now", replica.device);
                 }
-                Ok(Err(err)) => {
-                    // The device failed before answering: skip it for a while, try another.
-                    *replica.suspect_until.lock().expect("suspect lock") =
-                        Some(Instant::now() + self.config.suspect_for);
-                    last_error = format!("device {} failed: {err}", replica.device);
+            }
+            Ok(Err((connecting, err))) => {
+                // Retry elsewhere only what cannot have run twice: the request never left (no
+                // connection), or it is idempotent. A POST the device may have handled before
+                // it failed is not resent.
+                let idempotent = matches!(
+                    parts.method,
+                    http::Method::GET
+                        | http::Method::HEAD
+                        | http::Method::OPTIONS
+                        | http::Method::PUT
+                        | http::Method::DELETE
+                );
+                *replica.suspect_until.lock().expect("suspect lock") =
+                    Some(Instant::now() + self.config.suspect_for);
+                if connecting || idempotent {
                     tracing::info!(
                         app,
                         device = replica.device,
                         "replica failed, retrying elsewhere: {err}"
                     );
-                }
-                Err(_) => {
-                    return plain(
-                        504,
+                    Forwarded::Elsewhere(format!("device {} failed: {err}", replica.device))
+                } else {
+                    Forwarded::Answer(plain(
+                        502,
                         &format!(
-                            "app {app:?} did not answer within {} s",
-                            self.config.timeout.as_secs()
+                            "device {} failed while handling this {} request; it was not resent \
+                             because it may have taken effect: {err}",
+                            replica.device, parts.method
                         ),
-                    );
+                    ))
                 }
             }
+            Err(_) => Forwarded::TimedOut,
         }
-        plain(
-            502,
-            &format!("every replica of {app:?} failed: {last_error}"),
-        )
     }
+}
+
+/// What forwarding to one replica came to.
+enum Forwarded {
+    /// The app's answer (or a final error): send it to the visitor.
+    Answer(http::Response<GatewayBody>),
+    /// The app did not answer in time.
+    TimedOut,
+    /// A follower that cannot take this request (it writes): the primary can.
+    Follower,
+    /// This replica cannot serve the app now; nothing was done there.
+    Elsewhere(String),
 }
 
 /// Serve visitors on `listener` until `shutdown` resolves.

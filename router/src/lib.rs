@@ -12,7 +12,6 @@
 
 #![deny(missing_docs)]
 
-pub mod dial;
 pub mod front;
 mod gateway;
 pub mod visitor;

@@ -23,6 +23,10 @@ pub struct ControlCmd {
         value_delimiter = ','
     )]
     trust_router: Vec<String>,
+    /// How often tier-B apps upload a snapshot of their state (seconds): what a tier-B app
+    /// can lose when its device dies.
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    snapshot_every: f64,
 }
 
 impl ControlCmd {
@@ -32,8 +36,14 @@ impl ControlCmd {
             .unwrap_or_else(|| fog_host::agent::default_data_dir().join("control"));
         crate::client::runtime()?.block_on(async {
             let (stop_tx, stop) = Stop::new();
-            let (addr, tasks) =
-                services::start_control(self.listen, &data, self.trust_router, stop).await?;
+            let (addr, tasks) = services::start_control(
+                self.listen,
+                &data,
+                self.trust_router,
+                std::time::Duration::from_secs_f64(self.snapshot_every.max(0.1)),
+                stop,
+            )
+            .await?;
             println!("fog: control plane on http://{addr}");
             services::run_until_signal(stop_tx, tasks).await;
             Ok(())

@@ -6,6 +6,7 @@ mod fetch;
 mod host;
 pub mod keygen;
 mod logs;
+mod move_app;
 mod ps;
 mod publish;
 mod relay;
@@ -40,6 +41,7 @@ enum Command {
     Ps(ps::Ps),
     Devices(devices::Devices),
     Scale(scale::Scale),
+    Move(move_app::Move),
     Rm(rm::Rm),
     Logs(logs::Logs),
     Control(control::ControlCmd),
@@ -60,6 +62,7 @@ impl Cli {
             Command::Ps(cmd) => cmd.execute(),
             Command::Devices(cmd) => cmd.execute(),
             Command::Scale(cmd) => cmd.execute(),
+            Command::Move(cmd) => cmd.execute(),
             Command::Rm(cmd) => cmd.execute(),
             Command::Logs(cmd) => cmd.execute(),
             Command::Control(cmd) => cmd.execute(),

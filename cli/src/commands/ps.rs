@@ -25,7 +25,7 @@ impl Ps {
                 "{:<24} {:>4} {:>4} {:>8} {:<40} {:<43} PROBLEM",
                 "NAME", "VER", "TIER", "RUNNING", "DEVICES", "BETANET"
             );
-            for app in apps {
+            for app in &apps {
                 println!(
                     "{:<24} {:>4} {:>4} {:>8} {:<40} {:<43} {}",
                     app.name,
@@ -39,6 +39,15 @@ impl Ps {
                         .map_or("-", String::as_str),
                     app.problem.as_deref().unwrap_or_default()
                 );
+            }
+            // Moves in progress and the latest events (handovers, promotions, scaling).
+            for app in &apps {
+                if let Some(moving) = &app.moving {
+                    println!("{}: moving {moving}", app.name);
+                }
+                for event in app.events.iter().rev().take(3).rev() {
+                    println!("{}: {event}", app.name);
+                }
             }
             Ok(())
         })

@@ -5,3 +5,4 @@ mod fog;
 mod harvest;
 pub mod publish;
 mod run;
+mod state;

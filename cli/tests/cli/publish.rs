@@ -55,6 +55,15 @@ impl Fog {
         hosts: usize,
         host_args: impl Fn(usize, &std::path::Path) -> Vec<String>,
     ) -> Fog {
+        Fog::start_with_control(hosts, &[], host_args)
+    }
+
+    /// Like [`Fog::start_with`], with extra arguments for the control plane.
+    pub fn start_with_control(
+        hosts: usize,
+        control_args: &[&str],
+        host_args: impl Fn(usize, &std::path::Path) -> Vec<String>,
+    ) -> Fog {
         let dir = tempfile::tempdir().unwrap();
         let path = |p: &str| dir.path().join(p).to_str().unwrap().to_string();
         // The router's key exists before the control plane starts, so it can be trusted.
@@ -65,15 +74,18 @@ impl Fog {
         )
         .unwrap()
         .public_hex();
-        let control = spawn(&[
+        let control_data = path("control");
+        let mut args = vec![
             "control",
             "--listen",
             "127.0.0.1:0",
             "--data",
-            &path("control"),
+            &control_data,
             "--trust-router",
             &router_key,
-        ]);
+        ];
+        args.extend_from_slice(control_args);
+        let control = spawn(&args);
         let router = spawn(&[
             "router",
             "--listen",

@@ -14,6 +14,7 @@
 //!   the server), PING with a timeout, KEY_UPDATE on frame / byte / time thresholds, CLOSE;
 //! - [`names`]: self-certifying `betanet://` and `bn1:` names;
 //! - [`tickets`]: access tickets (the 1.1 formula) with replay rejection;
+//! - [`dial`]: hyper's pooled HTTP/1.1 client over HTX streams;
 //! - [`mix`]: paths through 0, 2 or ≥ 3 relays, and the relay itself;
 //! - [`tls`]: the optional outer TLS 1.3 session, its exporter bound into the Noise prologue.
 //!
@@ -23,6 +24,7 @@
 #![deny(missing_docs)]
 
 pub mod conn;
+pub mod dial;
 pub mod frame;
 pub mod handshake;
 pub mod keys;

@@ -7,6 +7,7 @@
 //! harvested, loses its replicas at the next reconcile.
 
 pub mod names;
+pub mod replicas;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -45,6 +46,8 @@ pub struct ControlConfig {
     pub placement: PlacementConfig,
     /// Public keys (hex) of routers allowed to register Betanet fronts.
     pub trusted_routers: Vec<String>,
+    /// How often a tier-B app's primary uploads a snapshot of its state.
+    pub snapshot_every: Duration,
 }
 
 impl Default for ControlConfig {
@@ -60,6 +63,7 @@ impl Default for ControlConfig {
                 ..PlacementConfig::default()
             },
             trusted_routers: Vec::new(),
+            snapshot_every: Duration::from_secs(5),
         }
     }
 }
@@ -91,7 +95,18 @@ pub struct Control {
     master: Mutex<Option<[u8; 32]>>,
     /// Betanet fronts and mix relays that registered recently.
     registrations: names::Registrations,
+    /// Primaries moving between devices, by app.
+    handovers: Mutex<HashMap<String, replicas::Handover>>,
+    /// Moves asked for with `fog move` and not started yet: app → device.
+    moves: Mutex<HashMap<String, String>>,
+    /// New primaries that must restore the control plane's snapshot first: app → device.
+    restores: Mutex<HashMap<String, String>>,
+    /// Recent events per app.
+    events: replicas::Events,
 }
+
+/// Largest snapshot the control plane keeps for an app.
+const MAX_SNAPSHOT_BYTES: u64 = 256 << 20;
 
 /// Longest a routes long-poll is held.
 const ROUTES_HOLD: Duration = Duration::from_secs(10);
@@ -194,6 +209,10 @@ impl Control {
             started: Instant::now(),
             master: Mutex::new(None),
             registrations: names::Registrations::default(),
+            handovers: Mutex::new(HashMap::new()),
+            moves: Mutex::new(HashMap::new()),
+            restores: Mutex::new(HashMap::new()),
+            events: replicas::Events::default(),
         })
     }
 
@@ -233,6 +252,11 @@ impl Control {
             ("GET", ["apps", name]) => Ok(json(200, &self.app_info(&self.app(name)?)?)),
             ("POST", ["apps", name, "scale"]) => self.scale(name, request).await,
             ("DELETE", ["apps", name]) => self.remove(name, request).await,
+            ("POST", ["apps", name, "move"]) => self.request_move(name, request).await,
+            ("POST", ["apps", name, "snapshot"]) => self.store_snapshot(name, request).await,
+            ("POST", ["apps", name, "snapshot", "latest"]) => {
+                self.latest_snapshot(name, request).await
+            }
             ("GET", ["apps", name, "logs"]) => {
                 self.app(name)?;
                 let logs = self.logs.lock().expect("logs lock");
@@ -373,6 +397,131 @@ impl Control {
         )
         .map_err(|e| Refusal(401, e.to_string()))?;
         Ok((signer, body, meta))
+    }
+
+    /// `POST /v1/apps/{name}/move`: the owner asks for the primary to move to a device.
+    async fn request_move<B>(self: &Arc<Self>, name: &str, request: http::Request<B>) -> Answer
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (signer, body, _) = Self::signed(request, api::MAX_JSON_BYTES).await?;
+        let wanted: api::MoveRequest = serde_json::from_slice(&body)
+            .map_err(|e| Refusal(400, format!("malformed JSON: {e}")))?;
+        let record = self.owned_app(name, &signer)?;
+        let live = self
+            .live
+            .lock()
+            .expect("live lock")
+            .get(&wanted.to)
+            .map(|l| (self.is_alive(l), l.heartbeat.harvestable));
+        match live {
+            None => return Err(Refusal(404, format!("no live device {}", wanted.to))),
+            Some((false, _)) => {
+                return Err(Refusal(409, format!("device {} is not alive", wanted.to)));
+            }
+            Some((true, false)) => {
+                return Err(Refusal(
+                    409,
+                    format!("device {} may not be harvested now", wanted.to),
+                ));
+            }
+            Some((true, true)) => {}
+        }
+        let primary = self
+            .placements()?
+            .get(name)
+            .and_then(|p| p.devices.first().cloned());
+        if primary.as_deref() == Some(wanted.to.as_str()) {
+            return Err(Refusal(
+                409,
+                format!("{name:?} already has its primary on {}", wanted.to),
+            ));
+        }
+        if self
+            .handovers
+            .lock()
+            .expect("handovers lock")
+            .contains_key(name)
+        {
+            return Err(Refusal(409, format!("{name:?} is already moving")));
+        }
+        self.moves
+            .lock()
+            .expect("moves lock")
+            .insert(name.to_string(), wanted.to.clone());
+        self.changed.notify_one();
+        Ok(json(202, &self.app_info(&record)?))
+    }
+
+    /// The device (id, record) that signed a request, if registered.
+    fn signing_device(&self, signer: &str) -> Result<String, Refusal> {
+        let id = auth::device_id(signer);
+        match self.store.get(Table::Devices, &id)? {
+            Some(bytes) => {
+                let device: DeviceRecord = decode(Table::Devices, &id, &bytes)?;
+                if device.public_key != signer {
+                    return Err(Refusal(403, "not a registered device key".into()));
+                }
+                Ok(id)
+            }
+            None => Err(Refusal(403, "not a registered device".into())),
+        }
+    }
+
+    /// `POST /v1/apps/{name}/snapshot`: the app's primary uploads a snapshot (tier B).
+    async fn store_snapshot<B>(self: &Arc<Self>, name: &str, request: http::Request<B>) -> Answer
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (signer, body, _) = Self::signed(request, MAX_SNAPSHOT_BYTES).await?;
+        let device = self.signing_device(&signer)?;
+        self.app(name)?;
+        let primary = self
+            .placements()?
+            .get(name)
+            .and_then(|p| p.devices.first().cloned());
+        if primary.as_deref() != Some(device.as_str()) {
+            return Err(Refusal(
+                403,
+                format!("device {device} is not the primary of {name:?}"),
+            ));
+        }
+        self.store.put(Table::Snapshots, name, &body)?;
+        Ok(json(200, &serde_json::json!({ "stored": body.len() })))
+    }
+
+    /// `POST /v1/apps/{name}/snapshot/latest`: a device the app is assigned to fetches the
+    /// latest snapshot.
+    async fn latest_snapshot<B>(self: &Arc<Self>, name: &str, request: http::Request<B>) -> Answer
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (signer, _, _) = Self::signed(request, api::MAX_JSON_BYTES).await?;
+        let device = self.signing_device(&signer)?;
+        let assigned = self
+            .placements()?
+            .get(name)
+            .is_some_and(|p| p.devices.contains(&device));
+        if !assigned {
+            return Err(Refusal(
+                403,
+                format!("device {device} does not run {name:?}"),
+            ));
+        }
+        match self.store.get(Table::Snapshots, name)? {
+            Some(bytes) => {
+                let mut response = http::Response::new(Full::new(Bytes::from(bytes)));
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/octet-stream"),
+                );
+                Ok(response)
+            }
+            None => Err(Refusal(404, format!("no snapshot of {name:?} yet"))),
+        }
     }
 
     fn master(&self) -> Result<[u8; 32], StoreError> {
@@ -535,6 +684,7 @@ impl Control {
             let record = self.owned_app(name, &signer)?;
             self.store.delete(Table::Apps, name)?;
             self.store.delete(Table::Placements, name)?;
+            self.store.delete(Table::Snapshots, name)?;
             let still_used = self.store.list(Table::Apps)?.iter().any(|(k, v)| {
                 decode::<AppRecord>(Table::Apps, k, v).is_ok_and(|a| a.sha256 == record.sha256)
             });
@@ -544,6 +694,10 @@ impl Control {
             self.store.flush()?;
         }
         self.logs.lock().expect("logs lock").remove(name);
+        self.events.forget(name);
+        self.handovers.lock().expect("handovers lock").remove(name);
+        self.moves.lock().expect("moves lock").remove(name);
+        self.restores.lock().expect("restores lock").remove(name);
         self.bump();
         self.changed.notify_one();
         Ok(json(200, &serde_json::json!({ "removed": name })))
@@ -681,6 +835,10 @@ impl Control {
             );
             was
         };
+        // A handover advances on what devices report: look at it now.
+        if !self.handovers.lock().expect("handovers lock").is_empty() {
+            self.changed.notify_one();
+        }
         match was {
             Some((true, harvestable, before)) if harvestable == heartbeat.harvestable => {
                 if before != running {
@@ -754,21 +912,58 @@ impl Control {
 
     fn assignments_for(&self, device: &str) -> Result<Vec<Assignment>, StoreError> {
         let placements = self.placements()?;
+        let endpoints: HashMap<String, api::HtxEndpoint> = self
+            .live
+            .lock()
+            .expect("live lock")
+            .iter()
+            .filter_map(|(id, l)| l.heartbeat.htx.clone().map(|h| (id.clone(), h)))
+            .collect();
+        let peer = |d: &String| {
+            endpoints.get(d).map(|htx| api::Peer {
+                device: d.clone(),
+                htx: htx.clone(),
+            })
+        };
+        let handovers = self.handovers.lock().expect("handovers lock").clone();
+        let restores = self.restores.lock().expect("restores lock").clone();
         let mut out = Vec::new();
         for app in self.apps()? {
-            if placements
-                .get(&app.name)
-                .is_some_and(|p| p.devices.iter().any(|d| d == device))
-            {
-                out.push(Assignment {
-                    sha256: app.sha256.clone(),
-                    manifest: Manifest {
-                        name: app.name.clone(),
-                        limits: app.limits,
-                        permissions: Permissions::default(),
+            let Some(placement) = placements.get(&app.name) else {
+                continue;
+            };
+            let Some(position) = placement.devices.iter().position(|d| d == device) else {
+                continue;
+            };
+            let replication = if position == 0 {
+                api::Replication {
+                    role: api::ReplicaRole::Primary,
+                    peers: placement.devices[1..].iter().filter_map(peer).collect(),
+                    fenced: handovers
+                        .get(&app.name)
+                        .is_some_and(|h| h.from == device && h.phase == replicas::Phase::Fencing),
+                    snapshot_every_ms: match app.tier {
+                        Tier::B => self.config.snapshot_every.as_millis() as u64,
+                        Tier::A | Tier::S => 0,
                     },
-                });
-            }
+                    restore: restores.get(&app.name).is_some_and(|d| d == device),
+                }
+            } else {
+                api::Replication {
+                    role: api::ReplicaRole::Follower,
+                    peers: peer(&placement.devices[0]).into_iter().collect(),
+                    ..api::Replication::default()
+                }
+            };
+            out.push(Assignment {
+                sha256: app.sha256.clone(),
+                manifest: Manifest {
+                    name: app.name.clone(),
+                    limits: app.limits,
+                    permissions: Permissions::default(),
+                },
+                replication,
+            });
         }
         Ok(out)
     }
@@ -819,6 +1014,13 @@ impl Control {
             problem: placement.and_then(|p| p.problem),
             updated_ms: app.updated_ms,
             betanet: names::names(&self.app_identity(app)?),
+            events: self.events.of(&app.name),
+            moving: self
+                .handovers
+                .lock()
+                .expect("handovers lock")
+                .get(&app.name)
+                .map(|h| format!("{} -> {} ({:?})", h.from, h.to, h.phase).to_lowercase()),
         })
     }
 
@@ -995,17 +1197,34 @@ impl Control {
             .collect();
         let _guard = self.writes.lock().expect("writes lock");
         let mut changed = false;
+        // What each live device reports of each app.
+        let reports: HashMap<(String, String), api::RunningApp> = live
+            .iter()
+            .filter(|(_, (alive, _))| *alive)
+            .flat_map(|(id, (_, hb))| {
+                hb.running
+                    .iter()
+                    .map(move |r| ((id.clone(), r.app.clone()), r.clone()))
+            })
+            .collect();
+        let alive = |d: &str| live.get(d).is_some_and(|(alive, _)| *alive);
         for app in &apps {
             // Only apps still registered (one may have been removed while we planned).
             if self.store.get(Table::Apps, &app.name)?.is_none() {
                 continue;
             }
+            let old = placements
+                .get(&app.name)
+                .map(|p| p.devices.clone())
+                .unwrap_or_default();
+            let planned = outcome
+                .assignment
+                .get(&app.name)
+                .cloned()
+                .unwrap_or_default();
+            let devices = self.lead(app, &old, planned, &reports, &alive);
             let record = PlacementRecord {
-                devices: outcome
-                    .assignment
-                    .get(&app.name)
-                    .cloned()
-                    .unwrap_or_default(),
+                devices,
                 problem: problems.get(app.name.as_str()).map(|p| p.to_string()),
             };
             if placements.get(&app.name) != Some(&record) {
@@ -1020,6 +1239,106 @@ impl Control {
             self.bump();
         }
         Ok(())
+    }
+
+    /// Decide an app's placement from the planner's: keep or promote the primary, or run a
+    /// handover while the old primary is alive (see [`replicas`]).
+    fn lead(
+        &self,
+        app: &AppRecord,
+        old: &[String],
+        planned: Vec<String>,
+        reports: &HashMap<(String, String), api::RunningApp>,
+        alive: &dyn Fn(&str) -> bool,
+    ) -> Vec<String> {
+        let report = |d: &str| reports.get(&(d.to_string(), app.name.clone()));
+        let mut handovers = self.handovers.lock().expect("handovers lock");
+        // A handover in progress decides the placement until it ends.
+        if let Some(handover) = handovers.get_mut(&app.name) {
+            match handover.step(report(&handover.from), report(&handover.to)) {
+                replicas::Step::Continue(devices) => return devices,
+                replicas::Step::Done(devices, event) => {
+                    self.events.record(&app.name, event);
+                    handovers.remove(&app.name);
+                    return devices;
+                }
+                replicas::Step::Abort(reason) => {
+                    self.events.record(
+                        &app.name,
+                        format!("move to {} abandoned: {reason}", handover.to),
+                    );
+                    handovers.remove(&app.name);
+                }
+            }
+        }
+        let primary = old.first().filter(|p| alive(p.as_str()));
+        // A requested move, or the planner dropping a live primary: hand over.
+        let requested = self.moves.lock().expect("moves lock").remove(&app.name);
+        if let Some(primary) = primary {
+            let target = match requested {
+                Some(to) if alive(&to) && to != *primary => Some((to, "requested".to_string())),
+                _ if !planned.contains(primary) && !planned.is_empty() => {
+                    // Prefer a follower that has already caught up.
+                    let ready = planned.iter().find(|d| {
+                        report(d)
+                            .is_some_and(|r| r.role == api::ReplicaRole::Follower && r.caught_up)
+                    });
+                    let to = ready.unwrap_or(&planned[0]).clone();
+                    Some((to, "the placement changed".to_string()))
+                }
+                _ => None,
+            };
+            if let Some((to, reason)) = target {
+                let mut others: Vec<String> = old[1..].to_vec();
+                if reason != "requested" {
+                    others = planned.clone();
+                }
+                others.retain(|d| *d != to && d != primary);
+                let handover = replicas::Handover {
+                    from: primary.clone(),
+                    to: to.clone(),
+                    phase: replicas::Phase::Copying,
+                    reason: reason.clone(),
+                    started: Instant::now(),
+                    fenced_at: None,
+                    others,
+                };
+                self.events.record(
+                    &app.name,
+                    format!("moving from {primary} to {to} ({reason})"),
+                );
+                let devices = handover.devices();
+                handovers.insert(app.name.clone(), handover);
+                return devices;
+            }
+        }
+        drop(handovers);
+        {
+            // A restore is done once the device reports the app.
+            let mut restores = self.restores.lock().expect("restores lock");
+            if restores.get(&app.name).is_some_and(|d| report(d).is_some()) {
+                restores.remove(&app.name);
+            }
+        }
+        let (devices, promotion) =
+            replicas::order(old, planned, |d| report(d).map(|r| r.state_seq));
+        if let Some(event) = promotion {
+            self.events.record(&app.name, event);
+        } else if !old.is_empty() && devices.first().is_some_and(|d| !old.contains(d)) {
+            // No replica survived: the new primary starts from the last snapshot.
+            self.restores
+                .lock()
+                .expect("restores lock")
+                .insert(app.name.clone(), devices[0].clone());
+            self.events.record(
+                &app.name,
+                format!(
+                    "no replica survived: {} restores the last snapshot",
+                    devices[0]
+                ),
+            );
+        }
+        devices
     }
 
     /// Reconcile on every change and every tick until `shutdown` resolves.

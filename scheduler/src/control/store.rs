@@ -22,6 +22,8 @@ pub enum Table {
     Ledger,
     /// The control plane's own secrets (the master key app keys are derived from).
     Secrets,
+    /// The latest state snapshot of each app (tier B), by app name.
+    Snapshots,
 }
 
 impl Table {
@@ -33,6 +35,7 @@ impl Table {
             Table::Blobs => "blobs",
             Table::Ledger => "ledger",
             Table::Secrets => "secrets",
+            Table::Snapshots => "snapshots",
         }
     }
 }

@@ -1,8 +1,9 @@
-//! The router's side of the HTX data plane: one HTX connection per host (Noise XK to the key the
+//! The client side of HTTP over HTX: one HTX connection per peer (Noise XK to the key the
 //! control plane published for it, optionally through mix relays), and a connector that lets
 //! hyper's pooled client treat each HTX stream as one keep-alive HTTP/1.1 connection. Requests
-//! thus reuse streams the way plain HTTP reuses sockets, and only the first request to a host
-//! pays for a handshake.
+//! thus reuse streams the way plain HTTP reuses sockets, and only the first request to a peer
+//! pays for a handshake. Routers use it to reach hosts, and hosts to reach each other (state
+//! replication).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -10,9 +11,9 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use fog_htx::conn::{self, Config, Connection, HtxStream};
-use fog_htx::handshake::StaticKey;
-use fog_htx::mix::{self, MixMode, Relay};
+use crate::conn::{self, Config, Connection, HtxStream};
+use crate::handshake::StaticKey;
+use crate::mix::{self, MixMode, Relay};
 use hyper_util::client::legacy::connect::{Connected, Connection as HyperConnection};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -29,7 +30,7 @@ pub fn data_plane_config() -> Config {
     }
 }
 
-/// How a router reaches hosts' HTX endpoints.
+/// How a client reaches peers' HTX endpoints.
 pub struct Dialer {
     key: StaticKey,
     /// Host HTX address → its Noise key, from the routes.
@@ -51,10 +52,11 @@ impl std::fmt::Debug for Dialer {
 }
 
 impl Dialer {
-    /// A dialer with a fresh router key, sending through `mode`'s paths chosen from `seed`.
-    pub fn new(mode: MixMode, seed: Vec<u8>) -> Arc<Dialer> {
+    /// A dialer that authenticates with `key`, sending through `mode`'s paths chosen from
+    /// `seed`.
+    pub fn new(key: StaticKey, mode: MixMode, seed: Vec<u8>) -> Arc<Dialer> {
         Arc::new(Dialer {
-            key: StaticKey::generate(),
+            key,
             keys: RwLock::new(HashMap::new()),
             connections: tokio::sync::Mutex::new(HashMap::new()),
             mode,

@@ -1,0 +1,270 @@
+//! Apps keep their state when they move or lose a device: separate processes (control plane,
+//! router, three hosts), a steady stream of counter increments through the router, and the
+//! count checked against the increments that were acknowledged.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use fog_proto::api::AppInfo;
+use fog_test_programs as programs;
+
+use crate::publish::Fog;
+
+/// About `rate` increments per second through the router until stopped.
+struct Increments {
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    errors: Arc<std::sync::Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    started: Instant,
+}
+
+impl Increments {
+    fn start(router: std::net::SocketAddr, rate: u64) -> Increments {
+        let workers = 8u64;
+        let interval = Duration::from_secs_f64(workers as f64 / rate as f64);
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tasks = (0..workers)
+            .map(|_| {
+                let (stop, acked, failed, errors) =
+                    (stop.clone(), acked.clone(), failed.clone(), errors.clone());
+                tokio::spawn(async move {
+                    let mut next = tokio::time::Instant::now();
+                    while !stop.load(Ordering::Relaxed) {
+                        next += interval;
+                        let reply = fog_tests::request(
+                            router,
+                            "POST",
+                            "/apps/counter/api/increment",
+                            &[],
+                            "",
+                        )
+                        .await;
+                        match reply {
+                            Ok(reply) if reply.status == 200 => {
+                                acked.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(reply) => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                errors.lock().unwrap().push(format!(
+                                    "{} {}",
+                                    reply.status,
+                                    reply.text().trim()
+                                ));
+                            }
+                            Err(err) => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                errors.lock().unwrap().push(err);
+                            }
+                        }
+                        tokio::time::sleep_until(next).await;
+                    }
+                })
+            })
+            .collect();
+        Increments {
+            stop,
+            acked,
+            failed,
+            errors,
+            tasks,
+            started: Instant::now(),
+        }
+    }
+
+    /// Stop: (acknowledged, failed, the first few errors, requests per second).
+    async fn finish(self) -> (u64, u64, Vec<String>, f64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        let acked = self.acked.load(Ordering::Relaxed);
+        let rate = acked as f64 / self.started.elapsed().as_secs_f64();
+        let errors = self
+            .errors
+            .lock()
+            .unwrap()
+            .iter()
+            .take(5)
+            .cloned()
+            .collect();
+        (acked, self.failed.load(Ordering::Relaxed), errors, rate)
+    }
+}
+
+async fn count(fog: &Fog) -> u64 {
+    let reply = fog_tests::request(fog.router.addr, "GET", "/apps/counter/api/count", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let value: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    value["visits"].as_u64().unwrap_or(0)
+}
+
+fn publish_counter(fog: &Fog, tier: &str) -> AppInfo {
+    let (code, out, err) = fog.fog(&[
+        "publish",
+        programs::COUNTER,
+        "--name",
+        "counter",
+        "--tier",
+        tier,
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// Wait until `done(app)` holds, or fail after `limit`.
+async fn wait_for(
+    fog: &Fog,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&AppInfo) -> bool,
+) -> AppInfo {
+    let deadline = Instant::now() + limit;
+    loop {
+        let app = fog.app("counter");
+        if done(&app) {
+            return app;
+        }
+        assert!(Instant::now() < deadline, "{what}: {app:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The index in `fog.hosts` of device `id`.
+fn host_of(fog: &Fog, id: &str) -> usize {
+    let addr = fog
+        .devices()
+        .into_iter()
+        .find(|d| d.id == id)
+        .expect("device listed")
+        .addr;
+    fog.hosts
+        .iter()
+        .position(|h| h.addr.to_string() == addr)
+        .expect("a host with that address")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_move_under_load_fails_nothing_and_loses_nothing() {
+    let fog = Fog::start(3);
+    let info = publish_counter(&fog, "A");
+    let (primary, follower) = (info.assigned[0].clone(), info.assigned[1].clone());
+    let target = fog
+        .devices()
+        .into_iter()
+        .map(|d| d.id)
+        .find(|d| *d != primary && *d != follower)
+        .expect("a third device");
+    // Let the follower catch up before the load starts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let load = Increments::start(fog.router.addr, 200);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let moved_at = Instant::now();
+    let (code, out, err) = fog.fog(&["move", "counter", "--to", &target]);
+    assert_eq!(code, 0, "{err}");
+    let took = moved_at.elapsed();
+    println!("fog move: {}", out.trim());
+    assert!(
+        out.contains(&format!("moved from {primary} to {target}")),
+        "{out}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (acked, failed, errors, rate) = load.finish().await;
+
+    let app = fog.app("counter");
+    assert_eq!(app.assigned[0], target, "the target is primary: {app:#?}");
+    assert!(
+        !app.assigned.contains(&primary),
+        "the old primary let go: {app:#?}"
+    );
+    assert_eq!(app.assigned.len(), 2);
+    let total = count(&fog).await;
+    println!(
+        "planned move: {acked} increments acknowledged at {rate:.0}/s, {failed} failed, \
+         count {total}, move took {took:?}"
+    );
+    assert_eq!(failed, 0, "failed requests during the move: {errors:?}");
+    assert_eq!(total, acked, "the count equals the acknowledged increments");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_tier_a_primary_is_replaced_by_its_follower_without_losing_acknowledged_writes() {
+    let mut fog = Fog::start(3);
+    let info = publish_counter(&fog, "A");
+    let (primary, follower) = (info.assigned[0].clone(), info.assigned[1].clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let load = Increments::start(fog.router.addr, 200);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let victim = host_of(&fog, &primary);
+    fog.hosts[victim].kill();
+    let killed = Instant::now();
+    let app = wait_for(
+        &fog,
+        Duration::from_secs(15),
+        "follower not promoted",
+        |app| app.assigned.first() == Some(&follower) && app.running.contains(&follower),
+    )
+    .await;
+    let promoted = killed.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (acked, failed, errors, rate) = load.finish().await;
+    let total = count(&fog).await;
+    println!(
+        "tier A failover: promoted in {promoted:?}; {acked} acknowledged at {rate:.0}/s, \
+         {failed} failed, count {total}; events {:?}",
+        app.events
+    );
+    assert!(
+        promoted <= Duration::from_secs(5),
+        "promotion took {promoted:?}"
+    );
+    assert!(
+        total >= acked,
+        "acknowledged increments were lost: {total} < {acked}"
+    );
+    // A request that failed may still have been applied before its answer was lost.
+    assert!(
+        total <= acked + failed,
+        "{total} > {acked} + {failed}: {errors:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tier_b_app_loses_at_most_one_snapshot_interval() {
+    let interval = Duration::from_secs(2);
+    let mut fog = Fog::start_with_control(2, &["--snapshot-every", "2"], |_, _| {
+        vec!["--always-on".to_string()]
+    });
+    let info = publish_counter(&fog, "B");
+    let primary = info.assigned[0].clone();
+    let load = Increments::start(fog.router.addr, 100);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let victim = host_of(&fog, &primary);
+    fog.hosts[victim].kill();
+    // The count the router saw acknowledged by the time the device died.
+    let (acked, failed, _, rate) = load.finish().await;
+    let app = wait_for(&fog, Duration::from_secs(20), "not re-placed", |app| {
+        app.assigned.first().is_some_and(|d| *d != primary) && !app.running.is_empty()
+    })
+    .await;
+    let total = count(&fog).await;
+    let lost = acked.saturating_sub(total);
+    let bound = (rate * interval.as_secs_f64()).ceil() as u64 + 8;
+    println!(
+        "tier B: {acked} acknowledged at {rate:.0}/s ({failed} failed), {total} restored: lost \
+         {lost} (one {interval:?} snapshot interval is about {bound}); events {:?}",
+        app.events
+    );
+    assert!(total > 0, "nothing was restored");
+    assert!(lost <= bound, "lost {lost} > {bound}");
+}
