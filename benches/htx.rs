@@ -18,6 +18,8 @@ use fog_htx::keys::DirectionKeys;
 use fog_htx::mix::{self, Hop, Relay, RelayConfig};
 use tokio::net::{TcpListener, TcpStream};
 
+mod support;
+
 const FRAMES: usize = 400_000;
 const CHUNK: usize = 1024;
 
@@ -148,11 +150,7 @@ async fn hop_latency(hops: usize, rounds: usize) -> (f64, f64) {
 }
 
 fn main() {
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let tokio = support::runtime();
     let large = Config {
         stream_window: 16 << 20,
         connection_window: 16 << 20,

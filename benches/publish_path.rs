@@ -7,17 +7,16 @@
 //!
 //! `cargo bench -p fog-benches --bench publish_path`
 
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use fog_host::agent::{self, AgentConfig};
 use fog_host::server::{self, AppTable};
 use fog_host::{Runtime, RuntimeConfig};
-use fog_proto::auth::{self, AUTH_HEADER, Identity, META_HEADER};
-use fog_router::{Gateway, GatewayConfig};
-use fog_scheduler::control::store::SledStore;
-use fog_scheduler::control::{self, Control, ControlConfig};
+use fog_proto::auth::Identity;
 use fog_test_programs as programs;
+
+mod support;
+use support::stopped;
 
 const ROUNDS: usize = 10;
 
@@ -35,47 +34,6 @@ fn unique(bytes: &[u8], tag: usize) -> Vec<u8> {
     out
 }
 
-async fn publish_and_wait(
-    client: &reqwest::Client,
-    control: &str,
-    router: &str,
-    key: &Identity,
-    name: &str,
-    bytes: &[u8],
-) -> Duration {
-    let meta = format!(r#"{{"name":"{name}","tier":"B"}}"#);
-    let ts = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let auth = key.sign("POST", "/v1/apps", ts, &auth::sha256_hex(bytes), &meta);
-    let started = Instant::now();
-    let response = client
-        .post(format!("{control}/v1/apps"))
-        .header(AUTH_HEADER, auth)
-        .header(META_HEADER, &meta)
-        .body(bytes.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
-    loop {
-        let reply = client
-            .get(format!("{router}/apps/{name}/"))
-            .send()
-            .await
-            .unwrap();
-        if reply.status() == 200 {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{name} never answered"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
 fn percentile(values: &mut [Duration], p: f64) -> f64 {
     values.sort();
     let i = ((values.len() as f64 - 1.0) * p).round() as usize;
@@ -83,31 +41,11 @@ fn percentile(values: &mut [Duration], p: f64) -> f64 {
 }
 
 fn main() {
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    tokio.block_on(async {
+    support::runtime().block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stop = || {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            }
-        };
-        let store = SledStore::open(&dir.path().join("registry")).unwrap();
-        let control = Control::new(Arc::new(store), ControlConfig::default());
-        let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let control_url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(control::serve(listener, control.clone(), stop()));
-        tokio::spawn(control.run_reconciler(stop()));
-        let gateway = Gateway::new(GatewayConfig::new(&control_url));
-        let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let router_url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(fog_router::serve(listener, gateway.clone(), stop()));
-        tokio::spawn(gateway.run_refresher(stop()));
+        let stop = || stopped(&stop_rx);
+        let (control_url, router_url) = support::control_and_router(dir.path(), &stop_rx).await;
         let runtime = Runtime::new(RuntimeConfig {
             data_dir: Some(dir.path().join("host")),
             pool_size: 100,
@@ -145,23 +83,21 @@ fn main() {
         for round in 0..ROUNDS {
             let bytes = unique(&hello, round);
             cold.push(
-                publish_and_wait(
+                support::publish_and_wait(
                     &client,
-                    &control_url,
-                    &router_url,
+                    (&control_url, &router_url),
                     &key,
-                    &format!("cold-{round}"),
+                    (&format!("cold-{round}"), "B"),
                     &bytes,
                 )
                 .await,
             );
             cached.push(
-                publish_and_wait(
+                support::publish_and_wait(
                     &client,
-                    &control_url,
-                    &router_url,
+                    (&control_url, &router_url),
                     &key,
-                    &format!("warm-{round}"),
+                    (&format!("warm-{round}"), "B"),
                     &bytes,
                 )
                 .await,

@@ -151,6 +151,9 @@ pub struct AppInfo {
     /// A handover in progress, if any.
     #[serde(default)]
     pub moving: Option<String>,
+    /// Autoscaling bounds, if the app autoscales.
+    #[serde(default)]
+    pub autoscale: Option<Autoscale>,
 }
 
 /// Move an app's primary to another device (`fog move`).
@@ -161,12 +164,53 @@ pub struct MoveRequest {
     pub to: String,
 }
 
-/// Change the replica count of an app.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Change how many replicas an app runs: a fixed count, or autoscaling bounds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScaleRequest {
-    /// Replicas wanted.
-    pub replicas: u32,
+    /// A fixed number of replicas (turns autoscaling off).
+    #[serde(default)]
+    pub replicas: Option<u32>,
+    /// Autoscaling instead.
+    #[serde(default)]
+    pub autoscale: Option<Autoscale>,
+}
+
+/// Autoscaling of an app: between `min` and `max` replicas, aiming at `target_rps` requests per
+/// second per replica. Above the target for 3 checks (1 s apart) adds a replica; below half of
+/// it for 10 checks removes one; with `min` 0, `idle_s` seconds without a request park the app
+/// at zero replicas, and the next request wakes it (routers hold the request meanwhile).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Autoscale {
+    /// Fewest replicas (0 allows scaling to zero).
+    pub min: u32,
+    /// Most replicas.
+    pub max: u32,
+    /// Requests per second per replica to aim at.
+    pub target_rps: f64,
+    /// Seconds without a request before scaling to zero (needs `min` 0).
+    #[serde(default)]
+    pub idle_s: u64,
+}
+
+impl Autoscale {
+    /// Check the bounds.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max == 0 || self.max > MAX_REPLICAS {
+            return Err(format!("max must be between 1 and {MAX_REPLICAS}"));
+        }
+        if self.min > self.max {
+            return Err(format!("min {} is above max {}", self.min, self.max));
+        }
+        if !(self.target_rps.is_finite() && self.target_rps > 0.0) {
+            return Err("target must be a positive number of requests per second".into());
+        }
+        if self.min == 0 && self.idle_s == 0 {
+            return Err("scaling to zero (min 0) needs an idle time".into());
+        }
+        Ok(())
+    }
 }
 
 /// A device announcing itself.

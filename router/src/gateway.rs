@@ -425,12 +425,18 @@ impl Gateway {
         let held_until = Instant::now() + self.config.hold;
         let mut last_error = String::new();
         let mut pause = Duration::from_millis(20);
+        let mut woken = false;
         loop {
             let Some(mut replicas) = self.candidates(&app) else {
                 return plain(404, &format!("no app named {app:?}"));
             };
             if replicas.is_empty() {
                 last_error = format!("app {app:?} has no live replica right now");
+                // Perhaps parked at zero replicas: ask for one, and hold the request.
+                if !woken {
+                    woken = true;
+                    self.wake(&app).await;
+                }
             }
             let mut tried = 0;
             while tried < replicas.len().min(self.config.attempts.max(1) + 1) {
@@ -480,6 +486,22 @@ impl Gateway {
             },
             &format!("every replica of {app:?} failed: {last_error}"),
         )
+    }
+
+    /// Ask the control plane to wake an app parked at zero replicas.
+    async fn wake(&self, app: &str) {
+        let uri = format!("{}/v1/apps/{app}/wake", self.config.control);
+        let Ok(request) = http::Request::post(uri).body(Full::new(Bytes::new())) else {
+            return;
+        };
+        match tokio::time::timeout(Duration::from_secs(5), self.client.request(request)).await {
+            Ok(Ok(response)) if response.status().is_success() => {
+                tracing::info!(app, "asked the control plane to wake the app");
+            }
+            Ok(Ok(response)) => tracing::warn!(app, "waking refused: {}", response.status()),
+            Ok(Err(err)) => tracing::warn!(app, "cannot wake the app: {err}"),
+            Err(_) => tracing::warn!(app, "waking timed out"),
+        }
     }
 
     /// The app's primary (the first replica in the route), if it is live.

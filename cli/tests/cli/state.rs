@@ -268,3 +268,133 @@ async fn a_tier_b_app_loses_at_most_one_snapshot_interval() {
     assert!(total > 0, "nothing was restored");
     assert!(lost <= bound, "lost {lost} > {bound}");
 }
+
+/// About `rate` GETs per second of `hello` through the router until stopped; returns failures.
+fn reads(
+    router: std::net::SocketAddr,
+    rate: u64,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(u64, u64)> {
+    tokio::spawn(async move {
+        let workers = 4u64;
+        let interval = Duration::from_secs_f64(workers as f64 / rate as f64);
+        let tasks: Vec<_> = (0..workers)
+            .map(|_| {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let (mut ok, mut failed) = (0u64, 0u64);
+                    let mut next = tokio::time::Instant::now();
+                    while !stop.load(Ordering::Relaxed) {
+                        next += interval;
+                        match fog_tests::request(router, "GET", "/apps/hello/", &[], "").await {
+                            Ok(reply) if reply.status == 200 => ok += 1,
+                            _ => failed += 1,
+                        }
+                        tokio::time::sleep_until(next).await;
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        let mut total = (0, 0);
+        for task in tasks {
+            let (ok, failed) = task.await.unwrap();
+            total = (total.0 + ok, total.1 + failed);
+        }
+        total
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autoscaling_follows_load_parks_an_idle_app_and_wakes_it() {
+    let fog = Fog::start(3);
+    let (code, _, err) = fog.fog(&[
+        "publish",
+        programs::HELLO,
+        "--name",
+        "hello",
+        "--tier",
+        "S",
+        "--replicas",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = fog.fog(&[
+        "scale", "hello", "--min", "0", "--max", "3", "--target", "20", "--idle", "3",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("autoscales between 0 and 3"), "{out}");
+    let hello = |fog: &Fog| {
+        let (code, out, err) = fog.fog(&["ps", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let apps: Vec<AppInfo> = serde_json::from_str(&out).unwrap();
+        apps.into_iter().find(|a| a.name == "hello").unwrap()
+    };
+    let wait = |what: &'static str, limit: u64, done: fn(&AppInfo) -> bool| {
+        let fog = &fog;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(limit);
+            loop {
+                let app = hello(fog);
+                if done(&app) {
+                    return app;
+                }
+                assert!(Instant::now() < deadline, "{what}: {app:#?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+
+    // A burst of 150 req/s (7 times the target for one replica): scale out.
+    let stop = Arc::new(AtomicBool::new(false));
+    let burst = reads(fog.router.addr, 150, stop.clone());
+    let out = wait("no scale-out under the burst", 30, |app| {
+        app.replicas >= 2 && app.running.len() >= 2
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = burst.await.unwrap();
+    println!("burst: {ok} served, {failed} failed; {:?}", out.events);
+    assert_eq!(failed, 0);
+
+    // A trickle of 4 req/s (under half the target per replica): scale in, one step at a time.
+    let stop = Arc::new(AtomicBool::new(false));
+    let trickle = reads(fog.router.addr, 4, stop.clone());
+    let quiet = wait("no scale-in when quiet", 40, |app| app.replicas == 1).await;
+    stop.store(true, Ordering::Relaxed);
+    let (_, failed) = trickle.await.unwrap();
+    assert_eq!(failed, 0);
+    assert!(
+        quiet.events.iter().any(|e| e.contains("scaled in")),
+        "{:?}",
+        quiet.events
+    );
+
+    // Nothing for 3 s: zero replicas.
+    let parked = wait("not parked when idle", 20, |app| {
+        app.replicas == 0 && app.running.is_empty()
+    })
+    .await;
+    assert!(
+        parked.events.iter().any(|e| e.contains("scaled to zero")),
+        "{:?}",
+        parked.events
+    );
+
+    // The next request is held while a replica starts, and answered.
+    let started = Instant::now();
+    let reply = fog_tests::request(fog.router.addr, "GET", "/apps/hello/", &[], "")
+        .await
+        .unwrap();
+    let woke = started.elapsed();
+    println!("woken from zero in {woke:?}");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let app = hello(&fog);
+    assert_eq!(app.replicas, 1);
+    assert!(
+        app.events.iter().any(|e| e.contains("woken by a request")),
+        "{:?}",
+        app.events
+    );
+}

@@ -6,6 +6,7 @@
 //! heartbeat of a restart. A device that misses three heartbeats, or reports it may not be
 //! harvested, loses its replicas at the next reconcile.
 
+pub mod autoscale;
 pub mod names;
 pub mod replicas;
 pub mod store;
@@ -103,6 +104,12 @@ pub struct Control {
     restores: Mutex<HashMap<String, String>>,
     /// Recent events per app.
     events: replicas::Events,
+    /// What the autoscaler remembers of each autoscaled app.
+    loads: Mutex<HashMap<String, autoscale::AppLoad>>,
+    /// Apps at zero replicas: the devices that last ran them (and hold their state).
+    parked: Mutex<HashMap<String, Vec<String>>>,
+    /// A handover changed phase: assignments changed though placements did not.
+    phase_changed: std::sync::atomic::AtomicBool,
 }
 
 /// Largest snapshot the control plane keeps for an app.
@@ -213,6 +220,9 @@ impl Control {
             moves: Mutex::new(HashMap::new()),
             restores: Mutex::new(HashMap::new()),
             events: replicas::Events::default(),
+            loads: Mutex::new(HashMap::new()),
+            parked: Mutex::new(HashMap::new()),
+            phase_changed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -253,6 +263,7 @@ impl Control {
             ("POST", ["apps", name, "scale"]) => self.scale(name, request).await,
             ("DELETE", ["apps", name]) => self.remove(name, request).await,
             ("POST", ["apps", name, "move"]) => self.request_move(name, request).await,
+            ("POST", ["apps", name, "wake"]) => self.wake(name),
             ("POST", ["apps", name, "snapshot"]) => self.store_snapshot(name, request).await,
             ("POST", ["apps", name, "snapshot", "latest"]) => {
                 self.latest_snapshot(name, request).await
@@ -655,22 +666,119 @@ impl Control {
         let (signer, body, _) = Self::signed(request, api::MAX_JSON_BYTES).await?;
         let scale: ScaleRequest = serde_json::from_slice(&body)
             .map_err(|e| Refusal(400, format!("malformed JSON: {e}")))?;
-        if !(1..=api::MAX_REPLICAS).contains(&scale.replicas) {
-            return Err(Refusal(
-                400,
-                format!("replicas must be between 1 and {}", api::MAX_REPLICAS),
-            ));
-        }
         let record = {
             let _guard = self.writes.lock().expect("writes lock");
             let mut record = self.owned_app(name, &signer)?;
-            record.replicas = scale.replicas;
+            match (scale.replicas, &scale.autoscale) {
+                (Some(replicas), None) => {
+                    if !(1..=api::MAX_REPLICAS).contains(&replicas) {
+                        return Err(Refusal(
+                            400,
+                            format!("replicas must be between 1 and {}", api::MAX_REPLICAS),
+                        ));
+                    }
+                    record.replicas = replicas;
+                    self.store.delete(Table::Scaling, name)?;
+                    self.loads.lock().expect("loads lock").remove(name);
+                }
+                (None, Some(settings)) => {
+                    settings.validate().map_err(|e| Refusal(400, e))?;
+                    // Start inside the bounds (at least one replica until idle says otherwise).
+                    record.replicas = record.replicas.clamp(settings.min.max(1), settings.max);
+                    self.store.put(Table::Scaling, name, &encode(settings))?;
+                }
+                _ => {
+                    return Err(Refusal(
+                        400,
+                        "give either replicas or autoscale bounds".into(),
+                    ));
+                }
+            }
             self.store.put(Table::Apps, name, &encode(&record))?;
             self.store.flush()?;
             record
         };
         self.changed.notify_one();
         Ok(json(200, &self.app_info(&record)?))
+    }
+
+    /// `POST /v1/apps/{name}/wake`: a router holds a request for an app parked at zero
+    /// replicas. Anyone may ask; it only ever brings an autoscaled app back to its minimum.
+    fn wake(self: &Arc<Self>, name: &str) -> Answer {
+        let mut record = self.app(name)?;
+        if record.replicas == 0 {
+            let _guard = self.writes.lock().expect("writes lock");
+            let settings: Option<api::Autoscale> = match self.store.get(Table::Scaling, name)? {
+                Some(bytes) => Some(decode(Table::Scaling, name, &bytes)?),
+                None => None,
+            };
+            record.replicas = settings.map_or(1, |s| s.min.max(1));
+            self.store.put(Table::Apps, name, &encode(&record))?;
+            self.store.flush()?;
+            if let Some(load) = self.loads.lock().expect("loads lock").get_mut(name) {
+                load.active = Instant::now();
+            }
+            self.events.record(
+                name,
+                format!("woken by a request: {} replica(s)", record.replicas),
+            );
+            self.changed.notify_one();
+        }
+        Ok(json(
+            200,
+            &serde_json::json!({ "replicas": record.replicas }),
+        ))
+    }
+
+    /// Run the autoscaler over every autoscaled app; true if a replica count changed.
+    fn autoscale(&self, live: &HashMap<String, (bool, Heartbeat)>) -> Result<bool, StoreError> {
+        let settings: Vec<(String, api::Autoscale)> = self
+            .store
+            .list(Table::Scaling)?
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), decode(Table::Scaling, k, v)?)))
+            .collect::<Result<_, StoreError>>()?;
+        let mut changed = false;
+        for (name, settings) in settings {
+            let Some(bytes) = self.store.get(Table::Apps, &name)? else {
+                continue;
+            };
+            let mut record: AppRecord = decode(Table::Apps, &name, &bytes)?;
+            let counts: HashMap<String, u64> = live
+                .iter()
+                .filter(|(_, (alive, _))| *alive)
+                .filter_map(|(id, (_, hb))| {
+                    hb.running
+                        .iter()
+                        .find(|r| r.app == name)
+                        .map(|r| (id.clone(), r.requests))
+                })
+                .collect();
+            let decision = {
+                let mut loads = self.loads.lock().expect("loads lock");
+                let load = loads
+                    .entry(name.clone())
+                    .or_insert_with(|| autoscale::AppLoad::new(counts.clone()));
+                autoscale::check(load, &settings, record.replicas, counts)
+            };
+            if let Some(decision) = decision {
+                let _guard = self.writes.lock().expect("writes lock");
+                if decision.replicas == 0 {
+                    // Remember where the state is, to wake there.
+                    if let Some(placement) = self.placements()?.get(&name) {
+                        self.parked
+                            .lock()
+                            .expect("parked lock")
+                            .insert(name.clone(), placement.devices.clone());
+                    }
+                }
+                record.replicas = decision.replicas;
+                self.store.put(Table::Apps, &name, &encode(&record))?;
+                self.events.record(&name, decision.reason);
+                changed = true;
+            }
+        }
+        Ok(changed)
     }
 
     async fn remove<B>(self: &Arc<Self>, name: &str, request: http::Request<B>) -> Answer
@@ -685,6 +793,7 @@ impl Control {
             self.store.delete(Table::Apps, name)?;
             self.store.delete(Table::Placements, name)?;
             self.store.delete(Table::Snapshots, name)?;
+            self.store.delete(Table::Scaling, name)?;
             let still_used = self.store.list(Table::Apps)?.iter().any(|(k, v)| {
                 decode::<AppRecord>(Table::Apps, k, v).is_ok_and(|a| a.sha256 == record.sha256)
             });
@@ -698,6 +807,8 @@ impl Control {
         self.handovers.lock().expect("handovers lock").remove(name);
         self.moves.lock().expect("moves lock").remove(name);
         self.restores.lock().expect("restores lock").remove(name);
+        self.loads.lock().expect("loads lock").remove(name);
+        self.parked.lock().expect("parked lock").remove(name);
         self.bump();
         self.changed.notify_one();
         Ok(json(200, &serde_json::json!({ "removed": name })))
@@ -1015,6 +1126,10 @@ impl Control {
             updated_ms: app.updated_ms,
             betanet: names::names(&self.app_identity(app)?),
             events: self.events.of(&app.name),
+            autoscale: match self.store.get(Table::Scaling, &app.name)? {
+                Some(bytes) => Some(decode(Table::Scaling, &app.name, &bytes)?),
+                None => None,
+            },
             moving: self
                 .handovers
                 .lock()
@@ -1115,7 +1230,7 @@ impl Control {
     /// Compute placements for every app from the registered devices and write them (after the
     /// start-up grace period of `missed_heartbeats` intervals).
     pub fn reconcile(&self) -> Result<(), StoreError> {
-        let apps = self.apps()?;
+        let mut apps = self.apps()?;
         let devices = self.devices()?;
         let placements = self.placements()?;
         let in_grace =
@@ -1130,6 +1245,9 @@ impl Control {
             .iter()
             .map(|(id, l)| (id.clone(), (self.is_alive(l), l.heartbeat.clone())))
             .collect();
+        if self.autoscale(&live)? {
+            apps = self.apps()?;
+        }
         let fleet: Vec<Device> = devices
             .iter()
             .map(|d| {
@@ -1172,6 +1290,7 @@ impl Control {
             .collect();
         let demands: Vec<AppDemand> = apps
             .iter()
+            .filter(|a| a.replicas > 0)
             .map(|a| {
                 let tier = a.tier;
                 let mut demand = AppDemand::new(
@@ -1185,9 +1304,17 @@ impl Control {
                 demand
             })
             .collect();
+        let parked = self.parked.lock().expect("parked lock").clone();
         let current: placement::Assignment = placements
             .iter()
-            .map(|(app, p)| (app.clone(), p.devices.clone()))
+            .map(|(app, p)| {
+                // A woken app starts where its state is.
+                let devices = match parked.get(app) {
+                    Some(devices) if p.devices.is_empty() => devices.clone(),
+                    _ => p.devices.clone(),
+                };
+                (app.clone(), devices)
+            })
             .collect();
         let outcome = placement::plan(&fleet, &demands, &current, &self.config.placement);
         let problems: HashMap<&str, &str> = outcome
@@ -1213,16 +1340,37 @@ impl Control {
             if self.store.get(Table::Apps, &app.name)?.is_none() {
                 continue;
             }
-            let old = placements
+            let mut old = placements
                 .get(&app.name)
                 .map(|p| p.devices.clone())
                 .unwrap_or_default();
+            if old.is_empty()
+                && let Some(devices) = parked.get(&app.name)
+            {
+                old = devices.clone();
+            }
+            if app.replicas == 0 {
+                // Parked: no replica, no problem to report.
+                let record = PlacementRecord {
+                    devices: Vec::new(),
+                    problem: None,
+                };
+                if placements.get(&app.name) != Some(&record) {
+                    self.store
+                        .put(Table::Placements, &app.name, &encode(&record))?;
+                    changed = true;
+                }
+                continue;
+            }
             let planned = outcome
                 .assignment
                 .get(&app.name)
                 .cloned()
                 .unwrap_or_default();
             let devices = self.lead(app, &old, planned, &reports, &alive);
+            if !devices.is_empty() {
+                self.parked.lock().expect("parked lock").remove(&app.name);
+            }
             let record = PlacementRecord {
                 devices,
                 problem: problems.get(app.name.as_str()).map(|p| p.to_string()),
@@ -1235,7 +1383,10 @@ impl Control {
             }
         }
         self.store.flush()?;
-        if changed {
+        let phase_changed = self
+            .phase_changed
+            .swap(false, std::sync::atomic::Ordering::AcqRel);
+        if changed || phase_changed {
             self.bump();
         }
         Ok(())
@@ -1255,8 +1406,16 @@ impl Control {
         let mut handovers = self.handovers.lock().expect("handovers lock");
         // A handover in progress decides the placement until it ends.
         if let Some(handover) = handovers.get_mut(&app.name) {
+            let phase = handover.phase;
             match handover.step(report(&handover.from), report(&handover.to)) {
-                replicas::Step::Continue(devices) => return devices,
+                replicas::Step::Continue(devices) => {
+                    if handover.phase != phase {
+                        // The primary must learn of its fence now, not at its next heartbeat.
+                        self.phase_changed
+                            .store(true, std::sync::atomic::Ordering::Release);
+                    }
+                    return devices;
+                }
                 replicas::Step::Done(devices, event) => {
                     self.events.record(&app.name, event);
                     handovers.remove(&app.name);

@@ -24,6 +24,8 @@ pub enum Table {
     Secrets,
     /// The latest state snapshot of each app (tier B), by app name.
     Snapshots,
+    /// Autoscaling settings, by app name.
+    Scaling,
 }
 
 impl Table {
@@ -36,6 +38,7 @@ impl Table {
             Table::Ledger => "ledger",
             Table::Secrets => "secrets",
             Table::Snapshots => "snapshots",
+            Table::Scaling => "scaling",
         }
     }
 }
