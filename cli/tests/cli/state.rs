@@ -398,3 +398,67 @@ async fn autoscaling_follows_load_parks_an_idle_app_and_wakes_it() {
         app.events
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier_s_reads_anywhere_and_sends_every_write_to_the_one_primary() {
+    let fog = Fog::start(3);
+    let info = publish_counter(&fog, "S");
+    assert_eq!(info.replicas, 3);
+    wait_for(&fog, Duration::from_secs(15), "three replicas", |app| {
+        app.running.len() == 3
+    })
+    .await;
+    // Let the followers restore and catch up.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Writes and reads mixed, 8 at a time: reads spread over the replicas, writes a follower
+    // refuses go to the primary; every write lands exactly once.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let router = fog.router.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            for i in 0..50 {
+                let (method, path) = if i % 2 == 0 {
+                    ("POST", "/apps/counter/api/increment")
+                } else {
+                    ("GET", "/apps/counter/api/count")
+                };
+                match fog_tests::request(router, method, path, &[], "").await {
+                    Ok(reply) if reply.status == 200 => {}
+                    Ok(reply) => failures.push(format!("{} {}", reply.status, reply.text())),
+                    Err(err) => failures.push(err),
+                }
+            }
+            failures
+        }));
+    }
+    for task in tasks {
+        let failures = task.await.unwrap();
+        assert!(failures.is_empty(), "{failures:?}");
+    }
+    assert_eq!(count(&fog).await, 200);
+    // Every replica served some of the load, and only the primary wrote.
+    let (code, out, err) = fog.fog(&["logs", "counter", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<fog_proto::api::LogLine> = serde_json::from_str(&out).unwrap();
+    let app = fog.app("counter");
+    let primary = &app.assigned[0];
+    let served_by = |device: &str| {
+        lines
+            .iter()
+            .filter(|l| l.device == device && l.status == 200)
+            .count()
+    };
+    for device in &app.assigned {
+        assert!(served_by(device) > 0, "{device} served nothing");
+    }
+    let follower_writes = lines
+        .iter()
+        .filter(|l| l.device != *primary && l.method == "POST" && l.status == 200)
+        .count();
+    assert_eq!(follower_writes, 0, "a follower acknowledged a write");
+    assert!(
+        lines.iter().any(|l| l.error.as_deref() == Some("follower")),
+        "no write was refused by a follower (all went to the primary by chance?)"
+    );
+}
