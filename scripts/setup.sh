@@ -4,8 +4,10 @@
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 
-# System packages Fog's build and tests use.
-APT_PACKAGES=(pkg-config)
+# System packages Fog's build and tests use: pkg-config, libssl-dev and libsqlite3-dev for arti
+# (the onion front), tor (the private Tor network of the onion tests and `fog testnet`), curl
+# (a C tor client's requests in those tests).
+APT_PACKAGES=(pkg-config libssl-dev libsqlite3-dev tor curl)
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found. Install Rust with rustup (https://rustup.rs), then run this again." >&2

@@ -4,6 +4,7 @@ mod client;
 mod commands;
 mod progress;
 mod services;
+mod testnet;
 
 use std::process::ExitCode;
 
@@ -40,8 +41,10 @@ fn main() -> ExitCode {
 /// Logs go to stderr, filtered by `FOG_LOG` (e.g. `FOG_LOG=debug`, `FOG_LOG=fog_host=trace`);
 /// the default shows informational messages from Fog and warnings from everything else.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FOG_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fog=info,fog_host=info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FOG_LOG").unwrap_or_else(|_| {
+        // arti's path selection warns on every pick in a small network; its errors matter.
+        tracing_subscriber::EnvFilter::new("warn,fog=info,fog_host=info,tor_netdir=error")
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -87,6 +87,13 @@ pub struct RouterArgs {
     /// Seed of the relay paths (hex; default: random per start).
     #[arg(long, value_name = "HEX")]
     pub mix_seed: Option<String>,
+    /// Serve every app as an onion service on the public Tor network (arti).
+    #[arg(long)]
+    pub onion: bool,
+    /// Serve onion services on the Tor network this arti configuration describes (e.g. the
+    /// `arti.toml` of `fog testnet`); implies --onion.
+    #[arg(long, value_name = "FILE")]
+    pub tor_network: Option<std::path::PathBuf>,
 }
 
 /// Where a started router listens.
@@ -103,18 +110,21 @@ pub fn router_identity(data: &Path) -> anyhow::Result<fog_proto::auth::Identity>
     agent::device_identity(data).with_context(|| format!("router key in {}", data.display()))
 }
 
-/// Start a router on `listen` for the control plane at `control_url`.
+/// Start a router on `listen` for the control plane at `control_url`, its files (arti's) in
+/// `data`.
 pub async fn start_router(
     listen: SocketAddr,
     control_url: &str,
     args: &RouterArgs,
     identity: fog_proto::auth::Identity,
+    data: &Path,
     stop: Stop,
 ) -> anyhow::Result<(RouterAddrs, Vec<JoinHandle<()>>)> {
     let mix_seed = match &args.mix_seed {
         Some(seed) => hex::decode(seed).context("--mix-seed must be hex")?,
         None => Vec::new(),
     };
+    let identity_secret = identity.secret_bytes();
     let gateway = Gateway::new(GatewayConfig {
         htx_data_plane: !args.plain,
         mix: args.mix,
@@ -151,6 +161,20 @@ pub async fn start_router(
         )));
         Some(front_addr)
     };
+    if args.onion || args.tor_network.is_some() {
+        let config = fog_router::onion::OnionConfig {
+            network: args.tor_network.clone(),
+            cache_dir: data.join("arti-cache"),
+            state_dir: data.join("arti-state"),
+        };
+        let onion_identity = fog_proto::auth::Identity::from_secret(&identity_secret);
+        tasks.push(tokio::spawn(fog_router::onion::run(
+            gateway.clone(),
+            onion_identity,
+            config,
+            stop.clone().wait(),
+        )));
+    }
     tasks.push(tokio::spawn(
         gateway.clone().run_relay_refresher(stop.clone().wait()),
     ));

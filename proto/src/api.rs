@@ -154,6 +154,21 @@ pub struct AppInfo {
     /// Autoscaling bounds, if the app autoscales.
     #[serde(default)]
     pub autoscale: Option<Autoscale>,
+    /// The app's onion-service address (`<56 characters>.onion`).
+    #[serde(default)]
+    pub onion: Option<String>,
+}
+
+/// An app's onion-service key, for a trusted router to run the service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnionKey {
+    /// App name.
+    pub app: String,
+    /// Its `.onion` address.
+    pub address: String,
+    /// The ed25519 secret key (32-byte seed, hex).
+    pub secret: String,
 }
 
 /// Move an app's primary to another device (`fog move`).

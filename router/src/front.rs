@@ -222,7 +222,7 @@ pub async fn run_registration(
             .post_signed("/v1/fronts", body.clone(), &identity)
             .await
         {
-            Ok(()) => {
+            Ok(_) => {
                 if last_error.take().is_some() {
                     tracing::info!("Betanet front registered");
                 }

@@ -226,13 +226,23 @@ impl Gateway {
         }
     }
 
-    /// POST `body` to the control plane, signed with `identity`.
+    /// POST `{}` to the control plane, signed with `identity`; decode the JSON answer.
+    pub(crate) async fn post_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        identity: &fog_proto::auth::Identity,
+    ) -> Result<T, String> {
+        let body = self.post_signed(path, b"{}".to_vec(), identity).await?;
+        serde_json::from_slice(&body).map_err(|e| format!("malformed answer from {path}: {e}"))
+    }
+
+    /// POST `body` to the control plane, signed with `identity`; the answer's body.
     pub(crate) async fn post_signed(
         &self,
         path: &str,
         body: Vec<u8>,
         identity: &fog_proto::auth::Identity,
-    ) -> Result<(), String> {
+    ) -> Result<Bytes, String> {
         use fog_proto::auth::{self, AUTH_HEADER, META_HEADER};
         let now_s = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -250,15 +260,18 @@ impl Gateway {
             .map_err(|_| "timed out".to_string())?
             .map_err(|e| e.to_string())?;
         let status = response.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let body = Limited::new(response.into_body(), 64 << 10)
+        let body = Limited::new(response.into_body(), 16 << 20)
             .collect()
             .await
-            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-            .unwrap_or_default();
-        Err(format!("status {status}: {}", body.trim()))
+            .map(|b| b.to_bytes())
+            .map_err(|e| e.to_string())?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        Err(format!(
+            "status {status}: {}",
+            String::from_utf8_lossy(&body).trim()
+        ))
     }
 
     /// GET a JSON document from the control plane.

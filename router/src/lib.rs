@@ -14,6 +14,7 @@
 
 pub mod front;
 mod gateway;
+pub mod onion;
 pub mod visitor;
 
 pub use gateway::{Gateway, GatewayConfig, serve};

@@ -14,6 +14,7 @@ mod rm;
 mod router;
 pub mod run;
 mod scale;
+mod testnet;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -49,6 +50,7 @@ enum Command {
     Router(router::RouterCmd),
     Relay(relay::RelayCmd),
     Fetch(fetch::Fetch),
+    Testnet(testnet::Testnet),
 }
 
 impl Cli {
@@ -70,6 +72,7 @@ impl Cli {
             Command::Router(cmd) => cmd.execute(),
             Command::Relay(cmd) => cmd.execute(),
             Command::Fetch(cmd) => cmd.execute(),
+            Command::Testnet(cmd) => cmd.execute(),
         }
     }
 }

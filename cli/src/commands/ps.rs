@@ -40,8 +40,11 @@ impl Ps {
                     app.problem.as_deref().unwrap_or_default()
                 );
             }
-            // Moves in progress and the latest events (handovers, promotions, scaling).
+            // Onion addresses, moves in progress and the latest events.
             for app in &apps {
+                if let Some(onion) = &app.onion {
+                    println!("{}: http://{onion}/", app.name);
+                }
                 if let Some(moving) = &app.moving {
                     println!("{}: moving {moving}", app.name);
                 }

@@ -133,4 +133,7 @@ pub fn print_app(info: &AppInfo, router: &str) {
     for name in &info.betanet {
         println!("  {name}");
     }
+    if let Some(onion) = &info.onion {
+        println!("  http://{onion}/");
+    }
 }

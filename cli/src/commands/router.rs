@@ -32,8 +32,15 @@ impl RouterCmd {
         crate::client::runtime()?.block_on(async {
             let (stop_tx, stop) = Stop::new();
             let (addrs, tasks) =
-                services::start_router(self.listen, &self.control, &self.router, identity, stop)
-                    .await?;
+                services::start_router(
+                    self.listen,
+                    &self.control,
+                    &self.router,
+                    identity,
+                    &data,
+                    stop,
+                )
+                .await?;
             println!("fog: router on http://{}", addrs.http);
             if let Some(front) = addrs.betanet {
                 println!("fog: Betanet front on {front} (router key {key}; the control plane must trust it: fog control --trust-router {key})");

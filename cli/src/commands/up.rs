@@ -35,6 +35,10 @@ pub struct Up {
     /// Mix relays to run (paths through them need --mix balanced or strict).
     #[arg(long, default_value_t = 0)]
     relays: u32,
+    /// Also start a private Tor network on this machine (Debian's tor) and serve every app as
+    /// an onion service on it.
+    #[arg(long)]
+    tor_testnet: bool,
     /// Directory holding hello.wasm, counter.wasm and api.wasm for --demo.
     #[arg(long, value_name = "DIR", env = "FOG_EXAMPLES")]
     examples: Option<PathBuf>,
@@ -58,7 +62,28 @@ impl Up {
                 println!("fog: relay {n} on {addr}");
                 tasks.extend(more);
             }
-            let (router_addrs, more) = services::start_router(self.router_listen, &control_url, &self.router, router_identity, stop.clone()).await?;
+            let mut router_args = self.router.clone();
+            let testnet = if self.tor_testnet {
+                let dir = data.join("testnet");
+                let _ = std::fs::remove_dir_all(&dir);
+                // Started from this (the main) thread: tor processes end with the thread that
+                // started them.
+                let layout = crate::testnet::create(&dir, 6)?;
+                let net = layout.start("")?;
+                println!("fog: private Tor network starting in {} (about a minute)", dir.display());
+                let testnet = tokio::task::spawn_blocking(move || -> anyhow::Result<crate::testnet::Testnet> {
+                    let mut net = net;
+                    net.wait_ready(std::time::Duration::from_secs(240), &|step| tracing::info!("tor testnet: {step}"))?;
+                    Ok(net)
+                })
+                .await??;
+                println!("fog: private Tor network ready: socks5 {} (curl --socks5-hostname {} http://<app>.onion/)", testnet.layout.socks, testnet.layout.socks);
+                router_args.tor_network = Some(testnet.layout.arti_config.clone());
+                Some(testnet)
+            } else {
+                None
+            };
+            let (router_addrs, more) = services::start_router(self.router_listen, &control_url, &router_args, router_identity, &data.join("router"), stop.clone()).await?;
             let router = router_addrs.http;
             tasks.extend(more);
             let host_args = HostArgs {
@@ -89,6 +114,7 @@ impl Up {
             }
             println!("fog: up (Ctrl-C to stop)");
             services::run_until_signal(stop_tx, tasks).await;
+            drop(testnet);
             Ok(())
         })
     }

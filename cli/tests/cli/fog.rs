@@ -44,7 +44,7 @@ impl Running {
 pub fn spawn(args: &[&str]) -> Running {
     let mut child = Command::new(FOG)
         .args(args)
-        .env("FOG_LOG", "warn")
+        .env("FOG_LOG", "warn,tor_netdir=error")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

@@ -3,6 +3,7 @@
 mod betanet;
 mod fog;
 mod harvest;
+mod onion;
 pub mod publish;
 mod run;
 mod state;

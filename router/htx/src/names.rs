@@ -33,7 +33,8 @@ fn checksum(node: &[u8; 20]) -> [u8; 4] {
     hasher.finalize()[..4].try_into().expect("4 bytes")
 }
 
-fn base32(bytes: &[u8]) -> String {
+/// RFC 4648 base32, lower case, no padding (also what `.onion` addresses use).
+pub fn base32(bytes: &[u8]) -> String {
     let mut out = String::new();
     let (mut buffer, mut bits) = (0u32, 0u32);
     for &b in bytes {

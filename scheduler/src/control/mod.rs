@@ -346,11 +346,35 @@ impl Control {
                 Ok(json(200, &self.registrations.relays()))
             }
             ("GET", ["relays"]) => Ok(json(200, &self.registrations.relays())),
+            ("POST", ["onion-keys"]) => {
+                let (signer, _, _) = Self::signed(request, api::MAX_JSON_BYTES).await?;
+                if !self.config.trusted_routers.contains(&signer) {
+                    return Err(Refusal(
+                        403,
+                        format!("router key {signer} is not trusted with onion keys"),
+                    ));
+                }
+                let master = self.master()?;
+                let keys: Vec<api::OnionKey> = self
+                    .apps()?
+                    .iter()
+                    .map(|app| {
+                        let identity = names::onion_identity(&master, &app.owner, &app.name);
+                        api::OnionKey {
+                            app: app.name.clone(),
+                            address: names::onion_address(&identity.public_bytes()),
+                            secret: hex::encode(identity.secret_bytes()),
+                        }
+                    })
+                    .collect();
+                Ok(json(200, &keys))
+            }
             ("GET", ["names", name]) => self.resolve(name),
             (
                 _,
                 [
-                    "apps" | "devices" | "blobs" | "routes" | "fronts" | "relays" | "names",
+                    "apps" | "devices" | "blobs" | "routes" | "fronts" | "relays" | "names"
+                    | "onion-keys",
                     ..,
                 ],
             ) => Err(Refusal(405, format!("{method} is not allowed on {path}"))),
@@ -1126,6 +1150,9 @@ impl Control {
             updated_ms: app.updated_ms,
             betanet: names::names(&self.app_identity(app)?),
             events: self.events.of(&app.name),
+            onion: Some(names::onion_address(
+                &names::onion_identity(&self.master()?, &app.owner, &app.name).public_bytes(),
+            )),
             autoscale: match self.store.get(Table::Scaling, &app.name)? {
                 Some(bytes) => Some(decode(Table::Scaling, &app.name, &bytes)?),
                 None => None,

@@ -81,6 +81,35 @@ pub fn names(identity: &Identity) -> Vec<String> {
     ]
 }
 
+/// The app's onion-service identity: an ed25519 key from the same master secret, under another
+/// label, so the app's `.onion` address is stable too.
+pub fn onion_identity(master: &[u8; 32], owner: &str, name: &str) -> Identity {
+    let mut info = owner.as_bytes().to_vec();
+    info.push(0);
+    info.extend_from_slice(name.as_bytes());
+    let mut secret = [0u8; 32];
+    Hkdf::<Sha256>::new(Some(b"fog-onion-key-v1"), master)
+        .expand(&info, &mut secret)
+        .expect("32 bytes is a valid HKDF output");
+    Identity::from_secret(&secret)
+}
+
+/// The v3 `.onion` address of an ed25519 public key (rend-spec-v3 §6):
+/// base32(pubkey ‖ checksum ‖ version) with checksum = SHA3-256(".onion checksum" ‖ pubkey ‖
+/// version)[..2] and version 3.
+pub fn onion_address(public: &[u8; 32]) -> String {
+    use sha3::Digest as _;
+    let mut hasher = sha3::Sha3_256::new();
+    hasher.update(b".onion checksum");
+    hasher.update(public);
+    hasher.update([3u8]);
+    let checksum = hasher.finalize();
+    let mut bytes = public.to_vec();
+    bytes.extend_from_slice(&checksum[..2]);
+    bytes.push(3);
+    format!("{}.onion", fog_htx::names::base32(&bytes))
+}
+
 /// A signed descriptor for `app` served by `fronts`.
 pub fn descriptor(
     identity: &Identity,
@@ -207,6 +236,27 @@ mod tests {
         assert!(
             forged.verify(1000).is_err(),
             "a changed front breaks the signature"
+        );
+    }
+
+    #[test]
+    fn onion_addresses_follow_the_v3_format() {
+        // (The router's tests check these addresses against arti's own.)
+        let address = onion_address(&[0x42; 32]);
+        assert_eq!(address.len(), 56 + ".onion".len());
+        assert!(
+            address.ends_with("d.onion"),
+            "version 3 ends in 'd': {address}"
+        );
+        let master = [9u8; 32];
+        let a = onion_identity(&master, "owner", "hello");
+        assert_eq!(
+            a.public_hex(),
+            onion_identity(&master, "owner", "hello").public_hex()
+        );
+        assert_ne!(
+            a.public_hex(),
+            app_identity(&master, "owner", "hello").public_hex()
         );
     }
 

@@ -1,0 +1,301 @@
+//! The onion front: one arti onion service per app, each serving HTTP/1.1 on port 80 through the
+//! gateway (the same routing, retries and errors as the plain front).
+//!
+//! Keys: the control plane derives each app's onion key from its master secret, the owner and
+//! the name (so an app keeps its `.onion` address across publishes and router restarts) and
+//! hands the keys only to routers it trusts (`POST /v1/onion-keys`, signed with the router's
+//! key). The router gives each key to arti for that service only, in a keystore that lives in a
+//! fresh directory per run: nothing stale survives a restart, and nothing is lost either, since
+//! the key comes from the control plane again. Developers never hold onion keys; whoever holds
+//! the control plane's master secret, and every trusted router, can serve an app's address.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arti_client::config::onion_service::OnionServiceConfigBuilder;
+use arti_client::config::{CfgPath, TorClientConfigBuilder};
+use arti_client::{TorClient, TorClientConfig};
+use fog_proto::api::OnionKey;
+use fog_proto::auth::Identity;
+use futures::StreamExt;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use safelog::DisplayRedacted;
+use tor_cell::relaycell::msg::{Connected, End};
+use tor_hscrypto::pk::{HsIdKey, HsIdKeypair};
+use tor_hsservice::{HsNickname, RunningOnionService, StreamRequest};
+use tor_proto::stream::IncomingStreamRequest;
+use tor_rtcompat::PreferredRuntime;
+
+use crate::Gateway;
+
+/// Where the onion front's arti keeps its files, and which network it joins.
+#[derive(Debug, Clone)]
+pub struct OnionConfig {
+    /// The network part of an arti configuration (TOML; e.g. `fog testnet`'s `arti.toml`).
+    /// `None`: the public Tor network with arti's defaults.
+    pub network: Option<PathBuf>,
+    /// arti's cache (directory documents), kept between runs.
+    pub cache_dir: PathBuf,
+    /// arti's state and keystore; made fresh each run.
+    pub state_dir: PathBuf,
+}
+
+/// An arti client configuration: the network from `network` (or the public network), storage in
+/// the given directories.
+pub fn client_config(
+    network: Option<&std::path::Path>,
+    cache_dir: &std::path::Path,
+    state_dir: &std::path::Path,
+) -> Result<TorClientConfig, String> {
+    let mut builder: TorClientConfigBuilder = match network {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("reading {}: {e}", path.display()))?;
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => TorClientConfigBuilder::default(),
+    };
+    builder
+        .storage()
+        .cache_dir(CfgPath::new_literal(cache_dir))
+        .state_dir(CfgPath::new_literal(state_dir));
+    builder
+        .build()
+        .map_err(|e| format!("arti configuration: {e}"))
+}
+
+/// Create `dir` readable by its owner only, as arti requires of its state and cache.
+pub fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// The `.onion` address of a 32-byte ed25519 seed, as arti computes it.
+pub fn address_of(secret: &[u8; 32]) -> String {
+    let keypair = keypair(secret);
+    let public = HsIdKey::from(&keypair);
+    format!(
+        "{}",
+        tor_hscrypto::pk::HsId::from(public).display_unredacted()
+    )
+}
+
+fn keypair(secret: &[u8; 32]) -> HsIdKeypair {
+    let signing = tor_llcrypto::pk::ed25519::Keypair::from_bytes(secret);
+    HsIdKeypair::from(tor_llcrypto::pk::ed25519::ExpandedKeypair::from(&signing))
+}
+
+/// One app's running service.
+struct Service {
+    address: String,
+    _service: Arc<RunningOnionService>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Run the onion front until `shutdown` resolves: bootstrap arti, then keep one onion service
+/// per app the control plane has keys for, withdrawing the services of removed apps.
+pub async fn run(
+    gateway: Arc<Gateway>,
+    identity: Identity,
+    config: OnionConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let _ = std::fs::remove_dir_all(&config.state_dir);
+    for dir in [&config.cache_dir, &config.state_dir] {
+        if let Err(err) = private_dir(dir) {
+            tracing::error!("onion front: cannot create {}: {err}", dir.display());
+            return;
+        }
+    }
+    let tor_config = match client_config(
+        config.network.as_deref(),
+        &config.cache_dir,
+        &config.state_dir,
+    ) {
+        Ok(tor_config) => tor_config,
+        Err(err) => {
+            tracing::error!("onion front disabled: {err}");
+            return;
+        }
+    };
+    let client = loop {
+        let bootstrap = TorClient::create_bootstrapped(tor_config.clone());
+        tokio::select! {
+            () = &mut shutdown => return,
+            client = bootstrap => match client {
+                Ok(client) => break client,
+                Err(err) => {
+                    tracing::warn!("onion front: cannot bootstrap Tor yet: {err}");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            },
+        }
+    };
+    tracing::info!("onion front: connected to the Tor network");
+    let mut services: HashMap<String, Service> = HashMap::new();
+    let mut warned = false;
+    loop {
+        match gateway
+            .post_json::<Vec<OnionKey>>("/v1/onion-keys", &identity)
+            .await
+        {
+            Ok(keys) => {
+                warned = false;
+                reconcile(&client, &gateway, &mut services, keys);
+            }
+            Err(err) if !warned => {
+                tracing::warn!("onion front: cannot fetch onion keys: {err}");
+                warned = true;
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+fn reconcile(
+    client: &Arc<TorClient<PreferredRuntime>>,
+    gateway: &Arc<Gateway>,
+    services: &mut HashMap<String, Service>,
+    keys: Vec<OnionKey>,
+) {
+    let wanted: HashMap<&str, &OnionKey> = keys.iter().map(|k| (k.app.as_str(), k)).collect();
+    services.retain(|app, service| {
+        let keep = wanted
+            .get(app.as_str())
+            .is_some_and(|k| k.address == service.address);
+        if !keep {
+            tracing::info!(app, address = service.address, "onion service withdrawn");
+        }
+        keep
+    });
+    for (app, key) in wanted {
+        if services.contains_key(app) {
+            continue;
+        }
+        match launch(client, gateway, key) {
+            Ok(service) => {
+                tracing::info!(app, address = service.address, "onion service started");
+                services.insert(app.to_string(), service);
+            }
+            Err(err) => tracing::warn!(app, "cannot start the onion service: {err}"),
+        }
+    }
+}
+
+fn launch(
+    client: &Arc<TorClient<PreferredRuntime>>,
+    gateway: &Arc<Gateway>,
+    key: &OnionKey,
+) -> Result<Service, String> {
+    let secret: [u8; 32] = hex::decode(&key.secret)
+        .ok()
+        .and_then(|s| s.try_into().ok())
+        .ok_or("the onion key is not 32 bytes of hex")?;
+    let address = address_of(&secret);
+    if address != key.address {
+        return Err(format!(
+            "the control plane says {} but the key is {address}",
+            key.address
+        ));
+    }
+    let nickname: HsNickname = format!("fog-{}", key.app)
+        .parse()
+        .map_err(|e| format!("nickname: {e}"))?;
+    let service_config = OnionServiceConfigBuilder::default()
+        .nickname(nickname)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let (service, requests) = client
+        .launch_onion_service_with_hsid(service_config, keypair(&secret))
+        .map_err(|e| e.to_string())?
+        .ok_or("the onion service is disabled in the configuration")?;
+    let (gateway, app) = (gateway.clone(), key.app.clone());
+    let status = service.status_events();
+    let watched = (app.clone(), address.clone());
+    let task = tokio::spawn(async move {
+        let watcher = async move {
+            let (app, address) = watched;
+            let mut status = status;
+            let mut reachable = false;
+            while let Some(event) = status.next().await {
+                if event.state().is_fully_reachable() && !reachable {
+                    reachable = true;
+                    tracing::info!(app, address, "onion service reachable");
+                }
+            }
+        };
+        let serve = async move {
+            let mut streams = std::pin::pin!(tor_hsservice::handle_rend_requests(requests));
+            while let Some(request) = streams.next().await {
+                tokio::spawn(serve_stream(gateway.clone(), app.clone(), request));
+            }
+        };
+        tokio::join!(watcher, serve);
+    });
+    Ok(Service {
+        address,
+        _service: service,
+        task,
+    })
+}
+
+/// Port 80 gets HTTP/1.1 through the gateway; anything else is refused as every onion service
+/// refuses it (END, reason DONE).
+async fn serve_stream(gateway: Arc<Gateway>, app: String, request: StreamRequest) {
+    let port = match request.request() {
+        IncomingStreamRequest::Begin(begin) => begin.port(),
+        _ => 0,
+    };
+    if port != 80 {
+        let _ = request
+            .reject(End::new_with_reason(
+                tor_cell::relaycell::msg::EndReason::DONE,
+            ))
+            .await;
+        return;
+    }
+    let stream = match request.accept(Connected::new_empty()).await {
+        Ok(stream) => stream,
+        Err(err) => {
+            tracing::debug!(app, "onion stream not accepted: {err}");
+            return;
+        }
+    };
+    let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+        let gateway = gateway.clone();
+        // The service is the app's, whatever Host the visitor sends.
+        if let Ok(host) = http::HeaderValue::from_str(&format!("{app}.localhost")) {
+            request.headers_mut().insert(http::header::HOST, host);
+        }
+        async move { Ok::<_, std::convert::Infallible>(gateway.handle(request).await) }
+    });
+    let _ = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn addresses_are_v3_onion_names() {
+        let address = super::address_of(&[7u8; 32]);
+        assert_eq!(address.len(), 62, "{address}");
+        assert!(address.ends_with("d.onion"), "{address}");
+    }
+}
