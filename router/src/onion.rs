@@ -293,9 +293,15 @@ async fn serve_stream(gateway: Arc<Gateway>, app: String, request: StreamRequest
 #[cfg(test)]
 mod tests {
     #[test]
-    fn addresses_are_v3_onion_names() {
-        let address = super::address_of(&[7u8; 32]);
-        assert_eq!(address.len(), 62, "{address}");
-        assert!(address.ends_with("d.onion"), "{address}");
+    fn the_control_planes_onion_addresses_are_artis() {
+        for seed in [[7u8; 32], [0u8; 32], [0xff; 32]] {
+            let address = super::address_of(&seed);
+            assert_eq!(address.len(), 62, "{address}");
+            let public = fog_proto::auth::Identity::from_secret(&seed).public_bytes();
+            assert_eq!(
+                fog_scheduler::control::names::onion_address(&public),
+                address
+            );
+        }
     }
 }
