@@ -46,24 +46,29 @@ wait_up() { for _ in $(seq 1 300); do [ "$(fetch "$1" | cut -d' ' -f1)" = 200 ] 
 wait_up "$fog_onion"
 wait_up "${c_onion}apps/hello/"
 
-ttfb() { # url -> p50 p90 in ms over ROUNDS sequential requests (new curl each time, same circuit pool)
-  for _ in $(seq 1 "$ROUNDS"); do fetch "$1" | awk '$1==200 {print $2*1000}'; done | sort -n |
-    awk '{v[NR]=$1} END {printf "%.0f %.0f", v[int(NR*0.5)+1], v[int(NR*0.9)]}'
+ttfb() { # url -> p50 p90 (ms) ok failed, over ROUNDS sequential requests
+  local out="$work/ttfb.$RANDOM"
+  for _ in $(seq 1 "$ROUNDS"); do fetch "$1"; done >"$out"
+  local failed; failed=$(awk '$1!=200' "$out" | wc -l)
+  awk '$1==200 {print $2*1000}' "$out" | sort -n |
+    awk -v f="$failed" '{v[NR]=$1}
+      END {if (NR == 0) {printf "- - 0 %d", f} else {i = int(NR*0.9); if (i < 1) i = 1;
+           printf "%.0f %.0f %d %d", v[int(NR*0.5)+1], v[i], NR, f}}'
 }
 rps() { # url -> requests/s with PARALLEL concurrent curl loops for SECONDS_LOAD
   local end=$((SECONDS + SECONDS_LOAD)) count="$work/count.$RANDOM"
   for _ in $(seq 1 "$PARALLEL"); do
-    ( while [ $SECONDS -lt $end ]; do fetch "$1" | awk '$1==200 {print 1}'; done >>"$count" ) &
+    ( while [ $SECONDS -lt $end ]; do fetch "$1" | cut -d' ' -f1; done >>"$count" ) &
   done
   wait
-  awk -v n="$(wc -l <"$count")" -v s="$SECONDS_LOAD" 'BEGIN {printf "%.1f", n / s}'
+  awk -v s="$SECONDS_LOAD" '$1==200 {n++} $1!=200 {f++} END {printf "%.1f %d", n / s, f}' "$count"
 }
-echo "| service | TTFB p50 ms | TTFB p90 ms | requests/s ($PARALLEL clients) |"
-echo "|---|---|---|---|"
-for round in 1 2; do
-  read -r p50 p90 <<<"$(ttfb "$fog_onion")"; r=$(rps "$fog_onion")
-  echo "| Fog (arti onion service in the router), round $round | $p50 | $p90 | $r |"
-  read -r p50 p90 <<<"$(ttfb "${c_onion}apps/hello/")"; r=$(rps "${c_onion}apps/hello/")
-  echo "| C tor onion service -> the same router, round $round | $p50 | $p90 | $r |"
+echo "| service | round | TTFB p50 ms | TTFB p90 ms | ok / failed | requests/s ($PARALLEL clients) | failed |"
+echo "|---|---|---|---|---|---|---|"
+for round in $(seq 1 "${BENCH_ROUNDS:-3}"); do
+  read -r p50 p90 ok failed <<<"$(ttfb "$fog_onion")"; read -r r rf <<<"$(rps "$fog_onion")"
+  echo "| Fog (arti onion service in the router) | $round | $p50 | $p90 | $ok / $failed | $r | $rf |"
+  read -r p50 p90 ok failed <<<"$(ttfb "${c_onion}apps/hello/")"; read -r r rf <<<"$(rps "${c_onion}apps/hello/")"
+  echo "| C tor onion service -> the same router | $round | $p50 | $p90 | $ok / $failed | $r | $rf |"
 done
 echo "machine: $(nproc) cores, $(uname -sr); tor $(tor --version | head -1 | awk '{print $3}'); $(date -u +%Y-%m-%d)"
