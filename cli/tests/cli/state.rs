@@ -437,10 +437,18 @@ async fn tier_s_reads_anywhere_and_sends_every_write_to_the_one_primary() {
         assert!(failures.is_empty(), "{failures:?}");
     }
     assert_eq!(count(&fog).await, 200);
-    // Every replica served some of the load, and only the primary wrote.
-    let (code, out, err) = fog.fog(&["logs", "counter", "--json"]);
-    assert_eq!(code, 0, "{err}");
-    let lines: Vec<fog_proto::api::LogLine> = serde_json::from_str(&out).unwrap();
+    // Every replica served some of the load, and only the primary wrote. (Request lines reach
+    // the control plane with heartbeats: wait for all 400 successes.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines = loop {
+        let (code, out, err) = fog.fog(&["logs", "counter", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let lines: Vec<fog_proto::api::LogLine> = serde_json::from_str(&out).unwrap();
+        if lines.iter().filter(|l| l.status == 200).count() >= 400 || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let app = fog.app("counter");
     let primary = &app.assigned[0];
     let served_by = |device: &str| {
