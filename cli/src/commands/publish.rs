@@ -134,6 +134,8 @@ pub fn print_app(info: &AppInfo, router: &str) {
         println!("  {name}");
     }
     if let Some(onion) = &info.onion {
-        println!("  http://{onion}/");
+        println!(
+            "  http://{onion}/  (served by routers with an onion front: --onion, --tor-network)"
+        );
     }
 }
