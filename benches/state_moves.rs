@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use fog_host::agent::{self, AgentConfig};
 use fog_host::server::{self, AppTable};
@@ -64,13 +64,6 @@ async fn start_host(dir: &std::path::Path, control: &str, stop: &Stop) {
     tokio::spawn(agent::run(runtime, apps, identity, config, stopped(stop)));
 }
 
-fn now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 struct Api {
     client: reqwest::Client,
     control: String,
@@ -80,9 +73,13 @@ struct Api {
 
 impl Api {
     async fn signed(&self, path: &str, body: Vec<u8>, meta: &str) -> reqwest::Response {
-        let auth = self
-            .key
-            .sign("POST", path, now_s(), &auth::sha256_hex(&body), meta);
+        let auth = self.key.sign(
+            "POST",
+            path,
+            fog_proto::auth::now_s(),
+            &auth::sha256_hex(&body),
+            meta,
+        );
         self.client
             .post(format!("{}{path}", self.control))
             .header(AUTH_HEADER, auth)
@@ -285,7 +282,7 @@ fn main() {
                     api.key.sign(
                         "DELETE",
                         &format!("/v1/apps/{name}"),
-                        now_s(),
+                        fog_proto::auth::now_s(),
                         &auth::sha256_hex(b""),
                         "",
                     ),

@@ -56,13 +56,15 @@ pub async fn publish_and_wait(
     bytes: &[u8],
 ) -> std::time::Duration {
     use fog_proto::auth::{self, AUTH_HEADER, META_HEADER};
-    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+    use std::time::{Duration, Instant};
     let meta = format!(r#"{{"name":"{name}","tier":"{tier}"}}"#);
-    let ts = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let signature = key.sign("POST", "/v1/apps", ts, &auth::sha256_hex(bytes), &meta);
+    let signature = key.sign(
+        "POST",
+        "/v1/apps",
+        auth::now_s(),
+        &auth::sha256_hex(bytes),
+        &meta,
+    );
     let started = Instant::now();
     let response = client
         .post(format!("{control}/v1/apps"))

@@ -1,7 +1,7 @@
 //! Talking to the control plane from the CLI: the developer's key, signed requests, errors.
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use fog_proto::api::ErrorBody;
@@ -107,8 +107,13 @@ impl Api {
         meta: &str,
     ) -> anyhow::Result<T> {
         let identity = self.identity()?;
-        let ts = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-        let header = identity.sign(method.as_str(), path, ts, &auth::sha256_hex(&body), meta);
+        let header = identity.sign(
+            method.as_str(),
+            path,
+            auth::now_s(),
+            &auth::sha256_hex(&body),
+            meta,
+        );
         let url = format!("{}{path}", self.base);
         let response = self
             .http

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use fog_proto::api::{
     self, Assignment, DeviceRegistered, DeviceRegistration, Heartbeat, HeartbeatReply, ReplicaRole,
@@ -95,12 +95,6 @@ pub fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> 
     file.write_all(text.as_bytes())
 }
 
-fn now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// A signed JSON call to the control plane.
 async fn call<T: serde::de::DeserializeOwned>(
     client: &reqwest::Client,
@@ -127,7 +121,7 @@ async fn call_raw(
     body: Vec<u8>,
     content_type: &str,
 ) -> Result<bytes::Bytes, AgentError> {
-    let auth = identity.sign("POST", path, now_s(), &auth::sha256_hex(&body), "");
+    let auth = identity.sign("POST", path, auth::now_s(), &auth::sha256_hex(&body), "");
     let url = format!("{control}{path}");
     let response = client
         .post(&url)

@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use fog_htx::conn::{self, Config};
+use fog_htx::conn;
+use fog_htx::dial::{DATA_PLANE_PROLOGUE, data_plane_config};
 use fog_htx::handshake::StaticKey;
 use hkdf::Hkdf;
 use http_body_util::BodyExt;
@@ -31,29 +32,12 @@ pub async fn serve(
     key: StaticKey,
     shutdown: impl Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        let socket = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((socket, _)) => socket,
-                Err(err) => {
-                    tracing::warn!("HTX accept failed: {err}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
-        };
-        let _ = socket.set_nodelay(true);
+    fog_net::accept_each(&listener, shutdown, |socket, _| {
         let (apps, key) = (apps.clone(), key.clone());
         tokio::spawn(async move {
-            let config = Config {
-                stream_window: 1 << 20,
-                connection_window: 16 << 20,
-                ..Config::default()
-            };
+            // The same prologue and windows as the routers' and peers' side (`fog_htx::dial`).
             let (connection, peer) =
-                match conn::accept(socket, &key, b"fog-data-plane-v1", config).await {
+                match conn::accept(socket, &key, DATA_PLANE_PROLOGUE, data_plane_config()).await {
                     Ok(accepted) => accepted,
                     Err(err) => {
                         tracing::debug!("HTX handshake failed: {err}");
@@ -87,5 +71,6 @@ pub async fn serve(
             }
             tracing::debug!("HTX connection ended: {:?}", connection.error());
         });
-    }
+    })
+    .await;
 }

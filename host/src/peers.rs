@@ -91,12 +91,8 @@ pub async fn serve<B>(
             };
             let wait = Duration::from_millis(query("wait_ms").unwrap_or(0)).min(MAX_WAIT);
             namespace.acknowledge(*peer, after);
-            if namespace
-                .entries_after(after, 1)
-                .is_some_and(|e| e.is_empty())
-            {
-                namespace.wait_past(after, wait).await;
-            }
+            // Returns at once when there is something after `after` already.
+            namespace.wait_past(after, wait).await;
             match namespace.entries_after(after, LOG_BATCH) {
                 Some(entries) => {
                     let body = bincode::serde::encode_to_vec(&entries, bincode::config::standard())

@@ -10,13 +10,39 @@ use hyper::body::{Body, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 /// Bind `addr`, with a clear error naming the address.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .map_err(|err| std::io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}")))
+}
+
+/// Hand every connection accepted on `listener` (with `TCP_NODELAY` set) to `on_connection`
+/// until `shutdown` resolves. A failed accept (out of file descriptors and similar) is logged
+/// and retried after a pause instead of spinning.
+pub async fn accept_each(
+    listener: &TcpListener,
+    shutdown: impl Future<Output = ()>,
+    mut on_connection: impl FnMut(TcpStream, SocketAddr),
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(addr = ?listener.local_addr().ok(), "accept failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let _ = stream.set_nodelay(true);
+        on_connection(stream, peer);
+    }
 }
 
 /// Serve HTTP/1.1 on `listener` with `handler` until `shutdown` resolves; then stop accepting and
@@ -33,21 +59,7 @@ pub async fn serve_http1<H, F, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Out of file descriptors and similar: back off instead of spinning.
-                    tracing::warn!("accept failed: {err}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
+    accept_each(&listener, shutdown, |stream, peer| {
         let handler = handler.clone();
         let connection = http1::Builder::new().serve_connection(
             TokioIo::new(stream),
@@ -62,7 +74,8 @@ pub async fn serve_http1<H, F, B>(
                 tracing::debug!(%peer, "connection ended: {err}");
             }
         });
-    }
+    })
+    .await;
     graceful.shutdown().await;
 }
 

@@ -112,6 +112,14 @@ impl Identity {
     }
 }
 
+/// Unix seconds now: what signatures are stamped and checked with (0 if the clock is before
+/// 1970).
+pub fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Check a hex signature by the hex public key `public_hex` over `message`.
 pub fn verify_bytes(
     public_hex: &str,

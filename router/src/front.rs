@@ -10,7 +10,7 @@
 //! app this router does not route, closes the connection with a CLOSE frame that says why.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use fog_htx::conn::{self, Config};
 use fog_htx::handshake::StaticKey;
@@ -18,9 +18,6 @@ use fog_htx::tickets::TicketVerifier;
 use fog_proto::api::FrontInfo;
 use fog_proto::auth::Identity;
 use hkdf::Hkdf;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use sha2::Sha256;
 use tokio::net::TcpListener;
 
@@ -50,13 +47,6 @@ pub fn visitor_config() -> Config {
         connection_window: 4 << 20,
         ..Config::default()
     }
-}
-
-fn unix_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// A router's Betanet front.
@@ -131,7 +121,7 @@ impl Front {
         self.tickets
             .lock()
             .expect("tickets lock")
-            .check(client, &ticket, unix_s())
+            .check(client, &ticket, fog_proto::auth::now_s())
             .map_err(|e| format!("access ticket refused: {e}"))?;
         self.gateway
             .app_by_betanet_id(&hex::encode(app_id))
@@ -141,20 +131,7 @@ impl Front {
 
 /// Accept visitors' HTX connections on `listener` until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, front: Arc<Front>, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    loop {
-        let socket = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((socket, _)) => socket,
-                Err(err) => {
-                    tracing::warn!("Betanet front accept failed: {err}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
-        };
-        let _ = socket.set_nodelay(true);
+    fog_net::accept_each(&listener, shutdown, |socket, _| {
         let front = front.clone();
         tokio::spawn(async move {
             let handshake = tokio::time::timeout(Duration::from_secs(10), async {
@@ -186,24 +163,11 @@ pub async fn serve(listener: TcpListener, front: Arc<Front>, shutdown: impl Futu
                 }
             };
             while let Some(stream) = connection.accept().await {
-                let (gateway, app) = (front.gateway.clone(), app.clone());
-                tokio::spawn(async move {
-                    let service = service_fn(move |mut request: http::Request<_>| {
-                        let gateway = gateway.clone();
-                        // The connection is bound to its app, whatever the request names.
-                        if let Ok(host) = http::HeaderValue::from_str(&format!("{app}.localhost")) {
-                            request.headers_mut().insert(http::header::HOST, host);
-                        }
-                        async move { Ok::<_, std::convert::Infallible>(gateway.handle(request).await) }
-                    });
-                    let _ = http1::Builder::new()
-                        .half_close(true)
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+                tokio::spawn(front.gateway.clone().serve_app(stream, app.clone()));
             }
         });
-    }
+    })
+    .await;
 }
 
 /// Register the front (`info`) with the control plane every 10 s until `shutdown` resolves, so

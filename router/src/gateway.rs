@@ -244,27 +244,14 @@ impl Gateway {
         identity: &fog_proto::auth::Identity,
     ) -> Result<Bytes, String> {
         use fog_proto::auth::{self, AUTH_HEADER, META_HEADER};
-        let now_s = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let signature = identity.sign("POST", path, now_s, &auth::sha256_hex(&body), "");
+        let signature = identity.sign("POST", path, auth::now_s(), &auth::sha256_hex(&body), "");
         let request = http::Request::post(format!("{}{path}", self.config.control))
             .header(AUTH_HEADER, signature)
             .header(META_HEADER, "")
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| e.to_string())?;
-        let response = tokio::time::timeout(Duration::from_secs(10), self.client.request(request))
-            .await
-            .map_err(|_| "timed out".to_string())?
-            .map_err(|e| e.to_string())?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), 16 << 20)
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .map_err(|e| e.to_string())?;
+        let (status, _, body) = self.call(request, Duration::from_secs(10)).await?;
         if status.is_success() {
             return Ok(body);
         }
@@ -274,26 +261,42 @@ impl Gateway {
         ))
     }
 
-    /// GET a JSON document from the control plane.
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, String> {
-        let uri: http::Uri = format!("{}{path}", self.config.control)
-            .parse()
-            .map_err(|e| format!("{e}"))?;
-        let request = http::Request::get(uri)
+    /// GET `path` from the control plane: its headers and body, if the status is a success.
+    async fn get(&self, path: &str, timeout: Duration) -> Result<(http::HeaderMap, Bytes), String> {
+        let request = http::Request::get(format!("{}{path}", self.config.control))
             .body(Full::new(Bytes::new()))
             .map_err(|e| e.to_string())?;
-        let response = tokio::time::timeout(Duration::from_secs(10), self.client.request(request))
+        let (status, headers, body) = self.call(request, timeout).await?;
+        if !status.is_success() {
+            return Err(format!("status {status}"));
+        }
+        Ok((headers, body))
+    }
+
+    /// GET a JSON document from the control plane.
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, String> {
+        let (_, body) = self.get(path, Duration::from_secs(10)).await?;
+        serde_json::from_slice(&body).map_err(|e| e.to_string())
+    }
+
+    /// Send one request to the control plane within `timeout`; the whole answer (at most
+    /// 16 MiB).
+    async fn call(
+        &self,
+        request: http::Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<(http::StatusCode, http::HeaderMap, Bytes), String> {
+        let response = tokio::time::timeout(timeout, self.client.request(request))
             .await
             .map_err(|_| "timed out".to_string())?
             .map_err(|e| e.to_string())?;
-        if !response.status().is_success() {
-            return Err(format!("status {}", response.status()));
-        }
-        let body = Limited::new(response.into_body(), 16 << 20)
+        let (parts, body) = response.into_parts();
+        let body = Limited::new(body, 16 << 20)
             .collect()
             .await
-            .map_err(|e| e.to_string())?;
-        serde_json::from_slice(&body.to_bytes()).map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((parts.status, parts.headers, body))
     }
 
     /// Keep the routes current until `shutdown` resolves: a long-poll that the control plane
@@ -330,29 +333,14 @@ impl Gateway {
 
     async fn fetch_routes(&self, after: Option<u64>) -> Result<(Vec<Route>, Option<u64>), String> {
         let query = after.map(|v| format!("?after={v}")).unwrap_or_default();
-        let uri: http::Uri = format!("{}/v1/routes{query}", self.config.control)
-            .parse()
-            .map_err(|e| format!("{e}"))?;
-        let request = http::Request::get(uri)
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| e.to_string())?;
-        let response = tokio::time::timeout(Duration::from_secs(30), self.client.request(request))
-            .await
-            .map_err(|_| "timed out".to_string())?
-            .map_err(|e| e.to_string())?;
-        if !response.status().is_success() {
-            return Err(format!("status {}", response.status()));
-        }
-        let version = response
-            .headers()
+        let (headers, body) = self
+            .get(&format!("/v1/routes{query}"), Duration::from_secs(30))
+            .await?;
+        let version = headers
             .get(ROUTES_VERSION_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
-        let body = Limited::new(response.into_body(), 16 << 20)
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?;
-        let routes = serde_json::from_slice(&body.to_bytes()).map_err(|e| e.to_string())?;
+        let routes = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
         Ok((routes, version))
     }
 
@@ -507,14 +495,37 @@ impl Gateway {
         let Ok(request) = http::Request::post(uri).body(Full::new(Bytes::new())) else {
             return;
         };
-        match tokio::time::timeout(Duration::from_secs(5), self.client.request(request)).await {
-            Ok(Ok(response)) if response.status().is_success() => {
+        match self.call(request, Duration::from_secs(5)).await {
+            Ok((status, _, _)) if status.is_success() => {
                 tracing::info!(app, "asked the control plane to wake the app");
             }
-            Ok(Ok(response)) => tracing::warn!(app, "waking refused: {}", response.status()),
-            Ok(Err(err)) => tracing::warn!(app, "cannot wake the app: {err}"),
-            Err(_) => tracing::warn!(app, "waking timed out"),
+            Ok((status, _, _)) => tracing::warn!(app, "waking refused: {status}"),
+            Err(err) => tracing::warn!(app, "cannot wake the app: {err}"),
         }
+    }
+
+    /// Serve HTTP/1.1 on `io`, a connection bound to `app` (a Betanet or onion visitor's): every
+    /// request goes to that app, whatever host it names. The visitor may half-close its side
+    /// once a request is sent.
+    pub async fn serve_app<I>(self: Arc<Self>, io: I, app: String)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let host = match http::HeaderValue::from_str(&format!("{app}.localhost")) {
+            Ok(host) => host,
+            Err(_) => return,
+        };
+        let service = hyper::service::service_fn(move |mut request: http::Request<_>| {
+            let gateway = self.clone();
+            request
+                .headers_mut()
+                .insert(http::header::HOST, host.clone());
+            async move { Ok::<_, std::convert::Infallible>(gateway.handle(request).await) }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .half_close(true)
+            .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+            .await;
     }
 
     /// The app's primary (the first replica in the route), if it is live.

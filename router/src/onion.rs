@@ -20,9 +20,6 @@ use arti_client::{TorClient, TorClientConfig};
 use fog_proto::api::OnionKey;
 use fog_proto::auth::Identity;
 use futures::StreamExt;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use safelog::DisplayRedacted;
 use tor_cell::relaycell::msg::{Connected, End};
 use tor_hscrypto::pk::{HsIdKey, HsIdKeypair};
@@ -270,24 +267,10 @@ async fn serve_stream(gateway: Arc<Gateway>, app: String, request: StreamRequest
             .await;
         return;
     }
-    let stream = match request.accept(Connected::new_empty()).await {
-        Ok(stream) => stream,
-        Err(err) => {
-            tracing::debug!(app, "onion stream not accepted: {err}");
-            return;
-        }
-    };
-    let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
-        let gateway = gateway.clone();
-        // The service is the app's, whatever Host the visitor sends.
-        if let Ok(host) = http::HeaderValue::from_str(&format!("{app}.localhost")) {
-            request.headers_mut().insert(http::header::HOST, host);
-        }
-        async move { Ok::<_, std::convert::Infallible>(gateway.handle(request).await) }
-    });
-    let _ = http1::Builder::new()
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
+    match request.accept(Connected::new_empty()).await {
+        Ok(stream) => gateway.serve_app(stream, app).await,
+        Err(err) => tracing::debug!(app, "onion stream not accepted: {err}"),
+    }
 }
 
 #[cfg(test)]

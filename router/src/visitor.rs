@@ -3,7 +3,7 @@
 //! an access ticket, open an HTX connection to a front — directly or through mix relays — and
 //! send one HTTP/1.1 request on a stream.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use fog_htx::conn;
@@ -79,13 +79,6 @@ pub struct Fetched {
     pub response: http::Response<Bytes>,
 }
 
-fn unix_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 async fn get_json<T: serde::de::DeserializeOwned>(control: &str, path: &str) -> Result<T, String> {
     let client: Client<HttpConnector, Empty<Bytes>> =
         Client::builder(TokioExecutor::new()).build(HttpConnector::new());
@@ -126,7 +119,7 @@ pub async fn resolve(control: &str, url: &BetanetUrl) -> Result<NameDescriptor, 
             url.name
         ));
     }
-    descriptor.verify(unix_s())?;
+    descriptor.verify(fog_proto::auth::now_s())?;
     Ok(descriptor)
 }
 
@@ -197,7 +190,12 @@ async fn visit(
         .map_err(|e| e.to_string())?;
     // A fresh key per visit: the ticket is bound to it, and visits cannot be linked by key.
     let client = StaticKey::generate();
-    let ticket = tickets::ticket(&client.private, &ticket_key, &ticket_key, unix_s() / 3600);
+    let ticket = tickets::ticket(
+        &client.private,
+        &ticket_key,
+        &ticket_key,
+        fog_proto::auth::now_s() / 3600,
+    );
     let hello = hello(app_id, &ticket);
     let connection = if front.tls {
         let (stream, exporter) = fog_htx::tls::connect(pipe)

@@ -4,8 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use fog_proto::api::{AppInfo, SignedPeriod};
-use fog_test_programs as programs;
+use fog_proto::api::SignedPeriod;
 
 use crate::fog::run;
 use crate::publish::{Fog, Load};
@@ -35,17 +34,7 @@ async fn an_unplugged_host_drains_and_its_replicas_move_without_failed_requests(
             "1".into(),
         ]
     });
-    let (code, out, err) = fog.fog(&[
-        "publish",
-        programs::COUNTER,
-        "--name",
-        "counter",
-        "--tier",
-        "A",
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let info: AppInfo = serde_json::from_str(&out).unwrap();
+    let info = fog.publish_counter("A");
     assert_eq!(info.running.len(), 2, "{info:?}");
 
     // Unplug the primary's device under load.

@@ -128,6 +128,21 @@ impl Fog {
         run(&all)
     }
 
+    /// Publish the counter example as `counter` in `tier`.
+    pub fn publish_counter(&self, tier: &str) -> AppInfo {
+        let (code, out, err) = self.fog(&[
+            "publish",
+            programs::COUNTER,
+            "--name",
+            "counter",
+            "--tier",
+            tier,
+            "--json",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(&out).unwrap()
+    }
+
     pub fn app(&self, name: &str) -> AppInfo {
         let (code, out, err) = self.fog(&["ps", "--json"]);
         assert_eq!(code, 0, "{err}");
@@ -219,17 +234,7 @@ async fn publish_serve_survive_a_host_and_a_control_plane_restart() {
     let mut fog = Fog::start(3);
 
     // Publish counter as tier A: two replicas on two distinct devices.
-    let (code, out, err) = fog.fog(&[
-        "publish",
-        programs::COUNTER,
-        "--name",
-        "counter",
-        "--tier",
-        "A",
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let info: AppInfo = serde_json::from_str(&out).unwrap();
+    let info = fog.publish_counter("A");
     assert_eq!(info.replicas, 2);
     assert_eq!(info.running.len(), 2, "{info:?}");
     assert_ne!(info.running[0], info.running[1]);
@@ -571,16 +576,7 @@ async fn bad_input_is_refused_and_the_fog_keeps_serving(fog: &Fog) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routers_use_htx_by_default_and_plain_http_on_request() {
     let fog = Fog::start(2);
-    let (code, _, err) = fog.fog(&[
-        "publish",
-        programs::COUNTER,
-        "--name",
-        "counter",
-        "--tier",
-        "A",
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{err}");
+    fog.publish_counter("A");
     // The hosts announce their HTX endpoint (Noise static key) with their heartbeats.
     let routes = fog_tests::request(fog.control.addr, "GET", "/v1/routes", &[], "")
         .await

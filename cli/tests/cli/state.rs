@@ -106,30 +106,17 @@ async fn count(fog: &Fog) -> u64 {
     value["visits"].as_u64().unwrap_or(0)
 }
 
-fn publish_counter(fog: &Fog, tier: &str) -> AppInfo {
-    let (code, out, err) = fog.fog(&[
-        "publish",
-        programs::COUNTER,
-        "--name",
-        "counter",
-        "--tier",
-        tier,
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    serde_json::from_str(&out).unwrap()
-}
-
-/// Wait until `done(app)` holds, or fail after `limit`.
+/// Wait until `done` holds of `name`'s app, or fail after `limit`.
 async fn wait_for(
     fog: &Fog,
+    name: &str,
     limit: Duration,
     what: &str,
     done: impl Fn(&AppInfo) -> bool,
 ) -> AppInfo {
     let deadline = Instant::now() + limit;
     loop {
-        let app = fog.app("counter");
+        let app = fog.app(name);
         if done(&app) {
             return app;
         }
@@ -155,7 +142,7 @@ fn host_of(fog: &Fog, id: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_planned_move_under_load_fails_nothing_and_loses_nothing() {
     let fog = Fog::start(3);
-    let info = publish_counter(&fog, "A");
+    let info = fog.publish_counter("A");
     let (primary, follower) = (info.assigned[0].clone(), info.assigned[1].clone());
     let target = fog
         .devices()
@@ -199,7 +186,7 @@ async fn a_planned_move_under_load_fails_nothing_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_tier_a_primary_is_replaced_by_its_follower_without_losing_acknowledged_writes() {
     let mut fog = Fog::start(3);
-    let info = publish_counter(&fog, "A");
+    let info = fog.publish_counter("A");
     let (primary, follower) = (info.assigned[0].clone(), info.assigned[1].clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let load = Increments::start(fog.router.addr, 200);
@@ -210,6 +197,7 @@ async fn a_killed_tier_a_primary_is_replaced_by_its_follower_without_losing_ackn
     let killed = Instant::now();
     let app = wait_for(
         &fog,
+        "counter",
         Duration::from_secs(15),
         "follower not promoted",
         |app| app.assigned.first() == Some(&follower) && app.running.contains(&follower),
@@ -245,7 +233,7 @@ async fn a_tier_b_app_loses_at_most_one_snapshot_interval() {
     let mut fog = Fog::start_with_control(2, &["--snapshot-every", "2"], |_, _| {
         vec!["--always-on".to_string()]
     });
-    let info = publish_counter(&fog, "B");
+    let info = fog.publish_counter("B");
     let primary = info.assigned[0].clone();
     let load = Increments::start(fog.router.addr, 100);
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -253,9 +241,13 @@ async fn a_tier_b_app_loses_at_most_one_snapshot_interval() {
     fog.hosts[victim].kill();
     // The count the router saw acknowledged by the time the device died.
     let (acked, failed, _, rate) = load.finish().await;
-    let app = wait_for(&fog, Duration::from_secs(20), "not re-placed", |app| {
-        app.assigned.first().is_some_and(|d| *d != primary) && !app.running.is_empty()
-    })
+    let app = wait_for(
+        &fog,
+        "counter",
+        Duration::from_secs(20),
+        "not re-placed",
+        |app| app.assigned.first().is_some_and(|d| *d != primary) && !app.running.is_empty(),
+    )
     .await;
     let total = count(&fog).await;
     let lost = acked.saturating_sub(total);
@@ -325,33 +317,16 @@ async fn autoscaling_follows_load_parks_an_idle_app_and_wakes_it() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("autoscales between 0 and 3"), "{out}");
-    let hello = |fog: &Fog| {
-        let (code, out, err) = fog.fog(&["ps", "--json"]);
-        assert_eq!(code, 0, "{err}");
-        let apps: Vec<AppInfo> = serde_json::from_str(&out).unwrap();
-        apps.into_iter().find(|a| a.name == "hello").unwrap()
-    };
-    let wait = |what: &'static str, limit: u64, done: fn(&AppInfo) -> bool| {
-        let fog = &fog;
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(limit);
-            loop {
-                let app = hello(fog);
-                if done(&app) {
-                    return app;
-                }
-                assert!(Instant::now() < deadline, "{what}: {app:#?}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
-
     // A burst of 150 req/s (7 times the target for one replica): scale out.
     let stop = Arc::new(AtomicBool::new(false));
     let burst = reads(fog.router.addr, 150, stop.clone());
-    let out = wait("no scale-out under the burst", 30, |app| {
-        app.replicas >= 2 && app.running.len() >= 2
-    })
+    let out = wait_for(
+        &fog,
+        "hello",
+        Duration::from_secs(30),
+        "no scale-out under the burst",
+        |app| app.replicas >= 2 && app.running.len() >= 2,
+    )
     .await;
     stop.store(true, Ordering::Relaxed);
     let (ok, failed) = burst.await.unwrap();
@@ -361,7 +336,14 @@ async fn autoscaling_follows_load_parks_an_idle_app_and_wakes_it() {
     // A trickle of 4 req/s (under half the target per replica): scale in, one step at a time.
     let stop = Arc::new(AtomicBool::new(false));
     let trickle = reads(fog.router.addr, 4, stop.clone());
-    let quiet = wait("no scale-in when quiet", 40, |app| app.replicas == 1).await;
+    let quiet = wait_for(
+        &fog,
+        "hello",
+        Duration::from_secs(40),
+        "no scale-in when quiet",
+        |app| app.replicas == 1,
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     let (_, failed) = trickle.await.unwrap();
     assert_eq!(failed, 0);
@@ -372,9 +354,13 @@ async fn autoscaling_follows_load_parks_an_idle_app_and_wakes_it() {
     );
 
     // Nothing for 3 s: zero replicas.
-    let parked = wait("not parked when idle", 20, |app| {
-        app.replicas == 0 && app.running.is_empty()
-    })
+    let parked = wait_for(
+        &fog,
+        "hello",
+        Duration::from_secs(20),
+        "not parked when idle",
+        |app| app.replicas == 0 && app.running.is_empty(),
+    )
     .await;
     assert!(
         parked.events.iter().any(|e| e.contains("scaled to zero")),
@@ -390,7 +376,7 @@ async fn autoscaling_follows_load_parks_an_idle_app_and_wakes_it() {
     let woke = started.elapsed();
     println!("woken from zero in {woke:?}");
     assert_eq!(reply.status, 200, "{}", reply.text());
-    let app = hello(&fog);
+    let app = fog.app("hello");
     assert_eq!(app.replicas, 1);
     assert!(
         app.events.iter().any(|e| e.contains("woken by a request")),
@@ -402,11 +388,15 @@ async fn autoscaling_follows_load_parks_an_idle_app_and_wakes_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tier_s_reads_anywhere_and_sends_every_write_to_the_one_primary() {
     let fog = Fog::start(3);
-    let info = publish_counter(&fog, "S");
+    let info = fog.publish_counter("S");
     assert_eq!(info.replicas, 3);
-    wait_for(&fog, Duration::from_secs(15), "three replicas", |app| {
-        app.running.len() == 3
-    })
+    wait_for(
+        &fog,
+        "counter",
+        Duration::from_secs(15),
+        "three replicas",
+        |app| app.running.len() == 3,
+    )
     .await;
     // Let the followers restore and catch up.
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -14,7 +14,7 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::HtxError;
 use crate::frame::{DEFAULT_MAX_FRAME, FrameType, Opener, Sealer, decode_stream, encode_stream};
@@ -144,7 +144,6 @@ struct Shared {
     key_updates_received: std::sync::atomic::AtomicU64,
     closed: AtomicBool,
     error: Mutex<Option<HtxError>>,
-    closed_notify: Notify,
 }
 
 impl Shared {
@@ -185,7 +184,6 @@ impl Shared {
         self.connection_credit.wake_all();
         self.incoming.lock().expect("incoming lock").take();
         self.pings.lock().expect("pings lock").clear();
-        self.closed_notify.notify_waiters();
     }
 
     /// A stream object; `register` puts it in the stream table at once (peer-opened streams),
@@ -339,7 +337,6 @@ impl Connection {
             key_updates_received: std::sync::atomic::AtomicU64::new(0),
             closed: AtomicBool::new(false),
             error: Mutex::new(None),
-            closed_notify: Notify::new(),
         });
         let sealer = Sealer::new(keys.send);
         let opener = Opener::new(

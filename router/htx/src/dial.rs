@@ -16,7 +16,6 @@ use crate::handshake::StaticKey;
 use crate::mix::{self, MixMode, Relay};
 use hyper_util::client::legacy::connect::{Connected, Connection as HyperConnection};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Noise prologue of router → host connections.
 pub const DATA_PLANE_PROLOGUE: &[u8] = b"fog-data-plane-v1";
@@ -137,39 +136,8 @@ impl Dialer {
     }
 }
 
-/// An HTX stream as a pooled HTTP/1.1 connection.
-#[derive(Debug)]
-pub struct PooledStream(HtxStream);
-
-impl AsyncRead for PooledStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for PooledStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
-    }
-}
-
-impl HyperConnection for PooledStream {
+/// An HTX stream is what hyper's pooled client calls a connection.
+impl HyperConnection for HtxStream {
     fn connected(&self) -> Connected {
         Connected::new()
     }
@@ -182,13 +150,13 @@ pub struct HtxConnector(pub Arc<Dialer>);
 
 type Connecting = Pin<
     Box<
-        dyn Future<Output = Result<TokioIo<PooledStream>, Box<dyn std::error::Error + Send + Sync>>>
+        dyn Future<Output = Result<TokioIo<HtxStream>, Box<dyn std::error::Error + Send + Sync>>>
             + Send,
     >,
 >;
 
 impl tower_service::Service<http::Uri> for HtxConnector {
-    type Response = TokioIo<PooledStream>;
+    type Response = TokioIo<HtxStream>;
     type Error = Box<dyn std::error::Error + Send + Sync>;
     type Future = Connecting;
 
@@ -204,7 +172,7 @@ impl tower_service::Service<http::Uri> for HtxConnector {
                 .ok_or("an HTX target needs an address")?
                 .to_string();
             let stream = dialer.open(&addr).await?;
-            Ok(TokioIo::new(PooledStream(stream)))
+            Ok(TokioIo::new(stream))
         })
     }
 }

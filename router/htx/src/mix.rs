@@ -451,39 +451,20 @@ pub async fn serve_relay(
     shutdown: impl Future<Output = ()>,
 ) {
     let circuits = Arc::new(tokio::sync::Semaphore::new(config.max_circuits));
-    tokio::pin!(shutdown);
-    loop {
-        let socket = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((socket, _)) => socket,
-                Err(err) => {
-                    tracing_warn(&format!("relay accept failed: {err}"));
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
-        };
+    fog_net::accept_each(&listener, shutdown, |socket, _| {
         let Ok(permit) = circuits.clone().try_acquire_owned() else {
             // Full: refuse by closing at once.
-            continue;
+            return;
         };
-        let _ = socket.set_nodelay(true);
         let (key, config) = (key.clone(), config.clone());
         tokio::spawn(async move {
             let _permit = permit;
             if let Err(err) = circuit(socket, key, config).await {
-                tracing_warn(&format!("relay circuit ended: {err}"));
+                tracing::debug!("relay circuit ended: {err}");
             }
         });
-    }
-}
-
-fn tracing_warn(message: &str) {
-    // fog-htx has no logging dependency; relays report through stderr only when asked to.
-    if std::env::var_os("FOG_RELAY_DEBUG").is_some() {
-        eprintln!("fog relay: {message}");
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]

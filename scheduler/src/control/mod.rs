@@ -94,6 +94,8 @@ pub struct Control {
     started: Instant,
     /// The secret app keys are derived from (loaded on first use).
     master: Mutex<Option<[u8; 32]>>,
+    /// Each app's public names, by (owner, name): derived once, not on every routes answer.
+    public_names: Mutex<HashMap<(String, String), Arc<names::PublicNames>>>,
     /// Betanet fronts and mix relays that registered recently.
     registrations: names::Registrations,
     /// Primaries moving between devices, by app.
@@ -148,11 +150,17 @@ fn now_ms() -> u64 {
 
 fn json<T: Serialize>(status: u16, value: &T) -> ApiResponse {
     let body = serde_json::to_vec(value).expect("API types always serialise");
-    let mut response = http::Response::new(Full::new(Bytes::from(body)));
+    let mut response = bytes_response("application/json", body);
     *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+    response
+}
+
+/// A 200 carrying `bytes` as `content_type`.
+fn bytes_response(content_type: &'static str, bytes: Vec<u8>) -> ApiResponse {
+    let mut response = http::Response::new(Full::new(Bytes::from(bytes)));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
+        http::HeaderValue::from_static(content_type),
     );
     response
 }
@@ -215,6 +223,7 @@ impl Control {
             version: watch::channel(0).0,
             started: Instant::now(),
             master: Mutex::new(None),
+            public_names: Mutex::new(HashMap::new()),
             registrations: names::Registrations::default(),
             handovers: Mutex::new(HashMap::new()),
             moves: Mutex::new(HashMap::new()),
@@ -292,14 +301,7 @@ impl Control {
                 Ok(json(200, &periods))
             }
             ("GET", ["blobs", sha]) => match self.store.get(Table::Blobs, sha)? {
-                Some(bytes) => {
-                    let mut response = http::Response::new(Full::new(Bytes::from(bytes)));
-                    response.headers_mut().insert(
-                        http::header::CONTENT_TYPE,
-                        http::HeaderValue::from_static("application/wasm"),
-                    );
-                    Ok(response)
-                }
+                Some(bytes) => Ok(bytes_response("application/wasm", bytes)),
                 None => Err(Refusal(404, format!("no blob {sha}"))),
             },
             ("GET", ["routes"]) => {
@@ -547,14 +549,7 @@ impl Control {
             ));
         }
         match self.store.get(Table::Snapshots, name)? {
-            Some(bytes) => {
-                let mut response = http::Response::new(Full::new(Bytes::from(bytes)));
-                response.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("application/octet-stream"),
-                );
-                Ok(response)
-            }
+            Some(bytes) => Ok(bytes_response("application/octet-stream", bytes)),
             None => Err(Refusal(404, format!("no snapshot of {name:?} yet"))),
         }
     }
@@ -574,6 +569,24 @@ impl Control {
         Ok(names::app_identity(&self.master()?, &app.owner, &app.name))
     }
 
+    /// The public names of `app`, derived on first use.
+    fn public_names(&self, app: &AppRecord) -> Result<Arc<names::PublicNames>, StoreError> {
+        let key = (app.owner.clone(), app.name.clone());
+        if let Some(known) = self.public_names.lock().expect("names lock").get(&key) {
+            return Ok(known.clone());
+        }
+        let derived = Arc::new(names::PublicNames::derive(
+            &self.master()?,
+            &app.owner,
+            &app.name,
+        ));
+        self.public_names
+            .lock()
+            .expect("names lock")
+            .insert(key, derived.clone());
+        Ok(derived)
+    }
+
     /// `GET /v1/names/{name}`: the signed descriptor of the app a Betanet name (the hex id of
     /// `betanet://` or a `bn1:` name) belongs to.
     fn resolve(&self, name: &str) -> Answer {
@@ -586,12 +599,13 @@ impl Control {
             ));
         }
         for app in self.apps()? {
-            let identity = self.app_identity(&app)?;
+            let public = self.public_names(&app)?;
             let matches = match node {
-                Some(node) => fog_htx::names::node_id(&identity.public_bytes()) == node,
-                None => names::betanet_id(&identity).eq_ignore_ascii_case(wanted),
+                Some(node) => fog_htx::names::node_id(&public.app_key) == node,
+                None => public.betanet_id.eq_ignore_ascii_case(wanted),
             };
             if matches {
+                let identity = self.app_identity(&app)?;
                 let fronts = self.registrations.fronts();
                 if fronts.is_empty() {
                     return Err(Refusal(
@@ -828,6 +842,10 @@ impl Control {
         }
         self.logs.lock().expect("logs lock").remove(name);
         self.events.forget(name);
+        self.public_names
+            .lock()
+            .expect("names lock")
+            .retain(|(_, app), _| app != name);
         self.handovers.lock().expect("handovers lock").remove(name);
         self.moves.lock().expect("moves lock").remove(name);
         self.restores.lock().expect("restores lock").remove(name);
@@ -1148,11 +1166,9 @@ impl Control {
             running,
             problem: placement.and_then(|p| p.problem),
             updated_ms: app.updated_ms,
-            betanet: names::names(&self.app_identity(app)?),
+            betanet: self.public_names(app)?.names.clone(),
             events: self.events.of(&app.name),
-            onion: Some(names::onion_address(
-                &names::onion_identity(&self.master()?, &app.owner, &app.name).public_bytes(),
-            )),
+            onion: Some(self.public_names(app)?.onion.clone()),
             autoscale: match self.store.get(Table::Scaling, &app.name)? {
                 Some(bytes) => Some(decode(Table::Scaling, &app.name, &bytes)?),
                 None => None,
@@ -1217,14 +1233,10 @@ impl Control {
             .iter()
             .filter_map(|(id, l)| l.heartbeat.htx.clone().map(|h| (id.clone(), h)))
             .collect();
-        let master = self.master()?;
-        Ok(self
-            .apps()?
+        self.apps()?
             .into_iter()
             .map(|app| {
-                let betanet = Some(names::betanet_id(&names::app_identity(
-                    &master, &app.owner, &app.name,
-                )));
+                let betanet = Some(self.public_names(&app)?.betanet_id.clone());
                 let assigned = placements
                     .get(&app.name)
                     .map(|p| p.devices.clone())
@@ -1244,14 +1256,14 @@ impl Control {
                     Tier::S => RouteMode::ActiveActive,
                     Tier::A | Tier::B => RouteMode::ActivePassive,
                 };
-                Route {
+                Ok(Route {
                     app: app.name,
                     mode,
                     replicas,
                     betanet,
-                }
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Compute placements for every app from the registered devices and write them (after the

@@ -110,6 +110,32 @@ pub fn onion_address(public: &[u8; 32]) -> String {
     format!("{}.onion", fog_htx::names::base32(&bytes))
 }
 
+/// What everyone may know of an app's keys: its Betanet key, names and `.onion` address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicNames {
+    /// The app's ed25519 public key (Betanet).
+    pub app_key: [u8; 32],
+    /// Hex sha256 of `app_key`: what `betanet://` names.
+    pub betanet_id: String,
+    /// `betanet://…` and `bn1:…`.
+    pub names: Vec<String>,
+    /// The `.onion` address.
+    pub onion: String,
+}
+
+impl PublicNames {
+    /// Derive them (two key derivations: worth caching).
+    pub fn derive(master: &[u8; 32], owner: &str, name: &str) -> PublicNames {
+        let identity = app_identity(master, owner, name);
+        PublicNames {
+            app_key: identity.public_bytes(),
+            betanet_id: betanet_id(&identity),
+            names: names(&identity),
+            onion: onion_address(&onion_identity(master, owner, name).public_bytes()),
+        }
+    }
+}
+
 /// A signed descriptor for `app` served by `fronts`.
 pub fn descriptor(
     identity: &Identity,
