@@ -21,10 +21,13 @@ fn decision(state: State, cpu: f64) -> Decision {
 async fn draining_finishes_in_flight_requests_and_off_refuses_new_ones() {
     let host = TestHost::start(None).await;
     host.add(Manifest::new("api"), programs::API);
+    // Offer enough CPU time for all eight requests even if the machine runs them one after
+    // another: this test is about draining, not about the CPU budget.
+    const CPU: f64 = 64.0;
     host.apps
         .gate()
-        .apply(&decision(State::Harvesting, 1.0), 0.0);
-    // Eight requests of real work in flight.
+        .apply(&decision(State::Harvesting, CPU), 0.0);
+    // Eight requests of real work.
     let mut calls = Vec::new();
     for _ in 0..8 {
         let addr = host.addr;
@@ -32,10 +35,17 @@ async fn draining_finishes_in_flight_requests_and_off_refuses_new_ones() {
             get(addr, "api", "/fib?n=80000000").await
         }));
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let in_flight = host.apps.get("api").unwrap().in_flight();
-    assert!(in_flight > 0, "no request in flight when draining began");
-    host.apps.gate().apply(&decision(State::Draining, 0.0), 1.0);
+    // Start draining once one is running: a loaded machine may take a while to schedule them.
+    let app = host.apps.get("api").unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while app.in_flight() == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(
+        app.in_flight() > 0,
+        "no request in flight when draining began"
+    );
+    host.apps.gate().apply(&decision(State::Draining, 0.0), CPU);
     for call in calls {
         let reply = call.await.unwrap();
         assert_eq!(
@@ -45,7 +55,7 @@ async fn draining_finishes_in_flight_requests_and_off_refuses_new_ones() {
             reply.text()
         );
     }
-    host.apps.gate().apply(&decision(State::Off, 0.0), 1.0);
+    host.apps.gate().apply(&decision(State::Off, 0.0), CPU);
     let refused = get(host.addr, "api", "/fib?n=10").await;
     assert_eq!(refused.status, 503);
     assert_eq!(refused.header("x-fog-error"), "harvest");
