@@ -715,10 +715,10 @@ mod tests {
         ns.acknowledge(peer, seq);
         assert_eq!(ns.sync_followers(), 1);
         let seq = set(&ns, "a", "2");
+        let started = Instant::now();
         let waiting = {
             let ns = ns.clone();
             tokio::spawn(async move {
-                let started = Instant::now();
                 ns.wait_replicated(seq).await;
                 started.elapsed()
             })
