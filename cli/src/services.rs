@@ -201,10 +201,20 @@ pub async fn start_relay(
     let key = fog_host::htx_server::static_key(&identity.secret_bytes());
     let listener = server::bind(listen).await?;
     let addr = listener.local_addr()?;
+    let destinations = Arc::new(ListedDestinations {
+        api: crate::client::Api::new(&crate::client::ControlArgs {
+            control: control_url.to_string(),
+            key: None,
+        })?,
+        known: tokio::sync::Mutex::new(Listed::default()),
+    });
     let relay = tokio::spawn(fog_htx::mix::serve_relay(
         listener,
         key.clone(),
-        fog_htx::mix::RelayConfig::default(),
+        fog_htx::mix::RelayConfig {
+            destinations: Some(destinations),
+            ..fog_htx::mix::RelayConfig::default()
+        },
         stop.clone().wait(),
     ));
     let info = fog_proto::api::RelayInfo {
@@ -235,6 +245,77 @@ pub async fn start_relay(
         }
     });
     Ok((addr, vec![relay, registration]))
+}
+
+/// A relay's destinations: the relays, Betanet fronts and hosts (HTX endpoints of live replicas)
+/// the control plane lists, so a relay is no open TCP forwarder. The list is read again when it
+/// is older than [`LISTED_FRESH`], or on a miss once [`LISTED_RETRY`] has passed (a host placed a
+/// moment ago).
+struct ListedDestinations {
+    api: crate::client::Api,
+    known: tokio::sync::Mutex<Listed>,
+}
+
+#[derive(Default)]
+struct Listed {
+    addrs: std::collections::HashSet<String>,
+    read_at: Option<std::time::Instant>,
+}
+
+const LISTED_FRESH: std::time::Duration = std::time::Duration::from_secs(10);
+const LISTED_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl ListedDestinations {
+    async fn read(&self) -> anyhow::Result<std::collections::HashSet<String>> {
+        let relays: Vec<fog_proto::api::RelayInfo> = self.api.get("/v1/relays").await?;
+        let fronts: Vec<fog_proto::api::FrontInfo> = self.api.get("/v1/fronts").await?;
+        let routes: Vec<fog_proto::api::Route> = self.api.get("/v1/routes").await?;
+        let hosts = routes
+            .into_iter()
+            .flat_map(|r| r.replicas)
+            .filter_map(|r| r.htx.map(|h| h.addr));
+        Ok(relays
+            .into_iter()
+            .map(|r| r.addr)
+            .chain(fronts.into_iter().map(|f| f.addr))
+            .chain(hosts)
+            .collect())
+    }
+}
+
+impl fog_htx::mix::Destinations for ListedDestinations {
+    fn allows<'a>(
+        &'a self,
+        addr: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            let mut known = self.known.lock().await;
+            let age = known.read_at.map(|at| at.elapsed());
+            let stale = age.is_none_or(|age| age >= LISTED_FRESH);
+            let retry = age.is_none_or(|age| age >= LISTED_RETRY);
+            if stale || (retry && !known.addrs.contains(addr)) {
+                match self.read().await {
+                    Ok(addrs) => {
+                        known.addrs = addrs;
+                        known.read_at = Some(std::time::Instant::now());
+                    }
+                    Err(err) if !known.addrs.contains(addr) => {
+                        return Err(format!(
+                            "cannot check {addr} with the control plane: {err:#}"
+                        ));
+                    }
+                    Err(err) => tracing::warn!("relay destinations not refreshed: {err:#}"),
+                }
+            }
+            if known.addrs.contains(addr) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{addr} is not a relay, Betanet front or host the control plane lists"
+                ))
+            }
+        })
+    }
 }
 
 /// How a host presents itself.

@@ -102,6 +102,40 @@ async fn visitors_fetch_apps_by_betanet_address_directly_and_through_three_relay
         .unwrap();
     assert_eq!(count.text(), "{\"visits\":2}");
 
+    // A relay is no open forwarder: it refuses an address the control plane does not list,
+    // without connecting to it.
+    let listed = fog_tests::request(fog.control.addr, "GET", "/v1/relays", &[], "")
+        .await
+        .unwrap();
+    let listed: Vec<fog_proto::api::RelayInfo> = serde_json::from_slice(&listed.body).unwrap();
+    let first = &listed[0];
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(&first.key, &mut key).unwrap();
+    let path = [fog_htx::mix::Hop {
+        relay: fog_htx::mix::Relay {
+            addr: first.addr.clone(),
+            key,
+        },
+        delay: Duration::ZERO,
+    }];
+    let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let elsewhere_addr = elsewhere.local_addr().unwrap().to_string();
+    let err = match fog_htx::mix::dial(&path, &elsewhere_addr, Duration::from_secs(10)).await {
+        Err(err) => err.to_string(),
+        Ok(_) => panic!("the relay forwarded to an unlisted address"),
+    };
+    assert!(
+        err.contains(&format!(
+            "{elsewhere_addr} is not a relay, Betanet front or host the control plane lists"
+        )),
+        "{err}"
+    );
+    let reached = tokio::time::timeout(Duration::from_millis(300), elsewhere.accept()).await;
+    assert!(
+        reached.is_err(),
+        "the relay connected to an unlisted address"
+    );
+
     // Bad input: a name no app has, a malformed name, a web address.
     let unknown = format!("betanet://{}", "00".repeat(32));
     let (code, _, err) = fetch(&fog, &[&unknown]);

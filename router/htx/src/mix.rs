@@ -3,7 +3,7 @@
 //!
 //! The client telescopes: it opens an HTX connection to the first relay (Noise XK to the relay's
 //! key, with a fresh client key per hop so relays cannot link circuits by key), opens one stream
-//! and asks `FORWARD <next address> <delay ms>`. The relay connects to the next address and from
+//! and asks `FORWARD <next address> <delay µs>`. The relay connects to the next address and from
 //! then on copies bytes between that stream and the TCP connection. The client runs its next
 //! handshake *inside* that stream, and so on; the last pipe reaches the destination, where the
 //! caller runs its own HTX handshake. Each relay therefore handles only the next layer's Noise
@@ -14,7 +14,12 @@
 //! chunk it forwards for its delay, drawn from U[30, 150] ms, scaled down so one direction's
 //! delays total at most 600 ms; chunks are pipelined, so a delay adds latency, not a throughput
 //! cap.
+//!
+//! A relay forwards only to the destinations its [`Destinations`] allows (for `fog relay`: the
+//! relays, Betanet fronts and hosts the control plane lists), so it cannot be used as a TCP
+//! forwarder to anywhere else.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -316,6 +321,15 @@ pub async fn dial(
     Ok(pipe)
 }
 
+/// Where a relay may forward. `Err` carries the reason sent back to the client.
+pub trait Destinations: Send + Sync {
+    /// Whether the relay may connect onward to `addr` (as the client wrote it).
+    fn allows<'a>(
+        &'a self,
+        addr: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+}
+
 /// Sees every byte a relay reads, in either direction (for tests and audits: what a relay
 /// could record).
 pub type Tap = Arc<dyn Fn(&[u8]) + Send + Sync>;
@@ -331,6 +345,8 @@ pub struct RelayConfig {
     pub max_circuits: usize,
     /// Called with every byte the relay reads.
     pub tap: Option<Tap>,
+    /// Where the relay may forward; `None` forwards anywhere (a closed test network only).
+    pub destinations: Option<Arc<dyn Destinations>>,
 }
 
 impl std::fmt::Debug for RelayConfig {
@@ -340,6 +356,7 @@ impl std::fmt::Debug for RelayConfig {
             .field("max_delay", &self.max_delay)
             .field("max_circuits", &self.max_circuits)
             .field("tap", &self.tap.is_some())
+            .field("destinations", &self.destinations.is_some())
             .finish()
     }
 }
@@ -351,6 +368,7 @@ impl Default for RelayConfig {
             max_delay: STRICT_TOTAL_CAP,
             max_circuits: 1024,
             tap: None,
+            destinations: None,
         }
     }
 }
@@ -425,6 +443,12 @@ async fn circuit(socket: TcpStream, key: StaticKey, config: RelayConfig) -> Resu
             return Err(refuse(format!("delay {delay:?}")));
         }
     };
+    if let Some(destinations) = &config.destinations
+        && let Err(reason) = destinations.allows(next).await
+    {
+        stream.write(format!("ERR {reason}\n").as_bytes()).await?;
+        return Err(refuse(reason));
+    }
     let onward = match tcp(next, config.connect_timeout).await {
         Ok(onward) => onward,
         Err(err) => {

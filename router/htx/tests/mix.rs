@@ -190,3 +190,65 @@ async fn a_dead_next_hop_or_a_wrong_relay_key_is_a_clear_error() {
             .is_err()
     );
 }
+
+/// Allows the addresses it holds.
+struct Only(Vec<String>);
+
+impl mix::Destinations for Only {
+    fn allows<'a>(
+        &'a self,
+        addr: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            if self.0.iter().any(|a| a == addr) {
+                Ok(())
+            } else {
+                Err(format!("{addr} is not a known destination"))
+            }
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_forwards_only_to_the_destinations_it_allows() {
+    let (addr, key) = destination().await;
+    // Something else listening on this machine that the relay must not reach.
+    let other = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other_addr = other.local_addr().unwrap().to_string();
+    let relay_key = StaticKey::generate();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay = Relay {
+        addr: listener.local_addr().unwrap().to_string(),
+        key: relay_key.public,
+    };
+    let config = RelayConfig {
+        destinations: Some(Arc::new(Only(vec![addr.clone()]))),
+        ..RelayConfig::default()
+    };
+    tokio::spawn(mix::serve_relay(
+        listener,
+        relay_key,
+        config,
+        std::future::pending(),
+    ));
+    let path = [Hop {
+        relay,
+        delay: Duration::ZERO,
+    }];
+    let err = match mix::dial(&path, &other_addr, Duration::from_secs(5)).await {
+        Err(err) => err,
+        Ok(_) => panic!("the relay forwarded to an address it does not allow"),
+    };
+    assert!(
+        err.to_string()
+            .contains(&format!("{other_addr} is not a known destination")),
+        "{err}"
+    );
+    let reached = tokio::time::timeout(Duration::from_millis(200), other.accept()).await;
+    assert!(
+        reached.is_err(),
+        "the relay connected to the refused address"
+    );
+    // The allowed destination still works through the same relay.
+    assert_eq!(exchange(&path, &addr, &key, b"ok").await, b"echo:ok");
+}
