@@ -78,6 +78,8 @@ type AppRoute = (RouteMode, Vec<Arc<ReplicaState>>, Option<String>);
 pub struct Gateway {
     config: GatewayConfig,
     routes: RwLock<HashMap<String, AppRoute>>,
+    /// Counts changes to the set of apps routed (an app published or removed).
+    apps_changed: tokio::sync::watch::Sender<u64>,
     client: Client<HttpConnector, Full<Bytes>>,
     /// Hosts' HTX connections, and the pooled client whose connections are HTX streams.
     dialer: Arc<Dialer>,
@@ -141,6 +143,7 @@ impl Gateway {
         Arc::new(Gateway {
             config,
             routes: RwLock::new(HashMap::new()),
+            apps_changed: tokio::sync::watch::channel(0).0,
             client,
             dialer,
             htx_client,
@@ -170,6 +173,8 @@ impl Gateway {
             })
         }));
         let mut table = self.routes.write().expect("routes lock");
+        let apps_differ =
+            table.len() != routes.len() || routes.iter().any(|r| !table.contains_key(&r.app));
         let mut next = HashMap::new();
         for route in routes {
             let old = table
@@ -197,6 +202,15 @@ impl Gateway {
             next.insert(route.app, (route.mode, replicas, route.betanet));
         }
         *table = next;
+        drop(table);
+        if apps_differ {
+            self.apps_changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Marks each change to the set of apps routed: an app published or removed.
+    pub fn apps_changed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.apps_changed.subscribe()
     }
 
     /// Keep the relays of mix paths current (every 5 s) until `shutdown` resolves; does nothing
@@ -711,5 +725,32 @@ mod tests {
         );
         assert_eq!(app("127.0.0.1:7080", "/other"), None);
         assert_eq!(app("a.b.localhost", "/"), None);
+    }
+
+    #[tokio::test]
+    async fn apps_changed_marks_apps_published_or_removed_only() {
+        let gateway = Gateway::new(GatewayConfig::new("http://127.0.0.1:9"));
+        let mut changed = gateway.apps_changed();
+        let route = |app: &str, device: &str| Route {
+            app: app.into(),
+            mode: RouteMode::ActivePassive,
+            replicas: vec![fog_proto::api::Replica {
+                device: device.into(),
+                addr: "127.0.0.1:1".into(),
+                htx: None,
+            }],
+            betanet: None,
+        };
+        gateway.set_routes(vec![route("a", "d1")]);
+        assert!(changed.has_changed().unwrap(), "a published");
+        changed.borrow_and_update();
+        // A replica moving is no change to the set of apps.
+        gateway.set_routes(vec![route("a", "d2")]);
+        assert!(!changed.has_changed().unwrap());
+        gateway.set_routes(vec![route("a", "d2"), route("b", "d1")]);
+        assert!(changed.has_changed().unwrap(), "b published");
+        changed.borrow_and_update();
+        gateway.set_routes(vec![route("b", "d1")]);
+        assert!(changed.has_changed().unwrap(), "a removed");
     }
 }

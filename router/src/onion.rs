@@ -29,6 +29,11 @@ use tor_rtcompat::PreferredRuntime;
 
 use crate::Gateway;
 
+/// How often the onion keys are read again while nothing changes in the routes.
+const KEYS_RECHECK: Duration = Duration::from_secs(30);
+/// How soon after a failure they are read again.
+const KEYS_RETRY: Duration = Duration::from_secs(2);
+
 /// Where the onion front's arti keeps its files, and which network it joins.
 #[derive(Debug, Clone)]
 pub struct OnionConfig {
@@ -143,7 +148,9 @@ pub async fn run(
     tracing::info!("onion front: connected to the Tor network");
     let mut services: HashMap<String, Service> = HashMap::new();
     let mut warned = false;
+    let mut apps_changed = gateway.apps_changed();
     loop {
+        apps_changed.borrow_and_update();
         match gateway
             .post_json::<Vec<OnionKey>>("/v1/onion-keys", &identity)
             .await
@@ -158,9 +165,13 @@ pub async fn run(
             }
             Err(_) => {}
         }
+        // Keys change only when an app is published or removed, which changes the routes; the
+        // timer covers a control plane that was unreachable.
+        let wait = if warned { KEYS_RETRY } else { KEYS_RECHECK };
         tokio::select! {
             () = &mut shutdown => return,
-            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = apps_changed.changed() => {}
+            () = tokio::time::sleep(wait) => {}
         }
     }
 }
