@@ -324,12 +324,7 @@ impl Control {
             }
             ("POST", ["fronts"]) => {
                 let (signer, body, _) = Self::signed(request, 64 << 10).await?;
-                if !self.config.trusted_routers.contains(&signer) {
-                    return Err(Refusal(
-                        403,
-                        format!("router key {signer} is not trusted to register a Betanet front"),
-                    ));
-                }
+                self.trusted_router(&signer, "to register a Betanet front")?;
                 let front: api::FrontInfo = serde_json::from_slice(&body)
                     .map_err(|e| Refusal(400, format!("malformed front: {e}")))?;
                 self.registrations
@@ -350,12 +345,7 @@ impl Control {
             ("GET", ["relays"]) => Ok(json(200, &self.registrations.relays())),
             ("POST", ["onion-keys"]) => {
                 let (signer, _, _) = Self::signed(request, api::MAX_JSON_BYTES).await?;
-                if !self.config.trusted_routers.contains(&signer) {
-                    return Err(Refusal(
-                        403,
-                        format!("router key {signer} is not trusted with onion keys"),
-                    ));
-                }
+                self.trusted_router(&signer, "with onion keys")?;
                 let master = self.master()?;
                 let keys: Vec<api::OnionKey> = self
                     .apps()?
@@ -381,6 +371,19 @@ impl Control {
                 ],
             ) => Err(Refusal(405, format!("{method} is not allowed on {path}"))),
             _ => Err(Refusal(404, format!("unknown path {path}"))),
+        }
+    }
+
+    /// Refuse (403) a signer that is not a router this control plane trusts; `what` ends the
+    /// reason ("router key K is not trusted {what}").
+    fn trusted_router(&self, signer: &str, what: &str) -> Result<(), Refusal> {
+        if self.config.trusted_routers.iter().any(|r| r == signer) {
+            Ok(())
+        } else {
+            Err(Refusal(
+                403,
+                format!("router key {signer} is not trusted {what}"),
+            ))
         }
     }
 
