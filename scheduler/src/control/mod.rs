@@ -1652,6 +1652,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn only_trusted_routers_register_fronts_or_get_onion_keys() {
+        let router = Identity::generate();
+        let stranger = Identity::generate();
+        let control = Control::new(
+            Arc::new(store::SledStore::temporary().unwrap()),
+            ControlConfig {
+                trusted_routers: vec![router.public_hex()],
+                ..ControlConfig::default()
+            },
+        );
+        let front = serde_json::to_vec(&api::FrontInfo {
+            addr: "127.0.0.1:7443".into(),
+            key: hex::encode([1u8; 32]),
+            ticket_key: hex::encode([2u8; 32]),
+            tls: false,
+        })
+        .unwrap();
+        for (path, body, what) in [
+            ("/v1/fronts", front.clone(), "to register a Betanet front"),
+            ("/v1/onion-keys", b"{}".to_vec(), "with onion keys"),
+        ] {
+            let refused = control
+                .handle(signed(&stranger, "POST", path, body.clone(), ""))
+                .await;
+            assert_eq!(refused.status(), 403, "{path}");
+            let text = refused.into_body().collect().await.unwrap().to_bytes();
+            let text = String::from_utf8_lossy(&text);
+            assert!(
+                text.contains(&format!("is not trusted {what}")),
+                "{path}: {text}"
+            );
+            let accepted = control
+                .handle(signed(&router, "POST", path, body, ""))
+                .await;
+            assert_eq!(accepted.status(), 200, "{path}");
+        }
+    }
+
+    #[tokio::test]
     async fn the_api_answers_without_sockets() {
         let control = control();
         assert_eq!(
