@@ -51,7 +51,10 @@ impl Devices {
 
 /// How routers reach the device: dialled at its listener, or on the connections it dialled out.
 pub fn reached(d: &DeviceInfo) -> String {
-    match (d.htx.as_ref().and_then(|h| h.addr.as_deref()), &d.attached[..]) {
+    match (
+        d.htx.as_ref().and_then(|h| h.addr.as_deref()),
+        &d.attached[..],
+    ) {
         (Some(addr), _) => format!("direct {addr}"),
         (None, []) => "unreachable (attached to no router)".to_string(),
         (None, links) => format!(

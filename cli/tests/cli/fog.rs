@@ -73,11 +73,7 @@ pub fn spawn(args: &[&str]) -> Running {
         })
         .next()
         .unwrap_or_else(|| panic!("unexpected first line from fog {args:?}: {line:?}"));
-    Running {
-        child,
-        addr,
-        line,
-    }
+    Running { child, addr, line }
 }
 
 /// Run `fog ARGS` to completion; returns (exit code, stdout, stderr).

@@ -378,7 +378,7 @@ async fn publish_serve_survive_a_host_and_a_control_plane_restart() {
 }
 
 /// A signed raw request, for the cases the CLI refuses to send.
-async fn raw(
+pub async fn raw(
     fog: &Fog,
     identity: &Identity,
     method: &str,

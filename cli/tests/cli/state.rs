@@ -125,7 +125,6 @@ async fn wait_for(
     }
 }
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_planned_move_under_load_fails_nothing_and_loses_nothing() {
     let fog = Fog::start(3);
