@@ -20,9 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fog_htx::attach::{
-    ATTACH_PROLOGUE, HTTP_STREAM, SPLICE_STREAM, read_splice_device, read_tag,
-};
+use fog_htx::attach::{ATTACH_PROLOGUE, HTTP_STREAM, SPLICE_STREAM, read_splice_device, read_tag};
 use fog_htx::conn::{self, Connection, HtxStream};
 use fog_htx::dial::{DATA_PLANE_PROLOGUE, Rendezvous, SpliceFuture, data_plane_config};
 use fog_htx::handshake::StaticKey;
@@ -339,7 +337,10 @@ mod tests {
         let mut backoff = BACKOFF_START;
         for _ in 0..20 {
             let (wait, next) = next_backoff(backoff);
-            assert!(wait >= backoff / 2 && wait <= backoff, "{wait:?} vs {backoff:?}");
+            assert!(
+                wait >= backoff / 2 && wait <= backoff,
+                "{wait:?} vs {backoff:?}"
+            );
             assert!(next <= BACKOFF_MAX);
             backoff = next;
         }

@@ -127,9 +127,7 @@ impl Attach {
             device: device.to_string(),
             reason: format!("malformed device: {e}"),
         })?;
-        let announced = info
-            .htx
-            .ok_or_else(|| Refusal::NoKey(device.to_string()))?;
+        let announced = info.htx.ok_or_else(|| Refusal::NoKey(device.to_string()))?;
         if announced.key.eq_ignore_ascii_case(&hex::encode(key)) {
             Ok(())
         } else {
@@ -195,10 +193,7 @@ impl Attach {
             .map_err(|e| format!("cannot check the pairing with the control plane: {e}"))?;
         if !status.is_success() {
             let reason = serde_json::from_slice::<fog_proto::api::ErrorBody>(&body)
-                .map_or_else(
-                    |_| String::from_utf8_lossy(&body).into_owned(),
-                    |e| e.error,
-                );
+                .map_or_else(|_| String::from_utf8_lossy(&body).into_owned(), |e| e.error);
             return Err(reason);
         }
         let connection = self

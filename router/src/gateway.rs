@@ -214,7 +214,10 @@ impl Gateway {
     }
 
     /// GET `path` from the control plane: its status and body, whatever the status.
-    pub(crate) async fn control_get(&self, path: &str) -> Result<(http::StatusCode, Bytes), String> {
+    pub(crate) async fn control_get(
+        &self,
+        path: &str,
+    ) -> Result<(http::StatusCode, Bytes), String> {
         let request = http::Request::get(format!("{}{path}", self.config.control))
             .body(Full::new(Bytes::new()))
             .map_err(|e| e.to_string())?;

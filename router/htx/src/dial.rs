@@ -116,10 +116,7 @@ impl Dialer {
     /// `connection` of `device` ended: forget it, unless a newer one replaced it.
     pub fn detach(&self, device: &str, connection: &Connection) {
         let mut attached = self.attached.write().expect("attached lock");
-        if attached
-            .get(device)
-            .is_some_and(|c| c.same_as(connection))
-        {
+        if attached.get(device).is_some_and(|c| c.same_as(connection)) {
             attached.remove(device);
         }
     }
