@@ -169,10 +169,9 @@ fn refusal_response(Refusal(status, error): Refusal) -> ApiResponse {
     json(status, &ErrorBody { error })
 }
 
-/// A digest of a device's assignments and the routers it is told to attach to.
-fn digest(assignments: &[Assignment], attach: &[api::AttachPoint]) -> String {
-    let both = (assignments, attach);
-    auth::sha256_hex(&serde_json::to_vec(&both).expect("API types always serialise"))
+/// A digest of a device's assignments.
+fn digest(assignments: &[Assignment]) -> String {
+    auth::sha256_hex(&serde_json::to_vec(assignments).expect("API types always serialise"))
 }
 
 /// Check that `bytes` is a component exporting `wasi:http/incoming-handler@0.2.*`, with
@@ -289,11 +288,6 @@ impl Control {
             }
             ("POST", ["devices"]) => self.register(request).await,
             ("GET", ["devices"]) => Ok(json(200, &self.device_infos()?)),
-            ("GET", ["devices", id]) => match self.device_infos()?.into_iter().find(|d| d.id == *id) {
-                Some(device) => Ok(json(200, &device)),
-                None => Err(Refusal(404, format!("no device {id}"))),
-            },
-            ("GET", ["devices", a, "peers", b]) => self.pairing(a, b),
             ("POST", ["devices", id, "heartbeat"]) => self.heartbeat(id, request).await,
             ("GET", ["devices", id, "ledger"]) => {
                 let prefix = format!("{id}/");
@@ -339,22 +333,6 @@ impl Control {
                 Ok(json(200, &self.registrations.fronts()))
             }
             ("GET", ["fronts"]) => Ok(json(200, &self.registrations.fronts())),
-            ("POST", ["attach"]) => {
-                let (signer, body, _) = Self::signed(request, 64 << 10).await?;
-                self.trusted_router(&signer, "to register an attach endpoint")?;
-                let info: api::AttachInfo = serde_json::from_slice(&body)
-                    .map_err(|e| Refusal(400, format!("malformed attach endpoint: {e}")))?;
-                let changed = self
-                    .registrations
-                    .register_attach(&signer, info)
-                    .map_err(|e| Refusal(400, e))?;
-                if changed {
-                    // Held heartbeats return at once with the new list.
-                    self.bump();
-                }
-                Ok(json(200, &self.registrations.attach_points()))
-            }
-            ("GET", ["attach"]) => Ok(json(200, &self.registrations.attach_points())),
             ("POST", ["relays"]) => {
                 let (signer, body, _) = Self::signed(request, 64 << 10).await?;
                 let relay: api::RelayInfo = serde_json::from_slice(&body)
@@ -388,7 +366,7 @@ impl Control {
                 _,
                 [
                     "apps" | "devices" | "blobs" | "routes" | "fronts" | "relays" | "names"
-                    | "onion-keys" | "attach",
+                    | "onion-keys",
                     ..,
                 ],
             ) => Err(Refusal(405, format!("{method} is not allowed on {path}"))),
@@ -889,10 +867,11 @@ impl Control {
         let (signer, body, _) = Self::signed(request, api::MAX_JSON_BYTES).await?;
         let registration: DeviceRegistration = serde_json::from_slice(&body)
             .map_err(|e| Refusal(400, format!("malformed JSON: {e}")))?;
-        if let Some(addr) = &registration.addr
-            && addr.parse::<std::net::SocketAddr>().is_err()
-        {
-            return Err(Refusal(400, format!("addr {addr:?} is not host:port")));
+        if registration.addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(Refusal(
+                400,
+                format!("addr {:?} is not host:port", registration.addr),
+            ));
         }
         let finite = |x: f64| x.is_finite() && x >= 0.0;
         if !(finite(registration.cpu)
@@ -908,7 +887,7 @@ impl Control {
         let record = DeviceRecord {
             id: id.clone(),
             public_key: signer,
-            addr: registration.addr.unwrap_or_default(),
+            addr: registration.addr,
             region: registration.region,
             cpu: registration.cpu,
             mem_mb: registration.mem_mb,
@@ -944,13 +923,10 @@ impl Control {
         if heartbeat.logs.len() > api::MAX_LOG_LINES
             || heartbeat.running.len() > api::MAX_RUNNING
             || heartbeat.periods.len() > api::MAX_PERIODS
-            || heartbeat.attached.len() > api::MAX_ATTACHED
         {
             return Err(Refusal(
                 413,
-                "too many log lines, running apps, ledger periods or attach links in one \
-                 heartbeat"
-                    .into(),
+                "too many log lines, running apps or ledger periods in one heartbeat".into(),
             ));
         }
         // Ledger periods: signed by this device's key, for this device, with honest arithmetic.
@@ -1032,12 +1008,9 @@ impl Control {
         }
         // Hold the reply while the device already has its assignments, until they change or a
         // heartbeat interval passes: assignments reach devices as soon as they are made.
-        // Every device dials out to every router: whichever router a visitor reaches holds a
-        // connection to each replica, and any two devices share a rendezvous.
         let mut seen = self.version.subscribe();
         let mut assignments = self.assignments_for(id)?;
-        let mut attach = self.registrations.attach_points();
-        let mut digest = digest(&assignments, &attach);
+        let mut digest = digest(&assignments);
         if known.as_deref() == Some(digest.as_str()) {
             let deadline = tokio::time::Instant::now() + self.config.heartbeat_interval;
             while tokio::time::timeout_at(deadline, seen.changed())
@@ -1045,8 +1018,7 @@ impl Control {
                 .is_ok_and(|r| r.is_ok())
             {
                 assignments = self.assignments_for(id)?;
-                attach = self.registrations.attach_points();
-                digest = self::digest(&assignments, &attach);
+                digest = self::digest(&assignments);
                 if known.as_deref() != Some(digest.as_str()) {
                     break;
                 }
@@ -1057,28 +1029,8 @@ impl Control {
             &HeartbeatReply {
                 assignments,
                 digest,
-                attach,
             },
         ))
-    }
-
-    /// `GET /v1/devices/{a}/peers/{b}`: the apps an assignment pairs devices `a` and `b` for
-    /// (both hold replicas of them, or one is taking over the other's), or 403: a router
-    /// splices only such peers.
-    fn pairing(&self, a: &str, b: &str) -> Answer {
-        let apps: Vec<String> = self
-            .placements()?
-            .into_iter()
-            .filter(|(_, p)| p.devices.iter().any(|d| d == a) && p.devices.iter().any(|d| d == b))
-            .map(|(app, _)| app)
-            .collect();
-        if a == b || apps.is_empty() {
-            return Err(Refusal(
-                403,
-                format!("no assignment pairs devices {a} and {b}"),
-            ));
-        }
-        Ok(json(200, &api::Pairing { apps }))
     }
 
     /// Wake every long-poll: placements or what devices run have changed.
@@ -1245,14 +1197,7 @@ impl Control {
             .into_iter()
             .map(|d| {
                 let l = live.get(&d.id);
-                let alive = l.is_some_and(|l| self.is_alive(l));
                 DeviceInfo {
-                    htx: l.and_then(|l| l.heartbeat.htx.clone()),
-                    // Links of a dead device are not held any more.
-                    attached: l
-                        .filter(|_| alive)
-                        .map(|l| l.heartbeat.attached.clone())
-                        .unwrap_or_default(),
                     alive: l.is_some_and(|l| self.is_alive(l)),
                     harvestable: l.is_some_and(|l| l.heartbeat.harvestable),
                     cpu_free: l.map_or(0.0, |l| l.heartbeat.cpu_free),
@@ -1266,7 +1211,7 @@ impl Control {
                         .map(|l| l.heartbeat.running.iter().map(|r| r.app.clone()).collect())
                         .unwrap_or_default(),
                     id: d.id,
-                    addr: Some(d.addr).filter(|a| !a.is_empty()),
+                    addr: d.addr,
                     region: d.region,
                     cpu: d.cpu,
                 }
@@ -1306,7 +1251,7 @@ impl Control {
                     .filter_map(|d| devices.get(d))
                     .map(|d| Replica {
                         device: d.id.clone(),
-                        addr: Some(d.addr.clone()).filter(|a| !a.is_empty()),
+                        addr: d.addr.clone(),
                         htx: htx.get(&d.id).cloned(),
                     })
                     .collect();

@@ -207,8 +207,7 @@ pub struct DeviceRecord {
     pub id: String,
     /// Public key (hex).
     pub public_key: String,
-    /// Plain-HTTP data-plane address; empty for a device that accepts no connection (it
-    /// dials out to routers).
+    /// Data-plane address.
     pub addr: String,
     /// Region.
     pub region: String,
