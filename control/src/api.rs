@@ -10,6 +10,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use serde::Serialize;
 
 use crate::error::ApiError;
+use crate::replay::ReplayError;
 use crate::store::{Table, decode};
 use crate::{ApiResponse, Control, ROUTES_HOLD, names, now_ms};
 
@@ -123,7 +124,7 @@ impl Control {
                 Ok(response)
             }
             ("POST", ["fronts"]) => {
-                let (signer, body, _) = Self::signed(request, 64 << 10).await?;
+                let (signer, body, _) = self.signed(request, 64 << 10).await?;
                 self.trusted_router(&signer, "to register a Betanet front")?;
                 let front: api::FrontInfo = serde_json::from_slice(&body)
                     .map_err(|e| ApiError::BadRequest(format!("malformed front: {e}")))?;
@@ -134,7 +135,7 @@ impl Control {
             }
             ("GET", ["fronts"]) => Ok(json(200, &self.registrations.fronts())),
             ("POST", ["relays"]) => {
-                let (signer, body, _) = Self::signed(request, 64 << 10).await?;
+                let (signer, body, _) = self.signed(request, 64 << 10).await?;
                 let relay: api::RelayInfo = serde_json::from_slice(&body)
                     .map_err(|e| ApiError::BadRequest(format!("malformed relay: {e}")))?;
                 self.registrations
@@ -144,7 +145,7 @@ impl Control {
             }
             ("GET", ["relays"]) => Ok(json(200, &self.registrations.relays())),
             ("POST", ["onion-keys"]) => {
-                let (signer, _, _) = Self::signed(request, api::MAX_JSON_BYTES).await?;
+                let (signer, _, _) = self.signed(request, api::MAX_JSON_BYTES).await?;
                 self.trusted_router(&signer, "with onion keys")?;
                 let master = self.master()?;
                 let keys: Vec<api::OnionKey> = self
@@ -207,6 +208,7 @@ impl Control {
 
     /// Read the body and check the request's signature; returns (signer, body, meta).
     pub(crate) async fn signed<B>(
+        &self,
         request: http::Request<B>,
         limit: u64,
     ) -> Result<(String, Bytes, String), ApiError>
@@ -229,7 +231,7 @@ impl Control {
         let meta = header(META_HEADER).unwrap_or_default();
         let body = Self::body(body, limit).await?;
         let now_s = now_ms() / 1000;
-        let signer = auth::verify(
+        let signed = auth::verify(
             auth_header.as_deref(),
             parts.method.as_str(),
             parts.uri.path(),
@@ -238,6 +240,10 @@ impl Control {
             now_s,
         )
         .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
-        Ok((signer, body, meta))
+        self.replays.admit(&signed, now_s).map_err(|e| match e {
+            ReplayError::Replayed => ApiError::Unauthorized(e.to_string()),
+            ReplayError::Full => ApiError::Unavailable(e.to_string()),
+        })?;
+        Ok((signed.key, body, meta))
     }
 }

@@ -60,7 +60,7 @@ impl Control {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let (signer, body, _) = Self::signed(request, api::MAX_JSON_BYTES).await?;
+        let (signer, body, _) = self.signed(request, api::MAX_JSON_BYTES).await?;
         let wanted: api::MoveRequest = serde_json::from_slice(&body)
             .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
         let record = self.owned_app(name, &signer)?;
@@ -122,7 +122,7 @@ impl Control {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let (signer, body, _) = Self::signed(request, MAX_SNAPSHOT_BYTES).await?;
+        let (signer, body, _) = self.signed(request, MAX_SNAPSHOT_BYTES).await?;
         let device = self.signing_device(&signer)?;
         self.app(name)?;
         let primary = self
@@ -149,7 +149,7 @@ impl Control {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let (signer, _, _) = Self::signed(request, api::MAX_JSON_BYTES).await?;
+        let (signer, _, _) = self.signed(request, api::MAX_JSON_BYTES).await?;
         let device = self.signing_device(&signer)?;
         let assigned = self
             .placements()?
@@ -171,7 +171,7 @@ impl Control {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let (signer, body, meta) = Self::signed(request, api::MAX_COMPONENT_BYTES).await?;
+        let (signer, body, meta) = self.signed(request, api::MAX_COMPONENT_BYTES).await?;
         let meta: PublishMeta = serde_json::from_str(&meta)
             .map_err(|e| ApiError::BadRequest(format!("malformed x-fog-meta JSON: {e}")))?;
         meta.validate().map_err(ApiError::BadRequest)?;
@@ -227,7 +227,7 @@ impl Control {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let (signer, body, _) = Self::signed(request, api::MAX_JSON_BYTES).await?;
+        let (signer, body, _) = self.signed(request, api::MAX_JSON_BYTES).await?;
         let scale: ScaleRequest = serde_json::from_slice(&body)
             .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
         let record = {
@@ -298,7 +298,7 @@ impl Control {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let (signer, _, _) = Self::signed(request, api::MAX_JSON_BYTES).await?;
+        let (signer, _, _) = self.signed(request, api::MAX_JSON_BYTES).await?;
         {
             let _guard = self.writes.lock().expect("writes lock");
             let record = self.owned_app(name, &signer)?;

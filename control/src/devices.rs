@@ -43,7 +43,7 @@ impl Control {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let (signer, body, _) = Self::signed(request, api::MAX_JSON_BYTES).await?;
+        let (signer, body, _) = self.signed(request, api::MAX_JSON_BYTES).await?;
         let registration: DeviceRegistration = serde_json::from_slice(&body)
             .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
         if registration.addr.parse::<std::net::SocketAddr>().is_err() {
@@ -89,7 +89,7 @@ impl Control {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let (signer, body, _) = Self::signed(request, 8 * api::MAX_JSON_BYTES).await?;
+        let (signer, body, _) = self.signed(request, 8 * api::MAX_JSON_BYTES).await?;
         let device: DeviceRecord = match self.store.get(Table::Devices, id)? {
             Some(bytes) => decode(Table::Devices, id, &bytes)?,
             None => {

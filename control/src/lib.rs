@@ -19,6 +19,7 @@ pub mod error;
 pub mod names;
 mod reconcile;
 mod registry;
+pub mod replay;
 pub mod replicas;
 pub mod store;
 mod views;
@@ -118,6 +119,8 @@ pub struct Control {
     loads: Mutex<HashMap<String, autoscale::AppLoad>>,
     /// Apps at zero replicas: the devices that last ran them (and hold their state).
     parked: Mutex<HashMap<String, Vec<String>>>,
+    /// Signed requests seen inside the skew window: each is accepted once.
+    replays: replay::ReplayGuard,
     /// A handover changed phase: assignments changed though placements did not.
     phase_changed: std::sync::atomic::AtomicBool,
 }
@@ -164,6 +167,7 @@ impl Control {
             events: replicas::Events::default(),
             loads: Mutex::new(HashMap::new()),
             parked: Mutex::new(HashMap::new()),
+            replays: replay::ReplayGuard::default(),
             phase_changed: std::sync::atomic::AtomicBool::new(false),
         })
     }

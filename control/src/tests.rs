@@ -242,3 +242,113 @@ async fn the_api_answers_without_sockets() {
     let info = stale.app_info(&stale.app("hello").unwrap()).unwrap();
     assert!(info.problem.unwrap().contains("needs 1 distinct devices"));
 }
+
+/// A signed request and an exact copy of it, as an eavesdropper who captured it would send.
+fn signed_twice(
+    key: &Identity,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+    meta: &str,
+) -> (http::Request<Full<Bytes>>, http::Request<Full<Bytes>>) {
+    let header = key.sign(
+        method,
+        path,
+        now_ms() / 1000,
+        &auth::sha256_hex(&body),
+        meta,
+    );
+    let headers = [(AUTH_HEADER, header.as_str()), (META_HEADER, meta)];
+    (
+        request(method, path, &headers, body.clone()),
+        request(method, path, &headers, body),
+    )
+}
+
+async fn refused_as_replay(control: &Arc<Control>, replay: http::Request<Full<Bytes>>) {
+    let response = control.handle(replay).await;
+    assert_eq!(response.status(), 401);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        String::from_utf8_lossy(&body).contains("replayed request"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+}
+
+async fn app(control: &Arc<Control>, name: &str) -> Option<AppInfo> {
+    let response = control
+        .handle(request("GET", &format!("/v1/apps/{name}"), &[], vec![]))
+        .await;
+    if response.status() == 404 {
+        return None;
+    }
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Some(serde_json::from_slice(&body).unwrap())
+}
+
+#[tokio::test]
+async fn a_replayed_publish_is_refused_and_changes_nothing() {
+    let control = control();
+    let key = Identity::generate();
+    let hello = std::fs::read(fog_test_programs::HELLO).unwrap();
+    let (publish, replay) = signed_twice(
+        &key,
+        "POST",
+        "/v1/apps",
+        hello,
+        r#"{"name":"hello","tier":"B"}"#,
+    );
+    assert_eq!(control.handle(publish).await.status(), 201);
+    refused_as_replay(&control, replay).await;
+    assert_eq!(app(&control, "hello").await.unwrap().version, 1);
+}
+
+#[tokio::test]
+async fn a_replayed_scale_is_refused_and_changes_nothing() {
+    let control = control();
+    let key = Identity::generate();
+    let hello = std::fs::read(fog_test_programs::HELLO).unwrap();
+    let publish = signed(
+        &key,
+        "POST",
+        "/v1/apps",
+        hello,
+        r#"{"name":"hello","tier":"B"}"#,
+    );
+    assert_eq!(control.handle(publish).await.status(), 201);
+    let (to_three, replay) = signed_twice(
+        &key,
+        "POST",
+        "/v1/apps/hello/scale",
+        br#"{"replicas":3}"#.to_vec(),
+        "",
+    );
+    assert_eq!(control.handle(to_three).await.status(), 200);
+    let to_two = signed(
+        &key,
+        "POST",
+        "/v1/apps/hello/scale",
+        br#"{"replicas":2}"#.to_vec(),
+        "",
+    );
+    assert_eq!(control.handle(to_two).await.status(), 200);
+    refused_as_replay(&control, replay).await;
+    assert_eq!(app(&control, "hello").await.unwrap().replicas, 2);
+}
+
+#[tokio::test]
+async fn a_replayed_rm_is_refused_and_changes_nothing() {
+    let control = control();
+    let key = Identity::generate();
+    let hello = std::fs::read(fog_test_programs::HELLO).unwrap();
+    let meta = r#"{"name":"hello","tier":"B"}"#;
+    let publish = signed(&key, "POST", "/v1/apps", hello.clone(), meta);
+    assert_eq!(control.handle(publish).await.status(), 201);
+    let (remove, replay) = signed_twice(&key, "DELETE", "/v1/apps/hello", vec![], "");
+    assert_eq!(control.handle(remove).await.status(), 200);
+    let again = signed(&key, "POST", "/v1/apps", hello, meta);
+    assert_eq!(control.handle(again).await.status(), 201);
+    refused_as_replay(&control, replay).await;
+    assert!(app(&control, "hello").await.is_some());
+}
