@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
+use fog_control::store::SledStore;
+use fog_control::{self as control, Control, ControlConfig};
 use fog_host::server;
 use fog_router::{Gateway, GatewayConfig};
-use fog_scheduler::control::store::SledStore;
-use fog_scheduler::control::{self, Control, ControlConfig};
 
 /// Stops every service a bench started when it fires (or is dropped).
 pub type Stop = tokio::sync::watch::Receiver<bool>;

@@ -6,6 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
+use fog_control::store::SledStore;
+use fog_control::{self as control, Control, ControlConfig};
 use fog_host::agent::{self, AgentConfig};
 use fog_host::harvest::ledger::Ledger;
 use fog_host::harvest::policy::HarvestConfig;
@@ -14,8 +16,6 @@ use fog_host::harvest::{self, HarvesterConfig};
 use fog_host::server::{self, AppTable};
 use fog_host::{Runtime, RuntimeConfig};
 use fog_router::{Gateway, GatewayConfig};
-use fog_scheduler::control::store::SledStore;
-use fog_scheduler::control::{self, Control, ControlConfig};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 

@@ -1,10 +1,11 @@
 //! Identities and signed requests.
 //!
 //! Developers and devices each hold an ed25519 key. A request that changes something carries an
-//! `x-fog-auth: key=<hex public key>,ts=<unix seconds>,sig=<hex signature>` header; the
-//! signature covers `fog-request-v1`, the method, the path, the timestamp, the sha256 of the body
-//! and the `x-fog-meta` header, each on its own line. The control plane accepts timestamps within
-//! [`MAX_SKEW_S`] of its clock.
+//! `x-fog-auth: key=<hex public key>,ts=<unix seconds>,nonce=<hex>,sig=<hex signature>` header;
+//! the signature covers `fog-request-v2`, the method, the path, the timestamp, the nonce, the
+//! sha256 of the body and the `x-fog-meta` header, each on its own line. The control plane
+//! accepts timestamps within [`MAX_SKEW_S`] of its clock and each (key, nonce) once within that
+//! window, so a captured request cannot be sent again.
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use sha2::{Digest, Sha256};
@@ -31,6 +32,23 @@ pub enum AuthError {
     /// The signature does not match.
     #[error("signature does not match the request")]
     BadSignature,
+    /// This exact signed request was already accepted.
+    #[error("replayed request: this signature's nonce was already used; sign a new request")]
+    Replay,
+}
+
+/// Bytes of random nonce in each signed request.
+pub const NONCE_BYTES: usize = 16;
+
+/// Who signed a request that verified, and the nonce that makes it unique.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signed {
+    /// The signer's public key (hex).
+    pub key: String,
+    /// The request's timestamp (unix seconds).
+    pub ts: u64,
+    /// The request's nonce (hex): refuse a second request with the same key and nonce.
+    pub nonce: String,
 }
 
 /// An ed25519 key pair.
@@ -100,12 +118,16 @@ impl Identity {
     }
 
     /// The `x-fog-auth` header value for a request.
+    /// Each call draws a fresh nonce, so two calls never give the same header.
     pub fn sign(&self, method: &str, path: &str, ts: u64, body_sha256: &str, meta: &str) -> String {
+        let mut nonce = [0u8; NONCE_BYTES];
+        getrandom::fill(&mut nonce).expect("the operating system's random source");
+        let nonce = hex::encode(nonce);
         let signature = self
             .key
-            .sign(&canonical(method, path, ts, body_sha256, meta));
+            .sign(&canonical(method, path, ts, &nonce, body_sha256, meta));
         format!(
-            "key={},ts={ts},sig={}",
+            "key={},ts={ts},nonce={nonce},sig={}",
             self.public_hex(),
             hex::encode(signature.to_bytes())
         )
@@ -141,8 +163,15 @@ pub fn verify_bytes(
 }
 
 /// The bytes a request signature covers.
-pub fn canonical(method: &str, path: &str, ts: u64, body_sha256: &str, meta: &str) -> Vec<u8> {
-    format!("fog-request-v1\n{method}\n{path}\n{ts}\n{body_sha256}\n{meta}").into_bytes()
+pub fn canonical(
+    method: &str,
+    path: &str,
+    ts: u64,
+    nonce: &str,
+    body_sha256: &str,
+    meta: &str,
+) -> Vec<u8> {
+    format!("fog-request-v2\n{method}\n{path}\n{ts}\n{nonce}\n{body_sha256}\n{meta}").into_bytes()
 }
 
 /// The sha256 of `body` in hex.
@@ -156,7 +185,8 @@ pub fn device_id(public_hex: &str) -> String {
     hex::encode(Sha256::digest(bytes))[..16].to_string()
 }
 
-/// Check an `x-fog-auth` header against the request; on success, the signer's public key (hex).
+/// Check an `x-fog-auth` header against the request; on success, who signed it and its nonce.
+/// Refusing a nonce seen before is the caller's part (it keeps the memory).
 pub fn verify(
     header: Option<&str>,
     method: &str,
@@ -164,16 +194,17 @@ pub fn verify(
     body_sha256: &str,
     meta: &str,
     now_s: u64,
-) -> Result<String, AuthError> {
+) -> Result<Signed, AuthError> {
     let header = header.ok_or(AuthError::Missing)?;
     if header.len() > 512 {
         return Err(AuthError::Malformed("too long".into()));
     }
-    let (mut key, mut ts, mut sig) = (None, None, None);
+    let (mut key, mut ts, mut nonce, mut sig) = (None, None, None, None);
     for part in header.split(',') {
         match part.trim().split_once('=') {
             Some(("key", v)) => key = Some(v),
             Some(("ts", v)) => ts = Some(v),
+            Some(("nonce", v)) => nonce = Some(v),
             Some(("sig", v)) => sig = Some(v),
             _ => return Err(AuthError::Malformed(format!("unexpected part {part:?}"))),
         }
@@ -184,6 +215,12 @@ pub fn verify(
         .parse()
         .map_err(|_| AuthError::Malformed("ts is not a number".into()))?;
     let sig = sig.ok_or_else(|| AuthError::Malformed("no sig".into()))?;
+    let nonce = nonce.ok_or_else(|| AuthError::Malformed("no nonce".into()))?;
+    if nonce.len() != 2 * NONCE_BYTES || hex::decode(nonce).is_err() {
+        return Err(AuthError::Malformed(format!(
+            "nonce must be {NONCE_BYTES} bytes of hex"
+        )));
+    }
     let key_bytes: [u8; 32] = hex::decode(key)
         .ok()
         .and_then(|b| b.try_into().ok())
@@ -200,11 +237,15 @@ pub fn verify(
         .map_err(|_| AuthError::Malformed("not a valid public key".into()))?;
     verifying
         .verify(
-            &canonical(method, path, ts, body_sha256, meta),
+            &canonical(method, path, ts, nonce, body_sha256, meta),
             &Signature::from_bytes(&sig_bytes),
         )
         .map_err(|_| AuthError::BadSignature)?;
-    Ok(hex::encode(key_bytes))
+    Ok(Signed {
+        key: hex::encode(key_bytes),
+        ts,
+        nonce: nonce.to_ascii_lowercase(),
+    })
 }
 
 #[cfg(test)]
@@ -224,7 +265,9 @@ mod tests {
             "{\"name\":\"a\"}",
             1001,
         );
-        assert_eq!(ok, Ok(me.public_hex()));
+        assert_eq!(ok.map(|s| s.key), Ok(me.public_hex()));
+        let again = me.sign("POST", "/v1/apps", 1000, &body, "{\"name\":\"a\"}");
+        assert_ne!(header, again, "every signature carries a fresh nonce");
         for (method, path, sha, meta) in [
             ("PUT", "/v1/apps", body.as_str(), "{\"name\":\"a\"}"),
             ("POST", "/v1/other", body.as_str(), "{\"name\":\"a\"}"),
@@ -253,6 +296,38 @@ mod tests {
         );
         assert!(matches!(
             verify(Some("key=zz,ts=1,sig=00"), "POST", "/", "", "", 1),
+            Err(AuthError::Malformed(_))
+        ));
+        // The nonce is covered by the signature: changing it breaks the signature.
+        let nonce_at = header.find("nonce=").unwrap() + "nonce=".len();
+        let mut other = header.clone();
+        let flipped = if &header[nonce_at..nonce_at + 1] == "0" {
+            "1"
+        } else {
+            "0"
+        };
+        other.replace_range(nonce_at..nonce_at + 1, flipped);
+        assert_eq!(
+            verify(
+                Some(&other),
+                "POST",
+                "/v1/apps",
+                &body,
+                "{\"name\":\"a\"}",
+                1000
+            ),
+            Err(AuthError::BadSignature)
+        );
+        let without = header.replace(&format!(",nonce={}", &header[nonce_at..nonce_at + 32]), "");
+        assert!(matches!(
+            verify(
+                Some(&without),
+                "POST",
+                "/v1/apps",
+                &body,
+                "{\"name\":\"a\"}",
+                1000
+            ),
             Err(AuthError::Malformed(_))
         ));
     }

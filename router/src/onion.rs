@@ -292,10 +292,7 @@ mod tests {
             let address = super::address_of(&seed);
             assert_eq!(address.len(), 62, "{address}");
             let public = fog_proto::auth::Identity::from_secret(&seed).public_bytes();
-            assert_eq!(
-                fog_scheduler::control::names::onion_address(&public),
-                address
-            );
+            assert_eq!(fog_htx::names::onion_address(&public), address);
         }
     }
 }

@@ -12,7 +12,6 @@
 
 #![deny(missing_docs)]
 
-pub mod control;
 pub mod hypervolume;
 pub mod market;
 pub mod nsga2;

@@ -103,6 +103,22 @@ pub fn names_key(name: &str, public_key: &[u8; 32]) -> bool {
     parse_bn1(name).is_ok_and(|node| node == node_id(public_key))
 }
 
+/// The v3 `.onion` address of an ed25519 public key (rend-spec-v3 §6):
+/// base32(pubkey ‖ checksum ‖ version) with checksum = SHA3-256(".onion checksum" ‖ pubkey ‖
+/// version)[..2] and version 3.
+pub fn onion_address(public: &[u8; 32]) -> String {
+    use sha3::Digest as _;
+    let mut hasher = sha3::Sha3_256::new();
+    hasher.update(b".onion checksum");
+    hasher.update(public);
+    hasher.update([3u8]);
+    let checksum = hasher.finalize();
+    let mut bytes = public.to_vec();
+    bytes.extend_from_slice(&checksum[..2]);
+    bytes.push(3);
+    format!("{}.onion", base32(&bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,13 +15,14 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use fog_htx::names::onion_address;
 use fog_proto::api::{FrontInfo, NameDescriptor, REGISTRATION_TTL_MS, RelayInfo};
 use fog_proto::auth::Identity;
 use hkdf::Hkdf;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::store::{Store, StoreError, Table, decode, encode};
+use crate::store::{Store, StoreError, Table, decode, encode};
 
 /// How long a descriptor is valid.
 pub const DESCRIPTOR_LIFETIME: Duration = Duration::from_secs(600);
@@ -92,22 +93,6 @@ pub fn onion_identity(master: &[u8; 32], owner: &str, name: &str) -> Identity {
         .expand(&info, &mut secret)
         .expect("32 bytes is a valid HKDF output");
     Identity::from_secret(&secret)
-}
-
-/// The v3 `.onion` address of an ed25519 public key (rend-spec-v3 §6):
-/// base32(pubkey ‖ checksum ‖ version) with checksum = SHA3-256(".onion checksum" ‖ pubkey ‖
-/// version)[..2] and version 3.
-pub fn onion_address(public: &[u8; 32]) -> String {
-    use sha3::Digest as _;
-    let mut hasher = sha3::Sha3_256::new();
-    hasher.update(b".onion checksum");
-    hasher.update(public);
-    hasher.update([3u8]);
-    let checksum = hasher.finalize();
-    let mut bytes = public.to_vec();
-    bytes.extend_from_slice(&checksum[..2]);
-    bytes.push(3);
-    format!("{}.onion", fog_htx::names::base32(&bytes))
 }
 
 /// What everyone may know of an app's keys: its Betanet key, names and `.onion` address.
@@ -224,7 +209,7 @@ fn check_addr(addr: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::store::SledStore;
+    use crate::store::SledStore;
 
     #[test]
     fn app_keys_are_stable_per_owner_and_name_and_descriptors_verify() {

@@ -1,0 +1,249 @@
+//! The HTTP API: routing `/v1` requests to the concerns that answer them, reading bodies with
+//! limits, checking signatures, and turning answers and [`ApiError`]s into JSON responses.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fog_proto::api::{self, LogLine};
+use fog_proto::auth::{self, AUTH_HEADER, META_HEADER};
+use http_body_util::{BodyExt, Full, Limited};
+use serde::Serialize;
+
+use crate::error::ApiError;
+use crate::replay::ReplayError;
+use crate::store::{Table, decode};
+use crate::{ApiResponse, Control, ROUTES_HOLD, names, now_ms};
+
+/// What a handler returns: a response, or the error the visitor of the API is told.
+pub(crate) type Answer = Result<ApiResponse, ApiError>;
+
+/// A JSON response with `status`.
+pub(crate) fn json<T: Serialize>(status: u16, value: &T) -> ApiResponse {
+    let body = serde_json::to_vec(value).expect("API types always serialise");
+    let mut response = bytes_response("application/json", body);
+    *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+    response
+}
+
+/// A 200 carrying `bytes` as `content_type`.
+pub(crate) fn bytes_response(content_type: &'static str, bytes: Vec<u8>) -> ApiResponse {
+    let mut response = http::Response::new(Full::new(Bytes::from(bytes)));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+impl Control {
+    /// Serve one API request; never fails (errors become JSON error responses).
+    pub async fn handle<B>(self: &Arc<Self>, request: http::Request<B>) -> ApiResponse
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let method = request.method().clone();
+        let path = request.uri().path().to_string();
+        let answer = self.route(request).await;
+        let response = answer.unwrap_or_else(ApiError::into_response);
+        if response.status().is_client_error() || response.status().is_server_error() {
+            tracing::info!(%method, path, status = response.status().as_u16(), "refused");
+        }
+        response
+    }
+
+    pub(crate) async fn route<B>(self: &Arc<Self>, request: http::Request<B>) -> Answer
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let path = request.uri().path().to_string();
+        let Some(rest) = path.strip_prefix(api::PREFIX) else {
+            return Err(ApiError::NotFound(format!(
+                "unknown path {path}: the API lives under {}",
+                api::PREFIX
+            )));
+        };
+        let segments: Vec<&str> = rest.trim_matches('/').split('/').collect();
+        let method = request.method().clone();
+        match (method.as_str(), segments.as_slice()) {
+            ("POST", ["apps"]) => self.publish(request).await,
+            ("GET", ["apps"]) => Ok(json(200, &self.app_infos()?)),
+            ("GET", ["apps", name]) => Ok(json(200, &self.app_info(&self.app(name)?)?)),
+            ("POST", ["apps", name, "scale"]) => self.scale(name, request).await,
+            ("DELETE", ["apps", name]) => self.remove(name, request).await,
+            ("POST", ["apps", name, "move"]) => self.request_move(name, request).await,
+            ("POST", ["apps", name, "wake"]) => self.wake(name),
+            ("POST", ["apps", name, "snapshot"]) => self.store_snapshot(name, request).await,
+            ("POST", ["apps", name, "snapshot", "latest"]) => {
+                self.latest_snapshot(name, request).await
+            }
+            ("GET", ["apps", name, "logs"]) => {
+                self.app(name)?;
+                let logs = self.logs.lock().expect("logs lock");
+                let lines: Vec<&LogLine> = logs
+                    .get(*name)
+                    .map(|l| l.iter().collect())
+                    .unwrap_or_default();
+                Ok(json(200, &lines))
+            }
+            ("POST", ["devices"]) => self.register(request).await,
+            ("GET", ["devices"]) => Ok(json(200, &self.device_infos()?)),
+            ("POST", ["devices", id, "heartbeat"]) => self.heartbeat(id, request).await,
+            ("GET", ["devices", id, "ledger"]) => {
+                let prefix = format!("{id}/");
+                let periods: Vec<api::SignedPeriod> = self
+                    .store
+                    .list(Table::Ledger)?
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(&prefix))
+                    .map(|(k, v)| decode(Table::Ledger, k, v))
+                    .collect::<Result<_, _>>()?;
+                Ok(json(200, &periods))
+            }
+            ("GET", ["blobs", sha]) => match self.store.get(Table::Blobs, sha)? {
+                Some(bytes) => Ok(bytes_response("application/wasm", bytes)),
+                None => Err(ApiError::NotFound(format!("no blob {sha}"))),
+            },
+            ("GET", ["routes"]) => {
+                let after = request
+                    .uri()
+                    .query()
+                    .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("after=")))
+                    .and_then(|v| v.parse::<u64>().ok());
+                let mut seen = self.version.subscribe();
+                if let Some(after) = after {
+                    let _ = tokio::time::timeout(ROUTES_HOLD, seen.wait_for(|v| *v != after)).await;
+                }
+                let version = *self.version.borrow();
+                let mut response = json(200, &self.routes()?);
+                response.headers_mut().insert(
+                    api::ROUTES_VERSION_HEADER,
+                    http::HeaderValue::from_str(&version.to_string()).expect("digits"),
+                );
+                Ok(response)
+            }
+            ("POST", ["fronts"]) => {
+                let (signer, body, _) = self.signed(request, 64 << 10).await?;
+                self.trusted_router(&signer, "to register a Betanet front")?;
+                let front: api::FrontInfo = serde_json::from_slice(&body)
+                    .map_err(|e| ApiError::BadRequest(format!("malformed front: {e}")))?;
+                self.registrations
+                    .register_front(&signer, front)
+                    .map_err(ApiError::BadRequest)?;
+                Ok(json(200, &self.registrations.fronts()))
+            }
+            ("GET", ["fronts"]) => Ok(json(200, &self.registrations.fronts())),
+            ("POST", ["relays"]) => {
+                let (signer, body, _) = self.signed(request, 64 << 10).await?;
+                let relay: api::RelayInfo = serde_json::from_slice(&body)
+                    .map_err(|e| ApiError::BadRequest(format!("malformed relay: {e}")))?;
+                self.registrations
+                    .register_relay(&signer, relay)
+                    .map_err(ApiError::BadRequest)?;
+                Ok(json(200, &self.registrations.relays()))
+            }
+            ("GET", ["relays"]) => Ok(json(200, &self.registrations.relays())),
+            ("POST", ["onion-keys"]) => {
+                let (signer, _, _) = self.signed(request, api::MAX_JSON_BYTES).await?;
+                self.trusted_router(&signer, "with onion keys")?;
+                let master = self.master()?;
+                let keys: Vec<api::OnionKey> = self
+                    .apps()?
+                    .iter()
+                    .map(|app| {
+                        let identity = names::onion_identity(&master, &app.owner, &app.name);
+                        api::OnionKey {
+                            app: app.name.clone(),
+                            address: fog_htx::names::onion_address(&identity.public_bytes()),
+                            secret: hex::encode(identity.secret_bytes()),
+                        }
+                    })
+                    .collect();
+                Ok(json(200, &keys))
+            }
+            ("GET", ["names", name]) => self.resolve(name),
+            (
+                _,
+                [
+                    "apps" | "devices" | "blobs" | "routes" | "fronts" | "relays" | "names"
+                    | "onion-keys",
+                    ..,
+                ],
+            ) => Err(ApiError::MethodNotAllowed(format!(
+                "{method} is not allowed on {path}"
+            ))),
+            _ => Err(ApiError::NotFound(format!("unknown path {path}"))),
+        }
+    }
+
+    /// Refuse (403) a signer that is not a router this control plane trusts; `what` ends the
+    /// reason ("router key K is not trusted {what}").
+    pub(crate) fn trusted_router(&self, signer: &str, what: &str) -> Result<(), ApiError> {
+        if self.config.trusted_routers.iter().any(|r| r == signer) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "router key {signer} is not trusted {what}"
+            )))
+        }
+    }
+
+    /// Read a body up to `limit` bytes.
+    pub(crate) async fn body<B>(body: B, limit: u64) -> Result<Bytes, ApiError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        match Limited::new(body, limit as usize).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(ApiError::TooLarge(
+                format!("body larger than the limit of {limit} bytes"),
+            )),
+            Err(err) => Err(ApiError::BadRequest(format!(
+                "body could not be read: {err}"
+            ))),
+        }
+    }
+
+    /// Read the body and check the request's signature; returns (signer, body, meta).
+    pub(crate) async fn signed<B>(
+        &self,
+        request: http::Request<B>,
+        limit: u64,
+    ) -> Result<(String, Bytes, String), ApiError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (parts, body) = request.into_parts();
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let auth_header = header(AUTH_HEADER);
+        if auth_header.is_none() {
+            return Err(ApiError::Unauthorized(auth::AuthError::Missing.to_string()));
+        }
+        let meta = header(META_HEADER).unwrap_or_default();
+        let body = Self::body(body, limit).await?;
+        let now_s = now_ms() / 1000;
+        let signed = auth::verify(
+            auth_header.as_deref(),
+            parts.method.as_str(),
+            parts.uri.path(),
+            &auth::sha256_hex(&body),
+            &meta,
+            now_s,
+        )
+        .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+        self.replays.admit(&signed, now_s).map_err(|e| match e {
+            ReplayError::Replayed => ApiError::Unauthorized(e.to_string()),
+            ReplayError::Full => ApiError::Unavailable(e.to_string()),
+        })?;
+        Ok((signed.key, body, meta))
+    }
+}

@@ -1,0 +1,332 @@
+//! Apps: publish (with component validation), scale, wake, move, remove, and the tier-B
+//! snapshots their primaries upload.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use fog_proto::api::{self, PublishMeta, ScaleRequest};
+use fog_proto::auth;
+
+use crate::api::{Answer, bytes_response, json};
+use crate::error::ApiError;
+use crate::store::{AppRecord, Table, decode, encode};
+use crate::{Control, MAX_SNAPSHOT_BYTES, now_ms};
+
+/// Check that `bytes` is a component exporting `wasi:http/incoming-handler@0.2.*`, with
+/// wasmparser's validator (the control plane never runs wasmtime).
+pub fn check_component(bytes: &[u8]) -> Result<(), String> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err("not a WebAssembly binary (no \\0asm header)".into());
+    }
+    if bytes[6..8] == [0, 0] {
+        return Err("a core WebAssembly module, not a component: build for wasm32-wasip2".into());
+    }
+    let mut validator = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());
+    validator
+        .validate_all(bytes)
+        .map_err(|e| format!("not a valid component: {e}"))?;
+    let mut depth = 0i32;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload.map_err(|e| format!("not a valid component: {e}"))? {
+            wasmparser::Payload::ModuleSection { .. }
+            | wasmparser::Payload::ComponentSection { .. } => depth += 1,
+            wasmparser::Payload::End(_) => depth -= 1,
+            wasmparser::Payload::ComponentExportSection(reader) if depth == 0 => {
+                for export in reader {
+                    let export = export.map_err(|e| format!("not a valid component: {e}"))?;
+                    if export.name.0.starts_with("wasi:http/incoming-handler@0.2.") {
+                        return Ok(());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Err(
+        "the component does not export wasi:http/incoming-handler@0.2: it is not an HTTP app"
+            .into(),
+    )
+}
+
+impl Control {
+    /// `POST /v1/apps/{name}/move`: the owner asks for the primary to move to a device.
+    pub(crate) async fn request_move<B>(
+        self: &Arc<Self>,
+        name: &str,
+        request: http::Request<B>,
+    ) -> Answer
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (signer, body, _) = self.signed(request, api::MAX_JSON_BYTES).await?;
+        let wanted: api::MoveRequest = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+        let record = self.owned_app(name, &signer)?;
+        let live = self
+            .live
+            .lock()
+            .expect("live lock")
+            .get(&wanted.to)
+            .map(|l| (self.is_alive(l), l.heartbeat.harvestable));
+        match live {
+            None => return Err(ApiError::NotFound(format!("no live device {}", wanted.to))),
+            Some((false, _)) => {
+                return Err(ApiError::Conflict(format!(
+                    "device {} is not alive",
+                    wanted.to
+                )));
+            }
+            Some((true, false)) => {
+                return Err(ApiError::Conflict(format!(
+                    "device {} may not be harvested now",
+                    wanted.to
+                )));
+            }
+            Some((true, true)) => {}
+        }
+        let primary = self
+            .placements()?
+            .get(name)
+            .and_then(|p| p.devices.first().cloned());
+        if primary.as_deref() == Some(wanted.to.as_str()) {
+            return Err(ApiError::Conflict(format!(
+                "{name:?} already has its primary on {}",
+                wanted.to
+            )));
+        }
+        if self
+            .handovers
+            .lock()
+            .expect("handovers lock")
+            .contains_key(name)
+        {
+            return Err(ApiError::Conflict(format!("{name:?} is already moving")));
+        }
+        self.moves
+            .lock()
+            .expect("moves lock")
+            .insert(name.to_string(), wanted.to.clone());
+        self.changed.notify_one();
+        Ok(json(202, &self.app_info(&record)?))
+    }
+
+    /// `POST /v1/apps/{name}/snapshot`: the app's primary uploads a snapshot (tier B).
+    pub(crate) async fn store_snapshot<B>(
+        self: &Arc<Self>,
+        name: &str,
+        request: http::Request<B>,
+    ) -> Answer
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (signer, body, _) = self.signed(request, MAX_SNAPSHOT_BYTES).await?;
+        let device = self.signing_device(&signer)?;
+        self.app(name)?;
+        let primary = self
+            .placements()?
+            .get(name)
+            .and_then(|p| p.devices.first().cloned());
+        if primary.as_deref() != Some(device.as_str()) {
+            return Err(ApiError::Forbidden(format!(
+                "device {device} is not the primary of {name:?}"
+            )));
+        }
+        self.store.put(Table::Snapshots, name, &body)?;
+        Ok(json(200, &serde_json::json!({ "stored": body.len() })))
+    }
+
+    /// `POST /v1/apps/{name}/snapshot/latest`: a device the app is assigned to fetches the
+    /// latest snapshot.
+    pub(crate) async fn latest_snapshot<B>(
+        self: &Arc<Self>,
+        name: &str,
+        request: http::Request<B>,
+    ) -> Answer
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (signer, _, _) = self.signed(request, api::MAX_JSON_BYTES).await?;
+        let device = self.signing_device(&signer)?;
+        let assigned = self
+            .placements()?
+            .get(name)
+            .is_some_and(|p| p.devices.contains(&device));
+        if !assigned {
+            return Err(ApiError::Forbidden(format!(
+                "device {device} does not run {name:?}"
+            )));
+        }
+        match self.store.get(Table::Snapshots, name)? {
+            Some(bytes) => Ok(bytes_response("application/octet-stream", bytes)),
+            None => Err(ApiError::NotFound(format!("no snapshot of {name:?} yet"))),
+        }
+    }
+
+    pub(crate) async fn publish<B>(self: &Arc<Self>, request: http::Request<B>) -> Answer
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (signer, body, meta) = self.signed(request, api::MAX_COMPONENT_BYTES).await?;
+        let meta: PublishMeta = serde_json::from_str(&meta)
+            .map_err(|e| ApiError::BadRequest(format!("malformed x-fog-meta JSON: {e}")))?;
+        meta.validate().map_err(ApiError::BadRequest)?;
+        let component = body.clone();
+        tokio::task::spawn_blocking(move || check_component(&component))
+            .await
+            .map_err(|e| ApiError::Internal(format!("validation failed: {e}")))?
+            .map_err(ApiError::BadRequest)?;
+        let sha256 = auth::sha256_hex(&body);
+        let info = {
+            let _guard = self.writes.lock().expect("writes lock");
+            let existing = match self.store.get(Table::Apps, &meta.name)? {
+                Some(bytes) => Some(decode::<AppRecord>(Table::Apps, &meta.name, &bytes)?),
+                None => None,
+            };
+            if let Some(existing) = &existing
+                && existing.owner != signer
+            {
+                return Err(ApiError::Conflict(format!(
+                    "the name {:?} is taken by another key",
+                    meta.name
+                )));
+            }
+            self.store.put(Table::Blobs, &sha256, &body)?;
+            let record = AppRecord {
+                name: meta.name.clone(),
+                owner: signer,
+                version: existing.as_ref().map_or(1, |e| e.version + 1),
+                sha256,
+                size: body.len() as u64,
+                tier: meta.tier,
+                replicas: meta.replicas.unwrap_or_else(|| meta.tier.replicas()),
+                limits: meta.limits,
+                updated_ms: now_ms(),
+            };
+            self.store
+                .put(Table::Apps, &record.name, &encode(&record))?;
+            self.store.flush()?;
+            tracing::info!(
+                app = record.name,
+                version = record.version,
+                sha256 = record.sha256,
+                "published"
+            );
+            record
+        };
+        self.changed.notify_one();
+        Ok(json(201, &self.app_info(&info)?))
+    }
+
+    pub(crate) async fn scale<B>(self: &Arc<Self>, name: &str, request: http::Request<B>) -> Answer
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (signer, body, _) = self.signed(request, api::MAX_JSON_BYTES).await?;
+        let scale: ScaleRequest = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+        let record = {
+            let _guard = self.writes.lock().expect("writes lock");
+            let mut record = self.owned_app(name, &signer)?;
+            match (scale.replicas, &scale.autoscale) {
+                (Some(replicas), None) => {
+                    if !(1..=api::MAX_REPLICAS).contains(&replicas) {
+                        return Err(ApiError::BadRequest(format!(
+                            "replicas must be between 1 and {}",
+                            api::MAX_REPLICAS
+                        )));
+                    }
+                    record.replicas = replicas;
+                    self.store.delete(Table::Scaling, name)?;
+                    self.loads.lock().expect("loads lock").remove(name);
+                }
+                (None, Some(settings)) => {
+                    settings.validate().map_err(ApiError::BadRequest)?;
+                    // Start inside the bounds (at least one replica until idle says otherwise).
+                    record.replicas = record.replicas.clamp(settings.min.max(1), settings.max);
+                    self.store.put(Table::Scaling, name, &encode(settings))?;
+                }
+                _ => {
+                    return Err(ApiError::BadRequest(
+                        "give either replicas or autoscale bounds".into(),
+                    ));
+                }
+            }
+            self.store.put(Table::Apps, name, &encode(&record))?;
+            self.store.flush()?;
+            record
+        };
+        self.changed.notify_one();
+        Ok(json(200, &self.app_info(&record)?))
+    }
+
+    /// `POST /v1/apps/{name}/wake`: a router holds a request for an app parked at zero
+    /// replicas. Anyone may ask; it only ever brings an autoscaled app back to its minimum.
+    pub(crate) fn wake(self: &Arc<Self>, name: &str) -> Answer {
+        let mut record = self.app(name)?;
+        if record.replicas == 0 {
+            let _guard = self.writes.lock().expect("writes lock");
+            let settings: Option<api::Autoscale> = match self.store.get(Table::Scaling, name)? {
+                Some(bytes) => Some(decode(Table::Scaling, name, &bytes)?),
+                None => None,
+            };
+            record.replicas = settings.map_or(1, |s| s.min.max(1));
+            self.store.put(Table::Apps, name, &encode(&record))?;
+            self.store.flush()?;
+            if let Some(load) = self.loads.lock().expect("loads lock").get_mut(name) {
+                load.active = Instant::now();
+            }
+            self.events.record(
+                name,
+                format!("woken by a request: {} replica(s)", record.replicas),
+            );
+            self.changed.notify_one();
+        }
+        Ok(json(
+            200,
+            &serde_json::json!({ "replicas": record.replicas }),
+        ))
+    }
+
+    pub(crate) async fn remove<B>(self: &Arc<Self>, name: &str, request: http::Request<B>) -> Answer
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (signer, _, _) = self.signed(request, api::MAX_JSON_BYTES).await?;
+        {
+            let _guard = self.writes.lock().expect("writes lock");
+            let record = self.owned_app(name, &signer)?;
+            self.store.delete(Table::Apps, name)?;
+            self.store.delete(Table::Placements, name)?;
+            self.store.delete(Table::Snapshots, name)?;
+            self.store.delete(Table::Scaling, name)?;
+            let still_used = self.store.list(Table::Apps)?.iter().any(|(k, v)| {
+                decode::<AppRecord>(Table::Apps, k, v).is_ok_and(|a| a.sha256 == record.sha256)
+            });
+            if !still_used {
+                self.store.delete(Table::Blobs, &record.sha256)?;
+            }
+            self.store.flush()?;
+        }
+        self.logs.lock().expect("logs lock").remove(name);
+        self.events.forget(name);
+        self.public_names
+            .lock()
+            .expect("names lock")
+            .retain(|(_, app), _| app != name);
+        self.handovers.lock().expect("handovers lock").remove(name);
+        self.moves.lock().expect("moves lock").remove(name);
+        self.restores.lock().expect("restores lock").remove(name);
+        self.loads.lock().expect("loads lock").remove(name);
+        self.parked.lock().expect("parked lock").remove(name);
+        self.bump();
+        self.changed.notify_one();
+        Ok(json(200, &serde_json::json!({ "removed": name })))
+    }
+}

@@ -1,0 +1,286 @@
+//! Devices: registration, signed heartbeats (held until assignments change), ledger periods,
+//! liveness, and the assignments each device pulls.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use fog_proto::api::{
+    self, Assignment, DeviceRegistered, DeviceRegistration, Heartbeat, HeartbeatReply, Tier,
+};
+use fog_proto::auth;
+use fog_proto::{Manifest, Permissions};
+
+use crate::api::{Answer, json};
+use crate::error::ApiError;
+use crate::store::{DeviceRecord, StoreError, Table, decode, encode};
+use crate::{Control, LOG_LINES_KEPT, Live, now_ms, replicas};
+
+/// A digest of a device's assignments: a device that already has them is held.
+fn digest(assignments: &[Assignment]) -> String {
+    auth::sha256_hex(&serde_json::to_vec(assignments).expect("API types always serialise"))
+}
+
+impl Control {
+    /// The device (id, record) that signed a request, if registered.
+    pub(crate) fn signing_device(&self, signer: &str) -> Result<String, ApiError> {
+        let id = auth::device_id(signer);
+        match self.store.get(Table::Devices, &id)? {
+            Some(bytes) => {
+                let device: DeviceRecord = decode(Table::Devices, &id, &bytes)?;
+                if device.public_key != signer {
+                    return Err(ApiError::Forbidden("not a registered device key".into()));
+                }
+                Ok(id)
+            }
+            None => Err(ApiError::Forbidden("not a registered device".into())),
+        }
+    }
+
+    pub(crate) async fn register<B>(self: &Arc<Self>, request: http::Request<B>) -> Answer
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (signer, body, _) = self.signed(request, api::MAX_JSON_BYTES).await?;
+        let registration: DeviceRegistration = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+        if registration.addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ApiError::BadRequest(format!(
+                "addr {:?} is not host:port",
+                registration.addr
+            )));
+        }
+        let finite = |x: f64| x.is_finite() && x >= 0.0;
+        if !(finite(registration.cpu)
+            && finite(registration.mem_mb)
+            && finite(registration.disk_mb))
+        {
+            return Err(ApiError::BadRequest(
+                "cpu, mem_mb and disk_mb must be non-negative numbers".into(),
+            ));
+        }
+        let id = auth::device_id(&signer);
+        let record = DeviceRecord {
+            id: id.clone(),
+            public_key: signer,
+            addr: registration.addr,
+            region: registration.region,
+            cpu: registration.cpu,
+            mem_mb: registration.mem_mb,
+            disk_mb: registration.disk_mb,
+            price_cpu_hour: registration.price_cpu_hour,
+            registered_ms: now_ms(),
+        };
+        self.store.put(Table::Devices, &id, &encode(&record))?;
+        self.store.flush()?;
+        tracing::info!(device = id, addr = record.addr, "device registered");
+        self.changed.notify_one();
+        Ok(json(200, &DeviceRegistered { device_id: id }))
+    }
+
+    pub(crate) async fn heartbeat<B>(
+        self: &Arc<Self>,
+        id: &str,
+        request: http::Request<B>,
+    ) -> Answer
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (signer, body, _) = self.signed(request, 8 * api::MAX_JSON_BYTES).await?;
+        let device: DeviceRecord = match self.store.get(Table::Devices, id)? {
+            Some(bytes) => decode(Table::Devices, id, &bytes)?,
+            None => {
+                return Err(ApiError::NotFound(format!(
+                    "no device {id}: register first"
+                )));
+            }
+        };
+        if device.public_key != signer {
+            return Err(ApiError::Forbidden(format!(
+                "heartbeat for {id} signed by another key"
+            )));
+        }
+        let mut heartbeat: Heartbeat = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+        if heartbeat.logs.len() > api::MAX_LOG_LINES
+            || heartbeat.running.len() > api::MAX_RUNNING
+            || heartbeat.periods.len() > api::MAX_PERIODS
+        {
+            return Err(ApiError::TooLarge(
+                "too many log lines, running apps or ledger periods in one heartbeat".into(),
+            ));
+        }
+        // Ledger periods: signed by this device's key, for this device, with honest arithmetic.
+        for period in std::mem::take(&mut heartbeat.periods) {
+            let rejected = |e: String| {
+                ApiError::BadRequest(format!(
+                    "ledger period {} rejected: {e}",
+                    period.period.start_ms
+                ))
+            };
+            if period.period.device != id {
+                return Err(rejected(format!(
+                    "it is for device {}",
+                    period.period.device
+                )));
+            }
+            auth::verify_bytes(
+                &device.public_key,
+                &period.period.signed_bytes(),
+                &period.signature,
+            )
+            .map_err(|e| rejected(e.to_string()))?;
+            period.period.check_arithmetic().map_err(rejected)?;
+            let key = format!("{id}/{:020}", period.period.start_ms);
+            self.store.put(Table::Ledger, &key, &encode(&period))?;
+        }
+        let lines = std::mem::take(&mut heartbeat.logs);
+        {
+            let mut logs = self.logs.lock().expect("logs lock");
+            for mut line in lines {
+                line.device = id.to_string();
+                let kept = logs.entry(line.app.clone()).or_default();
+                kept.push_back(line);
+                while kept.len() > LOG_LINES_KEPT {
+                    kept.pop_front();
+                }
+            }
+        }
+        let running: Vec<String> = heartbeat
+            .running
+            .iter()
+            .map(|r| format!("{}@{}", r.app, r.sha256))
+            .collect();
+        let known = heartbeat.known.clone();
+        let was = {
+            let mut live = self.live.lock().expect("live lock");
+            let was = live.get(id).map(|l| {
+                let before: Vec<String> = l
+                    .heartbeat
+                    .running
+                    .iter()
+                    .map(|r| format!("{}@{}", r.app, r.sha256))
+                    .collect();
+                (self.is_alive(l), l.heartbeat.harvestable, before)
+            });
+            live.insert(
+                id.to_string(),
+                Live {
+                    at: Instant::now(),
+                    heartbeat: heartbeat.clone(),
+                },
+            );
+            was
+        };
+        // A handover advances on what devices report: look at it now.
+        if !self.handovers.lock().expect("handovers lock").is_empty() {
+            self.changed.notify_one();
+        }
+        match was {
+            Some((true, harvestable, before)) if harvestable == heartbeat.harvestable => {
+                if before != running {
+                    self.bump();
+                }
+            }
+            _ => {
+                self.bump();
+                self.changed.notify_one();
+            }
+        }
+        // Hold the reply while the device already has its assignments, until they change or a
+        // heartbeat interval passes: assignments reach devices as soon as they are made.
+        let mut seen = self.version.subscribe();
+        let mut assignments = self.assignments_for(id)?;
+        let mut digest = digest(&assignments);
+        if known.as_deref() == Some(digest.as_str()) {
+            let deadline = tokio::time::Instant::now() + self.config.heartbeat_interval;
+            while tokio::time::timeout_at(deadline, seen.changed())
+                .await
+                .is_ok_and(|r| r.is_ok())
+            {
+                assignments = self.assignments_for(id)?;
+                digest = self::digest(&assignments);
+                if known.as_deref() != Some(digest.as_str()) {
+                    break;
+                }
+            }
+        }
+        Ok(json(
+            200,
+            &HeartbeatReply {
+                assignments,
+                digest,
+            },
+        ))
+    }
+
+    /// Wake every long-poll: placements or what devices run have changed.
+    pub(crate) fn bump(&self) {
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    pub(crate) fn is_alive(&self, live: &Live) -> bool {
+        live.at.elapsed() <= self.config.heartbeat_interval * self.config.missed_heartbeats
+    }
+
+    pub(crate) fn assignments_for(&self, device: &str) -> Result<Vec<Assignment>, StoreError> {
+        let placements = self.placements()?;
+        let endpoints: HashMap<String, api::HtxEndpoint> = self
+            .live
+            .lock()
+            .expect("live lock")
+            .iter()
+            .filter_map(|(id, l)| l.heartbeat.htx.clone().map(|h| (id.clone(), h)))
+            .collect();
+        let peer = |d: &String| {
+            endpoints.get(d).map(|htx| api::Peer {
+                device: d.clone(),
+                htx: htx.clone(),
+            })
+        };
+        let handovers = self.handovers.lock().expect("handovers lock").clone();
+        let restores = self.restores.lock().expect("restores lock").clone();
+        let mut out = Vec::new();
+        for app in self.apps()? {
+            let Some(placement) = placements.get(&app.name) else {
+                continue;
+            };
+            let Some(position) = placement.devices.iter().position(|d| d == device) else {
+                continue;
+            };
+            let replication = if position == 0 {
+                api::Replication {
+                    role: api::ReplicaRole::Primary,
+                    peers: placement.devices[1..].iter().filter_map(peer).collect(),
+                    fenced: handovers
+                        .get(&app.name)
+                        .is_some_and(|h| h.from == device && h.phase == replicas::Phase::Fencing),
+                    snapshot_every_ms: match app.tier {
+                        Tier::B => self.config.snapshot_every.as_millis() as u64,
+                        Tier::A | Tier::S => 0,
+                    },
+                    restore: restores.get(&app.name).is_some_and(|d| d == device),
+                }
+            } else {
+                api::Replication {
+                    role: api::ReplicaRole::Follower,
+                    peers: peer(&placement.devices[0]).into_iter().collect(),
+                    ..api::Replication::default()
+                }
+            };
+            out.push(Assignment {
+                sha256: app.sha256.clone(),
+                manifest: Manifest {
+                    name: app.name.clone(),
+                    limits: app.limits,
+                    permissions: Permissions::default(),
+                },
+                replication,
+            });
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,73 @@
+//! The one error type of the API: each refusal is a kind (which becomes the HTTP status) and a
+//! one-line reason that the caller is shown.
+
+use fog_proto::api::ErrorBody;
+
+use crate::ApiResponse;
+use crate::store::StoreError;
+
+/// Why the control plane refused a request. The variant decides the HTTP status; the text is
+/// the reason in the response body.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed or invalid input (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// A missing or bad signature (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid signer that may not do this (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such app, device, blob or path (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The path exists but not with this method (405).
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// The request conflicts with the current state (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// A body over its limit (413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// The control plane cannot answer this now (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The registry failed (500).
+    #[error("registry error: {0}")]
+    Registry(#[from] StoreError),
+    /// Something else failed inside the control plane (500).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::BadRequest(_) => 400,
+            ApiError::Unauthorized(_) => 401,
+            ApiError::Forbidden(_) => 403,
+            ApiError::NotFound(_) => 404,
+            ApiError::MethodNotAllowed(_) => 405,
+            ApiError::Conflict(_) => 409,
+            ApiError::TooLarge(_) => 413,
+            ApiError::Unavailable(_) => 503,
+            ApiError::Registry(_) | ApiError::Internal(_) => 500,
+        }
+    }
+
+    /// The JSON response that tells the caller why.
+    pub fn into_response(self) -> ApiResponse {
+        if let ApiError::Registry(err) = &self {
+            tracing::error!("registry: {err}");
+        }
+        crate::api::json(
+            self.status(),
+            &ErrorBody {
+                error: self.to_string(),
+            },
+        )
+    }
+}

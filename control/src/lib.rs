@@ -1,0 +1,194 @@
+//! The control plane (`fog control`): the registry, the versioned HTTP/JSON API and the reconcile
+//! loop that turns apps and devices into assignments with [`fog_scheduler::placement::plan`].
+//!
+//! Persistent state (apps, devices, placements, blobs) lives in a [`store::Store`]; soft state
+//! (heartbeats, recent request lines) lives in memory and is rebuilt from the devices within a
+//! heartbeat of a restart. A device that misses three heartbeats, or reports it may not be
+//! harvested, loses its replicas at the next reconcile.
+//!
+//! The crate is split by concern: [`api`] routes requests and shapes responses, `registry`
+//! reads records, `apps` and `devices` handle what developers and devices send, `reconcile`
+//! places replicas and leads handovers, `views` answers `fog ps`, `fog devices`, routes and
+//! names; every refusal is an [`ApiError`].
+
+pub mod api;
+mod apps;
+pub mod autoscale;
+mod devices;
+pub mod error;
+pub mod names;
+mod reconcile;
+mod registry;
+pub mod replay;
+pub mod replicas;
+pub mod store;
+mod views;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use fog_proto::api::{Heartbeat, LogLine};
+use fog_scheduler::placement::PlacementConfig;
+use http_body_util::Full;
+use tokio::sync::{Notify, watch};
+
+pub use apps::check_component;
+pub use error::ApiError;
+use store::Store;
+
+/// The response type of the API.
+pub type ApiResponse = http::Response<Full<Bytes>>;
+
+/// Settings of the control plane.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// How often devices heartbeat (told to them on registration and used for liveness).
+    pub heartbeat_interval: Duration,
+    /// How many missed heartbeats make a device dead.
+    pub missed_heartbeats: u32,
+    /// How often the reconcile loop runs without a change.
+    pub tick: Duration,
+    /// CPU share one replica is planned with, in cores.
+    pub replica_cpu: f64,
+    /// NSGA-II settings for placement.
+    pub placement: PlacementConfig,
+    /// Public keys (hex) of routers allowed to register Betanet fronts.
+    pub trusted_routers: Vec<String>,
+    /// How often a tier-B app's primary uploads a snapshot of its state.
+    pub snapshot_every: Duration,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            heartbeat_interval: Duration::from_secs(1),
+            missed_heartbeats: 3,
+            tick: Duration::from_secs(1),
+            replica_cpu: 0.1,
+            placement: PlacementConfig {
+                population: 40,
+                generations: 30,
+                ..PlacementConfig::default()
+            },
+            trusted_routers: Vec::new(),
+            snapshot_every: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Lines of `fog logs` kept per app.
+pub(crate) const LOG_LINES_KEPT: usize = 1000;
+
+pub(crate) struct Live {
+    at: Instant,
+    heartbeat: Heartbeat,
+}
+
+/// The control plane.
+pub struct Control {
+    store: Arc<dyn Store>,
+    config: ControlConfig,
+    live: Mutex<HashMap<String, Live>>,
+    logs: Mutex<HashMap<String, VecDeque<LogLine>>>,
+    /// Serialises read-modify-write of app records.
+    writes: Mutex<()>,
+    /// Wakes the reconcile loop.
+    changed: Notify,
+    /// Bumped whenever placements or what devices run change: wakes long-polls.
+    version: watch::Sender<u64>,
+    /// When this control plane started: placements are not recomputed until devices have had
+    /// time to heartbeat, so a restart never takes replicas away from live devices.
+    started: Instant,
+    /// The secret app keys are derived from (loaded on first use).
+    master: Mutex<Option<[u8; 32]>>,
+    /// Each app's public names, by (owner, name): derived once, not on every routes answer.
+    public_names: Mutex<HashMap<(String, String), Arc<names::PublicNames>>>,
+    /// Betanet fronts and mix relays that registered recently.
+    registrations: names::Registrations,
+    /// Primaries moving between devices, by app.
+    handovers: Mutex<HashMap<String, replicas::Handover>>,
+    /// Moves asked for with `fog move` and not started yet: app → device.
+    moves: Mutex<HashMap<String, String>>,
+    /// New primaries that must restore the control plane's snapshot first: app → device.
+    restores: Mutex<HashMap<String, String>>,
+    /// Recent events per app.
+    events: replicas::Events,
+    /// What the autoscaler remembers of each autoscaled app.
+    loads: Mutex<HashMap<String, autoscale::AppLoad>>,
+    /// Apps at zero replicas: the devices that last ran them (and hold their state).
+    parked: Mutex<HashMap<String, Vec<String>>>,
+    /// Signed requests seen inside the skew window: each is accepted once.
+    replays: replay::ReplayGuard,
+    /// A handover changed phase: assignments changed though placements did not.
+    phase_changed: std::sync::atomic::AtomicBool,
+}
+
+/// Largest snapshot the control plane keeps for an app.
+pub(crate) const MAX_SNAPSHOT_BYTES: u64 = 256 << 20;
+
+/// Longest a routes long-poll is held.
+pub(crate) const ROUTES_HOLD: Duration = Duration::from_secs(10);
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Control {
+    /// A control plane over `store`.
+    pub fn new(store: Arc<dyn Store>, config: ControlConfig) -> Arc<Control> {
+        Arc::new(Control {
+            store,
+            config,
+            live: Mutex::new(HashMap::new()),
+            logs: Mutex::new(HashMap::new()),
+            writes: Mutex::new(()),
+            changed: Notify::new(),
+            version: watch::channel(0).0,
+            started: Instant::now(),
+            master: Mutex::new(None),
+            public_names: Mutex::new(HashMap::new()),
+            registrations: names::Registrations::default(),
+            handovers: Mutex::new(HashMap::new()),
+            moves: Mutex::new(HashMap::new()),
+            restores: Mutex::new(HashMap::new()),
+            events: replicas::Events::default(),
+            loads: Mutex::new(HashMap::new()),
+            parked: Mutex::new(HashMap::new()),
+            replays: replay::ReplayGuard::default(),
+            phase_changed: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+}
+
+/// Serve the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    control: Arc<Control>,
+    shutdown: impl Future<Output = ()>,
+) {
+    fog_net::serve_http1(
+        listener,
+        move |request| {
+            let control = control.clone();
+            async move { control.handle(request).await }
+        },
+        shutdown,
+    )
+    .await;
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,354 @@
+//! Tests of the API without sockets: handlers called directly.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fog_proto::api::{self, AppInfo};
+use fog_proto::auth::{self, AUTH_HEADER, Identity, META_HEADER};
+use http_body_util::{BodyExt, Full};
+
+use crate::{Control, ControlConfig, check_component, now_ms, store};
+
+fn control() -> Arc<Control> {
+    Control::new(
+        Arc::new(store::SledStore::temporary().unwrap()),
+        ControlConfig::default(),
+    )
+}
+
+fn request(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> http::Request<Full<Bytes>> {
+    let mut builder = http::Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(Full::new(Bytes::from(body))).unwrap()
+}
+
+fn signed(
+    key: &Identity,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+    meta: &str,
+) -> http::Request<Full<Bytes>> {
+    let header = key.sign(
+        method,
+        path,
+        now_ms() / 1000,
+        &auth::sha256_hex(&body),
+        meta,
+    );
+    request(
+        method,
+        path,
+        &[(AUTH_HEADER, &header), (META_HEADER, meta)],
+        body,
+    )
+}
+
+#[test]
+fn components_are_checked_without_running_them() {
+    let hello = std::fs::read(fog_test_programs::HELLO).unwrap();
+    assert_eq!(check_component(&hello), Ok(()));
+    assert!(
+        check_component(b"nope")
+            .unwrap_err()
+            .contains("not a WebAssembly binary")
+    );
+    assert!(
+        check_component(b"\0asm\x01\0\0\0")
+            .unwrap_err()
+            .contains("core")
+    );
+    assert!(
+        check_component(b"\0asm\x0d\0\x01\0")
+            .unwrap_err()
+            .contains("does not export")
+    );
+    assert!(
+        check_component(&hello[..hello.len() / 3])
+            .unwrap_err()
+            .contains("not a valid component")
+    );
+}
+
+#[tokio::test]
+async fn only_trusted_routers_register_fronts_or_get_onion_keys() {
+    let router = Identity::generate();
+    let stranger = Identity::generate();
+    let control = Control::new(
+        Arc::new(store::SledStore::temporary().unwrap()),
+        ControlConfig {
+            trusted_routers: vec![router.public_hex()],
+            ..ControlConfig::default()
+        },
+    );
+    let front = serde_json::to_vec(&api::FrontInfo {
+        addr: "127.0.0.1:7443".into(),
+        key: hex::encode([1u8; 32]),
+        ticket_key: hex::encode([2u8; 32]),
+        tls: false,
+    })
+    .unwrap();
+    for (path, body, what) in [
+        ("/v1/fronts", front.clone(), "to register a Betanet front"),
+        ("/v1/onion-keys", b"{}".to_vec(), "with onion keys"),
+    ] {
+        let refused = control
+            .handle(signed(&stranger, "POST", path, body.clone(), ""))
+            .await;
+        assert_eq!(refused.status(), 403, "{path}");
+        let text = refused.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&text);
+        assert!(
+            text.contains(&format!("is not trusted {what}")),
+            "{path}: {text}"
+        );
+        let accepted = control
+            .handle(signed(&router, "POST", path, body, ""))
+            .await;
+        assert_eq!(accepted.status(), 200, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn the_api_answers_without_sockets() {
+    let control = control();
+    assert_eq!(
+        control
+            .handle(request("GET", "/v2/apps", &[], vec![]))
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        control
+            .handle(request("PUT", "/v1/apps", &[], vec![]))
+            .await
+            .status(),
+        405
+    );
+    let hello = std::fs::read(fog_test_programs::HELLO).unwrap();
+    let meta = r#"{"name":"hello","tier":"B"}"#;
+    let unsigned = request("POST", "/v1/apps", &[(META_HEADER, meta)], hello.clone());
+    assert_eq!(control.handle(unsigned).await.status(), 401);
+    let key = Identity::generate();
+    let published = control
+        .handle(signed(&key, "POST", "/v1/apps", hello.clone(), meta))
+        .await;
+    assert_eq!(published.status(), 201);
+    let again = control
+        .handle(signed(&key, "POST", "/v1/apps", hello, meta))
+        .await;
+    let body = again.into_body().collect().await.unwrap().to_bytes();
+    let info: AppInfo = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (info.name.as_str(), info.version, info.replicas),
+        ("hello", 2, 1)
+    );
+    let listed = control
+        .handle(request("GET", "/v1/apps", &[], vec![]))
+        .await;
+    let body = listed.into_body().collect().await.unwrap().to_bytes();
+    let apps: Vec<AppInfo> = serde_json::from_slice(&body).unwrap();
+    assert_eq!(apps.len(), 1);
+    let heartbeat = signed(
+        &key,
+        "POST",
+        "/v1/devices/0123/heartbeat",
+        b"{}".to_vec(),
+        "",
+    );
+    assert_eq!(control.handle(heartbeat).await.status(), 404);
+    // Ledger periods: verified against the device key; a tampered one is refused.
+    let device_key = Identity::generate();
+    let registration =
+        br#"{"addr":"127.0.0.1:9","region":"r","cpu":2,"mem_mb":1024,"disk_mb":1024}"#.to_vec();
+    let registered = control
+        .handle(signed(&device_key, "POST", "/v1/devices", registration, ""))
+        .await;
+    assert_eq!(registered.status(), 200);
+    let id = auth::device_id(&device_key.public_hex());
+    let entries = vec![api::LedgerEntry {
+        app: "hello".into(),
+        fuel: 7_200_000_000,
+        credits: api::LedgerPeriod::credits(7_200_000_000, 0.15),
+    }];
+    let period = api::LedgerPeriod {
+        device: id.clone(),
+        start_ms: 1,
+        end_ms: 2,
+        price_cpu_hour: 0.15,
+        total_credits: entries[0].credits,
+        entries,
+    };
+    let honest = api::SignedPeriod {
+        signature: device_key.sign_bytes(&period.signed_bytes()),
+        period,
+    };
+    let mut tampered = honest.clone();
+    tampered.period.entries[0].fuel *= 10;
+    tampered.period.entries[0].credits *= 10.0;
+    tampered.period.total_credits *= 10.0;
+    let path = format!("/v1/devices/{id}/heartbeat");
+    for (period, status) in [(tampered, 400), (honest, 200)] {
+        let heartbeat = serde_json::json!({ "harvestable": true, "cpu_free": 1.0, "mem_free_mb": 512.0, "periods": [period] });
+        let response = control
+            .handle(signed(
+                &device_key,
+                "POST",
+                &path,
+                serde_json::to_vec(&heartbeat).unwrap(),
+                "",
+            ))
+            .await;
+        assert_eq!(response.status(), status);
+    }
+    let ledger = control
+        .handle(request(
+            "GET",
+            &format!("/v1/devices/{id}/ledger"),
+            &[],
+            vec![],
+        ))
+        .await;
+    let body = ledger.into_body().collect().await.unwrap().to_bytes();
+    let stored: Vec<api::SignedPeriod> = serde_json::from_slice(&body).unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].period.entries[0].fuel, 7_200_000_000);
+    // No device has room yet: the app is reported, not silently dropped.
+    let stale = Control::new(
+        Arc::new(store::SledStore::temporary().unwrap()),
+        ControlConfig::default(),
+    );
+    let key2 = Identity::generate();
+    let hello = std::fs::read(fog_test_programs::HELLO).unwrap();
+    let published = stale
+        .handle(signed(
+            &key2,
+            "POST",
+            "/v1/apps",
+            hello,
+            r#"{"name":"hello","tier":"B"}"#,
+        ))
+        .await;
+    assert_eq!(published.status(), 201);
+    stale.reconcile().unwrap();
+    let info = stale.app_info(&stale.app("hello").unwrap()).unwrap();
+    assert!(info.problem.unwrap().contains("needs 1 distinct devices"));
+}
+
+/// A signed request and an exact copy of it, as an eavesdropper who captured it would send.
+fn signed_twice(
+    key: &Identity,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+    meta: &str,
+) -> (http::Request<Full<Bytes>>, http::Request<Full<Bytes>>) {
+    let header = key.sign(
+        method,
+        path,
+        now_ms() / 1000,
+        &auth::sha256_hex(&body),
+        meta,
+    );
+    let headers = [(AUTH_HEADER, header.as_str()), (META_HEADER, meta)];
+    (
+        request(method, path, &headers, body.clone()),
+        request(method, path, &headers, body),
+    )
+}
+
+async fn refused_as_replay(control: &Arc<Control>, replay: http::Request<Full<Bytes>>) {
+    let response = control.handle(replay).await;
+    assert_eq!(response.status(), 401);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        String::from_utf8_lossy(&body).contains("replayed request"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+}
+
+async fn app(control: &Arc<Control>, name: &str) -> Option<AppInfo> {
+    let response = control
+        .handle(request("GET", &format!("/v1/apps/{name}"), &[], vec![]))
+        .await;
+    if response.status() == 404 {
+        return None;
+    }
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Some(serde_json::from_slice(&body).unwrap())
+}
+
+#[tokio::test]
+async fn a_replayed_publish_is_refused_and_changes_nothing() {
+    let control = control();
+    let key = Identity::generate();
+    let hello = std::fs::read(fog_test_programs::HELLO).unwrap();
+    let (publish, replay) = signed_twice(
+        &key,
+        "POST",
+        "/v1/apps",
+        hello,
+        r#"{"name":"hello","tier":"B"}"#,
+    );
+    assert_eq!(control.handle(publish).await.status(), 201);
+    refused_as_replay(&control, replay).await;
+    assert_eq!(app(&control, "hello").await.unwrap().version, 1);
+}
+
+#[tokio::test]
+async fn a_replayed_scale_is_refused_and_changes_nothing() {
+    let control = control();
+    let key = Identity::generate();
+    let hello = std::fs::read(fog_test_programs::HELLO).unwrap();
+    let publish = signed(
+        &key,
+        "POST",
+        "/v1/apps",
+        hello,
+        r#"{"name":"hello","tier":"B"}"#,
+    );
+    assert_eq!(control.handle(publish).await.status(), 201);
+    let (to_three, replay) = signed_twice(
+        &key,
+        "POST",
+        "/v1/apps/hello/scale",
+        br#"{"replicas":3}"#.to_vec(),
+        "",
+    );
+    assert_eq!(control.handle(to_three).await.status(), 200);
+    let to_two = signed(
+        &key,
+        "POST",
+        "/v1/apps/hello/scale",
+        br#"{"replicas":2}"#.to_vec(),
+        "",
+    );
+    assert_eq!(control.handle(to_two).await.status(), 200);
+    refused_as_replay(&control, replay).await;
+    assert_eq!(app(&control, "hello").await.unwrap().replicas, 2);
+}
+
+#[tokio::test]
+async fn a_replayed_rm_is_refused_and_changes_nothing() {
+    let control = control();
+    let key = Identity::generate();
+    let hello = std::fs::read(fog_test_programs::HELLO).unwrap();
+    let meta = r#"{"name":"hello","tier":"B"}"#;
+    let publish = signed(&key, "POST", "/v1/apps", hello.clone(), meta);
+    assert_eq!(control.handle(publish).await.status(), 201);
+    let (remove, replay) = signed_twice(&key, "DELETE", "/v1/apps/hello", vec![], "");
+    assert_eq!(control.handle(remove).await.status(), 200);
+    let again = signed(&key, "POST", "/v1/apps", hello, meta);
+    assert_eq!(control.handle(again).await.status(), 201);
+    refused_as_replay(&control, replay).await;
+    assert!(app(&control, "hello").await.is_some());
+}

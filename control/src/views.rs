@@ -1,0 +1,193 @@
+//! Views: what `fog ps`, `fog devices`, routers (routes) and Betanet visitors (names) read.
+
+use std::collections::HashMap;
+
+use fog_proto::api::{self, AppInfo, DeviceInfo, Replica, Route, RouteMode, Tier};
+
+use crate::api::{Answer, json};
+use crate::error::ApiError;
+use crate::store::{AppRecord, DeviceRecord, PlacementRecord, StoreError, Table, decode};
+use crate::{Control, names, now_ms};
+
+impl Control {
+    /// `GET /v1/names/{name}`: the signed descriptor of the app a Betanet name (the hex id of
+    /// `betanet://` or a `bn1:` name) belongs to.
+    pub(crate) fn resolve(&self, name: &str) -> Answer {
+        let wanted = name.trim_start_matches("betanet://");
+        let node = fog_htx::names::parse_bn1(wanted).ok();
+        if node.is_none() && (wanted.len() != 64 || hex::decode(wanted).is_err()) {
+            return Err(ApiError::BadRequest(format!(
+                "{name:?} is not a Betanet name (64 hex digits or bn1:...)"
+            )));
+        }
+        for app in self.apps()? {
+            let public = self.public_names(&app)?;
+            let matches = match node {
+                Some(node) => fog_htx::names::node_id(&public.app_key) == node,
+                None => public.betanet_id.eq_ignore_ascii_case(wanted),
+            };
+            if matches {
+                let identity = self.app_identity(&app)?;
+                let fronts = self.registrations.fronts();
+                if fronts.is_empty() {
+                    return Err(ApiError::Unavailable(format!(
+                        "app {:?} has no Betanet front serving right now",
+                        app.name
+                    )));
+                }
+                return Ok(json(
+                    200,
+                    &names::descriptor(&identity, &app.name, fronts, now_ms() / 1000),
+                ));
+            }
+        }
+        Err(ApiError::NotFound(format!(
+            "no app has the Betanet name {name:?}"
+        )))
+    }
+
+    pub(crate) fn running_on(&self) -> HashMap<String, Vec<String>> {
+        let live = self.live.lock().expect("live lock");
+        let mut running: HashMap<String, Vec<String>> = HashMap::new();
+        for (device, l) in live.iter() {
+            if self.is_alive(l) {
+                for app in &l.heartbeat.running {
+                    running
+                        .entry(app.app.clone())
+                        .or_default()
+                        .push(device.clone());
+                }
+            }
+        }
+        for devices in running.values_mut() {
+            devices.sort();
+        }
+        running
+    }
+
+    pub(crate) fn app_info(&self, app: &AppRecord) -> Result<AppInfo, StoreError> {
+        let placement = match self.store.get(Table::Placements, &app.name)? {
+            Some(bytes) => Some(decode::<PlacementRecord>(
+                Table::Placements,
+                &app.name,
+                &bytes,
+            )?),
+            None => None,
+        };
+        let running = self.running_on().remove(&app.name).unwrap_or_default();
+        Ok(AppInfo {
+            name: app.name.clone(),
+            owner: app.owner.clone(),
+            version: app.version,
+            sha256: app.sha256.clone(),
+            size: app.size,
+            tier: app.tier,
+            replicas: app.replicas,
+            limits: app.limits,
+            assigned: placement
+                .as_ref()
+                .map(|p| p.devices.clone())
+                .unwrap_or_default(),
+            running,
+            problem: placement.and_then(|p| p.problem),
+            updated_ms: app.updated_ms,
+            betanet: self.public_names(app)?.names.clone(),
+            events: self.events.of(&app.name),
+            onion: Some(self.public_names(app)?.onion.clone()),
+            autoscale: match self.store.get(Table::Scaling, &app.name)? {
+                Some(bytes) => Some(decode(Table::Scaling, &app.name, &bytes)?),
+                None => None,
+            },
+            moving: self
+                .handovers
+                .lock()
+                .expect("handovers lock")
+                .get(&app.name)
+                .map(|h| format!("{} -> {} ({:?})", h.from, h.to, h.phase).to_lowercase()),
+        })
+    }
+
+    pub(crate) fn app_infos(&self) -> Result<Vec<AppInfo>, StoreError> {
+        self.apps()?.iter().map(|a| self.app_info(a)).collect()
+    }
+
+    pub(crate) fn device_infos(&self) -> Result<Vec<DeviceInfo>, StoreError> {
+        let placements = self.placements()?;
+        let live = self.live.lock().expect("live lock");
+        Ok(self
+            .devices()?
+            .into_iter()
+            .map(|d| {
+                let l = live.get(&d.id);
+                DeviceInfo {
+                    alive: l.is_some_and(|l| self.is_alive(l)),
+                    harvestable: l.is_some_and(|l| l.heartbeat.harvestable),
+                    cpu_free: l.map_or(0.0, |l| l.heartbeat.cpu_free),
+                    heartbeat_age_ms: l.map_or(u64::MAX, |l| l.at.elapsed().as_millis() as u64),
+                    assigned: placements
+                        .iter()
+                        .filter(|(_, p)| p.devices.contains(&d.id))
+                        .map(|(a, _)| a.clone())
+                        .collect(),
+                    running: l
+                        .map(|l| l.heartbeat.running.iter().map(|r| r.app.clone()).collect())
+                        .unwrap_or_default(),
+                    id: d.id,
+                    addr: d.addr,
+                    region: d.region,
+                    cpu: d.cpu,
+                }
+            })
+            .collect())
+    }
+
+    /// Live replicas of every app: assigned, on a device with a fresh heartbeat that reports
+    /// running the app.
+    pub fn routes(&self) -> Result<Vec<Route>, StoreError> {
+        let placements = self.placements()?;
+        let devices: HashMap<String, DeviceRecord> = self
+            .devices()?
+            .into_iter()
+            .map(|d| (d.id.clone(), d))
+            .collect();
+        let running = self.running_on();
+        let htx: HashMap<String, api::HtxEndpoint> = self
+            .live
+            .lock()
+            .expect("live lock")
+            .iter()
+            .filter_map(|(id, l)| l.heartbeat.htx.clone().map(|h| (id.clone(), h)))
+            .collect();
+        self.apps()?
+            .into_iter()
+            .map(|app| {
+                let betanet = Some(self.public_names(&app)?.betanet_id.clone());
+                let assigned = placements
+                    .get(&app.name)
+                    .map(|p| p.devices.clone())
+                    .unwrap_or_default();
+                let running = running.get(&app.name).cloned().unwrap_or_default();
+                let replicas = assigned
+                    .iter()
+                    .filter(|d| running.contains(d))
+                    .filter_map(|d| devices.get(d))
+                    .map(|d| Replica {
+                        device: d.id.clone(),
+                        addr: d.addr.clone(),
+                        htx: htx.get(&d.id).cloned(),
+                    })
+                    .collect();
+                let mode = match app.tier {
+                    Tier::S => RouteMode::ActiveActive,
+                    Tier::A | Tier::B => RouteMode::ActivePassive,
+                };
+                Ok(Route {
+                    app: app.name,
+                    mode,
+                    replicas,
+                    betanet,
+                })
+            })
+            .collect()
+    }
+}
