@@ -420,7 +420,8 @@ impl Lab {
     }
 
     /// Runs `f` in this process on a thread inside `node`'s namespace: sockets it makes belong
-    /// to that namespace for good (hand them to any thread, or to tokio with `from_std`).
+    /// to that namespace for good (hand them to any thread, or to tokio with `from_std` after
+    /// `set_nonblocking(true)`).
     pub fn in_ns<T: Send>(&self, node: &str, f: impl FnOnce() -> T + Send) -> Result<T, LabError> {
         netns::in_namespace(self.ns(node)?, f)
     }
@@ -451,6 +452,30 @@ impl Lab {
                 to,
                 source,
             }),
+        }
+    }
+
+    /// Connects to `to` from `node` until a connect succeeds or `timeout` passes (for waiting
+    /// until a process in the lab listens); the last failure if none did.
+    pub fn wait_for_tcp(
+        &self,
+        node: &str,
+        to: SocketAddr,
+        timeout: Duration,
+    ) -> Result<(), LabError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.tcp_connect(
+                node,
+                to,
+                left.clamp(Duration::from_millis(1), Duration::from_secs(1)),
+            ) {
+                Ok(_) => return Ok(()),
+                Err(e @ LabError::Connect { .. }) if Instant::now() >= deadline => return Err(e),
+                Err(LabError::Connect { .. }) => std::thread::sleep(Duration::from_millis(20)),
+                Err(other) => return Err(other),
+            }
         }
     }
 

@@ -2,6 +2,8 @@
 //! plane, two routers, a public host, four devices behind NAT) as namespaces `foglab-<node>`
 //! that stay until `lab down`.
 
+use std::io::Write;
+use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode};
 
@@ -18,7 +20,8 @@ usage: lab up | down | status | exec NODE CMD...
            198.18.0.10-13; dev1-dev4 at 198.19.k.2 behind NATs at 198.18.0.(100+k)
   down     remove the lab's namespaces and everything running in them
   status   list the lab's namespaces and their addresses
-  exec     run CMD in NODE's namespace (a node, `internet` or `devK-nat`)";
+  exec     run CMD in NODE's namespace (a node, `internet` or `devK-nat`)
+  serve P  answer every TCP connection on port P with \"hello\\n\" (a listener for tests)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -27,6 +30,7 @@ fn main() -> ExitCode {
         Some("down") => down(),
         Some("status") => status(),
         Some("exec") if args.len() >= 3 => exec(&args[1], &args[2..]),
+        Some("serve") if args.len() == 2 => serve(&args[1]),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -71,6 +75,19 @@ fn status() -> Result<(), LabError> {
     }
     for (ns, addrs) in found {
         println!("{ns:<16} {}", addrs.join(", "));
+    }
+    Ok(())
+}
+
+fn serve(port: &str) -> Result<(), LabError> {
+    let bind = format!("0.0.0.0:{port}");
+    let listener = TcpListener::bind(&bind).map_err(|e| LabError::Io {
+        what: format!("cannot listen on {bind}"),
+        source: e,
+    })?;
+    for mut stream in listener.incoming().flatten() {
+        // A client that went away is no reason to stop serving the next.
+        let _ = stream.write_all(b"hello\n");
     }
     Ok(())
 }

@@ -208,6 +208,19 @@ fn a_spawned_process_runs_inside_its_node() {
 }
 
 #[test]
+fn a_listener_process_on_a_public_host_serves_a_device() {
+    let lab = small_lab();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_lab"));
+    serve.args(["serve", "9000"]);
+    let server = lab.spawn("host5", serve).unwrap();
+    let host5 = at(lab.addr("host5").unwrap(), 9000);
+    lab.wait_for_tcp("dev1", host5, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}; server said: {}", server.log()));
+    let connected = lab.tcp_connect("dev1", host5, CONNECT_TIMEOUT).unwrap();
+    assert_eq!(read_hello(connected.stream), "hello\n");
+}
+
+#[test]
 fn every_address_in_the_lab_is_in_the_benchmarking_range() {
     let lab = small_lab();
     for node in lab.nodes() {
