@@ -57,6 +57,20 @@ pub enum LabError {
         /// The node whose link was to be impaired.
         node: String,
     },
+    /// A lab whose links are delay lines of this process cannot outlive it.
+    #[error(
+        "lab {lab} has delay-line links, which end with this process; build it with Links::Kernel to keep it"
+    )]
+    CannotKeep {
+        /// The lab's name.
+        lab: String,
+    },
+    /// The internet namespace has no link of its own to impair.
+    #[error("{node} has no uplink to set delay or loss on")]
+    NoUplink {
+        /// The node named.
+        node: String,
+    },
     /// A node name that the lab does not have.
     #[error("the lab has no node named {0:?}")]
     UnknownNode(String),

@@ -54,6 +54,17 @@
 //! links then live only as long as the `Lab`). [`Links::Auto`] (the default) picks Kernel when
 //! the kernel has netem.
 //!
+//! # Reaching into the lab
+//!
+//! - [`Lab::spawn`] runs a real process inside a node (`ip netns exec`), its output in
+//!   [`LabProcess::log`]; [`LabProcess::kill`] is `kill -9`, [`LabProcess::stop`] SIGTERM.
+//! - [`Lab::command`] gives an `ip netns exec` command to run yourself; [`Lab::run`] runs one to
+//!   completion and returns its stdout (`lab.run("dev1-nat", "nft", &["list", "ruleset"])`).
+//! - [`Lab::tcp_listen`], [`Lab::tcp_connect`] (with the handshake's duration) and
+//!   [`Lab::wait_for_tcp`] (until a process in the lab listens) make sockets of this process
+//!   inside a node; [`Lab::in_ns`] runs any closure there (e.g. to make a socket for tokio).
+//! - [`Lab::addr`], [`Lab::public_addr`] and [`Lab::ns`] say where a node is.
+//!
 //! # Names, parallel tests and cleanup
 //!
 //! A lab's namespaces are `fl<pid>x<n>-<node>`, so labs of parallel tests and processes never
@@ -157,6 +168,13 @@ impl LabBuilder {
         let prefix = match &self.name {
             Some(name) => {
                 check_name(name)?;
+                if auto_lab_pid(&format!("{name}-")).is_some() {
+                    let reason = "fl<pid>x<n> names are for per-process labs, which sweeps remove";
+                    return Err(LabError::BadName {
+                        name: name.clone(),
+                        reason,
+                    });
+                }
                 name.clone()
             }
             None => {
@@ -528,9 +546,8 @@ impl Lab {
     /// up`); only for a named lab with kernel links, whose links do not need this process.
     pub fn keep(mut self) -> Result<(), LabError> {
         if self.links == Links::DelayLine {
-            return Err(LabError::BadName {
-                name: self.prefix.clone(),
-                reason: "a lab with delay-line links cannot outlive its process",
+            return Err(LabError::CannotKeep {
+                lab: self.prefix.clone(),
             });
         }
         self.kept = true;

@@ -78,8 +78,8 @@ impl LabProcess {
     /// Sends SIGTERM and waits up to `grace` for it to exit, then kills it.
     pub fn stop(&self, grace: Duration) -> Result<ExitStatus, LabError> {
         if self.try_wait()?.is_none() {
-            // SAFETY: kill(2) has no memory effects; the child is not reaped yet (we hold the
-            // only handle that waits), so the pid is still ours.
+            // SAFETY: kill(2) has no memory effects. The child was not reaped a moment ago, so
+            // the pid is still ours unless another clone of this handle reaps it in between.
             unsafe {
                 libc::kill(self.pid as libc::pid_t, libc::SIGTERM);
             }
