@@ -69,8 +69,8 @@
 //!
 //! A lab's namespaces are `fl<pid>x<n>-<node>`, so labs of parallel tests and processes never
 //! collide. `Drop` kills the lab's processes (and anything else inside its namespaces) and
-//! deletes the namespaces, also while a test panics; the first lab of a process also removes
-//! what labs of processes that no longer exist left behind ([`sweep_stale`]).
+//! deletes the namespaces, also while a test panics; building a lab also removes what labs of
+//! processes that no longer exist left behind ([`sweep_stale`]).
 //! `scripts/lab.sh` builds a lab named `foglab-<node>` that outlives its command
 //! ([`LabBuilder::name`], [`Lab::keep`], [`remove_named`]).
 
@@ -87,7 +87,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Once, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use delayline::DelayLine;
@@ -178,10 +178,10 @@ impl LabBuilder {
                 name.clone()
             }
             None => {
-                static SWEEP: Once = Once::new();
-                // Leftovers of killed test processes; failing to sweep them must not stop
-                // this lab.
-                SWEEP.call_once(|| drop(sweep_stale()));
+                // Leftovers of killed test processes (swept at every build: a process killed
+                // a moment ago may still be exiting at the first). Failing to sweep them must
+                // not stop this lab.
+                let _ = sweep_stale();
                 static COUNTER: AtomicUsize = AtomicUsize::new(0);
                 let n = COUNTER.fetch_add(1, Ordering::Relaxed);
                 format!("{AUTO_PREFIX}{}x{n}", std::process::id())
@@ -499,7 +499,9 @@ impl Lab {
 
     /// Adds `delay` to the round trip of `node`'s uplink (half in each direction) and drops each
     /// packet in either direction with probability `loss_pct`/100. Replaces earlier settings;
-    /// zero and zero removes the impairment.
+    /// zero and zero removes the impairment. As on a real link, a long total loss makes ARP
+    /// fail, and connects just after it ends may fail with "no route to host" for a moment
+    /// ([`Lab::wait_for_tcp`] waits that out).
     pub fn set_netem(&self, node: &str, delay: Duration, loss_pct: f64) -> Result<(), LabError> {
         let found = self.node(node)?;
         let Some(uplink) = &found.uplink else {
@@ -837,15 +839,31 @@ pub fn sweep_stale() -> Result<Vec<String>, LabError> {
         let Some(pid) = auto_lab_pid(&ns) else {
             continue;
         };
-        if Path::new(&format!("/proc/{pid}")).exists() {
+        if process_alive(pid) {
             continue;
         }
-        cmd::delete_namespace(&ns)?;
+        // Parallel sweeps race for the same leftovers; whoever deletes one, it is gone.
+        if cmd::delete_namespace(&ns).is_err() {
+            continue;
+        }
         let prefix = ns.split('-').next().unwrap_or_default();
         let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("fog-lab-{prefix}")));
         removed.push(ns);
     }
     Ok(removed)
+}
+
+/// Whether process `pid` runs: a killed test process may linger as a zombie until something
+/// reaps it, and a zombie holds no lab.
+fn process_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) S …": the state follows the last ')', as comm may contain anything.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z" | "X") | None)
 }
 
 /// The pid in a per-process lab's namespace name `fl<pid>x<n>-<node>`.
