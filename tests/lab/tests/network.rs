@@ -8,22 +8,48 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::process::Command;
 use std::time::Duration;
 
-use fog_lab::{Lab, LabError};
+use fog_lab::{Lab, LabError, Links};
 
 /// Long enough that a refused connect is not a slow one: the lab's round trips are < 1 ms
 /// without netem.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Two public nodes and two devices behind NAT.
+/// Two public nodes and two devices behind NAT, with the links this kernel does best.
 fn small_lab() -> Lab {
+    small_lab_with(Links::Auto)
+}
+
+fn small_lab_with(links: Links) -> Lab {
     Lab::builder()
         .public("router1")
         .public("host5")
         .nated("dev1")
         .nated("dev2")
+        .links(links)
         .build()
         .unwrap_or_else(|e| panic!("the network lab cannot run here: {e}"))
 }
+
+/// The NAT tests run on both kinds of link, kernel (veth) and delay lines: what keeps
+/// connections out is the NAT, whatever carries the frames.
+macro_rules! on_both_kinds_of_link {
+    ($($test:ident),* $(,)?) => {
+        mod kernel_links {
+            $(#[test] fn $test() { super::$test(fog_lab::Links::Kernel) })*
+        }
+        mod delay_lines {
+            $(#[test] fn $test() { super::$test(fog_lab::Links::DelayLine) })*
+        }
+    };
+}
+
+on_both_kinds_of_link!(
+    a_device_connects_out_to_a_listener_on_a_public_host,
+    the_public_host_sees_a_device_as_its_nat_address,
+    a_device_cannot_connect_to_another_device,
+    nothing_on_the_internet_can_connect_to_a_device,
+    the_nat_filter_is_what_keeps_connections_out,
+);
 
 /// 198.18.0.0/15, the only addresses the lab may use.
 fn in_benchmarking_range(ip: Ipv4Addr) -> bool {
@@ -76,9 +102,8 @@ fn successful_connects(lab: &Lab, attempts: &[(&str, SocketAddr)]) -> Vec<String
 }
 
 /// The control for the NAT tests: the lab works, so their failed connects mean something.
-#[test]
-fn a_device_connects_out_to_a_listener_on_a_public_host() {
-    let lab = small_lab();
+fn a_device_connects_out_to_a_listener_on_a_public_host(links: Links) {
+    let lab = small_lab_with(links);
     let listener = lab.tcp_listen("host5", 8080).unwrap();
     serve_hello(listener);
     let host5 = lab.addr("host5").unwrap();
@@ -88,9 +113,8 @@ fn a_device_connects_out_to_a_listener_on_a_public_host() {
     assert_eq!(read_hello(connected.stream), "hello\n");
 }
 
-#[test]
-fn the_public_host_sees_a_device_as_its_nat_address() {
-    let lab = small_lab();
+fn the_public_host_sees_a_device_as_its_nat_address(links: Links) {
+    let lab = small_lab_with(links);
     let listener = lab.tcp_listen("host5", 8080).unwrap();
     let host5 = lab.addr("host5").unwrap();
     let _client = lab
@@ -104,9 +128,8 @@ fn the_public_host_sees_a_device_as_its_nat_address() {
     assert_ne!(lab.public_addr("dev1").unwrap(), lab.addr("dev1").unwrap());
 }
 
-#[test]
-fn a_device_cannot_connect_to_another_device() {
-    let lab = small_lab();
+fn a_device_cannot_connect_to_another_device(links: Links) {
+    let lab = small_lab_with(links);
     let listener = lab.tcp_listen("dev2", 8080).unwrap();
     serve_hello(listener);
     let (lan, public) = (lab.addr("dev2").unwrap(), lab.public_addr("dev2").unwrap());
@@ -114,9 +137,8 @@ fn a_device_cannot_connect_to_another_device() {
     assert!(got.is_empty(), "connected into a NATed device: {got:?}");
 }
 
-#[test]
-fn nothing_on_the_internet_can_connect_to_a_device() {
-    let lab = small_lab();
+fn nothing_on_the_internet_can_connect_to_a_device(links: Links) {
+    let lab = small_lab_with(links);
     for dev in ["dev1", "dev2"] {
         serve_hello(lab.tcp_listen(dev, 8080).unwrap());
     }
@@ -133,9 +155,8 @@ fn nothing_on_the_internet_can_connect_to_a_device() {
 
 /// The internet has routes to every device LAN, so it is the NAT's filter (not a missing
 /// route) that keeps connections out: without the filter the same connect goes through.
-#[test]
-fn the_nat_filter_is_what_keeps_connections_out() {
-    let lab = small_lab();
+fn the_nat_filter_is_what_keeps_connections_out(links: Links) {
+    let lab = small_lab_with(links);
     serve_hello(lab.tcp_listen("dev2", 8080).unwrap());
     let dev2 = at(lab.addr("dev2").unwrap(), 8080);
     assert!(successful_connects(&lab, &[("router1", dev2)]).is_empty());
