@@ -360,25 +360,63 @@ fn leftovers_of_a_killed_process_not_yet_reaped_are_swept() {
 
 #[test]
 fn without_root_the_lab_says_why() {
-    // The binary is copied where an unprivileged user can run it.
-    let dir = std::env::temp_dir().join(format!("fog-lab-noroot-{}", std::process::id()));
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    let euid: u32 = uid_line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    let out = if euid == 0 {
+        // Root drops to nobody; the binary is copied where nobody can run it.
+        let dir = std::env::temp_dir().join(format!("fog-lab-noroot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bin = dir.join("lab");
+        std::fs::copy(env!("CARGO_BIN_EXE_lab"), &bin).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin)
+            .arg("up")
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        out
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_lab"))
+            .arg("up")
+            .output()
+            .unwrap()
+    };
+    let uid = if euid == 0 { 65534 } else { euid };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("needs root") && stderr.contains(&format!("uid {uid}")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_missing_tool_is_named_with_its_package() {
+    // A PATH with `ip` and `tc` but no `nft`.
+    let dir = std::env::temp_dir().join(format!("fog-lab-nonft-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let bin = dir.join("lab");
-    std::fs::copy(env!("CARGO_BIN_EXE_lab"), &bin).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(&bin)
+    for tool in ["ip", "tc"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output();
+        let path = String::from_utf8(found.unwrap().stdout).unwrap();
+        std::os::unix::fs::symlink(path.trim(), dir.join(tool)).unwrap();
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_lab"))
         .arg("up")
+        .env("PATH", &dir)
         .output()
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("needs root") && stderr.contains("uid 65534"),
+        stderr.contains("`nft` command (Debian package nftables)"),
         "{stderr}"
     );
 }
