@@ -198,6 +198,38 @@ fn netem_delay_of_80_ms_shows_in_the_tcp_connect_time() {
     assert!(with_delay < Duration::from_millis(80) + Duration::from_millis(200));
 }
 
+/// On kernel links the delay is tc netem's: it shows as above where the kernel has netem, and
+/// where it has not (CONFIG_NET_SCH_NETEM off) the error says so — and `Links::Auto` then
+/// chose delay lines.
+#[test]
+fn netem_on_kernel_links_delays_or_says_the_kernel_lacks_netem() {
+    let lab = small_lab_with(Links::Kernel);
+    serve_hello(lab.tcp_listen("host5", 8080).unwrap());
+    let host5 = at(lab.addr("host5").unwrap(), 8080);
+    match lab.set_netem("dev1", Duration::from_millis(80), 0.0) {
+        Ok(()) => {
+            let fastest = (0..5)
+                .map(|_| {
+                    lab.tcp_connect("dev1", host5, CONNECT_TIMEOUT)
+                        .unwrap()
+                        .elapsed
+                })
+                .min()
+                .unwrap();
+            assert!(
+                fastest >= Duration::from_millis(80),
+                "delay missing: {fastest:?}"
+            );
+            assert_eq!(small_lab().links(), Links::Kernel);
+        }
+        Err(LabError::NoNetem { node }) => {
+            assert_eq!(node, "dev1");
+            assert_eq!(small_lab().links(), Links::DelayLine);
+        }
+        Err(other) => panic!("tc netem failed: {other}"),
+    }
+}
+
 #[test]
 fn netem_loss_of_100_percent_cuts_the_link_and_clearing_it_restores_it() {
     let lab = small_lab();
