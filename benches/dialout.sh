@@ -4,7 +4,7 @@
 # host's own HTX connection) and when the router dials the host's HTX listener (`fog host
 # --listen`, here `fog up --hosts-listen`), same load generator (wrk), alternating in one run.
 #
-#   benches/dialout.sh        (never run by CI)
+#   benches/dialout.sh        (never run by CI; PROFILE=debug uses the debug build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -16,8 +16,13 @@ if ! command -v wrk >/dev/null 2>&1; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq && $sudo apt-get install -y -qq wrk
 fi
-cargo build --release --locked -p fog -p fog-test-programs
-FOG="$CARGO_TARGET_DIR/release/fog"
+PROFILE="${PROFILE:-release}"
+if [ "$PROFILE" = release ]; then
+  cargo build --release --locked -p fog -p fog-test-programs
+else
+  cargo build --locked -p fog -p fog-test-programs
+fi
+FOG="$CARGO_TARGET_DIR/$PROFILE/fog"
 data=$(mktemp -d)
 pid=""
 trap 'kill $pid 2>/dev/null || true; rm -rf "$data"' EXIT
@@ -65,4 +70,4 @@ for round in $(seq 1 "$ROUNDS"); do
   echo "| router dialled the host (HTX listener) | $round | $rps | $p50 | $p99 |"
   stop_up
 done
-echo "machine: $(nproc) cores, $(uname -sr); wrk -t2 -c$CONNECTIONS -d$DURATION; $(date -u +%Y-%m-%d)"
+echo "machine: $(nproc) cores, $(uname -sr); $PROFILE build; wrk -t2 -c$CONNECTIONS -d$DURATION; $(date -u +%Y-%m-%d)"
