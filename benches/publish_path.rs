@@ -58,7 +58,7 @@ fn main() {
         tokio::spawn(server::serve(listener, apps.clone(), stop()));
         let config = AgentConfig {
             control: control_url.clone(),
-            advertise: host_addr,
+            advertise: Some(host_addr),
             region: "local".into(),
             cpu: 4.0,
             mem_mb: 4096.0,
@@ -66,6 +66,7 @@ fn main() {
             heartbeat: Duration::from_secs(1),
             harvest: None,
             htx: None,
+            attacher: None,
         };
         tokio::spawn(agent::run(
             runtime,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Router overhead: requests/s and latency of the hello app through the router over HTX (the
 # default data plane), through the router over plain HTTP (`--plain`), and straight to the host,
-# same load generator (wrk), one run.
+# same load generator (wrk), one run. The host listens (`--hosts-listen`) so it can be reached
+# directly and over plain HTTP; benches/dialout.sh compares that with a host that dials out.
 #
 #   benches/router.sh        (never run by CI)
 set -euo pipefail
@@ -39,14 +40,14 @@ measure() { # url [header]
 echo "| path | round | requests/s | p50 | p99 |"
 echo "|---|---|---|---|---|"
 for round in $(seq 1 "$ROUNDS"); do
-  start_up
+  start_up --hosts-listen
   host=$("$FOG" devices --control http://127.0.0.1:17170 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["addr"])')
   read -r rps p50 p99 <<<"$(measure "http://$host/" "x-fog-app: hello")"
   echo "| direct to the host | $round | $rps | $p50 | $p99 |"
   read -r rps p50 p99 <<<"$(measure "http://127.0.0.1:17180/apps/hello/")"
   echo "| router, HTX to the host | $round | $rps | $p50 | $p99 |"
   stop_up
-  start_up --plain
+  start_up --plain --hosts-listen
   read -r rps p50 p99 <<<"$(measure "http://127.0.0.1:17180/apps/hello/")"
   echo "| router, plain HTTP to the host | $round | $rps | $p50 | $p99 |"
   stop_up

@@ -41,7 +41,7 @@ async fn start_host(dir: &std::path::Path, control: &str, stop: &Stop) {
     let key = fog_host::htx_server::static_key(&identity.secret_bytes());
     let htx_listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let htx = fog_proto::api::HtxEndpoint {
-        addr: htx_listener.local_addr().unwrap().to_string(),
+        addr: Some(htx_listener.local_addr().unwrap().to_string()),
         key: hex::encode(key.public),
     };
     tokio::spawn(fog_host::htx_server::serve(
@@ -52,7 +52,7 @@ async fn start_host(dir: &std::path::Path, control: &str, stop: &Stop) {
     ));
     let config = AgentConfig {
         control: control.to_string(),
-        advertise: addr,
+        advertise: Some(addr),
         region: "local".into(),
         cpu: 4.0,
         mem_mb: 8192.0,
@@ -60,6 +60,7 @@ async fn start_host(dir: &std::path::Path, control: &str, stop: &Stop) {
         heartbeat: Duration::from_secs(1),
         harvest: None,
         htx: Some(htx),
+        attacher: None,
     };
     tokio::spawn(agent::run(runtime, apps, identity, config, stopped(stop)));
 }

@@ -80,6 +80,13 @@ pub struct RouterArgs {
     /// prologue).
     #[arg(long)]
     pub betanet_tls: bool,
+    /// Address hosts behind NAT dial out to and keep a connection open on ("off" for none).
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR|off")]
+    pub attach: String,
+    /// Address hosts are told to dial for the attach endpoint, if not the one it listens on
+    /// (e.g. the public address when listening on 0.0.0.0).
+    #[arg(long, value_name = "ADDR")]
+    pub attach_advertise: Option<SocketAddr>,
     /// Relays on the way to hosts: performance (0), balanced (2), strict (3, with delays) or
     /// strict:N.
     #[arg(long, default_value = "performance")]
@@ -103,6 +110,8 @@ pub struct RouterAddrs {
     pub http: SocketAddr,
     /// The Betanet front, if any.
     pub betanet: Option<SocketAddr>,
+    /// The attach endpoint hosts dial out to, if any.
+    pub attach: Option<SocketAddr>,
 }
 
 /// The router's identity (its key signs front registrations), kept in `data`.
@@ -156,10 +165,34 @@ pub async fn start_router(
         tasks.push(tokio::spawn(fog_router::front::run_registration(
             gateway.clone(),
             front.info(&front_addr.to_string()),
-            identity,
+            fog_proto::auth::Identity::from_secret(&identity_secret),
             stop.clone().wait(),
         )));
         Some(front_addr)
+    };
+    let attach = if args.attach == "off" {
+        None
+    } else {
+        let attach_listen: SocketAddr = args
+            .attach
+            .parse()
+            .with_context(|| format!("--attach {:?} is not host:port or off", args.attach))?;
+        let attach_listener = server::bind(attach_listen).await?;
+        let attach_addr = attach_listener.local_addr()?;
+        let attach = fog_router::attach::Attach::new(gateway.clone(), &identity);
+        tasks.push(tokio::spawn(fog_router::attach::serve(
+            attach_listener,
+            attach.clone(),
+            stop.clone().wait(),
+        )));
+        let advertised = args.attach_advertise.unwrap_or(attach_addr);
+        tasks.push(tokio::spawn(fog_router::attach::run_registration(
+            gateway.clone(),
+            attach.info(&advertised.to_string()),
+            fog_proto::auth::Identity::from_secret(&identity_secret),
+            stop.clone().wait(),
+        )));
+        Some(attach_addr)
     };
     if args.onion || args.tor_network.is_some() {
         let config = fog_router::onion::OnionConfig {
@@ -183,6 +216,7 @@ pub async fn start_router(
         RouterAddrs {
             http: addr,
             betanet,
+            attach,
         },
         tasks,
     ))
@@ -280,7 +314,7 @@ impl ListedDestinations {
         let hosts = routes
             .into_iter()
             .flat_map(|r| r.replicas)
-            .filter_map(|r| r.htx.map(|h| h.addr));
+            .filter_map(|r| r.htx.and_then(|h| h.addr));
         Ok(relays
             .into_iter()
             .map(|r| r.addr)
@@ -360,14 +394,26 @@ pub struct HostArgs {
     pub ledger_period: u64,
 }
 
-/// Start a host serving on `listen`, agent talking to `control_url`, state in `data`.
+/// How a started host is reached.
+#[derive(Debug, Clone)]
+pub struct HostAddrs {
+    /// Its plain-HTTP listener, if it listens at all.
+    pub http: Option<SocketAddr>,
+    /// Its device id.
+    pub device: String,
+}
+
+/// Start a host, agent talking to `control_url`, state in `data`. With `listen`, it also
+/// accepts connections there (plain HTTP) and on the same address's port 0 (HTX), and routers
+/// dial it; without, it needs no inbound port: it dials out to the routers the control plane
+/// names.
 pub async fn start_host(
-    listen: SocketAddr,
+    listen: Option<SocketAddr>,
     control_url: &str,
     data: &Path,
     args: &HostArgs,
     stop: Stop,
-) -> anyhow::Result<(SocketAddr, Vec<JoinHandle<()>>)> {
+) -> anyhow::Result<(HostAddrs, Vec<JoinHandle<()>>)> {
     let identity = agent::device_identity(data)
         .with_context(|| format!("device key in {}", data.display()))?;
     let runtime = Runtime::new(RuntimeConfig {
@@ -376,8 +422,11 @@ pub async fn start_host(
         ..RuntimeConfig::default()
     })?;
     let apps = AppTable::new();
-    let listener = server::bind(listen).await?;
-    let addr = listener.local_addr()?;
+    let listener = match listen {
+        Some(listen) => Some(server::bind(listen).await?),
+        None => None,
+    };
+    let addr = listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let cpu = args
         .cpu
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64));
@@ -391,6 +440,7 @@ pub async fn start_host(
         heartbeat: std::time::Duration::from_secs(1),
         harvest: None,
         htx: None,
+        attacher: None,
     };
     let mut tasks = Vec::new();
     let harvest = if args.always_on {
@@ -434,35 +484,47 @@ pub async fn start_host(
         tasks.push(task);
         Some(handle)
     };
-    let serving = tokio::spawn(server::serve(listener, apps.clone(), stop.clone().wait()));
-    // The data plane routers use: HTX (Noise XK to a key derived from the device identity).
+    // The data plane routers use: HTX (Noise XK to a key derived from the device identity),
+    // over the connections the host dials out to routers, and on a listener if it has one.
     let htx_key = fog_host::htx_server::static_key(&identity.secret_bytes());
-    let htx_listener = server::bind(std::net::SocketAddr::new(listen.ip(), 0)).await?;
-    let htx = fog_proto::api::HtxEndpoint {
-        addr: htx_listener.local_addr()?.to_string(),
+    let mut htx = fog_proto::api::HtxEndpoint {
+        addr: None,
         key: hex::encode(htx_key.public),
     };
-    tasks.push(tokio::spawn(fog_host::htx_server::serve(
-        htx_listener,
-        apps.clone(),
-        htx_key,
-        stop.clone().wait(),
-    )));
+    if let (Some(listener), Some(listen)) = (listener, listen) {
+        tasks.push(tokio::spawn(server::serve(
+            listener,
+            apps.clone(),
+            stop.clone().wait(),
+        )));
+        let htx_listener = server::bind(std::net::SocketAddr::new(listen.ip(), 0)).await?;
+        htx.addr = Some(htx_listener.local_addr()?.to_string());
+        tasks.push(tokio::spawn(fog_host::htx_server::serve(
+            htx_listener,
+            apps.clone(),
+            htx_key.clone(),
+            stop.clone().wait(),
+        )));
+    }
+    // Every host dials out: it is how one behind NAT is reached, and how any host meets peers
+    // behind NAT.
+    let attacher = fog_host::attach::Attacher::new(htx_key, apps.clone());
     let flush = runtime.clone();
     let config = AgentConfig {
         harvest,
         htx: Some(htx),
+        attacher: Some(attacher),
         ..config
     };
+    let device = fog_proto::auth::device_id(&identity.public_hex());
     let agent = tokio::spawn(async move {
         agent::run(runtime, apps, identity, config, stop.wait()).await;
         if let Err(err) = flush.flush() {
             tracing::error!("cannot save app state: {err}");
         }
     });
-    tasks.push(serving);
     tasks.push(agent);
-    Ok((addr, tasks))
+    Ok((HostAddrs { http: addr, device }, tasks))
 }
 
 /// Wait for Ctrl-C or SIGTERM, fire `stop`, and wait for `tasks` to finish.

@@ -89,6 +89,13 @@ impl Control {
             }
             ("POST", ["devices"]) => self.register(request).await,
             ("GET", ["devices"]) => Ok(json(200, &self.device_infos()?)),
+            ("GET", ["devices", id]) => {
+                match self.device_infos()?.into_iter().find(|d| d.id == *id) {
+                    Some(device) => Ok(json(200, &device)),
+                    None => Err(ApiError::NotFound(format!("no device {id}"))),
+                }
+            }
+            ("GET", ["devices", a, "peers", b]) => self.pairing(a, b),
             ("POST", ["devices", id, "heartbeat"]) => self.heartbeat(id, request).await,
             ("GET", ["devices", id, "ledger"]) => {
                 let prefix = format!("{id}/");
@@ -134,6 +141,22 @@ impl Control {
                 Ok(json(200, &self.registrations.fronts()))
             }
             ("GET", ["fronts"]) => Ok(json(200, &self.registrations.fronts())),
+            ("POST", ["attach"]) => {
+                let (signer, body, _) = self.signed(request, 64 << 10).await?;
+                self.trusted_router(&signer, "to register an attach endpoint")?;
+                let info: api::AttachInfo = serde_json::from_slice(&body)
+                    .map_err(|e| ApiError::BadRequest(format!("malformed attach endpoint: {e}")))?;
+                let changed = self
+                    .registrations
+                    .register_attach(&signer, info)
+                    .map_err(ApiError::BadRequest)?;
+                if changed {
+                    // Held heartbeats return at once with the new list.
+                    self.bump();
+                }
+                Ok(json(200, &self.registrations.attach_points()))
+            }
+            ("GET", ["attach"]) => Ok(json(200, &self.registrations.attach_points())),
             ("POST", ["relays"]) => {
                 let (signer, body, _) = self.signed(request, 64 << 10).await?;
                 let relay: api::RelayInfo = serde_json::from_slice(&body)
@@ -167,7 +190,7 @@ impl Control {
                 _,
                 [
                     "apps" | "devices" | "blobs" | "routes" | "fronts" | "relays" | "names"
-                    | "onion-keys",
+                    | "onion-keys" | "attach",
                     ..,
                 ],
             ) => Err(ApiError::MethodNotAllowed(format!(

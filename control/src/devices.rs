@@ -17,9 +17,11 @@ use crate::error::ApiError;
 use crate::store::{DeviceRecord, StoreError, Table, decode, encode};
 use crate::{Control, LOG_LINES_KEPT, Live, now_ms, replicas};
 
-/// A digest of a device's assignments: a device that already has them is held.
-fn digest(assignments: &[Assignment]) -> String {
-    auth::sha256_hex(&serde_json::to_vec(assignments).expect("API types always serialise"))
+/// A digest of a device's assignments and the routers it is told to attach to: a device that
+/// already has them is held.
+fn digest(assignments: &[Assignment], attach: &[api::AttachPoint]) -> String {
+    let both = (assignments, attach);
+    auth::sha256_hex(&serde_json::to_vec(&both).expect("API types always serialise"))
 }
 
 impl Control {
@@ -46,10 +48,11 @@ impl Control {
         let (signer, body, _) = self.signed(request, api::MAX_JSON_BYTES).await?;
         let registration: DeviceRegistration = serde_json::from_slice(&body)
             .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
-        if registration.addr.parse::<std::net::SocketAddr>().is_err() {
+        if let Some(addr) = &registration.addr
+            && addr.parse::<std::net::SocketAddr>().is_err()
+        {
             return Err(ApiError::BadRequest(format!(
-                "addr {:?} is not host:port",
-                registration.addr
+                "addr {addr:?} is not host:port"
             )));
         }
         let finite = |x: f64| x.is_finite() && x >= 0.0;
@@ -65,7 +68,7 @@ impl Control {
         let record = DeviceRecord {
             id: id.clone(),
             public_key: signer,
-            addr: registration.addr,
+            addr: registration.addr.unwrap_or_default(),
             region: registration.region,
             cpu: registration.cpu,
             mem_mb: registration.mem_mb,
@@ -108,9 +111,12 @@ impl Control {
         if heartbeat.logs.len() > api::MAX_LOG_LINES
             || heartbeat.running.len() > api::MAX_RUNNING
             || heartbeat.periods.len() > api::MAX_PERIODS
+            || heartbeat.attached.len() > api::MAX_ATTACHED
         {
             return Err(ApiError::TooLarge(
-                "too many log lines, running apps or ledger periods in one heartbeat".into(),
+                "too many log lines, running apps, ledger periods or attach links in one \
+                 heartbeat"
+                    .into(),
             ));
         }
         // Ledger periods: signed by this device's key, for this device, with honest arithmetic.
@@ -192,9 +198,13 @@ impl Control {
         }
         // Hold the reply while the device already has its assignments, until they change or a
         // heartbeat interval passes: assignments reach devices as soon as they are made.
+        // Every device dials out to every router (the routers come with the reply: pulled, never
+        // pushed): whichever router a visitor reaches holds a connection to each replica, and
+        // any two devices share a rendezvous.
         let mut seen = self.version.subscribe();
         let mut assignments = self.assignments_for(id)?;
-        let mut digest = digest(&assignments);
+        let mut attach = self.registrations.attach_points();
+        let mut digest = digest(&assignments, &attach);
         if known.as_deref() == Some(digest.as_str()) {
             let deadline = tokio::time::Instant::now() + self.config.heartbeat_interval;
             while tokio::time::timeout_at(deadline, seen.changed())
@@ -202,7 +212,8 @@ impl Control {
                 .is_ok_and(|r| r.is_ok())
             {
                 assignments = self.assignments_for(id)?;
-                digest = self::digest(&assignments);
+                attach = self.registrations.attach_points();
+                digest = self::digest(&assignments, &attach);
                 if known.as_deref() != Some(digest.as_str()) {
                     break;
                 }
@@ -213,8 +224,27 @@ impl Control {
             &HeartbeatReply {
                 assignments,
                 digest,
+                attach,
             },
         ))
+    }
+
+    /// `GET /v1/devices/{a}/peers/{b}`: the apps an assignment pairs devices `a` and `b` for
+    /// (both hold replicas, or one is taking over from the other), or 403: a router splices
+    /// only such peers.
+    pub(crate) fn pairing(&self, a: &str, b: &str) -> Answer {
+        let apps: Vec<String> = self
+            .placements()?
+            .into_iter()
+            .filter(|(_, p)| p.devices.iter().any(|d| d == a) && p.devices.iter().any(|d| d == b))
+            .map(|(app, _)| app)
+            .collect();
+        if a == b || apps.is_empty() {
+            return Err(ApiError::Forbidden(format!(
+                "no assignment pairs devices {a} and {b}"
+            )));
+        }
+        Ok(json(200, &api::Pairing { apps }))
     }
 
     /// Wake every long-poll: placements or what devices run have changed.

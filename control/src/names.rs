@@ -16,7 +16,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use fog_htx::names::onion_address;
-use fog_proto::api::{FrontInfo, NameDescriptor, REGISTRATION_TTL_MS, RelayInfo};
+use fog_proto::api::{
+    AttachInfo, AttachPoint, FrontInfo, NameDescriptor, REGISTRATION_TTL_MS, RelayInfo,
+};
 use fog_proto::auth::Identity;
 use hkdf::Hkdf;
 use serde::{Deserialize, Serialize};
@@ -144,6 +146,8 @@ pub fn descriptor(
 pub struct Registrations {
     fronts: Mutex<HashMap<String, (FrontInfo, Instant)>>,
     relays: Mutex<HashMap<String, (RelayInfo, Instant)>>,
+    /// Routers' attach endpoints, by router id.
+    attach: Mutex<HashMap<String, (AttachPoint, Instant)>>,
 }
 
 fn fresh<T: Clone>(table: &Mutex<HashMap<String, (T, Instant)>>) -> Vec<T> {
@@ -187,6 +191,30 @@ impl Registrations {
             .expect("registrations lock")
             .insert(signer.to_string(), (relay, Instant::now()));
         Ok(())
+    }
+
+    /// Register (or refresh) the attach endpoint of the router with key `router`; true if
+    /// hosts must be told (a new router, or one that moved).
+    pub fn register_attach(&self, router: &str, info: AttachInfo) -> Result<bool, String> {
+        check_key(&info.key, "key")?;
+        check_addr(&info.addr)?;
+        let point = AttachPoint {
+            router: fog_proto::auth::device_id(router),
+            addr: info.addr,
+            key: info.key,
+        };
+        let ttl = Duration::from_millis(REGISTRATION_TTL_MS);
+        let mut table = self.attach.lock().expect("registrations lock");
+        let changed = table
+            .get(&point.router)
+            .is_none_or(|(old, at)| *old != point || at.elapsed() >= ttl);
+        table.insert(point.router.clone(), (point, Instant::now()));
+        Ok(changed)
+    }
+
+    /// Attach endpoints that registered recently, by router id.
+    pub fn attach_points(&self) -> Vec<AttachPoint> {
+        fresh(&self.attach)
     }
 
     /// Fronts that registered recently.

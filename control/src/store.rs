@@ -207,7 +207,8 @@ pub struct DeviceRecord {
     pub id: String,
     /// Public key (hex).
     pub public_key: String,
-    /// Data-plane address.
+    /// Plain-HTTP data-plane address; empty for a device that accepts no connection (it
+    /// dials out to routers).
     pub addr: String,
     /// Region.
     pub region: String,

@@ -119,8 +119,15 @@ impl Control {
             .into_iter()
             .map(|d| {
                 let l = live.get(&d.id);
+                let alive = l.is_some_and(|l| self.is_alive(l));
                 DeviceInfo {
-                    alive: l.is_some_and(|l| self.is_alive(l)),
+                    htx: l.and_then(|l| l.heartbeat.htx.clone()),
+                    // The links of a dead device are not held any more.
+                    attached: l
+                        .filter(|_| alive)
+                        .map(|l| l.heartbeat.attached.clone())
+                        .unwrap_or_default(),
+                    alive,
                     harvestable: l.is_some_and(|l| l.heartbeat.harvestable),
                     cpu_free: l.map_or(0.0, |l| l.heartbeat.cpu_free),
                     heartbeat_age_ms: l.map_or(u64::MAX, |l| l.at.elapsed().as_millis() as u64),
@@ -133,7 +140,7 @@ impl Control {
                         .map(|l| l.heartbeat.running.iter().map(|r| r.app.clone()).collect())
                         .unwrap_or_default(),
                     id: d.id,
-                    addr: d.addr,
+                    addr: Some(d.addr).filter(|a| !a.is_empty()),
                     region: d.region,
                     cpu: d.cpu,
                 }
@@ -173,7 +180,7 @@ impl Control {
                     .filter_map(|d| devices.get(d))
                     .map(|d| Replica {
                         device: d.id.clone(),
-                        addr: d.addr.clone(),
+                        addr: Some(d.addr.clone()).filter(|a| !a.is_empty()),
                         htx: htx.get(&d.id).cloned(),
                     })
                     .collect();

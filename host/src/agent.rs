@@ -3,7 +3,9 @@
 //! assignments it gets back: fetch the component by hash (checked before it runs), compile,
 //! serve; stop what is no longer assigned. Each assignment also says how the app's state is
 //! kept here (see [`crate::replica`]): as the primary (feeding its followers, fenced while being
-//! moved away, uploading snapshots for tier B) or as a follower of another device.
+//! moved away, uploading snapshots for tier B) or as a follower of another device. Replies also
+//! name the routers to keep attach connections open to ([`crate::attach`]); everything the
+//! control plane tells a device comes in these replies, which the device pulls.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -27,8 +29,8 @@ use crate::server::AppTable;
 pub struct AgentConfig {
     /// Base URL of the control plane, e.g. `http://127.0.0.1:7070`.
     pub control: String,
-    /// Where routers reach this host's data plane.
-    pub advertise: SocketAddr,
+    /// Where `--plain` routers reach this host's plain-HTTP data plane, if it listens.
+    pub advertise: Option<SocketAddr>,
     /// Region name.
     pub region: String,
     /// CPU cores offered.
@@ -41,8 +43,11 @@ pub struct AgentConfig {
     pub heartbeat: Duration,
     /// The harvester's status and ledger; without one the device always offers `cpu`.
     pub harvest: Option<crate::harvest::HarvestHandle>,
-    /// The device's HTX listener, announced to routers through the control plane.
+    /// The device's HTX key and listener (if any), announced to routers through the control
+    /// plane.
     pub htx: Option<api::HtxEndpoint>,
+    /// The host's connections to the routers the control plane names (dialling out).
+    pub attacher: Option<Arc<crate::attach::Attacher>>,
 }
 
 /// Why the agent could not talk to the control plane.
@@ -215,13 +220,19 @@ pub async fn run(
         client: client.clone(),
         control: config.control.clone(),
         identity: Arc::new(Identity::from_secret(&identity.secret_bytes())),
-        peers: PeerClient::new(crate::htx_server::static_key(&identity.secret_bytes())),
+        peers: PeerClient::new(
+            crate::htx_server::static_key(&identity.secret_bytes()),
+            config
+                .attacher
+                .clone()
+                .map(|a| a as Arc<dyn fog_htx::dial::Rendezvous>),
+        ),
         loaded: loaded.clone(),
         tasks: Arc::new(Mutex::new(HashMap::new())),
         wake: wake.clone(),
     };
     let registration = DeviceRegistration {
-        addr: config.advertise.to_string(),
+        addr: config.advertise.map(|a| a.to_string()),
         region: config.region.clone(),
         cpu: config.cpu,
         mem_mb: config.mem_mb,
@@ -229,6 +240,7 @@ pub async fn run(
         price_cpu_hour: 0.0,
     };
     tokio::pin!(shutdown);
+    let _closing = CloseOnDrop(config.attacher.clone());
     let mut device: Option<String> = None;
     let mut known: Option<String> = None;
     let mut backoff = config.heartbeat;
@@ -271,6 +283,10 @@ pub async fn run(
         let pause = match outcome {
             None => Duration::ZERO,
             Some(Ok((id, reply))) => {
+                // The routers to dial out to come with every reply (pulled, never pushed).
+                if let Some(attacher) = &config.attacher {
+                    attacher.set_routers(&id, &reply.attach);
+                }
                 device = Some(id);
                 backoff = config.heartbeat;
                 if known.as_deref() != Some(reply.digest.as_str()) {
@@ -313,6 +329,17 @@ pub async fn run(
             () = &mut shutdown => return,
             () = tokio::time::sleep(pause) => {}
             () = wake.notified() => {}
+        }
+    }
+}
+
+/// Closes the router connections when the agent stops.
+struct CloseOnDrop(Option<Arc<crate::attach::Attacher>>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let Some(attacher) = &self.0 {
+            attacher.close_all();
         }
     }
 }
@@ -367,6 +394,11 @@ fn heartbeat(shared: &Shared, config: &AgentConfig) -> Heartbeat {
         known: None,
         periods: Vec::new(),
         htx: config.htx.clone(),
+        attached: config
+            .attacher
+            .as_ref()
+            .map(|a| a.links())
+            .unwrap_or_default(),
     };
     if let Some(harvest) = &config.harvest {
         let status = harvest.status.borrow().clone();

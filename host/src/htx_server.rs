@@ -1,9 +1,11 @@
-//! The host's HTX (Betanet) listener: routers connect with Noise XK to the device's static key
-//! and send HTTP/1.1 requests on HTX streams; each stream is served by the app table.
+//! The host's HTX (Betanet) data plane: routers (and peers) connect with Noise XK to the
+//! device's static key and send HTTP/1.1 requests on HTX streams; each stream is served by the
+//! app table. The listener is for hosts that accept connections (`fog host --listen`); the
+//! streams of attached connections ([`crate::attach`]) are served the same way.
 
 use std::sync::Arc;
 
-use fog_htx::conn;
+use fog_htx::conn::{self, Connection};
 use fog_htx::dial::{DATA_PLANE_PROLOGUE, data_plane_config};
 use fog_htx::handshake::StaticKey;
 use hkdf::Hkdf;
@@ -44,33 +46,62 @@ pub async fn serve(
                         return;
                     }
                 };
-            while let Some(stream) = connection.accept().await {
-                let apps = apps.clone();
-                let peer = peer.key;
-                tokio::spawn(async move {
-                    let service =
-                        service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                            let apps = apps.clone();
-                            async move {
-                                // State transfer between devices, for the peers the app allows.
-                                if request.uri().path().starts_with(crate::peers::PREFIX) {
-                                    return Ok::<_, std::convert::Infallible>(
-                                        crate::peers::serve(&apps, &peer, &request).await,
-                                    );
-                                }
-                                Ok(apps.handle(request).await.map(BodyExt::boxed))
-                            }
-                        });
-                    // Each stream is one keep-alive HTTP/1.1 connection; the router may half-close its
-                    // side once a request is sent: keep answering.
-                    let _ = http1::Builder::new()
-                        .half_close(true)
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-            tracing::debug!("HTX connection ended: {:?}", connection.error());
+            serve_connection(connection, apps, peer.key, Serves::Everything).await;
         });
     })
     .await;
+}
+
+/// What a connection's streams may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serves {
+    /// The apps and the internal state endpoints (for the peers the apps allow).
+    Everything,
+    /// Only the internal state endpoints: a peer spliced through a rendezvous.
+    StateOnly,
+}
+
+/// Serve every stream the peer with Noise key `peer` opens on `connection` until it ends.
+pub async fn serve_connection(
+    connection: Connection,
+    apps: Arc<AppTable>,
+    peer: [u8; 32],
+    serves: Serves,
+) {
+    while let Some(stream) = connection.accept().await {
+        tokio::spawn(serve_stream(stream, apps.clone(), peer, serves));
+    }
+    tracing::debug!("HTX connection ended: {:?}", connection.error());
+}
+
+/// Serve one stream (or any byte pipe) from the peer with Noise key `peer` as a keep-alive
+/// HTTP/1.1 connection.
+pub async fn serve_stream<S>(stream: S, apps: Arc<AppTable>, peer: [u8; 32], serves: Serves)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+        let apps = apps.clone();
+        async move {
+            // State transfer between devices, for the peers the app allows.
+            if request.uri().path().starts_with(crate::peers::PREFIX) {
+                return Ok::<_, std::convert::Infallible>(
+                    crate::peers::serve(&apps, &peer, &request).await,
+                );
+            }
+            if serves == Serves::StateOnly {
+                return Ok(crate::peers::refuse(
+                    404,
+                    "a spliced peer may only ask for app state\n",
+                ));
+            }
+            Ok(apps.handle(request).await.map(BodyExt::boxed))
+        }
+    });
+    // Each stream is one keep-alive HTTP/1.1 connection; the router may half-close its side once
+    // a request is sent: keep answering.
+    let _ = http1::Builder::new()
+        .half_close(true)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }

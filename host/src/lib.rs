@@ -6,12 +6,14 @@
 //! compiled once (cached on disk by sha256 and engine), pre-instantiated. [`App::handle`] serves
 //! one request in a fresh store with the app's memory cap, fuel budget, deadline and concurrency
 //! cap; whatever the guest does, the caller gets a response (the guest's, or a clear error).
-//! [`server::serve`] puts a table of apps behind an HTTP/1.1 listener.
+//! [`server::serve`] puts a table of apps behind an HTTP/1.1 listener; [`attach`] serves them
+//! through connections the host dials out to routers (no inbound port needed).
 
 #![deny(missing_docs)]
 
 pub mod agent;
 mod app;
+pub mod attach;
 mod error;
 pub mod harvest;
 pub mod htx_server;

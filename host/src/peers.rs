@@ -1,5 +1,7 @@
 //! State between devices: the internal endpoints a primary serves to its followers over HTX,
-//! the follower's loop, and the tier-B snapshot uploader.
+//! the follower's loop, and the tier-B snapshot uploader. A peer that listens is dialled; one
+//! behind NAT is reached through a router both are attached to, with Noise end to end
+//! ([`crate::attach`]).
 //!
 //! Internal endpoints live under `/_fog/state/{app}/` and are served only on HTX connections
 //! whose Noise static key belongs to a peer the app's assignment allows (a follower); anything
@@ -35,6 +37,11 @@ const LOG_BATCH: usize = 1 << 20;
 
 /// The body internal endpoints answer with.
 pub type PeerBody = BoxBody<Bytes, Infallible>;
+
+/// A short answer with `status`.
+pub fn refuse(status: u16, body: impl Into<Bytes>) -> http::Response<PeerBody> {
+    answer(status, body)
+}
 
 fn answer(status: u16, body: impl Into<Bytes>) -> http::Response<PeerBody> {
     let mut response = http::Response::new(Full::new(body.into()).boxed());
@@ -127,9 +134,16 @@ impl std::fmt::Debug for PeerClient {
 }
 
 impl PeerClient {
-    /// A client with the device's HTX key.
-    pub fn new(key: fog_htx::handshake::StaticKey) -> PeerClient {
+    /// A client with the device's HTX key; peers that accept no connection are reached through
+    /// `rendezvous` (the routers this device is attached to).
+    pub fn new(
+        key: fog_htx::handshake::StaticKey,
+        rendezvous: Option<Arc<dyn fog_htx::dial::Rendezvous>>,
+    ) -> PeerClient {
         let dialer = Dialer::new(key, fog_htx::mix::MixMode::Performance, Vec::new());
+        if let Some(rendezvous) = rendezvous {
+            dialer.set_rendezvous(rendezvous);
+        }
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(HtxConnector(dialer.clone()));
@@ -145,8 +159,13 @@ impl PeerClient {
             .ok()
             .and_then(|k| k.try_into().ok())
             .ok_or("the peer's HTX key is not 32 bytes of hex")?;
-        self.dialer.learn([(peer.htx.addr.clone(), key)]);
-        let uri: http::Uri = format!("http://{}{path}", peer.htx.addr)
+        // A peer that listens is dialled; one behind NAT is met at a rendezvous.
+        let authority = match &peer.htx.addr {
+            Some(addr) => addr.clone(),
+            None => fog_htx::dial::spliced_authority(&peer.device),
+        };
+        self.dialer.learn([(authority.clone(), key)]);
+        let uri: http::Uri = format!("http://{authority}{path}")
             .parse()
             .map_err(|e| format!("{e}"))?;
         tokio::time::timeout(MAX_WAIT + Duration::from_secs(5), self.client.get(uri))

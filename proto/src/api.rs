@@ -10,6 +10,10 @@
 //! | POST | `/v1/devices` | device (signed) | [`DeviceRegistration`] → [`DeviceRegistered`] |
 //! | POST | `/v1/devices/{id}/heartbeat` | device (signed) | [`Heartbeat`] → [`HeartbeatReply`] |
 //! | GET | `/v1/devices` | anyone | → [`DeviceInfo`]s |
+//! | GET | `/v1/devices/{id}` | anyone | → [`DeviceInfo`] |
+//! | GET | `/v1/devices/{a}/peers/{b}` | routers | → [`Pairing`] (403: no assignment pairs them) |
+//! | POST | `/v1/attach` | trusted router (signed) | [`AttachInfo`] → [`AttachPoint`]s |
+//! | GET | `/v1/attach` | anyone | → [`AttachPoint`]s |
 //! | GET | `/v1/devices/{id}/ledger` | anyone | → verified [`SignedPeriod`]s |
 //! | GET | `/v1/blobs/{sha256}` | anyone | the component |
 //! | GET | `/v1/routes[?after=N]` | routers | → [`Route`]s (long-poll past version N) |
@@ -232,8 +236,10 @@ impl Autoscale {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceRegistration {
-    /// Where routers reach its data plane (host:port).
-    pub addr: String,
+    /// Where `--plain` routers reach its plain-HTTP data plane (host:port), if it listens at
+    /// all; a device behind NAT does not (it dials out, see [`AttachPoint`]).
+    #[serde(default)]
+    pub addr: Option<String>,
     /// Region name.
     pub region: String,
     /// CPU cores offered.
@@ -286,20 +292,69 @@ pub struct Heartbeat {
     /// Ledger periods closed since the last heartbeat, signed with the device key.
     #[serde(default)]
     pub periods: Vec<SignedPeriod>,
-    /// Where the device accepts HTX (Betanet) connections from routers, and its Noise static
-    /// public key (hex); signed with the heartbeat, so routers can trust it.
+    /// The device's Noise static public key (hex) and, if it accepts HTX connections, where;
+    /// signed with the heartbeat, so routers and peers can trust the key.
     #[serde(default)]
     pub htx: Option<HtxEndpoint>,
+    /// The routers the device holds an attach connection to now, with each one's round-trip
+    /// time as the device measured it (HTX PING).
+    #[serde(default)]
+    pub attached: Vec<AttachedLink>,
 }
 
-/// An HTX listener and the Noise static key it answers with.
+/// A device's Noise static key and the HTX listener it answers on, if any.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HtxEndpoint {
-    /// host:port.
-    pub addr: String,
+    /// host:port of its HTX listener; `None` for a device that accepts no connection (behind
+    /// NAT): it is reached through the routers it attaches to.
+    #[serde(default)]
+    pub addr: Option<String>,
     /// X25519 public key, hex.
     pub key: String,
+}
+
+/// Most attach links one heartbeat may report.
+pub const MAX_ATTACHED: usize = 64;
+
+/// One attach connection a device holds open to a router.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachedLink {
+    /// The router's id.
+    pub router: String,
+    /// Round-trip time of the last HTX PING on the connection, µs.
+    pub rtt_us: u64,
+}
+
+/// What a router registers about its attach endpoint (signed with its identity; only routers
+/// the control plane trusts may).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachInfo {
+    /// host:port hosts dial.
+    pub addr: String,
+    /// Noise static public key (X25519, hex) hosts run Noise XK to.
+    pub key: String,
+}
+
+/// A router's attach endpoint, as hosts learn it from their heartbeat replies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachPoint {
+    /// The router's id (derived from its key like a device id).
+    pub router: String,
+    /// host:port.
+    pub addr: String,
+    /// Noise static public key, hex.
+    pub key: String,
+}
+
+/// Two devices an assignment pairs: the apps both hold replicas of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pairing {
+    /// App names.
+    pub apps: Vec<String>,
 }
 
 /// Fuel that counts as one CPU-hour when turning fuel into credits (about 2·10⁹ fuel per
@@ -495,13 +550,17 @@ pub struct LogLine {
     pub error: Option<String>,
 }
 
-/// What the control plane wants a device to run.
+/// What the control plane wants a device to run, and which routers it keeps connections to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeartbeatReply {
     /// The full desired set of apps on this device.
     pub assignments: Vec<Assignment>,
-    /// Digest of `assignments`, to send back as [`Heartbeat::known`].
+    /// Digest of `assignments` and `attach`, to send back as [`Heartbeat::known`].
     pub digest: String,
+    /// The routers to keep an attach connection open to (the device dials out; nothing dials
+    /// it).
+    #[serde(default)]
+    pub attach: Vec<AttachPoint>,
 }
 
 /// One app a device should run.
@@ -521,8 +580,15 @@ pub struct Assignment {
 pub struct DeviceInfo {
     /// Id.
     pub id: String,
-    /// Data-plane address.
-    pub addr: String,
+    /// Plain-HTTP data-plane address, if it listens.
+    #[serde(default)]
+    pub addr: Option<String>,
+    /// Its Noise static key and HTX listener, as its last heartbeat announced them.
+    #[serde(default)]
+    pub htx: Option<HtxEndpoint>,
+    /// The routers it holds attach connections to, with their round-trip times.
+    #[serde(default)]
+    pub attached: Vec<AttachedLink>,
     /// Region.
     pub region: String,
     /// Whether its heartbeat is fresh.
@@ -572,8 +638,9 @@ pub const ROUTES_VERSION_HEADER: &str = "x-fog-routes-version";
 pub struct Replica {
     /// Device id.
     pub device: String,
-    /// Plain-HTTP data-plane address of the device (local development).
-    pub addr: String,
+    /// Plain-HTTP data-plane address of the device (local development), if it listens.
+    #[serde(default)]
+    pub addr: Option<String>,
     /// The device's HTX endpoint, when it has one (the normal data plane).
     #[serde(default)]
     pub htx: Option<HtxEndpoint>,

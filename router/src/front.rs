@@ -178,30 +178,8 @@ pub async fn run_registration(
     identity: Identity,
     shutdown: impl Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
     let body = serde_json::to_vec(&info).expect("API types always serialise");
-    let mut last_error: Option<String> = None;
-    loop {
-        match gateway
-            .post_signed("/v1/fronts", body.clone(), &identity)
-            .await
-        {
-            Ok(_) => {
-                if last_error.take().is_some() {
-                    tracing::info!("Betanet front registered");
-                }
-            }
-            Err(err) => {
-                if last_error.as_deref() != Some(err.as_str()) {
-                    tracing::warn!("cannot register the Betanet front: {err}");
-                }
-                last_error = Some(err);
-            }
-        }
-        let wait = if last_error.is_some() { 2 } else { 10 };
-        tokio::select! {
-            () = &mut shutdown => return,
-            () = tokio::time::sleep(Duration::from_secs(wait)) => {}
-        }
-    }
+    gateway
+        .register_every("/v1/fronts", body, identity, "Betanet front", shutdown)
+        .await;
 }

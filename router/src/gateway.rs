@@ -65,7 +65,7 @@ impl GatewayConfig {
 #[derive(Debug)]
 struct ReplicaState {
     device: String,
-    addr: String,
+    addr: Option<String>,
     htx: Option<HtxEndpoint>,
     in_flight: AtomicU32,
     suspect_until: Mutex<Option<Instant>>,
@@ -169,7 +169,7 @@ impl Gateway {
             route.replicas.iter().filter_map(|r| {
                 let htx = r.htx.as_ref()?;
                 let key: [u8; 32] = hex::decode(&htx.key).ok()?.try_into().ok()?;
-                Some((htx.addr.clone(), key))
+                Some((htx.addr.clone()?, key))
             })
         }));
         let mut table = self.routes.write().expect("routes lock");
@@ -205,6 +205,58 @@ impl Gateway {
         drop(table);
         if apps_differ {
             self.apps_changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Hosts' HTX connections: the ones hosts attached with, and the ones dialled.
+    pub fn dialer(&self) -> &Arc<Dialer> {
+        &self.dialer
+    }
+
+    /// GET `path` from the control plane: its status and body, whatever the status.
+    pub(crate) async fn control_get(
+        &self,
+        path: &str,
+    ) -> Result<(http::StatusCode, Bytes), String> {
+        let request = http::Request::get(format!("{}{path}", self.config.control))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let (status, _, body) = self.call(request, Duration::from_secs(10)).await?;
+        Ok((status, body))
+    }
+
+    /// POST `body` to `path`, signed with `identity`, every 10 s (every 2 s while refused) until
+    /// `shutdown` resolves; a refusal is logged once per change. How routers keep their fronts
+    /// and attach endpoints listed.
+    pub(crate) async fn register_every(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        identity: fog_proto::auth::Identity,
+        what: &str,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let mut last_error: Option<String> = None;
+        loop {
+            match self.post_signed(path, body.clone(), &identity).await {
+                Ok(_) => {
+                    if last_error.take().is_some() {
+                        tracing::info!("{what} registered");
+                    }
+                }
+                Err(err) => {
+                    if last_error.as_deref() != Some(err.as_str()) {
+                        tracing::warn!("cannot register the {what}: {err}");
+                    }
+                    last_error = Some(err);
+                }
+            }
+            let wait = if last_error.is_some() { 2 } else { 10 };
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(Duration::from_secs(wait)) => {}
+            }
         }
     }
 
@@ -557,13 +609,31 @@ impl Gateway {
         parts: &http::request::Parts,
         body: &Bytes,
     ) -> Forwarded {
-        let htx = replica.htx.as_ref().filter(|_| self.config.htx_data_plane);
-        // Both pooled clients take the absolute form; the HTX one opens a stream on the host's
-        // HTX connection for each new pooled connection.
-        let target = match htx {
-            Some(endpoint) => format!("http://{}{}", endpoint.addr, path),
-            None => format!("http://{}{}", replica.addr, path),
+        // A host that listens for HTX is dialled; one behind NAT is reached on the connection it
+        // attached to this router with; plain HTTP is for local development. Both pooled clients
+        // take the absolute form; the HTX one opens a stream on the host's HTX connection for
+        // each new pooled connection.
+        let listening = replica.htx.as_ref().and_then(|h| h.addr.clone());
+        let (htx, authority) = match (self.config.htx_data_plane, listening, &replica.addr) {
+            (true, Some(addr), _) => (true, addr),
+            (true, None, _) if self.dialer.attached(&replica.device).is_some() => {
+                (true, fog_htx::dial::attached_authority(&replica.device))
+            }
+            (true, None, _) if replica.htx.is_some() => {
+                return Forwarded::Elsewhere(format!(
+                    "device {} is not attached to this router",
+                    replica.device
+                ));
+            }
+            (_, _, Some(addr)) => (false, addr.clone()),
+            (_, _, None) => {
+                return Forwarded::Elsewhere(format!(
+                    "device {} has no plain-HTTP address",
+                    replica.device
+                ));
+            }
         };
+        let target = format!("http://{authority}{path}");
         let uri = match target.parse::<http::Uri>() {
             Ok(uri) => uri,
             Err(err) => {
@@ -589,8 +659,8 @@ impl Gateway {
         replica.in_flight.fetch_add(1, Ordering::Relaxed);
         let sent = async {
             match htx {
-                Some(_) => self.htx_client.request(forward).await,
-                None => self.client.request(forward).await,
+                true => self.htx_client.request(forward).await,
+                false => self.client.request(forward).await,
             }
             .map_err(|e| {
                 // hyper's error alone says little; its source says why.
@@ -736,7 +806,7 @@ mod tests {
             mode: RouteMode::ActivePassive,
             replicas: vec![fog_proto::api::Replica {
                 device: device.into(),
-                addr: "127.0.0.1:1".into(),
+                addr: Some("127.0.0.1:1".into()),
                 htx: None,
             }],
             betanet: None,

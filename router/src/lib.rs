@@ -8,10 +8,13 @@
 //!
 //! Hosts are reached over HTX ([`dial`]), optionally through mix relays. [`front`] is the second
 //! way in for visitors: HTX connections addressed to an app's self-certifying Betanet name and
-//! gated by access tickets; [`visitor`] is the matching client (`fog fetch`).
+//! gated by access tickets; [`visitor`] is the matching client (`fog fetch`). Hosts behind NAT
+//! reach the router instead: [`attach`] admits their outbound connections, sends requests back
+//! down them, and splices two attached hosts together for state transfer.
 
 #![deny(missing_docs)]
 
+pub mod attach;
 pub mod front;
 mod gateway;
 pub mod onion;

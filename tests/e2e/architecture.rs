@@ -141,8 +141,16 @@ fn the_sdk_carries_nothing_host_side() {
 }
 
 #[test]
+fn the_control_plane_has_no_http_client() {
+    // Devices and routers pull everything the control plane tells them (hosts behind NAT
+    // cannot be reached anyway): it answers requests and makes none.
+    assert_free_of("fog-control", &["reqwest", "ureq", "isahc", "surf"]);
+}
+
+#[test]
 fn the_check_sees_a_real_dependency() {
     // The host does run wasmtime: if this fails, the walk above proves nothing.
     assert!(dependencies_of("fog-host").contains("wasmtime"));
     assert!(dependencies_of("fog-control").contains("fog-scheduler"));
+    assert!(dependencies_of("fog-host").contains("reqwest"));
 }

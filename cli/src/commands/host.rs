@@ -15,9 +15,11 @@ pub struct HostCmd {
     /// Base URL of the control plane.
     #[arg(long, env = "FOG_CONTROL", default_value = "http://127.0.0.1:7070")]
     control: String,
-    /// Address of this host's data plane (routers connect here).
-    #[arg(long, default_value = "127.0.0.1:0")]
-    listen: SocketAddr,
+    /// Accept connections on this address (plain HTTP here, HTX on the same address's port 0)
+    /// and let routers dial in: for a host with a public address. Without it the host needs no
+    /// inbound port: it dials out to the routers the control plane names.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
     /// Directory for the device key, compiled components and app state.
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
@@ -49,9 +51,18 @@ impl HostCmd {
             .unwrap_or_else(|| fog_host::agent::default_data_dir().join("host"));
         crate::client::runtime()?.block_on(async {
             let (stop_tx, stop) = Stop::new();
-            let (addr, tasks) =
+            let (addrs, tasks) =
                 services::start_host(self.listen, &self.control, &data, &self.host, stop).await?;
-            println!("fog: host on http://{addr}, control plane {}", self.control);
+            match addrs.http {
+                Some(addr) => println!(
+                    "fog: host on http://{addr}, device {}, control plane {}",
+                    addrs.device, self.control
+                ),
+                None => println!(
+                    "fog: host device {} dials out to the routers of control plane {}",
+                    addrs.device, self.control
+                ),
+            }
             services::run_until_signal(stop_tx, tasks).await;
             Ok(())
         })

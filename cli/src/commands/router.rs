@@ -42,6 +42,9 @@ impl RouterCmd {
                 )
                 .await?;
             println!("fog: router on http://{}", addrs.http);
+            if let Some(attach) = addrs.attach {
+                println!("fog: hosts attach on {attach}");
+            }
             if let Some(front) = addrs.betanet {
                 println!("fog: Betanet front on {front} (router key {key}; the control plane must trust it: fog control --trust-router {key})");
             }

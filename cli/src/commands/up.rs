@@ -39,6 +39,10 @@ pub struct Up {
     /// an onion service on it.
     #[arg(long)]
     tor_testnet: bool,
+    /// Let the hosts accept connections on loopback (routers dial them) instead of dialling
+    /// out to the router.
+    #[arg(long)]
+    hosts_listen: bool,
     /// Directory holding hello.wasm, counter.wasm and api.wasm for --demo.
     #[arg(long, value_name = "DIR", env = "FOG_EXAMPLES")]
     examples: Option<PathBuf>,
@@ -101,7 +105,8 @@ impl Up {
             };
             for n in 1..=self.hosts {
                 let dir = data.join("hosts").join(n.to_string());
-                let (_, more) = services::start_host("127.0.0.1:0".parse()?, &control_url, &dir, &host_args, stop.clone()).await?;
+                let listen = if self.hosts_listen { Some("127.0.0.1:0".parse()?) } else { None };
+                let (_, more) = services::start_host(listen, &control_url, &dir, &host_args, stop.clone()).await?;
                 tasks.extend(more);
             }
             println!("fog: control plane http://{control}, router http://{router}, {} host(s), data in {}", self.hosts, data.display());

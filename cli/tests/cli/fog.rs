@@ -11,6 +11,8 @@ pub const FOG: &str = env!("CARGO_BIN_EXE_fog");
 pub struct Running {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The first line it printed (a host names its device id there).
+    pub line: String,
 }
 
 impl Drop for Running {
@@ -71,7 +73,7 @@ pub fn spawn(args: &[&str]) -> Running {
         })
         .next()
         .unwrap_or_else(|| panic!("unexpected first line from fog {args:?}: {line:?}"));
-    Running { child, addr }
+    Running { child, addr, line }
 }
 
 /// Run `fog ARGS` to completion; returns (exit code, stdout, stderr).

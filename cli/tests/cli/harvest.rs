@@ -39,17 +39,7 @@ async fn an_unplugged_host_drains_and_its_replicas_move_without_failed_requests(
 
     // Unplug the primary's device under load.
     let primary = fog.app("counter").assigned[0].clone();
-    let primary_addr = fog
-        .devices()
-        .into_iter()
-        .find(|d| d.id == primary)
-        .unwrap()
-        .addr;
-    let victim = fog
-        .hosts
-        .iter()
-        .position(|h| h.addr.to_string() == primary_addr)
-        .unwrap();
+    let victim = fog.host_of(&primary);
     let load = Load::start(fog.router.addr, 6);
     tokio::time::sleep(Duration::from_millis(500)).await;
     std::fs::write(

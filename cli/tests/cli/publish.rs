@@ -24,6 +24,23 @@ pub struct Fog {
     pub router_key: String,
 }
 
+/// `fog router` arguments for a router with its key in `data`.
+fn router_args<'a>(control: &'a str, data: &'a str) -> Vec<&'a str> {
+    vec![
+        "router",
+        "--listen",
+        "127.0.0.1:0",
+        "--control",
+        control,
+        "--data",
+        data,
+        "--betanet",
+        "127.0.0.1:0",
+        "--attach",
+        "127.0.0.1:0",
+    ]
+}
+
 impl Fog {
     /// Control plane, router and `hosts` hosts that ignore harvest policy.
     pub fn start(hosts: usize) -> Fog {
@@ -35,19 +52,24 @@ impl Fog {
         self.router.terminate();
         let data = self.dir.path().join("router");
         let control = self.control.url();
-        let mut args = vec![
-            "router",
-            "--listen",
-            "127.0.0.1:0",
-            "--control",
-            &control,
-            "--data",
-            data.to_str().unwrap(),
-            "--betanet",
-            "127.0.0.1:0",
-        ];
+        let mut args = router_args(&control, data.to_str().unwrap());
         args.extend_from_slice(extra);
         self.router = spawn(&args);
+    }
+
+    /// Start a second router (its key, in `router2/`, is trusted from the start).
+    pub fn second_router(&self) -> Running {
+        let data = self.dir.path().join("router2");
+        let control = self.control.url();
+        spawn(&router_args(&control, data.to_str().unwrap()))
+    }
+
+    /// The index in `hosts` of the host running device `id`.
+    pub fn host_of(&self, id: &str) -> usize {
+        self.hosts
+            .iter()
+            .position(|h| h.line.contains(id))
+            .unwrap_or_else(|| panic!("no host of ours is device {id}"))
     }
 
     /// Control plane, router and `hosts` hosts with extra arguments from `host_args(i, dir)`.
@@ -66,14 +88,17 @@ impl Fog {
     ) -> Fog {
         let dir = tempfile::tempdir().unwrap();
         let path = |p: &str| dir.path().join(p).to_str().unwrap().to_string();
-        // The router's key exists before the control plane starts, so it can be trusted.
-        let (code, _, stderr) = run(&["keygen", "--key", &path("router/device.key")]);
-        assert_eq!(code, 0, "{stderr}");
-        let router_key = Identity::from_text(
-            &std::fs::read_to_string(dir.path().join("router/device.key")).unwrap(),
-        )
-        .unwrap()
-        .public_hex();
+        // The routers' keys exist before the control plane starts, so they can be trusted.
+        let router_key = |name: &str| {
+            let (code, _, stderr) = run(&["keygen", "--key", &path(&format!("{name}/device.key"))]);
+            assert_eq!(code, 0, "{stderr}");
+            Identity::from_text(
+                &std::fs::read_to_string(dir.path().join(format!("{name}/device.key"))).unwrap(),
+            )
+            .unwrap()
+            .public_hex()
+        };
+        let (router_key, router2_key) = (router_key("router"), router_key("router2"));
         let control_data = path("control");
         let mut args = vec![
             "control",
@@ -83,20 +108,13 @@ impl Fog {
             &control_data,
             "--trust-router",
             &router_key,
+            "--trust-router",
+            &router2_key,
         ];
         args.extend_from_slice(control_args);
         let control = spawn(&args);
-        let router = spawn(&[
-            "router",
-            "--listen",
-            "127.0.0.1:0",
-            "--control",
-            &control.url(),
-            "--data",
-            &path("router"),
-            "--betanet",
-            "127.0.0.1:0",
-        ]);
+        let router_data = path("router");
+        let router = spawn(&router_args(&control.url(), &router_data));
         let hosts = (0..hosts)
             .map(|i| {
                 let data = path(&format!("host{i}"));
@@ -287,19 +305,8 @@ async fn publish_serve_survive_a_host_and_a_control_plane_restart() {
     );
 
     // kill -9 the primary's host under load.
-    let devices = fog.devices();
     let primary = &fog.app("counter").assigned[0];
-    let primary_addr = devices
-        .iter()
-        .find(|d| &d.id == primary)
-        .unwrap()
-        .addr
-        .clone();
-    let victim = fog
-        .hosts
-        .iter()
-        .position(|h| h.addr.to_string() == primary_addr)
-        .expect("the primary is one of our hosts");
+    let victim = fog.host_of(primary);
     let load = Load::start(fog.router.addr, 8);
     tokio::time::sleep(Duration::from_millis(700)).await;
     let killed = Instant::now();
@@ -371,7 +378,7 @@ async fn publish_serve_survive_a_host_and_a_control_plane_restart() {
 }
 
 /// A signed raw request, for the cases the CLI refuses to send.
-async fn raw(
+pub async fn raw(
     fog: &Fog,
     identity: &Identity,
     method: &str,
@@ -575,7 +582,12 @@ async fn bad_input_is_refused_and_the_fog_keeps_serving(fog: &Fog) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routers_use_htx_by_default_and_plain_http_on_request() {
-    let fog = Fog::start(2);
+    // Plain HTTP reaches only hosts that listen.
+    let fog = Fog::start_with(2, |_, _| {
+        ["--always-on", "--listen", "127.0.0.1:0"]
+            .map(String::from)
+            .to_vec()
+    });
     fog.publish_counter("A");
     // The hosts announce their HTX endpoint (Noise static key) with their heartbeats.
     let routes = fog_tests::request(fog.control.addr, "GET", "/v1/routes", &[], "")

@@ -125,20 +125,6 @@ async fn wait_for(
     }
 }
 
-/// The index in `fog.hosts` of device `id`.
-fn host_of(fog: &Fog, id: &str) -> usize {
-    let addr = fog
-        .devices()
-        .into_iter()
-        .find(|d| d.id == id)
-        .expect("device listed")
-        .addr;
-    fog.hosts
-        .iter()
-        .position(|h| h.addr.to_string() == addr)
-        .expect("a host with that address")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_planned_move_under_load_fails_nothing_and_loses_nothing() {
     let fog = Fog::start(3);
@@ -192,7 +178,7 @@ async fn a_killed_tier_a_primary_is_replaced_by_its_follower_without_losing_ackn
     let load = Increments::start(fog.router.addr, 200);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let victim = host_of(&fog, &primary);
+    let victim = fog.host_of(&primary);
     fog.hosts[victim].kill();
     let killed = Instant::now();
     let app = wait_for(
@@ -237,7 +223,7 @@ async fn a_tier_b_app_loses_at_most_one_snapshot_interval() {
     let primary = info.assigned[0].clone();
     let load = Increments::start(fog.router.addr, 100);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let victim = host_of(&fog, &primary);
+    let victim = fog.host_of(&primary);
     fog.hosts[victim].kill();
     // The count the router saw acknowledged by the time the device died.
     let (acked, failed, _, rate) = load.finish().await;

@@ -416,6 +416,11 @@ impl Connection {
         )
     }
 
+    /// Whether `other` is a handle to this same connection.
+    pub fn same_as(&self, other: &Connection) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
     /// Whether the connection has ended.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)

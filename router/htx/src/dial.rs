@@ -4,6 +4,14 @@
 //! thus reuse streams the way plain HTTP reuses sockets, and only the first request to a peer
 //! pays for a handshake. Routers use it to reach hosts, and hosts to reach each other (state
 //! replication).
+//!
+//! Three kinds of target, by the authority of the request's URI:
+//! - `host:port`: a host that listens; dialled directly (optionally through relays);
+//! - `<device>.attached` ([`attached_authority`]): a host that dialled out to this router; a
+//!   stream is opened on the connection it keeps open ([`Dialer::attach`]);
+//! - `<device>.spliced` ([`spliced_authority`]): a host behind NAT reached from another host
+//!   through a rendezvous ([`Rendezvous`], a router both are attached to); the HTX handshake runs
+//!   end to end inside the spliced stream.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -11,6 +19,7 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::attach::HTTP_STREAM;
 use crate::conn::{self, Config, Connection, HtxStream};
 use crate::handshake::StaticKey;
 use crate::mix::{self, MixMode, Relay};
@@ -29,6 +38,31 @@ pub fn data_plane_config() -> Config {
     }
 }
 
+/// Suffix of the authority of a host attached to this router.
+pub const ATTACHED_SUFFIX: &str = ".attached";
+/// Suffix of the authority of a host reached through a rendezvous.
+pub const SPLICED_SUFFIX: &str = ".spliced";
+
+/// The URI authority that reaches `device` on the connection it attached to this router with.
+pub fn attached_authority(device: &str) -> String {
+    format!("{device}{ATTACHED_SUFFIX}")
+}
+
+/// The URI authority that reaches `device` through a rendezvous.
+pub fn spliced_authority(device: &str) -> String {
+    format!("{device}{SPLICED_SUFFIX}")
+}
+
+/// A future returned by a [`Rendezvous`].
+pub type SpliceFuture<'a> = Pin<Box<dyn Future<Output = Result<HtxStream, String>> + Send + 'a>>;
+
+/// Where a host meets peers that accept no connection: a stream spliced to `device`'s attached
+/// connection (see [`crate::attach::splice`]).
+pub trait Rendezvous: Send + Sync {
+    /// A byte pipe to `device`, or why there is none.
+    fn splice<'a>(&'a self, device: &'a str) -> SpliceFuture<'a>;
+}
+
 /// How a client reaches peers' HTX endpoints.
 pub struct Dialer {
     key: StaticKey,
@@ -40,6 +74,10 @@ pub struct Dialer {
     seed: Vec<u8>,
     relays: RwLock<Vec<Relay>>,
     timeout: Duration,
+    /// Device id → the connection it attached with (on a router).
+    attached: RwLock<HashMap<String, Connection>>,
+    /// Where spliced targets are reached (on a host).
+    rendezvous: RwLock<Option<Arc<dyn Rendezvous>>>,
 }
 
 impl std::fmt::Debug for Dialer {
@@ -62,7 +100,51 @@ impl Dialer {
             seed,
             relays: RwLock::new(Vec::new()),
             timeout: Duration::from_secs(5),
+            attached: RwLock::new(HashMap::new()),
+            rendezvous: RwLock::new(None),
         })
+    }
+
+    /// `device` is attached through `connection` (replacing an older one).
+    pub fn attach(&self, device: &str, connection: Connection) {
+        self.attached
+            .write()
+            .expect("attached lock")
+            .insert(device.to_string(), connection);
+    }
+
+    /// `connection` of `device` ended: forget it, unless a newer one replaced it.
+    pub fn detach(&self, device: &str, connection: &Connection) {
+        let mut attached = self.attached.write().expect("attached lock");
+        if attached.get(device).is_some_and(|c| c.same_as(connection)) {
+            attached.remove(device);
+        }
+    }
+
+    /// The live connection `device` attached with, if any.
+    pub fn attached(&self, device: &str) -> Option<Connection> {
+        self.attached
+            .read()
+            .expect("attached lock")
+            .get(device)
+            .filter(|c| !c.is_closed())
+            .cloned()
+    }
+
+    /// Every device attached now, with its connection.
+    pub fn attached_devices(&self) -> Vec<(String, Connection)> {
+        self.attached
+            .read()
+            .expect("attached lock")
+            .iter()
+            .filter(|(_, c)| !c.is_closed())
+            .map(|(d, c)| (d.clone(), c.clone()))
+            .collect()
+    }
+
+    /// Reach `<device>.spliced` targets through `rendezvous`.
+    pub fn set_rendezvous(&self, rendezvous: Arc<dyn Rendezvous>) {
+        *self.rendezvous.write().expect("rendezvous lock") = Some(rendezvous);
     }
 
     /// The mix mode of data-plane connections.
@@ -83,6 +165,11 @@ impl Dialer {
 
     /// The live HTX connection to `addr`, made if needed.
     async fn connection(&self, addr: &str) -> Result<Connection, String> {
+        if let Some(device) = addr.strip_suffix(ATTACHED_SUFFIX) {
+            return self
+                .attached(device)
+                .ok_or_else(|| format!("device {device} is not attached to this router"));
+        }
         let key = *self
             .keys
             .read()
@@ -96,25 +183,54 @@ impl Dialer {
         {
             return Ok(connection.clone());
         }
-        let path = {
-            let relays = self.relays.read().expect("relays lock");
-            mix::choose_path(self.mode, &self.seed, &key, &relays).map_err(|e| e.to_string())?
+        let connection = match addr.strip_suffix(SPLICED_SUFFIX) {
+            Some(device) => {
+                let rendezvous = self
+                    .rendezvous
+                    .read()
+                    .expect("rendezvous lock")
+                    .clone()
+                    .ok_or_else(|| format!("no rendezvous to reach device {device} through"))?;
+                let connect = async {
+                    let pipe = rendezvous.splice(device).await?;
+                    // Noise end to end: the rendezvous copies ciphertext only.
+                    conn::connect(
+                        pipe,
+                        &self.key,
+                        &key,
+                        DATA_PLANE_PROLOGUE,
+                        data_plane_config(),
+                    )
+                    .await
+                    .map_err(|e| format!("HTX handshake with device {device}: {e}"))
+                };
+                tokio::time::timeout(self.timeout, connect)
+                    .await
+                    .map_err(|_| format!("spliced connection to device {device} timed out"))??
+            }
+            None => {
+                let path = {
+                    let relays = self.relays.read().expect("relays lock");
+                    mix::choose_path(self.mode, &self.seed, &key, &relays)
+                        .map_err(|e| e.to_string())?
+                };
+                let connect = async {
+                    let pipe = mix::dial(&path, addr, self.timeout).await?;
+                    conn::connect(
+                        pipe,
+                        &self.key,
+                        &key,
+                        DATA_PLANE_PROLOGUE,
+                        data_plane_config(),
+                    )
+                    .await
+                };
+                tokio::time::timeout(self.timeout, connect)
+                    .await
+                    .map_err(|_| format!("HTX connection to {addr} timed out"))?
+                    .map_err(|e| format!("HTX connection to {addr}: {e}"))?
+            }
         };
-        let connect = async {
-            let pipe = mix::dial(&path, addr, self.timeout).await?;
-            conn::connect(
-                pipe,
-                &self.key,
-                &key,
-                DATA_PLANE_PROLOGUE,
-                data_plane_config(),
-            )
-            .await
-        };
-        let connection = tokio::time::timeout(self.timeout, connect)
-            .await
-            .map_err(|_| format!("HTX connection to {addr} timed out"))?
-            .map_err(|e| format!("HTX connection to {addr}: {e}"))?;
         connections.insert(addr.to_string(), (key, connection.clone()));
         Ok(connection)
     }
@@ -122,17 +238,25 @@ impl Dialer {
     /// A new stream to the host at `addr`.
     pub async fn open(&self, addr: &str) -> Result<HtxStream, String> {
         let connection = self.connection(addr).await?;
-        match connection.open() {
-            Ok(stream) => Ok(stream),
+        let mut stream = match connection.open() {
+            Ok(stream) => stream,
             Err(_) => {
                 // Closed between the check and the open: one fresh connection.
                 self.connections.lock().await.remove(addr);
                 self.connection(addr)
                     .await?
                     .open()
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.to_string())?
             }
+        };
+        if addr.ends_with(ATTACHED_SUFFIX) {
+            // Streams on an attached connection say what they carry.
+            stream
+                .write(&[HTTP_STREAM])
+                .await
+                .map_err(|e| format!("opening a stream to {addr}: {e}"))?;
         }
+        Ok(stream)
     }
 }
 

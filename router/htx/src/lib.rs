@@ -16,13 +16,15 @@
 //! - [`tickets`]: access tickets (the 1.1 formula) with replay rejection;
 //! - [`dial`]: hyper's pooled HTTP/1.1 client over HTX streams;
 //! - [`mix`]: paths through 0, 2 or ≥ 3 relays, and the relay itself;
-//! - [`tls`]: the optional outer TLS 1.3 session, its exporter bound into the Noise prologue.
+//! - [`tls`]: the optional outer TLS 1.3 session, its exporter bound into the Noise prologue;
+//! - [`attach`]: hosts behind NAT dialling out to routers, and splices between two such hosts.
 //!
 //! Where the 1.1 and 1.2 documents disagree, Fog follows 1.2's frame layout and key schedule,
 //! which come with test vectors.
 
 #![deny(missing_docs)]
 
+pub mod attach;
 pub mod conn;
 pub mod dial;
 pub mod frame;
@@ -75,4 +77,7 @@ pub enum HtxError {
     /// The peer closed the connection or stream.
     #[error("closed by the peer: {0}")]
     Closed(String),
+    /// The peer refused what was asked (a splice, an attachment), saying why.
+    #[error("refused: {0}")]
+    Refused(String),
 }

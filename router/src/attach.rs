@@ -1,0 +1,293 @@
+//! The router's attach endpoint: hosts behind NAT dial out to it and keep an HTX connection open;
+//! the gateway sends visitors' requests back down that connection, and two attached hosts meet
+//! here for a splice (wire format in [`fog_htx::attach`]).
+//!
+//! A host is admitted only if the control plane says its hello's device id announced exactly the
+//! Noise key the host proved in the handshake (a device's key is derived from its identity and
+//! sent in heartbeats it signs): an unknown key, or a host claiming another device's id, gets
+//! its connection closed with a CLOSE frame that says why. Handshakes are bounded in time and
+//! number, so half-open connections cannot pile up.
+//!
+//! A splice is made only between devices an assignment pairs (both hold replicas of one app,
+//! as the control plane says), and the router copies ciphertext only: the two hosts run Noise
+//! end to end inside the stream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fog_htx::attach::{
+    ATTACH_PROLOGUE, SPLICE_STREAM, read_hello, read_splice_device, read_tag, write_splice_answer,
+    write_splice_header,
+};
+use fog_htx::conn::{self, Connection, HtxStream};
+use fog_htx::dial::data_plane_config;
+use fog_htx::handshake::StaticKey;
+use fog_proto::api::{AttachInfo, DeviceInfo};
+use fog_proto::auth::Identity;
+use hkdf::Hkdf;
+use sha2::Sha256;
+use tokio::net::TcpListener;
+
+use crate::Gateway;
+
+/// Longest a host may take to finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most handshakes in progress at once; more connections wait in the kernel's backlog.
+const MAX_HANDSHAKES: usize = 256;
+
+/// A router's attach endpoint.
+pub struct Attach {
+    gateway: Arc<Gateway>,
+    key: StaticKey,
+    /// This router's id, as hosts report the links they hold.
+    id: String,
+    handshakes: Arc<tokio::sync::Semaphore>,
+}
+
+impl std::fmt::Debug for Attach {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attach")
+            .field("id", &self.id)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a host was not admitted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The hello is not a device id.
+    #[error("malformed hello: {0}")]
+    Hello(String),
+    /// The control plane knows no such device.
+    #[error("no device {0} is registered with the control plane")]
+    Unknown(String),
+    /// The device announced no key yet (it has not heartbeated since the control plane
+    /// started).
+    #[error("device {0} has announced no HTX key yet")]
+    NoKey(String),
+    /// The key the host proved is not the one the device announced.
+    #[error("this key is not the one device {0} announced: wrong key, or another device's id")]
+    WrongKey(String),
+    /// The control plane could not be asked.
+    #[error("cannot check device {device} with the control plane: {reason}")]
+    Control {
+        /// The device.
+        device: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+impl Attach {
+    /// An attach endpoint for `gateway` with a key derived from the router's identity.
+    pub fn new(gateway: Arc<Gateway>, identity: &Identity) -> Arc<Attach> {
+        Arc::new(Attach {
+            gateway,
+            key: attach_key(identity),
+            id: fog_proto::auth::device_id(&identity.public_hex()),
+            handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES)),
+        })
+    }
+
+    /// This router's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// What to register with the control plane for an endpoint reachable at `addr`.
+    pub fn info(&self, addr: &str) -> AttachInfo {
+        AttachInfo {
+            addr: addr.to_string(),
+            key: hex::encode(self.key.public),
+        }
+    }
+
+    /// Check that `device` announced `key`.
+    async fn admit(&self, device: &str, key: &[u8; 32]) -> Result<(), Refusal> {
+        let (status, body) = self
+            .gateway
+            .control_get(&format!("/v1/devices/{device}"))
+            .await
+            .map_err(|reason| Refusal::Control {
+                device: device.to_string(),
+                reason,
+            })?;
+        match status.as_u16() {
+            200 => {}
+            404 => return Err(Refusal::Unknown(device.to_string())),
+            other => {
+                return Err(Refusal::Control {
+                    device: device.to_string(),
+                    reason: format!("status {other}"),
+                });
+            }
+        }
+        let info: DeviceInfo = serde_json::from_slice(&body).map_err(|e| Refusal::Control {
+            device: device.to_string(),
+            reason: format!("malformed device: {e}"),
+        })?;
+        let announced = info.htx.ok_or_else(|| Refusal::NoKey(device.to_string()))?;
+        if announced.key.eq_ignore_ascii_case(&hex::encode(key)) {
+            Ok(())
+        } else {
+            Err(Refusal::WrongKey(device.to_string()))
+        }
+    }
+
+    /// Serve one host's attached connection until it ends.
+    async fn run(self: Arc<Self>, device: String, connection: Connection) {
+        self.gateway.dialer().attach(&device, connection.clone());
+        tracing::info!(device, "host attached");
+        while let Some(stream) = connection.accept().await {
+            let this = self.clone();
+            let device = device.clone();
+            tokio::spawn(async move {
+                if let Err(reason) = this.stream(&device, stream).await {
+                    tracing::debug!(device, "attached stream: {reason}");
+                }
+            });
+        }
+        self.gateway.dialer().detach(&device, &connection);
+        tracing::info!(device, "host detached: {:?}", connection.error());
+    }
+
+    /// A stream the host opened: a splice request.
+    async fn stream(&self, from: &str, mut stream: HtxStream) -> Result<(), String> {
+        let tag = read_tag(&mut stream).await.map_err(|e| e.to_string())?;
+        if tag != SPLICE_STREAM {
+            return Err(format!("unknown stream tag {tag}"));
+        }
+        let to = read_splice_device(&mut stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut other = match self.splice_to(from, &to).await {
+            Ok(other) => other,
+            Err(reason) => {
+                tracing::info!(from, to, "splice refused: {reason}");
+                let _ = write_splice_answer(&mut stream, Some(&reason)).await;
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+                return Ok(());
+            }
+        };
+        write_splice_answer(&mut stream, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        // Ciphertext both ways until both sides finish.
+        tokio::io::copy_bidirectional(&mut stream, &mut other)
+            .await
+            .map_err(|e| format!("splice {from} <-> {to} ended: {e}"))?;
+        Ok(())
+    }
+
+    /// A stream on `to`'s attached connection, announced as a splice from `from`, if an
+    /// assignment pairs them.
+    async fn splice_to(&self, from: &str, to: &str) -> Result<HtxStream, String> {
+        if from == to {
+            return Err("a device cannot be spliced to itself".into());
+        }
+        let (status, body) = self
+            .gateway
+            .control_get(&format!("/v1/devices/{from}/peers/{to}"))
+            .await
+            .map_err(|e| format!("cannot check the pairing with the control plane: {e}"))?;
+        if !status.is_success() {
+            let reason = serde_json::from_slice::<fog_proto::api::ErrorBody>(&body)
+                .map_or_else(|_| String::from_utf8_lossy(&body).into_owned(), |e| e.error);
+            return Err(reason);
+        }
+        let connection = self
+            .gateway
+            .dialer()
+            .attached(to)
+            .ok_or_else(|| format!("device {to} is not attached to this router"))?;
+        let mut other = connection.open().map_err(|e| e.to_string())?;
+        write_splice_header(&mut other, from)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(other)
+    }
+}
+
+/// The router's attach key: derived from its identity, so it survives restarts.
+pub fn attach_key(identity: &Identity) -> StaticKey {
+    let mut private = [0u8; 32];
+    Hkdf::<Sha256>::new(Some(b"fog-attach-v1"), &identity.secret_bytes())
+        .expand(b"noise", &mut private)
+        .expect("32 bytes is a valid HKDF output");
+    StaticKey::from_private(private)
+}
+
+/// Accept hosts' attach connections on `listener` until `shutdown` resolves.
+pub async fn serve(listener: TcpListener, attach: Arc<Attach>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        // Take a handshake slot before accepting: a flood of half-open connections waits in
+        // the backlog instead of holding memory here.
+        let permit = tokio::select! {
+            () = &mut shutdown => return,
+            permit = attach.handshakes.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        let (socket, peer) = tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!("attach accept failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = socket.set_nodelay(true);
+        let attach = attach.clone();
+        tokio::spawn(async move {
+            let handshake = tokio::time::timeout(
+                HANDSHAKE_TIMEOUT,
+                conn::accept(socket, &attach.key, ATTACH_PROLOGUE, data_plane_config()),
+            )
+            .await;
+            drop(permit);
+            let (connection, host) = match handshake {
+                Ok(Ok(accepted)) => accepted,
+                Ok(Err(err)) => {
+                    tracing::debug!(%peer, "attach handshake failed: {err}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "attach handshake timed out");
+                    return;
+                }
+            };
+            let admitted = match read_hello(&host.hello) {
+                Ok(device) => attach.admit(&device, &host.key).await.map(|()| device),
+                Err(err) => Err(Refusal::Hello(err.to_string())),
+            };
+            match admitted {
+                Ok(device) => attach.run(device, connection).await,
+                Err(refusal) => {
+                    tracing::info!(%peer, "host refused: {refusal}");
+                    connection.close(&refusal.to_string());
+                }
+            }
+        });
+    }
+}
+
+/// Register the attach endpoint (`info`) with the control plane every 10 s until `shutdown`
+/// resolves, so hosts learn where to dial; a refusal (an untrusted router key) is logged once
+/// per change.
+pub async fn run_registration(
+    gateway: Arc<Gateway>,
+    info: AttachInfo,
+    identity: Identity,
+    shutdown: impl Future<Output = ()>,
+) {
+    let body = serde_json::to_vec(&info).expect("API types always serialise");
+    gateway
+        .register_every("/v1/attach", body, identity, "attach endpoint", shutdown)
+        .await;
+}
