@@ -2,6 +2,7 @@
 
 mod betanet;
 mod dialout;
+mod flood;
 mod fog;
 mod harvest;
 mod lab;
