@@ -101,7 +101,7 @@ pub fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> 
 }
 
 /// A signed JSON call to the control plane.
-async fn call<T: serde::de::DeserializeOwned>(
+pub async fn call<T: serde::de::DeserializeOwned>(
     client: &reqwest::Client,
     identity: &Identity,
     control: &str,

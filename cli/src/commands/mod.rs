@@ -14,6 +14,7 @@ mod rm;
 mod router;
 pub mod run;
 mod scale;
+mod sim;
 mod testnet;
 mod up;
 
@@ -51,6 +52,7 @@ enum Command {
     Relay(relay::RelayCmd),
     Fetch(fetch::Fetch),
     Testnet(testnet::Testnet),
+    Sim(sim::Sim),
 }
 
 impl Cli {
@@ -73,6 +75,7 @@ impl Cli {
             Command::Relay(cmd) => cmd.execute(),
             Command::Fetch(cmd) => cmd.execute(),
             Command::Testnet(cmd) => cmd.execute(),
+            Command::Sim(cmd) => cmd.execute(),
         }
     }
 }
