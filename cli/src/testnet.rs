@@ -398,3 +398,44 @@ impl Drop for Testnet {
         self.stop();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every file the network is made of names the chosen address, and 127.0.0.1 nowhere:
+    /// 127.0.0.2 is another address of the machine (all of 127/8 is), so no root is needed.
+    /// (A lab address, with its one-address exit policy, is the lab onion test's.)
+    #[test]
+    fn every_node_and_the_arti_configuration_follow_the_address() {
+        assert!(
+            Command::new("tor").arg("--version").output().is_ok(),
+            "this test needs Debian's tor: run scripts/setup.sh (apt-get install tor)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let addr = Ipv4Addr::new(127, 0, 0, 2);
+        let layout = create(dir.path(), 5, addr).unwrap();
+        assert_eq!(layout.addr, addr);
+        assert_eq!(layout.socks.ip(), addr);
+        let mut files = vec![layout.arti_config.clone()];
+        files.extend(layout.node_dirs().iter().map(|d| d.join("torrc")));
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            assert!(!text.contains("127.0.0.1"), "{}:\n{text}", file.display());
+            assert!(text.contains("127.0.0.2:"), "{}:\n{text}", file.display());
+        }
+        let auth = std::fs::read_to_string(layout.authorities[0].dir.join("torrc")).unwrap();
+        assert!(auth.contains("Address 127.0.0.2\n"), "{auth}");
+        let authorities = auth
+            .lines()
+            .filter(|l| l.starts_with("DirAuthority ") && l.contains(" 127.0.0.2:"))
+            .count();
+        assert_eq!(authorities, AUTHORITIES, "{auth}");
+        let relay = std::fs::read_to_string(layout.relays[0].dir.join("torrc")).unwrap();
+        // Another loopback address: exits reach loopback as a whole, as with the default.
+        assert!(
+            relay.contains("ExitPolicy accept 127.0.0.0/8:*\n"),
+            "{relay}"
+        );
+    }
+}
