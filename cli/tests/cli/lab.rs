@@ -674,6 +674,11 @@ impl LabTor {
             config.contains(&format!("\"{addr}:")) && !config.contains("127.0.0.1"),
             "arti.toml names the lab address only:\n{config}"
         );
+        let relay = std::fs::read_to_string(testnet.join("relay1").join("torrc")).unwrap();
+        assert!(
+            relay.contains(&format!("ExitPolicy accept {addr}/32:*\n")),
+            "exits reach the lab address only:\n{relay}"
+        );
         LabTor {
             process,
             arti,
@@ -696,20 +701,25 @@ impl LabTor {
     }
 }
 
-/// Tries `attempt` until it succeeds or `limit` passes; the value and how long it took.
+/// Tries `attempt` until it succeeds or `limit` passes; the value, how long it took and the
+/// errors of the attempts that failed.
 fn retry_for<T>(
     limit: Duration,
     what: &str,
     fog: &LabFog,
     mut attempt: impl FnMut() -> Result<T, String>,
-) -> (T, Duration) {
+) -> (T, Duration, Vec<String>) {
     let started = Instant::now();
+    let mut failed = Vec::new();
     loop {
         match attempt() {
-            Ok(value) => return (value, started.elapsed()),
+            Ok(value) => return (value, started.elapsed(), failed),
             Err(err) if started.elapsed() > limit => panic!("{what}: {err}\n{}", fog.logs()),
             // An onion service is unreachable until its descriptor is on the HSDirs.
-            Err(_) => std::thread::sleep(Duration::from_secs(1)),
+            Err(err) => {
+                failed.push(err.trim().to_string());
+                std::thread::sleep(Duration::from_secs(1));
+            }
         }
     }
 }
@@ -779,22 +789,24 @@ fn nated_hosts_serve_every_tier_over_onion_on_a_private_tor_network_in_the_lab()
     for (name, _, tier, _, path, expect) in apps {
         let onion = fog.app(name).onion.expect("every app has an onion address");
         let url = format!("http://{onion}{path}");
-        let (body, took) = retry_for(
+        let (body, took, failed) = retry_for(
             Duration::from_secs(240),
             &format!("{name} over onion (arti)"),
             &fog,
             || fetch_onion(&fog, &tor.arti, &url),
         );
         assert!(body.contains(expect), "{name}: {body}");
-        println!("lab onion: {name} (tier {tier}) answered arti after {took:?}");
-        let (body, took) = retry_for(
+        println!(
+            "lab onion: {name} (tier {tier}) answered arti after {took:?}; failed before: {failed:?}"
+        );
+        let (body, took, failed) = retry_for(
             Duration::from_secs(120),
             &format!("{name} over onion (C tor)"),
             &fog,
             || curl_onion(&fog, tor.socks, &url),
         );
         assert!(body.contains(expect), "{name}: {body}");
-        println!("lab onion: {name} answered C tor after {took:?}");
+        println!("lab onion: {name} answered C tor after {took:?}; failed before: {failed:?}");
     }
     println!("lab onion: whole test {:?}", started.elapsed());
 }
