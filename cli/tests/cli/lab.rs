@@ -717,7 +717,8 @@ fn retry_for<T>(
             Err(err) if started.elapsed() > limit => panic!("{what}: {err}\n{}", fog.logs()),
             // An onion service is unreachable until its descriptor is on the HSDirs.
             Err(err) => {
-                failed.push(err.trim().to_string());
+                // The last line says why; arti's warnings come before it.
+                failed.push(err.trim().lines().last().unwrap_or_default().to_string());
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
