@@ -72,7 +72,7 @@ impl Up {
                 let _ = std::fs::remove_dir_all(&dir);
                 // Started from this (the main) thread: tor processes end with the thread that
                 // started them.
-                let layout = crate::testnet::create(&dir, 6)?;
+                let layout = crate::testnet::create(&dir, 6, std::net::Ipv4Addr::LOCALHOST)?;
                 let net = layout.start("")?;
                 println!("fog: private Tor network starting in {} (about a minute)", dir.display());
                 let testnet = tokio::task::spawn_blocking(move || -> anyhow::Result<crate::testnet::Testnet> {

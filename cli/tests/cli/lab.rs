@@ -41,6 +41,19 @@ struct LabFog {
 
 impl LabFog {
     fn start(routers: usize, nated: usize, public: usize) -> LabFog {
+        Self::start_with(routers, nated, public, &[], |_, _| Vec::new())
+    }
+
+    /// Like [`LabFog::start`], with more public nodes (`extra`, which run no fog) and `prepare`,
+    /// run once the lab exists and before any router starts: it may start processes in the
+    /// extra nodes and returns more arguments for every router.
+    fn start_with(
+        routers: usize,
+        nated: usize,
+        public: usize,
+        extra: &[&str],
+        prepare: impl FnOnce(&Lab, &Path) -> Vec<String>,
+    ) -> LabFog {
         let mut builder = Lab::builder().public("control").public("visitor");
         let router_names: Vec<String> = (1..=routers).map(|i| format!("router{i}")).collect();
         let nated_names: Vec<String> = (1..=nated).map(|i| format!("dev{i}")).collect();
@@ -51,11 +64,15 @@ impl LabFog {
         for name in &nated_names {
             builder = builder.nated(name);
         }
+        for name in extra {
+            builder = builder.public(name);
+        }
         let lab = builder
             .build()
             .unwrap_or_else(|e| panic!("the network lab cannot be built here: {e}"));
         let dir = tempfile::tempdir().unwrap();
         let path = |p: &str| dir.path().join(p).to_str().unwrap().to_string();
+        let router_args = prepare(&lab, dir.path());
 
         // Routers' keys exist before the control plane starts, so it can trust them.
         let mut trust = Vec::new();
@@ -84,7 +101,7 @@ impl LabFog {
         let routers = router_names
             .iter()
             .map(|name| {
-                let process = start_router(&lab, dir.path(), name, &control_url);
+                let process = start_router(&lab, dir.path(), name, &control_url, &router_args);
                 (name.clone(), Some(process))
             })
             .collect();
@@ -345,10 +362,16 @@ fn spawn_fog(lab: &Lab, node: &str, args: &[String]) -> LabProcess {
         .unwrap_or_else(|e| panic!("starting fog {args:?} in {node}: {e}"))
 }
 
-fn start_router(lab: &Lab, dir: &Path, name: &str, control_url: &str) -> LabProcess {
+fn start_router(
+    lab: &Lab,
+    dir: &Path,
+    name: &str,
+    control_url: &str,
+    extra: &[String],
+) -> LabProcess {
     let addr = lab.addr(name).unwrap();
     let data = dir.join(name).to_str().unwrap().to_string();
-    let args: Vec<String> = vec![
+    let mut args: Vec<String> = vec![
         "router".into(),
         "--listen".into(),
         format!("{addr}:{HTTP_PORT}"),
@@ -361,6 +384,7 @@ fn start_router(lab: &Lab, dir: &Path, name: &str, control_url: &str) -> LabProc
         "--attach".into(),
         format!("{addr}:{ATTACH_PORT}"),
     ];
+    args.extend_from_slice(extra);
     let process = spawn_fog(lab, name, &args);
     wait_listening(lab, addr, HTTP_PORT, &process);
     process
@@ -600,4 +624,190 @@ fn a_delayed_link_still_serves_and_its_rtt_shows_in_fog_devices() {
     let table = String::from_utf8_lossy(&out.stdout);
     println!("{table}");
     assert!(table.contains("ms"), "{table}");
+}
+
+/// `fog testnet --addr` on the lab's public node `tor`: a private Tor network the whole lab can
+/// use.
+struct LabTor {
+    process: LabProcess,
+    /// Its arti configuration, for routers and `fog fetch`.
+    arti: String,
+    /// Its C tor client's SOCKS port.
+    socks: SocketAddr,
+}
+
+impl LabTor {
+    /// Starts the network on `tor` and waits until its layout is written (keys made, ports
+    /// chosen): enough for routers to start, while the network itself still bootstraps.
+    fn start(lab: &Lab, dir: &Path) -> LabTor {
+        let addr = lab.addr("tor").unwrap();
+        let testnet = dir.join("testnet");
+        let args: Vec<String> = vec![
+            "testnet".into(),
+            "--dir".into(),
+            testnet.to_str().unwrap().into(),
+            "--addr".into(),
+            addr.to_string(),
+        ];
+        let process = spawn_fog(lab, "tor", &args);
+        // testnet.json (ports, fingerprints, where arti.toml is) is written last, before any
+        // tor starts; a half-written file does not parse yet.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let layout: serde_json::Value = loop {
+            if let Some(status) = process.try_wait().unwrap() {
+                panic!("fog testnet exited ({status}):\n{}", process.log());
+            }
+            let text = std::fs::read_to_string(testnet.join("testnet.json")).unwrap_or_default();
+            if let Ok(layout) = serde_json::from_str(&text) {
+                break layout;
+            }
+            if Instant::now() >= deadline {
+                panic!("fog testnet wrote no layout:\n{}", process.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let socks: SocketAddr = layout["socks"].as_str().unwrap().parse().unwrap();
+        assert_eq!(socks.ip(), addr, "the SOCKS port is on the lab address");
+        let arti = layout["arti_config"].as_str().unwrap().to_string();
+        let config = std::fs::read_to_string(&arti).unwrap();
+        assert!(
+            config.contains(&format!("\"{addr}:")) && !config.contains("127.0.0.1"),
+            "arti.toml names the lab address only:\n{config}"
+        );
+        let relay = std::fs::read_to_string(testnet.join("relay1").join("torrc")).unwrap();
+        assert!(
+            relay.contains(&format!("ExitPolicy accept {addr}/32:*\n")),
+            "exits reach the lab address only:\n{relay}"
+        );
+        LabTor {
+            process,
+            arti,
+            socks,
+        }
+    }
+
+    /// Waits for `fog testnet`'s line saying its C tor client bootstrapped.
+    fn wait_ready(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.process.log().contains("tor testnet ready") {
+            if let Some(status) = self.process.try_wait().unwrap() {
+                panic!("fog testnet exited ({status}):\n{}", self.process.log());
+            }
+            if Instant::now() >= deadline {
+                panic!("the private Tor network was not ready after {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Tries `attempt` until it succeeds or `limit` passes; the value, how long it took and the
+/// errors of the attempts that failed.
+fn retry_for<T>(
+    limit: Duration,
+    what: &str,
+    fog: &LabFog,
+    mut attempt: impl FnMut() -> Result<T, String>,
+) -> (T, Duration, Vec<String>) {
+    let started = Instant::now();
+    let mut failed = Vec::new();
+    loop {
+        match attempt() {
+            Ok(value) => return (value, started.elapsed(), failed),
+            Err(err) if started.elapsed() > limit => panic!("{what}: {err}\n{}", fog.logs()),
+            // An onion service is unreachable until its descriptor is on the HSDirs.
+            Err(err) => {
+                // The last line says why; arti's warnings come before it.
+                failed.push(err.trim().lines().last().unwrap_or_default().to_string());
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// `fog fetch URL --tor-network ARTI` from the visitor's node (arti): the body.
+fn fetch_onion(fog: &LabFog, arti: &str, url: &str) -> Result<String, String> {
+    let out = run_fog(&fog.lab, "visitor", &["fetch", url, "--tor-network", arti]);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(stderr(&out))
+    }
+}
+
+/// curl from the visitor's node through the C tor client's SOCKS port: the body of a 200.
+fn curl_onion(fog: &LabFog, socks: SocketAddr, url: &str) -> Result<String, String> {
+    let mut command = fog.lab.command("visitor", "curl").unwrap();
+    command.args(["-s", "-S", "-f", "-m", "60", "--socks5-hostname"]);
+    command.arg(socks.to_string()).arg(url);
+    let out = command.output().map_err(|e| format!("running curl: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(stderr(&out))
+    }
+}
+
+#[test]
+fn nated_hosts_serve_every_tier_over_onion_on_a_private_tor_network_in_the_lab() {
+    assert!(
+        std::process::Command::new("tor")
+            .arg("--version")
+            .output()
+            .is_ok(),
+        "this test needs Debian's tor: run scripts/setup.sh (apt-get install tor)"
+    );
+    let started = Instant::now();
+    // The Tor network bootstraps (about a minute) while the fog starts; both routers join it.
+    let mut tor = None;
+    let fog = LabFog::start_with(2, 4, 1, &["tor"], |lab, dir| {
+        let started = LabTor::start(lab, dir);
+        let args = vec!["--tor-network".to_string(), started.arti.clone()];
+        tor = Some(started);
+        args
+    });
+    let tor = tor.expect("the Tor network started");
+    let apps = [
+        ("hello", programs::HELLO, "B", 1, "/", "Hello"),
+        ("counter", programs::COUNTER, "A", 2, "/api/count", "visits"),
+        ("hellos", programs::HELLO, "S", 3, "/", "Hello"),
+    ];
+    for (name, component, tier, _, _, _) in apps {
+        fog.publish(component, name, tier);
+    }
+    for (name, _, _, replicas, _, _) in apps {
+        fog.wait_app(name, Duration::from_secs(60), "replicas running", |a| {
+            a.running.len() == replicas
+        });
+    }
+    tor.wait_ready(Duration::from_secs(180));
+    println!(
+        "lab onion: Tor network ready {:?} after the start",
+        started.elapsed()
+    );
+
+    // arti on the visitor's node, then the C tor client on the tor node through its SOCKS port.
+    for (name, _, tier, _, path, expect) in apps {
+        let onion = fog.app(name).onion.expect("every app has an onion address");
+        let url = format!("http://{onion}{path}");
+        let (body, took, failed) = retry_for(
+            Duration::from_secs(240),
+            &format!("{name} over onion (arti)"),
+            &fog,
+            || fetch_onion(&fog, &tor.arti, &url),
+        );
+        assert!(body.contains(expect), "{name}: {body}");
+        println!(
+            "lab onion: {name} (tier {tier}) answered arti after {took:?}; failed before: {failed:?}"
+        );
+        let (body, took, failed) = retry_for(
+            Duration::from_secs(120),
+            &format!("{name} over onion (C tor)"),
+            &fog,
+            || curl_onion(&fog, tor.socks, &url),
+        );
+        assert!(body.contains(expect), "{name}: {body}");
+        println!("lab onion: {name} answered C tor after {took:?}; failed before: {failed:?}");
+    }
+    println!("lab onion: whole test {:?}", started.elapsed());
 }
