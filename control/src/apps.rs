@@ -236,17 +236,22 @@ impl Control {
         let sha256 = auth::sha256_hex(&body);
         let info = {
             let _guard = self.writes.lock().expect("writes lock");
-            // Content-addressed, so storing it before the record is checked is harmless.
+            let taken = |existing: &Option<AppRecord>| match existing {
+                Some(existing) if existing.owner != signer => Err(ApiError::Conflict(format!(
+                    "the name {:?} is taken by another key",
+                    meta.name
+                ))),
+                _ => Ok(()),
+            };
+            // Checked before the component is stored, so a refused publish leaves nothing.
+            taken(&match self.store.get(Table::Apps, &meta.name)? {
+                Some(bytes) => Some(decode::<AppRecord>(Table::Apps, &meta.name, &bytes)?),
+                None => None,
+            })?;
             self.store.put(Table::Blobs, &sha256, &body)?;
             let record = self.update_app(&meta.name, |existing| {
-                if let Some(existing) = &existing
-                    && existing.owner != signer
-                {
-                    return Err(ApiError::Conflict(format!(
-                        "the name {:?} is taken by another key",
-                        meta.name
-                    )));
-                }
+                // Again: another control plane may have taken the name since.
+                taken(&existing)?;
                 Ok(Some(AppRecord {
                     name: meta.name.clone(),
                     owner: signer.clone(),

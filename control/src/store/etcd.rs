@@ -152,15 +152,23 @@ impl EtcdStore {
             reason,
         };
         let client = match outcome {
-            Ok(Ok(Ok(client))) => client,
-            Ok(Ok(Err(err))) => return Err(unreachable(err.to_string())),
+            Ok(Ok(Ok(client))) => Ok(client),
+            Ok(Ok(Err(err))) => Err(unreachable(err.to_string())),
             Ok(Err(_)) => {
                 let reasons = probe(&runtime, &config.endpoints, timeout);
-                return Err(unreachable(format!(
+                Err(unreachable(format!(
                     "no answer within {timeout:?}{reasons}"
-                )));
+                )))
             }
-            Err(_) => return Err(unreachable("the etcd client stopped".into())),
+            Err(_) => Err(unreachable("the etcd client stopped".into())),
+        };
+        let client = match client {
+            Ok(client) => client,
+            Err(err) => {
+                // Dropping a runtime blocks, which tokio forbids inside another runtime's tasks.
+                runtime.shutdown_background();
+                return Err(err);
+            }
         };
         tracing::info!(endpoints = ?config.endpoints, prefix = config.prefix, "registry on etcd");
         Ok(EtcdStore {
@@ -221,12 +229,14 @@ impl EtcdStore {
         match wait(|| rx.recv()) {
             Ok(Ok(Ok(value))) => Ok(value),
             Ok(Ok(Err(err))) => Err(match err {
-                // etcd answered and refused: not a matter of reaching it.
+                // etcd answered and refused: not a matter of reaching it. (A status made on
+                // this side of the wire, from a broken connection, carries its cause.)
                 etcd_client::Error::GRpcStatus(status)
-                    if !matches!(
-                        status.code(),
-                        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
-                    ) =>
+                    if std::error::Error::source(&status).is_none()
+                        && !matches!(
+                            status.code(),
+                            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                        ) =>
                 {
                     StoreError::Backend(format!("etcd: {}", status.message()))
                 }

@@ -165,8 +165,9 @@ fn etcd_refuses_a_record_over_its_request_limit_so_components_stay_on_local_disk
     assert_eq!(second.get(Table::Blobs, "sha").unwrap(), None);
 }
 
-#[test]
-fn an_unreachable_etcd_at_start_is_one_error_naming_the_endpoints() {
+// Async, as `fog control` starts it: the failed store must not drop its runtime here.
+#[tokio::test]
+async fn an_unreachable_etcd_at_start_is_one_error_naming_the_endpoints() {
     // Ports nobody listens on: bound, read, released.
     let ports: Vec<u16> = (0..2)
         .map(|_| {
@@ -211,6 +212,30 @@ fn requests_after_etcd_stops_fail_as_unreachable_within_the_timeout() {
         started.elapsed() < Duration::from_secs(5),
         "{:?}",
         started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn the_api_answers_503_naming_the_endpoints_once_etcd_is_unreachable() {
+    let mut cluster = EtcdCluster::start(1).unwrap_or_else(|e| panic!("{e}"));
+    let control = Control::new(
+        Arc::new(connect(&cluster, "fog", Duration::from_secs(1)).unwrap()),
+        ControlConfig::default(),
+    );
+    let listed = control
+        .handle(request("GET", "/v1/apps", &[], vec![]))
+        .await;
+    assert_eq!(listed.status(), 200);
+    let endpoint = cluster.endpoints().remove(0);
+    cluster.kill(0);
+    let listed = control
+        .handle(request("GET", "/v1/apps", &[], vec![]))
+        .await;
+    assert_eq!(listed.status(), 503);
+    let text = String::from_utf8_lossy(&body(listed).await).into_owned();
+    assert!(
+        text.contains(&format!("etcd at {endpoint} is unreachable")),
+        "{text}"
     );
 }
 
