@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use fog_control::store::SledStore;
+use fog_control::store::StoreLocation;
 use fog_control::{self as control, Control, ControlConfig};
 use fog_host::agent::{self, AgentConfig};
 use fog_host::harvest::ledger::Ledger;
@@ -36,19 +36,20 @@ impl Stop {
     }
 }
 
-/// Start the control plane on `listen` with its registry in `data`, letting the routers with
-/// keys `trusted_routers` (hex) register Betanet fronts.
+/// Start the control plane on `listen` with its registry at `store` (and in `data`), letting
+/// the routers with keys `trusted_routers` (hex) register Betanet fronts.
 pub async fn start_control(
     listen: SocketAddr,
+    store: &StoreLocation,
     data: &Path,
     trusted_routers: Vec<String>,
     snapshot_every: std::time::Duration,
     stop: Stop,
 ) -> anyhow::Result<(SocketAddr, Vec<JoinHandle<()>>)> {
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
-    let store = SledStore::open(&data.join("registry")).context("opening the registry")?;
+    let store = store.open(data).context("opening the registry")?;
     let control = Control::new(
-        Arc::new(store),
+        store,
         ControlConfig {
             trusted_routers,
             snapshot_every,

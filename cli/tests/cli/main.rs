@@ -3,6 +3,7 @@
 mod betanet;
 mod dialout;
 mod flood;
+mod etcd;
 mod fog;
 mod harvest;
 mod lab;
