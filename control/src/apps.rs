@@ -196,6 +196,7 @@ impl Control {
                 )));
             }
             self.store.put(Table::Blobs, &sha256, &body)?;
+            self.link_site(&meta.name, meta.bundle.as_deref())?;
             let record = AppRecord {
                 name: meta.name.clone(),
                 owner: signer,
@@ -306,6 +307,7 @@ impl Control {
             self.store.delete(Table::Placements, name)?;
             self.store.delete(Table::Snapshots, name)?;
             self.store.delete(Table::Scaling, name)?;
+            self.link_site(name, None)?;
             let still_used = self.store.list(Table::Apps)?.iter().any(|(k, v)| {
                 decode::<AppRecord>(Table::Apps, k, v).is_ok_and(|a| a.sha256 == record.sha256)
             });

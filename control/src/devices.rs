@@ -279,6 +279,7 @@ impl Control {
                     permissions: Permissions::default(),
                 },
                 replication,
+                bundle: self.site_bundle(&app.name)?,
             });
         }
         Ok(out)

@@ -12,6 +12,8 @@
 
 pub mod agent;
 mod app;
+pub mod body;
+pub mod bundle;
 mod error;
 pub mod harvest;
 pub mod htx_server;

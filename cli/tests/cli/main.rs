@@ -6,4 +6,6 @@ mod harvest;
 mod onion;
 pub mod publish;
 mod run;
+mod sites;
 mod state;
+mod up;
