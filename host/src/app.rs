@@ -14,7 +14,7 @@ use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
-use crate::body::{BodyCut, HostBody, STREAM_ABOVE, STREAM_CHUNKS};
+use crate::body::{BodyCut, HostBody, STREAM_CHUNKS};
 use crate::error::{Failure, first_line};
 use crate::kv::Namespace;
 use crate::runtime::Runtime;
@@ -303,6 +303,7 @@ impl App {
                     let limit = limits.max_response_body as usize;
                     let mut body = Limited::new(body, limit);
                     let mut whole = bytes::BytesMut::new();
+                    let stream_above = crate::body::buffered_up_to(&limits);
                     loop {
                         match body.frame().await {
                             None => break Ok((parts, Reply::Whole(whole.freeze()))),
@@ -310,7 +311,7 @@ impl App {
                                 if let Ok(data) = frame.into_data() {
                                     whole.extend_from_slice(&data);
                                 }
-                                if whole.len() > STREAM_ABOVE {
+                                if whole.len() > stream_above {
                                     break Ok((parts, Reply::Stream(whole.freeze(), body)));
                                 }
                             }

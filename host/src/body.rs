@@ -10,9 +10,20 @@ use hyper::body::{Body, Frame, SizeHint};
 
 use crate::error::Failure;
 
-/// Responses at most this large are read whole before the head is sent (so a failure can still
-/// replace them); larger ones stream.
+/// An app whose response limit is above the default (16 MiB; a static site's is the bundle
+/// limit) streams responses larger than this; smaller ones are read whole before the head is
+/// sent, so a failure can still replace them. Apps within the default limit are always read
+/// whole (a body over the limit gets a clean 500).
 pub const STREAM_ABOVE: usize = 1 << 20;
+
+/// How much of a response is read before its head is sent, for an app with `limits`.
+pub(crate) fn buffered_up_to(limits: &fog_proto::Limits) -> usize {
+    if limits.max_response_body > fog_proto::Limits::default().max_response_body {
+        STREAM_ABOVE
+    } else {
+        usize::MAX
+    }
+}
 
 /// Chunks in flight between the guest's task and the connection: the back-pressure that keeps
 /// a streaming response's memory bounded.
