@@ -340,3 +340,55 @@ async fn a_newcomer_publishes_the_static_template_from_outside_the_repository() 
         reply.text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_builds_and_publishes_the_rust_template_with_the_printed_commands() {
+    let fog = Fog::start(1);
+    let home = tempfile::tempdir().unwrap();
+    let (code, out, err) = run(&[
+        "new",
+        "rust",
+        "my-app",
+        "--dir",
+        home.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let printed = |prefix: &str| -> Vec<String> {
+        out.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` command in {out:?}"))
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    let build = printed("cargo build");
+    // As a newcomer's shell would run it: none of this workspace's cargo settings (the shared
+    // target directory above all), and no network (the crates are in the local cache).
+    let mut command = std::process::Command::new("cargo");
+    command.args(&build[1..]).current_dir(home.path());
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        if (key.starts_with("CARGO_") && key != "CARGO_HOME")
+            || key.starts_with("RUST") && key != "RUSTUP_HOME"
+        {
+            command.env_remove(&key);
+        }
+    }
+    let output = command.env("CARGO_NET_OFFLINE", "true").output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut publish = printed("fog publish");
+    publish.push("--json".into());
+    let args: Vec<&str> = publish[1..].iter().map(String::as_str).collect();
+    let (code, out, err) = fog.fog(&args);
+    assert_eq!(code, 0, "{err}");
+    let info: AppInfo = serde_json::from_str(&out).unwrap();
+    assert_eq!(info.name, "my-app");
+    let reply = get(&fog, "my-app", "/", &[]).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "Hello from my-app\n");
+}
