@@ -249,6 +249,7 @@ impl Control {
                 None => None,
             })?;
             self.store.put(Table::Blobs, &sha256, &body)?;
+            self.link_site(&meta.name, meta.bundle.as_deref())?;
             let record = self.update_app(&meta.name, |existing| {
                 // Again: another control plane may have taken the name since.
                 taken(&existing)?;
@@ -381,6 +382,7 @@ impl Control {
             self.store.delete(Table::Placements, name)?;
             self.store.delete(Table::Snapshots, name)?;
             self.store.delete(Table::Scaling, name)?;
+            self.link_site(name, None)?;
             let still_used = self.store.list(Table::Apps)?.iter().any(|(k, v)| {
                 decode::<AppRecord>(Table::Apps, k, v).is_ok_and(|a| a.sha256 == record.sha256)
             });

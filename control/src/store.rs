@@ -31,6 +31,8 @@ pub enum Table {
     Snapshots,
     /// Autoscaling settings, by app name.
     Scaling,
+    /// The site bundle (sha256 in `Blobs`) a static site serves, by app name.
+    Sites,
 }
 
 impl Table {
@@ -64,6 +66,7 @@ impl Table {
             Table::Secrets => "secrets",
             Table::Snapshots => "snapshots",
             Table::Scaling => "scaling",
+            Table::Sites => "sites",
         }
     }
 }

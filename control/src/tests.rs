@@ -94,6 +94,8 @@ on_both_backends!(
     a_replayed_publish_is_refused_and_changes_nothing,
     a_replayed_scale_is_refused_and_changes_nothing,
     a_replayed_rm_is_refused_and_changes_nothing,
+    bundles_with_escaping_paths_or_wrong_sizes_are_refused,
+    a_site_must_name_an_uploaded_bundle_and_removing_it_drops_the_bundle,
 );
 
 async fn body<B: hyper::body::Body>(response: http::Response<B>) -> Bytes
@@ -502,4 +504,93 @@ async fn a_replayed_rm_is_refused_and_changes_nothing(backend: Backend) {
     assert_eq!(control.handle(again).await.status(), 201);
     refused_as_replay(&control, replay).await;
     assert!(app(&control, "hello").await.is_some());
+}
+
+/// A bundle holding `files` (path, contents), in the format `fog publish DIR` uploads.
+fn bundle_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    use fog_proto::bundle::{BundleFile, BundleManifest, header};
+    let manifest = BundleManifest {
+        files: files
+            .iter()
+            .map(|(path, content)| BundleFile {
+                path: path.to_string(),
+                size: content.len() as u64,
+                sha256: auth::sha256_hex(content),
+            })
+            .collect(),
+    };
+    let mut out = header(&manifest);
+    for (_, content) in files {
+        out.extend_from_slice(content);
+    }
+    out
+}
+
+async fn bundles_with_escaping_paths_or_wrong_sizes_are_refused(backend: Backend) {
+    let control = backend.control();
+    let key = Identity::generate();
+    let good = bundle_of(&[("index.html", b"<h1>hi</h1>")]);
+    let escaping = bundle_of(&[("../etc/passwd", b"x")]);
+    let mut short = good.clone();
+    short.pop();
+    for (body, status) in [
+        (escaping, 400),
+        (short, 400),
+        (b"nope".to_vec(), 400),
+        (good, 201),
+    ] {
+        let answer = control
+            .handle(signed(&key, "POST", "/v1/bundles", body, ""))
+            .await;
+        assert_eq!(answer.status(), status);
+    }
+}
+
+async fn a_site_must_name_an_uploaded_bundle_and_removing_it_drops_the_bundle(backend: Backend) {
+    let control = backend.control();
+    let key = Identity::generate();
+    let fileserver = std::fs::read(fog_test_programs::FILESERVER).unwrap();
+    let bundle = bundle_of(&[("index.html", b"<h1>hi</h1>")]);
+    let sha = auth::sha256_hex(&bundle);
+    let meta = |bundle: &str| {
+        serde_json::to_string(&api::PublishMeta {
+            name: "site".into(),
+            tier: api::Tier::B,
+            replicas: None,
+            limits: fog_proto::Limits::default(),
+            bundle: Some(bundle.into()),
+        })
+        .unwrap()
+    };
+    let refused = control
+        .handle(signed(
+            &key,
+            "POST",
+            "/v1/apps",
+            fileserver.clone(),
+            &meta(&sha),
+        ))
+        .await;
+    assert_eq!(refused.status(), 400);
+    let stored = control
+        .handle(signed(&key, "POST", "/v1/bundles", bundle, ""))
+        .await;
+    assert_eq!(stored.status(), 201);
+    let published = control
+        .handle(signed(&key, "POST", "/v1/apps", fileserver, &meta(&sha)))
+        .await;
+    assert_eq!(published.status(), 201);
+    assert_eq!(
+        control.site_bundle("site").unwrap().as_deref(),
+        Some(sha.as_str())
+    );
+    // Removing the app removes the bundle it alone used.
+    let removed = control
+        .handle(signed(&key, "DELETE", "/v1/apps/site", vec![], ""))
+        .await;
+    assert_eq!(removed.status(), 200);
+    let blob = control
+        .handle(request("GET", &format!("/v1/blobs/{sha}"), &[], vec![]))
+        .await;
+    assert_eq!(blob.status(), 404);
 }

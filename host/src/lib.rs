@@ -14,6 +14,8 @@
 pub mod agent;
 mod app;
 pub mod attach;
+pub mod body;
+pub mod bundle;
 mod error;
 pub mod harvest;
 pub mod htx_server;

@@ -142,6 +142,15 @@ impl Runtime {
         self.pooling
     }
 
+    /// Where unpacked site bundles live: `sites/` in the data directory (a temporary directory
+    /// without one).
+    pub fn sites_dir(&self) -> PathBuf {
+        match &self.cache_dir {
+            Some(cache) => cache.with_file_name("sites"),
+            None => std::env::temp_dir().join(format!("fog-sites-{}", std::process::id())),
+        }
+    }
+
     /// Load the component at `path` as the app described by `manifest`.
     pub fn load_file(self: &Arc<Self>, manifest: Manifest, path: &Path) -> Result<App, LoadError> {
         let bytes = std::fs::read(path).map_err(|source| LoadError::Read {

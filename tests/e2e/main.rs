@@ -5,3 +5,4 @@ mod examples;
 mod harvest;
 mod hostile;
 mod state;
+mod streaming;

@@ -7,6 +7,7 @@ mod host;
 pub mod keygen;
 mod logs;
 mod move_app;
+mod new;
 mod ps;
 mod publish;
 mod relay;
@@ -37,6 +38,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Up(up::Up),
+    New(new::New),
     Run(run::Run),
     Keygen(keygen::Keygen),
     Publish(publish::Publish),
@@ -60,6 +62,7 @@ impl Cli {
     pub fn execute(self) -> anyhow::Result<()> {
         match self.command {
             Command::Up(cmd) => cmd.execute(),
+            Command::New(cmd) => cmd.execute(),
             Command::Run(cmd) => cmd.execute(),
             Command::Keygen(cmd) => cmd.execute(),
             Command::Publish(cmd) => cmd.execute(),

@@ -2,12 +2,14 @@
 
 mod betanet;
 mod dialout;
-mod flood;
 mod etcd;
+mod flood;
 mod fog;
 mod harvest;
 mod lab;
 mod onion;
 pub mod publish;
 mod run;
+mod sites;
 pub mod state;
+mod up;
