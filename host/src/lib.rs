@@ -12,6 +12,7 @@
 
 pub mod agent;
 mod app;
+mod code;
 mod error;
 pub mod harvest;
 pub mod htx_server;
@@ -24,6 +25,7 @@ pub mod server;
 mod state;
 
 pub use app::{App, HostResponse, MeterReading, RequestReport, failure_response};
+pub use code::{CodeStats, DEFAULT_CODE_BUDGET};
 pub use error::{Failure, LoadError, RuntimeError};
 pub use fog_proto::{Limits, Manifest, Permissions, validate_app_name};
 pub use limits::LimitArgs;

@@ -1,5 +1,6 @@
 //! Fog's end-to-end tests: real components served over real HTTP on loopback.
 
+mod code_cache;
 mod examples;
 mod harvest;
 mod hostile;
