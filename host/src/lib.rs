@@ -29,4 +29,4 @@ pub use code::{CodeStats, DEFAULT_CODE_BUDGET};
 pub use error::{Failure, LoadError, RuntimeError};
 pub use fog_proto::{Limits, Manifest, Permissions, validate_app_name};
 pub use limits::LimitArgs;
-pub use runtime::{MAX_COMPONENT_BYTES, Runtime, RuntimeConfig};
+pub use runtime::{DEFAULT_KEEP_RESIDENT, MAX_COMPONENT_BYTES, Runtime, RuntimeConfig};

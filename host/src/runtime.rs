@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::app::App;
@@ -21,8 +21,12 @@ use fog_proto::{Limits, Manifest};
 /// How often the engine's epoch advances; deadlines and fair yielding have this granularity.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Bytes of each linear memory (and async stack) reset by memset rather than madvise.
-const KEEP_RESIDENT: usize = 0;
+/// Default for [`RuntimeConfig::keep_resident`]: a Rust guest's stack, data and first heap
+/// pages all lie in its first 2 MiB.
+pub const DEFAULT_KEEP_RESIDENT: usize = 2 << 20;
+
+/// Pooled slots kept warm while unused (each holds at most `keep_resident` dirty bytes).
+const MAX_WARM_SLOTS: u32 = 64;
 
 /// Largest component accepted, in bytes.
 pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
@@ -42,6 +46,12 @@ pub struct RuntimeConfig {
     /// Bytes of compiled components kept in memory; beyond it the least recently used are
     /// dropped (and mapped again from the on-disk cache when next needed).
     pub code_budget: usize,
+    /// Bytes at the start of each pooled linear memory whose dirty pages are reset in place
+    /// (found with Linux's `PAGEMAP_SCAN`, restored by memset) instead of being dropped with
+    /// `madvise`: the next request then takes no page faults there. Only slots in use or kept
+    /// warm hold such pages (a bounded number, whatever the number of apps); 0 resets
+    /// everything with `madvise`.
+    pub keep_resident: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -51,6 +61,7 @@ impl Default for RuntimeConfig {
             pool_size: 1000,
             pooling: true,
             code_budget: DEFAULT_CODE_BUDGET,
+            keep_resident: DEFAULT_KEEP_RESIDENT,
         }
     }
 }
@@ -71,6 +82,8 @@ pub struct Runtime {
     db: sled::Db,
     /// Each app's namespace, shared by every version of the app loaded.
     namespaces: std::sync::Mutex<std::collections::HashMap<String, Namespace>>,
+    /// Apps whose state trees were on disk at start; other apps' trees are created on first use.
+    stored: std::collections::HashSet<String>,
     pooling: bool,
     pub(crate) next_request: AtomicU64,
     ticker: Option<EpochTicker>,
@@ -143,6 +156,17 @@ impl Runtime {
                     source,
                 })?,
         };
+        let stored = db
+            .tree_names()
+            .iter()
+            .filter_map(|name| {
+                let name = std::str::from_utf8(name).ok()?;
+                let app = name
+                    .strip_prefix("kv/")
+                    .or_else(|| name.strip_prefix("log/"))?;
+                Some(app.to_string())
+            })
+            .collect();
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let engine_tag = hasher.finish();
@@ -156,6 +180,7 @@ impl Runtime {
             engine_tag,
             db,
             namespaces: std::sync::Mutex::new(std::collections::HashMap::new()),
+            stored,
             pooling,
             next_request: AtomicU64::new(1),
             ticker: Some(ticker),
@@ -169,7 +194,11 @@ impl Runtime {
         if let Some(namespace) = namespaces.get(app) {
             return Ok(namespace.clone());
         }
-        let namespace = Namespace::open(&self.db, app)?;
+        let namespace = if self.stored.contains(app) {
+            Namespace::open(&self.db, app)?
+        } else {
+            Namespace::lazy(&self.db, app)
+        };
         namespaces.insert(app.to_string(), namespace.clone());
         Ok(namespace)
     }
@@ -407,7 +436,11 @@ fn build_engine(config: &RuntimeConfig) -> Result<(Engine, bool), RuntimeError> 
             .max_memories_per_component(4)
             .max_tables_per_component(16)
             .max_memory_size(Limits::MAX_MEMORY_BYTES as usize)
-            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .linear_memory_keep_resident(config.keep_resident)
+            .pagemap_scan(Enabled::Auto)
+            // Warm slots keep their dirty pages (up to `keep_resident`) for the next instance
+            // of the same component; bounding them bounds that memory whatever the app count.
+            .max_unused_warm_slots(n.min(MAX_WARM_SLOTS))
             .table_keep_resident(64 << 10);
         let mut c = base();
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
