@@ -258,6 +258,86 @@ fn child_apps(n: usize) {
     });
 }
 
+/// `bytes` with a custom section appended: a different component with the same behaviour.
+fn unique(bytes: &[u8], tag: usize) -> Vec<u8> {
+    let name = b"fog-density";
+    let payload = (tag as u64).to_le_bytes();
+    let mut out = bytes.to_vec();
+    out.push(0); // custom section id
+    out.push((1 + name.len() + payload.len()) as u8);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name);
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// `n` apps of `n` distinct components (hello, each with its own custom section), each loaded
+/// and visited once, as when every publish is a new build: memory per app beyond the base.
+fn child_distinct(n: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(RuntimeConfig {
+        data_dir: Some(dir.path().to_path_buf()),
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let hello = programs::bytes(programs::HELLO);
+    tokio().block_on(async {
+        let apps = AppTable::new();
+        apps.insert(Arc::new(
+            runtime.load(Manifest::new("base"), &hello).unwrap(),
+        ));
+        get(&apps, "base").await;
+        let base = settle();
+        let started = Instant::now();
+        for i in 0..n {
+            let name = format!("distinct-{i}");
+            let app = runtime
+                .load(Manifest::new(&name), &unique(&hello, i))
+                .unwrap();
+            apps.insert(Arc::new(app));
+            get(&apps, &name).await;
+        }
+        let per_publish = started.elapsed().as_secs_f64() * 1e3 / n as f64;
+        let m = settle().per(base, n);
+        println!("| {n} distinct | {} | {per_publish:.1} |", m.kib());
+    });
+}
+
+/// `n` apps of one component assigned at once, as a host agent applies one heartbeat's
+/// assignments: each load on the blocking pool (`spawn_blocking`, as the agent does), all at
+/// the same time, then one request each. Memory per app beyond the base.
+fn child_concurrent(n: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(RuntimeConfig {
+        data_dir: Some(dir.path().to_path_buf()),
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let hello = Arc::new(programs::bytes(programs::HELLO));
+    tokio().block_on(async {
+        let apps = AppTable::new();
+        let base = settle();
+        let started = Instant::now();
+        let loads: Vec<_> = (0..n)
+            .map(|i| {
+                let (runtime, hello) = (runtime.clone(), hello.clone());
+                tokio::task::spawn_blocking(move || {
+                    runtime.load(Manifest::new(format!("same-{i}")), &hello)
+                })
+            })
+            .collect();
+        for load in loads {
+            apps.insert(Arc::new(load.await.unwrap().unwrap()));
+        }
+        for i in 0..n {
+            get(&apps, &format!("same-{i}")).await;
+        }
+        let elapsed = started.elapsed().as_secs_f64() * 1e3;
+        let m = settle().per(base, n);
+        println!("| {n} at once | {} | {elapsed:.0} |", m.kib());
+    });
+}
+
 /// What one `hello` app is made of: the same phases `Runtime::load` goes through, measured
 /// separately over `n` apps.
 fn child_breakdown(n: usize) {
@@ -376,6 +456,8 @@ fn main() {
             "apps" => child_apps(n),
             "breakdown" => child_breakdown(n),
             "cpu" => child_cpu(n),
+            "distinct" => child_distinct(n),
+            "concurrent" => child_concurrent(n),
             other => panic!("unknown child mode {other}"),
         }
         return;

@@ -64,8 +64,8 @@ struct Resident {
 /// The components in memory, by sha256, with their budget and counters.
 pub(crate) struct CodeCache {
     resident: Mutex<Resident>,
-    /// Held while a component is mapped from disk, so that concurrent first requests for one
-    /// component map it once.
+    /// Held while a component is compiled or mapped from disk, so that concurrent loads and
+    /// first requests of one component do that work once.
     pub(crate) loading: Mutex<()>,
     budget: AtomicUsize,
     clock: AtomicU64,

@@ -112,3 +112,30 @@ async fn the_least_recently_used_component_is_evicted_and_reloads_from_disk() {
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert!(reply.text().contains("\"n\":10"), "{}", reply.text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_of_one_new_component_loaded_at_once_compile_it_once() {
+    let host = TestHost::start(None).await;
+    let bytes = std::sync::Arc::new(programs::bytes(programs::HELLO));
+    // As the agent applies one heartbeat's assignments: every load on the blocking pool at once.
+    let loads: Vec<_> = (0..8)
+        .map(|i| {
+            let (runtime, bytes) = (host.runtime.clone(), bytes.clone());
+            tokio::task::spawn_blocking(move || {
+                runtime.load(Manifest::new(format!("at-once-{i}")), &bytes)
+            })
+        })
+        .collect();
+    for load in loads {
+        host.apps
+            .insert(std::sync::Arc::new(load.await.unwrap().unwrap()));
+    }
+    for i in 0..8 {
+        assert_eq!(
+            get(host.addr, &format!("at-once-{i}"), "/").await.status,
+            200
+        );
+    }
+    let stats = host.runtime.code_stats();
+    assert_eq!((stats.compiles, stats.resident), (1, 1), "{stats:?}");
+}
