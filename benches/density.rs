@@ -488,6 +488,18 @@ fn main() {
         print!("{}", run_child(&["apps", n.trim()]));
     }
     println!(
+        "\nApps of one component assigned at once and loaded concurrently on the blocking pool, as the agent does, then visited (per app, KiB):\n"
+    );
+    println!("| apps | RSS | anon | file | shmem | heap | ms for all |");
+    println!("|---|---|---|---|---|---|---|");
+    print!("{}", run_child(&["concurrent", "200"]));
+    println!(
+        "\nApps of distinct components (hello with a unique custom section), each loaded (compiled) and visited once (per app, KiB):\n"
+    );
+    println!("| apps | RSS | anon | file | shmem | heap | ms per load + first request |");
+    println!("|---|---|---|---|---|---|---|");
+    print!("{}", run_child(&["distinct", "200"]));
+    println!(
         "\nmachine: {} cores, {}; {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         std::fs::read_to_string("/proc/meminfo")

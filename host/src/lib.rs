@@ -3,9 +3,12 @@
 //! One [`Runtime`] per device holds the wasmtime engine (pooling allocator where the address
 //! space allows, async, fuel, epoch interruption), the linker, the compiled-component cache and
 //! the key-value state database. [`Runtime::load`] turns a component into an [`App`]: validated,
-//! compiled once (cached on disk by sha256 and engine), pre-instantiated. [`App::handle`] serves
-//! one request in a fresh store with the app's memory cap, fuel budget, deadline and concurrency
-//! cap; whatever the guest does, the caller gets a response (the guest's, or a clear error).
+//! compiled and linked once per sha256 (cached on disk by sha256 and engine); the app keeps only
+//! its manifest and the hash, and the compiled component, shared by every app of that hash, is
+//! mapped on the first request and dropped least-recently-used beyond a budget.
+//! [`App::handle`] serves one request in a fresh store with the app's memory cap, fuel budget,
+//! deadline and concurrency cap; whatever the guest does, the caller gets a response (the
+//! guest's, or a clear error).
 //! [`server::serve`] puts a table of apps behind an HTTP/1.1 listener.
 
 #![deny(missing_docs)]
