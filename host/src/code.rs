@@ -64,8 +64,12 @@ struct Resident {
 /// The components in memory, by sha256, with their budget and counters.
 pub(crate) struct CodeCache {
     resident: Mutex<Resident>,
-    /// Held while a component is compiled or mapped from disk, so that concurrent loads and
-    /// first requests of one component do that work once.
+    /// Held while a component is compiled: concurrent loads of one new component compile it
+    /// once, and concurrent compiles never pile up the compiler's memory.
+    pub(crate) compiling: Mutex<()>,
+    /// Held while a component is mapped from disk, so that concurrent first requests map it
+    /// once; never held during a compile of a new component, so a cold app's first request
+    /// does not wait for someone else's publish.
     pub(crate) loading: Mutex<()>,
     budget: AtomicUsize,
     clock: AtomicU64,
@@ -78,6 +82,7 @@ impl CodeCache {
     pub(crate) fn new(budget: usize) -> CodeCache {
         CodeCache {
             resident: Mutex::new(Resident::default()),
+            compiling: Mutex::new(()),
             loading: Mutex::new(()),
             budget: AtomicUsize::new(budget),
             clock: AtomicU64::new(1),

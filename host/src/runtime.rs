@@ -270,7 +270,7 @@ impl Runtime {
         // first compiles it and the others find it ready (compiling it once per app at once
         // was what made each idle app cost 2.8 MB: 200 copies of the code and of the
         // compiler's garbage).
-        let _loading = self.code.loading.lock().expect("code loading lock");
+        let _compiling = self.code.compiling.lock().expect("code compiling lock");
         if ready() {
             return Ok(sha256);
         }
