@@ -378,6 +378,10 @@ pub struct HostArgs {
     /// Requests in flight across all apps (instance pool size).
     #[arg(long, default_value_t = 256)]
     pub pool: u32,
+    /// Compiled components kept in memory, MiB; beyond it the least recently used are dropped
+    /// and mapped again from the on-disk cache when an app of theirs is next visited.
+    #[arg(long, default_value_t = (fog_host::DEFAULT_CODE_BUDGET >> 20) as u64)]
+    pub code_budget_mb: u64,
     /// Ignore the harvest policy: offer the capacity above at all times (servers, development).
     #[arg(long)]
     pub always_on: bool,
@@ -420,6 +424,7 @@ pub async fn start_host(
     let runtime = Runtime::new(RuntimeConfig {
         data_dir: Some(data.to_path_buf()),
         pool_size: args.pool,
+        code_budget: usize::try_from(args.code_budget_mb << 20).unwrap_or(usize::MAX),
         ..RuntimeConfig::default()
     })?;
     let apps = AppTable::new();

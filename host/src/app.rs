@@ -1,8 +1,8 @@
-//! One loaded app: a pre-instantiated component that serves each request in a fresh, limited
-//! store, and meters the fuel it burns.
+//! One loaded app: a manifest and a component hash that serves each request in a fresh, limited
+//! store from the runtime's shared compiled component, and meters the fuel it burns.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -11,10 +11,10 @@ use hyper::body::Body;
 use tokio::sync::Semaphore;
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use crate::body::{BodyCut, HostBody, STREAM_CHUNKS};
+use crate::code::Compiled;
 use crate::error::{Failure, first_line};
 use crate::kv::Namespace;
 use crate::runtime::Runtime;
@@ -57,12 +57,17 @@ pub struct RequestReport {
     pub failure: Option<Failure>,
 }
 
-/// An app ready to serve: its component pre-instantiated, its limits and state attached.
+/// An app ready to serve: its manifest, its component's hash, its limits and state attached.
+///
+/// An app owns no machine code: its compiled component is the runtime's, shared with every app
+/// of the same component, mapped on the first request and possibly dropped while the app idles.
 pub struct App {
     runtime: Arc<Runtime>,
     manifest: Manifest,
     sha256: String,
-    pre: ProxyPre<RequestState>,
+    /// The compiled component as last used, without keeping it in memory: the runtime's cache
+    /// decides that.
+    compiled: std::sync::Mutex<Weak<Compiled>>,
     namespace: Namespace,
     permits: Arc<Semaphore>,
     meter: Meter,
@@ -97,7 +102,6 @@ impl App {
         runtime: Arc<Runtime>,
         manifest: Manifest,
         sha256: String,
-        pre: ProxyPre<RequestState>,
         namespace: Namespace,
     ) -> App {
         let permits = Arc::new(Semaphore::new(manifest.limits.max_concurrency as usize));
@@ -105,7 +109,7 @@ impl App {
             runtime,
             manifest,
             sha256,
-            pre,
+            compiled: std::sync::Mutex::new(Weak::new()),
             namespace,
             permits,
             meter: Meter::default(),
@@ -144,6 +148,30 @@ impl App {
     /// Requests of this app running now.
     pub fn in_flight(&self) -> u32 {
         self.manifest.limits.max_concurrency - self.permits.available_permits() as u32
+    }
+
+    /// The app's compiled component: the one it used last if still in memory, else the
+    /// runtime's (mapped from the on-disk cache off the async threads if need be).
+    async fn compiled(&self) -> Result<Arc<Compiled>, Failure> {
+        let last = self.compiled.lock().expect("compiled lock").upgrade();
+        if let Some(compiled) = last {
+            self.runtime.code.touch(&compiled);
+            return Ok(compiled);
+        }
+        let runtime = self.runtime.clone();
+        let sha256 = self.sha256.clone();
+        let compiled = tokio::task::spawn_blocking(move || runtime.compiled(&sha256))
+            .await
+            .map_err(|err| Failure::Host(format!("loading the component: {err}")))?
+            .map_err(|err| Failure::Host(first_line(&err.to_string())))?;
+        *self.compiled.lock().expect("compiled lock") = Arc::downgrade(&compiled);
+        Ok(compiled)
+    }
+
+    /// Whether this app's compiled component is in memory now (its own first request or
+    /// another app's of the same component put it there).
+    pub fn is_resident(&self) -> bool {
+        self.runtime.code.contains(&self.sha256)
     }
 
     /// Serve one request. Never fails: every problem becomes an error response with a reason.
@@ -237,9 +265,10 @@ impl App {
         let body = Full::new(body).map_err(|never| -> wasmtime_wasi_http::Error { match never {} });
         let request = http::Request::from_parts(parts, body);
 
+        let compiled = self.compiled().await?;
         let written = Arc::new(AtomicU64::new(0));
         let mut store = Store::new(
-            self.pre.engine(),
+            compiled.pre.engine(),
             RequestState::new(
                 &limits,
                 &self.manifest.permissions,
@@ -272,14 +301,13 @@ impl App {
             .http()
             .new_response_outparam(sender)
             .map_err(host_error)?;
-        let pre = self.pre.clone();
         let task_fuel = fuel_used.clone();
         // The guest runs inside this request's own task, beside the code that reads its
         // response: no spawn, no cross-thread wake-up per request. Dropping the future (deadline,
         // oversized body) drops the store and so stops the guest.
         let guest = Box::pin(async move {
             let result = async {
-                let proxy = pre.instantiate_async(&mut store).await?;
+                let proxy = compiled.pre.instantiate_async(&mut store).await?;
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, incoming, out)

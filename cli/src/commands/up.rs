@@ -145,6 +145,7 @@ impl Up {
                 mem_mb: 1024.0,
                 disk_mb: 4096.0,
                 pool: 128,
+                code_budget_mb: (fog_host::DEFAULT_CODE_BUDGET >> 20) as u64,
                 // The embedded demo runs on a developer's machine: no harvest policy.
                 always_on: true,
                 harvest: None,
