@@ -34,6 +34,12 @@ fn per_request(c: &mut Criterion) {
         pooled.uses_pooling(),
         "the pooling allocator is unavailable here"
     );
+    // The pooling allocator resetting memory with madvise, as before keep-resident pages.
+    let madvise = Runtime::new(RuntimeConfig {
+        keep_resident: 0,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
     let on_demand = Runtime::new(RuntimeConfig {
         pooling: false,
         ..RuntimeConfig::default()
@@ -41,7 +47,11 @@ fn per_request(c: &mut Criterion) {
     .unwrap();
 
     let mut group = c.benchmark_group("instantiate+handle");
-    for (label, runtime) in [("pooling", &pooled), ("on-demand", &on_demand)] {
+    for (label, runtime) in [
+        ("pooling", &pooled),
+        ("pooling madvise", &madvise),
+        ("on-demand", &on_demand),
+    ] {
         let hello = load(runtime, "hello", programs::HELLO);
         let counter = load(runtime, "counter", programs::COUNTER);
         group.bench_function(format!("hello {label}"), |b| {

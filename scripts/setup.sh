@@ -7,8 +7,10 @@ set -euo pipefail
 # System packages Fog's build and tests use: pkg-config, libssl-dev and libsqlite3-dev for arti
 # (the onion front), tor (the private Tor network of the onion tests and `fog testnet`), curl
 # (a C tor client's requests in those tests), iproute2 and nftables (the network lab's
-# namespaces, links, netem and NATs: tests/lab and scripts/lab.sh).
-APT_PACKAGES=(pkg-config libssl-dev libsqlite3-dev tor curl iproute2 nftables)
+# namespaces, links, netem and NATs: tests/lab and scripts/lab.sh), etcd-server (the etcd members
+# the control plane's store tests and `fog control --store etcd://` run against) and
+# protobuf-compiler (protoc, which the etcd-client crate's build needs).
+APT_PACKAGES=(pkg-config libssl-dev libsqlite3-dev tor curl iproute2 nftables etcd-server protobuf-compiler)
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found. Install Rust with rustup (https://rustup.rs), then run this again." >&2

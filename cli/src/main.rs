@@ -4,6 +4,7 @@ mod client;
 mod commands;
 mod progress;
 mod services;
+mod site;
 mod testnet;
 
 use std::process::ExitCode;

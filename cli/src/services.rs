@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use fog_control::store::SledStore;
+use fog_control::store::StoreLocation;
 use fog_control::{self as control, Control, ControlConfig};
 use fog_host::agent::{self, AgentConfig};
 use fog_host::harvest::ledger::Ledger;
@@ -36,19 +36,20 @@ impl Stop {
     }
 }
 
-/// Start the control plane on `listen` with its registry in `data`, letting the routers with
-/// keys `trusted_routers` (hex) register Betanet fronts.
+/// Start the control plane on `listen` with its registry at `store` (and in `data`), letting
+/// the routers with keys `trusted_routers` (hex) register Betanet fronts.
 pub async fn start_control(
     listen: SocketAddr,
+    store: &StoreLocation,
     data: &Path,
     trusted_routers: Vec<String>,
     snapshot_every: std::time::Duration,
     stop: Stop,
 ) -> anyhow::Result<(SocketAddr, Vec<JoinHandle<()>>)> {
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
-    let store = SledStore::open(&data.join("registry")).context("opening the registry")?;
+    let store = store.open(data).context("opening the registry")?;
     let control = Control::new(
-        Arc::new(store),
+        store,
         ControlConfig {
             trusted_routers,
             snapshot_every,
@@ -377,6 +378,10 @@ pub struct HostArgs {
     /// Requests in flight across all apps (instance pool size).
     #[arg(long, default_value_t = 256)]
     pub pool: u32,
+    /// Compiled components kept in memory, MiB; beyond it the least recently used are dropped
+    /// and mapped again from the on-disk cache when an app of theirs is next visited.
+    #[arg(long, default_value_t = (fog_host::DEFAULT_CODE_BUDGET >> 20) as u64)]
+    pub code_budget_mb: u64,
     /// Ignore the harvest policy: offer the capacity above at all times (servers, development).
     #[arg(long)]
     pub always_on: bool,
@@ -419,6 +424,7 @@ pub async fn start_host(
     let runtime = Runtime::new(RuntimeConfig {
         data_dir: Some(data.to_path_buf()),
         pool_size: args.pool,
+        code_budget: usize::try_from(args.code_budget_mb << 20).unwrap_or(usize::MAX),
         ..RuntimeConfig::default()
     })?;
     let apps = AppTable::new();

@@ -1,12 +1,14 @@
-//! A private Tor network on loopback, for onion-service tests and demos: Debian's `tor` as 3
-//! directory authorities, N relays (all Exit, Guard, HSDir) and one client with a SOCKS port,
-//! plus the matching arti configuration. Nothing leaves the machine.
+//! A private Tor network on one IPv4 address, for onion-service tests and demos: Debian's `tor`
+//! as 3 directory authorities, N relays (all Exit, Guard, HSDir) and one client with a SOCKS
+//! port, plus the matching arti configuration. On loopback (the default) nothing leaves the
+//! machine; on another address (e.g. a node of the network lab) every node listens there, so
+//! processes elsewhere on that network can use it.
 //!
 //! Layout under the directory: `authN/`, `relayN/`, `client/` (each a tor data directory with its
 //! `torrc` and `notice.log`), `arti.toml` (the network part of an arti configuration) and
 //! `testnet.json` (ports and fingerprints).
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -40,6 +42,8 @@ pub struct Node {
 pub struct Layout {
     /// The directory holding it all.
     pub dir: PathBuf,
+    /// The address every node listens on.
+    pub addr: Ipv4Addr,
     /// Authorities.
     pub authorities: Vec<Node>,
     /// Relays.
@@ -50,8 +54,10 @@ pub struct Layout {
     pub arti_config: PathBuf,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+/// A port free on `addr` now (tor binds it a moment later).
+fn free_port(addr: Ipv4Addr) -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind((addr, 0))
+        .with_context(|| format!("binding {addr} (is it an address of this machine?)"))?
         .local_addr()?
         .port())
 }
@@ -92,27 +98,28 @@ fn fingerprint(dir: &Path, nickname: &str, or_port: u16, kind: &str) -> anyhow::
     Ok(line[nickname.len() + 1..].replace(' ', ""))
 }
 
-fn common_torrc(node: &Node, authorities: &[Node]) -> String {
+fn common_torrc(node: &Node, authorities: &[Node], addr: Ipv4Addr) -> String {
     let mut torrc = format!(
         "DataDirectory {dir}\nNickname {nick}\nLog notice file {dir}/notice.log\nRunAsDaemon 0\n\
          TestingTorNetwork 1\nAssumeReachable 1\nPathsNeededToBuildCircuits 0.67\n\
          TestingDirAuthVoteExit *\nTestingDirAuthVoteHSDir *\nTestingDirAuthVoteGuard *\n\
-         V3AuthNIntervalsValid 2\nTestingMinExitFlagThreshold 0\nSandbox 0\nAddress 127.0.0.1\n\
+         V3AuthNIntervalsValid 2\nTestingMinExitFlagThreshold 0\nSandbox 0\nAddress {addr}\n\
          ShutdownWaitLength 0\nContactInfo fog-testnet\n",
         dir = node.dir.display(),
         nick = node.nickname
     );
     for a in authorities {
         torrc.push_str(&format!(
-            "DirAuthority {} orport={} no-v2 v3ident={} 127.0.0.1:{} {}\n",
+            "DirAuthority {} orport={} no-v2 v3ident={} {addr}:{} {}\n",
             a.nickname, a.or_port, a.v3ident, a.dir_port, a.rsa
         ));
     }
     torrc
 }
 
-/// Make keys, torrcs and the arti configuration for a network with `relays` relays in `dir`.
-pub fn create(dir: &Path, relays: usize) -> anyhow::Result<Layout> {
+/// Make keys, torrcs and the arti configuration for a network with `relays` relays in `dir`,
+/// every node listening on `addr` (127.0.0.1 for a network only this machine can use).
+pub fn create(dir: &Path, relays: usize, addr: Ipv4Addr) -> anyhow::Result<Layout> {
     if relays < 5 {
         bail!("a usable private network needs at least 5 relays");
     }
@@ -123,7 +130,7 @@ pub fn create(dir: &Path, relays: usize) -> anyhow::Result<Layout> {
         let node_dir = dir.join(format!("auth{n}"));
         let keys = node_dir.join("keys");
         std::fs::create_dir_all(&keys)?;
-        let (or_port, dir_port) = (free_port()?, free_port()?);
+        let (or_port, dir_port) = (free_port(addr)?, free_port(addr)?);
         let mut gencert = Command::new("tor-gencert")
             .current_dir(&keys)
             .args([
@@ -134,7 +141,7 @@ pub fn create(dir: &Path, relays: usize) -> anyhow::Result<Layout> {
                 "12",
                 "-a",
             ])
-            .arg(format!("127.0.0.1:{dir_port}"))
+            .arg(format!("{addr}:{dir_port}"))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -173,7 +180,7 @@ pub fn create(dir: &Path, relays: usize) -> anyhow::Result<Layout> {
     for n in 1..=relays {
         let node_dir = dir.join(format!("relay{n}"));
         std::fs::create_dir_all(&node_dir)?;
-        let or_port = free_port()?;
+        let or_port = free_port(addr)?;
         let nickname = format!("relay{n}");
         let rsa = fingerprint(&node_dir, &nickname, or_port, "rsa")?;
         let ed25519 = fingerprint(&node_dir, &nickname, or_port, "ed25519")?;
@@ -188,9 +195,9 @@ pub fn create(dir: &Path, relays: usize) -> anyhow::Result<Layout> {
         });
     }
     for a in &authorities {
-        let mut torrc = common_torrc(a, &authorities);
+        let mut torrc = common_torrc(a, &authorities, addr);
         torrc.push_str(&format!(
-            "SocksPort 0\nORPort 127.0.0.1:{}\nDirPort 127.0.0.1:{}\nAuthoritativeDirectory 1\nV3AuthoritativeDirectory 1\n\
+            "SocksPort 0\nORPort {addr}:{}\nDirPort {addr}:{}\nAuthoritativeDirectory 1\nV3AuthoritativeDirectory 1\n\
              V3AuthVotingInterval 20\nTestingV3AuthInitialVotingInterval 20\nV3AuthVoteDelay 4\n\
              TestingV3AuthInitialVoteDelay 4\nV3AuthDistDelay 4\nTestingV3AuthInitialDistDelay 4\n\
              AuthDirVoteStableGuaranteeMinUptime 0\nAuthDirVoteStableGuaranteeMTBF 0\n\
@@ -199,10 +206,16 @@ pub fn create(dir: &Path, relays: usize) -> anyhow::Result<Layout> {
         ));
         std::fs::write(a.dir.join("torrc"), torrc)?;
     }
+    // Exits reach the network's own address only: loopback as a whole, or the one address.
+    let exit_to = if addr.is_loopback() {
+        "127.0.0.0/8".to_string()
+    } else {
+        format!("{addr}/32")
+    };
     for r in &relay_nodes {
-        let mut torrc = common_torrc(r, &authorities);
+        let mut torrc = common_torrc(r, &authorities, addr);
         torrc.push_str(&format!(
-            "SocksPort 0\nORPort 127.0.0.1:{}\nExitRelay 1\nExitPolicyRejectPrivate 0\nExitPolicy accept 127.0.0.0/8:*\n\
+            "SocksPort 0\nORPort {addr}:{}\nExitRelay 1\nExitPolicyRejectPrivate 0\nExitPolicy accept {exit_to}:*\n\
              ServerDNSResolvConfFile /dev/null\nServerDNSDetectHijacking 0\n",
             r.or_port
         ));
@@ -218,17 +231,18 @@ pub fn create(dir: &Path, relays: usize) -> anyhow::Result<Layout> {
         v3ident: String::new(),
     };
     std::fs::create_dir_all(&client.dir)?;
-    let socks = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let mut torrc = common_torrc(&client, &authorities);
+    let socks = SocketAddr::from((addr, free_port(addr)?));
+    let mut torrc = common_torrc(&client, &authorities, addr);
     torrc.push_str(&format!("SocksPort {socks}\n"));
     std::fs::write(client.dir.join("torrc"), torrc)?;
 
     // arti: the same authorities, every relay as a fallback cache, and the settings a
-    // one-address network needs.
+    // one-address network needs (every relay shares the address, so no subnet families; the
+    // address may be a local one).
     let mut arti = String::from("[tor_network]\nfallback_caches = [\n");
     for node in authorities.iter().chain(&relay_nodes) {
         arti.push_str(&format!(
-            "  {{ rsa_identity = \"{}\", ed_identity = \"{}\", orports = [\"127.0.0.1:{}\"] }},\n",
+            "  {{ rsa_identity = \"{}\", ed_identity = \"{}\", orports = [\"{addr}:{}\"] }},\n",
             node.rsa, node.ed25519, node.or_port
         ));
     }
@@ -244,6 +258,7 @@ pub fn create(dir: &Path, relays: usize) -> anyhow::Result<Layout> {
     std::fs::write(&arti_config, arti)?;
     let layout = Layout {
         dir: dir.clone(),
+        addr,
         authorities,
         relays: relay_nodes,
         socks,
@@ -381,5 +396,46 @@ impl Testnet {
 impl Drop for Testnet {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every file the network is made of names the chosen address, and 127.0.0.1 nowhere:
+    /// 127.0.0.2 is another address of the machine (all of 127/8 is), so no root is needed.
+    /// (A lab address, with its one-address exit policy, is the lab onion test's.)
+    #[test]
+    fn every_node_and_the_arti_configuration_follow_the_address() {
+        assert!(
+            Command::new("tor").arg("--version").output().is_ok(),
+            "this test needs Debian's tor: run scripts/setup.sh (apt-get install tor)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let addr = Ipv4Addr::new(127, 0, 0, 2);
+        let layout = create(dir.path(), 5, addr).unwrap();
+        assert_eq!(layout.addr, addr);
+        assert_eq!(layout.socks.ip(), addr);
+        let mut files = vec![layout.arti_config.clone()];
+        files.extend(layout.node_dirs().iter().map(|d| d.join("torrc")));
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            assert!(!text.contains("127.0.0.1"), "{}:\n{text}", file.display());
+            assert!(text.contains("127.0.0.2:"), "{}:\n{text}", file.display());
+        }
+        let auth = std::fs::read_to_string(layout.authorities[0].dir.join("torrc")).unwrap();
+        assert!(auth.contains("Address 127.0.0.2\n"), "{auth}");
+        let authorities = auth
+            .lines()
+            .filter(|l| l.starts_with("DirAuthority ") && l.contains(" 127.0.0.2:"))
+            .count();
+        assert_eq!(authorities, AUTHORITIES, "{auth}");
+        let relay = std::fs::read_to_string(layout.relays[0].dir.join("torrc")).unwrap();
+        // Another loopback address: exits reach loopback as a whole, as with the default.
+        assert!(
+            relay.contains("ExitPolicy accept 127.0.0.0/8:*\n"),
+            "{relay}"
+        );
     }
 }

@@ -68,6 +68,7 @@ impl Control {
         let method = request.method().clone();
         match (method.as_str(), segments.as_slice()) {
             ("POST", ["apps"]) => self.publish(request).await,
+            ("POST", ["bundles"]) => self.store_bundle(request).await,
             ("GET", ["apps"]) => Ok(json(200, &self.app_infos()?)),
             ("GET", ["apps", name]) => Ok(json(200, &self.app_info(&self.app(name)?)?)),
             ("POST", ["apps", name, "scale"]) => self.scale(name, request).await,
@@ -189,8 +190,8 @@ impl Control {
             (
                 _,
                 [
-                    "apps" | "devices" | "blobs" | "routes" | "fronts" | "relays" | "names"
-                    | "onion-keys" | "attach",
+                    "apps" | "bundles" | "devices" | "blobs" | "routes" | "fronts" | "relays"
+                    | "names" | "onion-keys" | "attach",
                     ..,
                 ],
             ) => Err(ApiError::MethodNotAllowed(format!(

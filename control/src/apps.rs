@@ -10,7 +10,7 @@ use fog_proto::auth;
 
 use crate::api::{Answer, bytes_response, json};
 use crate::error::ApiError;
-use crate::store::{AppRecord, Table, decode, encode};
+use crate::store::{AppRecord, StoreError, Table, decode, encode};
 use crate::{Control, MAX_SNAPSHOT_BYTES, now_ms};
 
 /// Check that `bytes` is a component exporting `wasi:http/incoming-handler@0.2.*`, with
@@ -49,7 +49,60 @@ pub fn check_component(bytes: &[u8]) -> Result<(), String> {
     )
 }
 
+/// How often a read-modify-write of one app record is retried when other writers keep changing
+/// it between the read and the write.
+const UPDATE_ATTEMPTS: usize = 16;
+
+/// `record` if `signer` owns it.
+pub(crate) fn owned(
+    name: &str,
+    record: Option<AppRecord>,
+    signer: &str,
+) -> Result<AppRecord, ApiError> {
+    match record {
+        None => Err(ApiError::NotFound(format!("no app named {name:?}"))),
+        Some(record) if record.owner != signer => Err(ApiError::Forbidden(format!(
+            "app {name:?} belongs to another key"
+        ))),
+        Some(record) => Ok(record),
+    }
+}
+
 impl Control {
+    /// Read-modify-write of the app record `name`, safe against other control planes writing it
+    /// meanwhile: `change` gets the current record (or `None`) and returns the one to write
+    /// (`None`: write nothing); the write only happens if the record is still what `change`
+    /// saw, else `change` runs again on the new record. Returns the record as it now stands.
+    pub(crate) fn update_app(
+        &self,
+        name: &str,
+        mut change: impl FnMut(Option<AppRecord>) -> Result<Option<AppRecord>, ApiError>,
+    ) -> Result<AppRecord, ApiError> {
+        for _ in 0..UPDATE_ATTEMPTS {
+            let read = self.store.get_versioned(Table::Apps, name)?;
+            let current = match &read.value {
+                Some(bytes) => Some(decode::<AppRecord>(Table::Apps, name, bytes)?),
+                None => None,
+            };
+            let Some(record) = change(current.clone())? else {
+                return current.ok_or_else(|| ApiError::NotFound(format!("no app named {name:?}")));
+            };
+            match self
+                .store
+                .put_if(Table::Apps, name, &encode(&record), &read.revision)
+            {
+                Ok(()) => return Ok(record),
+                Err(StoreError::Conflict { .. }) => {
+                    tracing::debug!(app = name, "app record changed under us: again");
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(ApiError::Unavailable(format!(
+            "app {name:?} kept changing under {UPDATE_ATTEMPTS} attempts to update it: retry"
+        )))
+    }
+
     /// `POST /v1/apps/{name}/move`: the owner asks for the primary to move to a device.
     pub(crate) async fn request_move<B>(
         self: &Arc<Self>,
@@ -183,32 +236,35 @@ impl Control {
         let sha256 = auth::sha256_hex(&body);
         let info = {
             let _guard = self.writes.lock().expect("writes lock");
-            let existing = match self.store.get(Table::Apps, &meta.name)? {
-                Some(bytes) => Some(decode::<AppRecord>(Table::Apps, &meta.name, &bytes)?),
-                None => None,
-            };
-            if let Some(existing) = &existing
-                && existing.owner != signer
-            {
-                return Err(ApiError::Conflict(format!(
+            let taken = |existing: &Option<AppRecord>| match existing {
+                Some(existing) if existing.owner != signer => Err(ApiError::Conflict(format!(
                     "the name {:?} is taken by another key",
                     meta.name
-                )));
-            }
-            self.store.put(Table::Blobs, &sha256, &body)?;
-            let record = AppRecord {
-                name: meta.name.clone(),
-                owner: signer,
-                version: existing.as_ref().map_or(1, |e| e.version + 1),
-                sha256,
-                size: body.len() as u64,
-                tier: meta.tier,
-                replicas: meta.replicas.unwrap_or_else(|| meta.tier.replicas()),
-                limits: meta.limits,
-                updated_ms: now_ms(),
+                ))),
+                _ => Ok(()),
             };
-            self.store
-                .put(Table::Apps, &record.name, &encode(&record))?;
+            // Checked before the component is stored, so a refused publish leaves nothing.
+            taken(&match self.store.get(Table::Apps, &meta.name)? {
+                Some(bytes) => Some(decode::<AppRecord>(Table::Apps, &meta.name, &bytes)?),
+                None => None,
+            })?;
+            self.store.put(Table::Blobs, &sha256, &body)?;
+            self.link_site(&meta.name, meta.bundle.as_deref())?;
+            let record = self.update_app(&meta.name, |existing| {
+                // Again: another control plane may have taken the name since.
+                taken(&existing)?;
+                Ok(Some(AppRecord {
+                    name: meta.name.clone(),
+                    owner: signer.clone(),
+                    version: existing.as_ref().map_or(1, |e| e.version + 1),
+                    sha256: sha256.clone(),
+                    size: body.len() as u64,
+                    tier: meta.tier,
+                    replicas: meta.replicas.unwrap_or_else(|| meta.tier.replicas()),
+                    limits: meta.limits,
+                    updated_ms: now_ms(),
+                }))
+            })?;
             self.store.flush()?;
             tracing::info!(
                 app = record.name,
@@ -232,32 +288,39 @@ impl Control {
             .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
         let record = {
             let _guard = self.writes.lock().expect("writes lock");
-            let mut record = self.owned_app(name, &signer)?;
-            match (scale.replicas, &scale.autoscale) {
-                (Some(replicas), None) => {
-                    if !(1..=api::MAX_REPLICAS).contains(&replicas) {
-                        return Err(ApiError::BadRequest(format!(
-                            "replicas must be between 1 and {}",
-                            api::MAX_REPLICAS
-                        )));
+            let record = self.update_app(name, |record| {
+                let mut record = owned(name, record, &signer)?;
+                match (scale.replicas, &scale.autoscale) {
+                    (Some(replicas), None) => {
+                        if !(1..=api::MAX_REPLICAS).contains(&replicas) {
+                            return Err(ApiError::BadRequest(format!(
+                                "replicas must be between 1 and {}",
+                                api::MAX_REPLICAS
+                            )));
+                        }
+                        record.replicas = replicas;
                     }
-                    record.replicas = replicas;
+                    (None, Some(settings)) => {
+                        settings.validate().map_err(ApiError::BadRequest)?;
+                        // Start inside the bounds (at least one replica until idle says
+                        // otherwise).
+                        record.replicas = record.replicas.clamp(settings.min.max(1), settings.max);
+                    }
+                    _ => {
+                        return Err(ApiError::BadRequest(
+                            "give either replicas or autoscale bounds".into(),
+                        ));
+                    }
+                }
+                Ok(Some(record))
+            })?;
+            match &scale.autoscale {
+                Some(settings) => self.store.put(Table::Scaling, name, &encode(settings))?,
+                None => {
                     self.store.delete(Table::Scaling, name)?;
                     self.loads.lock().expect("loads lock").remove(name);
                 }
-                (None, Some(settings)) => {
-                    settings.validate().map_err(ApiError::BadRequest)?;
-                    // Start inside the bounds (at least one replica until idle says otherwise).
-                    record.replicas = record.replicas.clamp(settings.min.max(1), settings.max);
-                    self.store.put(Table::Scaling, name, &encode(settings))?;
-                }
-                _ => {
-                    return Err(ApiError::BadRequest(
-                        "give either replicas or autoscale bounds".into(),
-                    ));
-                }
             }
-            self.store.put(Table::Apps, name, &encode(&record))?;
             self.store.flush()?;
             record
         };
@@ -275,17 +338,30 @@ impl Control {
                 Some(bytes) => Some(decode(Table::Scaling, name, &bytes)?),
                 None => None,
             };
-            record.replicas = settings.map_or(1, |s| s.min.max(1));
-            self.store.put(Table::Apps, name, &encode(&record))?;
+            let mut woken = false;
+            record = self.update_app(name, |current| {
+                let Some(mut current) = current else {
+                    return Err(ApiError::NotFound(format!("no app named {name:?}")));
+                };
+                // Another control plane (or request) may have woken it already.
+                woken = current.replicas == 0;
+                if !woken {
+                    return Ok(None);
+                }
+                current.replicas = settings.as_ref().map_or(1, |s| s.min.max(1));
+                Ok(Some(current))
+            })?;
             self.store.flush()?;
-            if let Some(load) = self.loads.lock().expect("loads lock").get_mut(name) {
-                load.active = Instant::now();
+            if woken {
+                if let Some(load) = self.loads.lock().expect("loads lock").get_mut(name) {
+                    load.active = Instant::now();
+                }
+                self.events.record(
+                    name,
+                    format!("woken by a request: {} replica(s)", record.replicas),
+                );
+                self.changed.notify_one();
             }
-            self.events.record(
-                name,
-                format!("woken by a request: {} replica(s)", record.replicas),
-            );
-            self.changed.notify_one();
         }
         Ok(json(
             200,
@@ -306,6 +382,7 @@ impl Control {
             self.store.delete(Table::Placements, name)?;
             self.store.delete(Table::Snapshots, name)?;
             self.store.delete(Table::Scaling, name)?;
+            self.link_site(name, None)?;
             let still_used = self.store.list(Table::Apps)?.iter().any(|(k, v)| {
                 decode::<AppRecord>(Table::Apps, k, v).is_ok_and(|a| a.sha256 == record.sha256)
             });

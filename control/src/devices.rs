@@ -309,6 +309,7 @@ impl Control {
                     permissions: Permissions::default(),
                 },
                 replication,
+                bundle: self.site_bundle(&app.name)?,
             });
         }
         Ok(out)

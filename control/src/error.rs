@@ -34,7 +34,7 @@ pub enum ApiError {
     /// The control plane cannot answer this now (503).
     #[error("{0}")]
     Unavailable(String),
-    /// The registry failed (500).
+    /// The registry failed (500; 503 when its etcd cannot be reached).
     #[error("registry error: {0}")]
     Registry(#[from] StoreError),
     /// Something else failed inside the control plane (500).
@@ -53,7 +53,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => 405,
             ApiError::Conflict(_) => 409,
             ApiError::TooLarge(_) => 413,
-            ApiError::Unavailable(_) => 503,
+            ApiError::Unavailable(_) | ApiError::Registry(StoreError::Unreachable { .. }) => 503,
             ApiError::Registry(_) | ApiError::Internal(_) => 500,
         }
     }

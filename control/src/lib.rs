@@ -21,6 +21,7 @@ mod reconcile;
 mod registry;
 pub mod replay;
 pub mod replicas;
+mod sites;
 pub mod store;
 mod views;
 

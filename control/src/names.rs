@@ -34,28 +34,35 @@ struct MasterRecord {
     secret: Vec<u8>,
 }
 
-/// Load the master secret, creating it on first use.
+/// Load the master secret, creating it on first use. Control planes sharing a registry may start
+/// at once: only the first creation is written, and every one of them uses that one.
 pub fn master_secret(store: &dyn Store) -> Result<[u8; 32], StoreError> {
     const KEY: &str = "app-keys-master";
-    if let Some(bytes) = store.get(Table::Secrets, KEY)? {
-        let record: MasterRecord = decode(Table::Secrets, KEY, &bytes)?;
-        return record.secret.try_into().map_err(|_| StoreError::Decode {
-            table: "secrets",
-            key: KEY.into(),
-            reason: "master secret is not 32 bytes".into(),
-        });
-    }
-    let mut secret = [0u8; 32];
-    getrandom::fill(&mut secret).map_err(|e| StoreError::Backend(e.to_string()))?;
-    store.put(
-        Table::Secrets,
-        KEY,
-        &encode(&MasterRecord {
+    loop {
+        let read = store.get_versioned(Table::Secrets, KEY)?;
+        if let Some(bytes) = read.value {
+            let record: MasterRecord = decode(Table::Secrets, KEY, &bytes)?;
+            return record.secret.try_into().map_err(|_| StoreError::Decode {
+                table: "secrets",
+                key: KEY.into(),
+                reason: "master secret is not 32 bytes".into(),
+            });
+        }
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let record = encode(&MasterRecord {
             secret: secret.to_vec(),
-        }),
-    )?;
-    store.flush()?;
-    Ok(secret)
+        });
+        match store.put_if(Table::Secrets, KEY, &record, &read.revision) {
+            Ok(()) => {
+                store.flush()?;
+                return Ok(secret);
+            }
+            // Another control plane created it first: read theirs.
+            Err(StoreError::Conflict { .. }) => {}
+            Err(err) => return Err(err),
+        }
+    }
 }
 
 /// The app's key.

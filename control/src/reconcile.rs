@@ -10,7 +10,7 @@ use fog_proto::api::{self, Heartbeat};
 use fog_scheduler::placement::{self, AppDemand, Device};
 
 use crate::store::{AppRecord, PlacementRecord, StoreError, Table, decode, encode};
-use crate::{Control, autoscale, replicas};
+use crate::{ApiError, Control, autoscale, replicas};
 
 impl Control {
     /// Run the autoscaler over every autoscaled app; true if a replica count changed.
@@ -29,7 +29,7 @@ impl Control {
             let Some(bytes) = self.store.get(Table::Apps, &name)? else {
                 continue;
             };
-            let mut record: AppRecord = decode(Table::Apps, &name, &bytes)?;
+            let record: AppRecord = decode(Table::Apps, &name, &bytes)?;
             let counts: HashMap<String, u64> = live
                 .iter()
                 .filter(|(_, (alive, _))| *alive)
@@ -58,10 +58,23 @@ impl Control {
                             .insert(name.clone(), placement.devices.clone());
                     }
                 }
-                record.replicas = decision.replicas;
-                self.store.put(Table::Apps, &name, &encode(&record))?;
-                self.events.record(&name, decision.reason);
-                changed = true;
+                // The record read above may be stale by now: change only the replica count.
+                let scaled = self.update_app(&name, |current| {
+                    Ok(current.map(|mut current| {
+                        current.replicas = decision.replicas;
+                        current
+                    }))
+                });
+                match scaled {
+                    Ok(_) => {
+                        self.events.record(&name, decision.reason);
+                        changed = true;
+                    }
+                    // Removed meanwhile.
+                    Err(ApiError::NotFound(_)) => {}
+                    Err(ApiError::Registry(err)) => return Err(err),
+                    Err(other) => tracing::warn!(app = name, "autoscaling skipped: {other}"),
+                }
             }
         }
         Ok(changed)

@@ -55,13 +55,7 @@ impl Control {
     }
 
     pub(crate) fn owned_app(&self, name: &str, signer: &str) -> Result<AppRecord, ApiError> {
-        let app = self.app(name)?;
-        if app.owner != signer {
-            return Err(ApiError::Forbidden(format!(
-                "app {name:?} belongs to another key"
-            )));
-        }
-        Ok(app)
+        crate::apps::owned(name, Some(self.app(name)?), signer)
     }
 
     pub(crate) fn apps(&self) -> Result<Vec<AppRecord>, StoreError> {

@@ -1,6 +1,11 @@
 //! The control plane's registry: apps, devices, placements and component blobs, behind a small
-//! store trait so a distributed store can replace sled later. Every record is written with a
-//! leading format version and read back only if the version is known.
+//! store trait with two backends: sled, embedded (the default, what `fog up` uses), and etcd
+//! ([`etcd::EtcdStore`]) for several control planes sharing one registry. Every record is written
+//! with a leading format version and read back only if the version is known; read-modify-write
+//! goes through [`Store::get_versioned`] and [`Store::put_if`], so two control planes on one etcd
+//! never lose each other's updates.
+
+pub mod etcd;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -26,10 +31,32 @@ pub enum Table {
     Snapshots,
     /// Autoscaling settings, by app name.
     Scaling,
+    /// The site bundle (sha256 in `Blobs`) a static site serves, by app name.
+    Sites,
 }
 
 impl Table {
-    fn name(self) -> &'static str {
+    /// Every table.
+    pub const ALL: [Table; 8] = [
+        Table::Apps,
+        Table::Devices,
+        Table::Placements,
+        Table::Blobs,
+        Table::Ledger,
+        Table::Secrets,
+        Table::Snapshots,
+        Table::Scaling,
+    ];
+
+    /// Tables whose values can be large (components up to 64 MiB, tier-B snapshots up to
+    /// 256 MiB): a distributed store keeps them on the control plane's own disk, since etcd
+    /// refuses requests over 1.5 MiB.
+    pub fn is_bulk(self) -> bool {
+        matches!(self, Table::Blobs | Table::Snapshots)
+    }
+
+    /// The table's name (also its key prefix in etcd and its sled tree).
+    pub fn name(self) -> &'static str {
         match self {
             Table::Apps => "apps",
             Table::Devices => "devices",
@@ -39,6 +66,7 @@ impl Table {
             Table::Secrets => "secrets",
             Table::Snapshots => "snapshots",
             Table::Scaling => "scaling",
+            Table::Sites => "sites",
         }
     }
 }
@@ -49,6 +77,31 @@ pub enum StoreError {
     /// The backend failed.
     #[error("store backend: {0}")]
     Backend(String),
+    /// The distributed store could not be reached.
+    #[error("etcd at {} is unreachable: {reason}", endpoints.join(", "))]
+    Unreachable {
+        /// The endpoints tried.
+        endpoints: Vec<String>,
+        /// What failed.
+        reason: String,
+    },
+    /// A conditional write found the record changed since it was read (see
+    /// [`Store::put_if`]): read it again and retry.
+    #[error("record {key:?} in {table} changed since it was read")]
+    Conflict {
+        /// The table.
+        table: &'static str,
+        /// The key.
+        key: String,
+    },
+    /// The store's location is malformed (e.g. a bad `etcd://` URL).
+    #[error("bad store location {given:?}: {reason}")]
+    BadLocation {
+        /// What was given.
+        given: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A record could not be decoded.
     #[error("record {key:?} in {table}: {reason}")]
     Decode {
@@ -61,10 +114,55 @@ pub enum StoreError {
     },
 }
 
+/// Which version of a record a read saw; [`Store::put_if`] writes only while the record is still
+/// at it. Opaque: etcd compares the key's modification revision, sled the bytes themselves (so a
+/// record changed and changed back compares equal, which is harmless: the write was computed
+/// from the same content).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revision(RevisionKind);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RevisionKind {
+    /// No record.
+    Absent,
+    /// etcd's `mod_revision` of the key.
+    Etcd(i64),
+    /// The record's bytes (sled's compare-and-swap compares values).
+    Bytes(Vec<u8>),
+}
+
+impl Revision {
+    /// The revision of a key that holds no record: `put_if` with it creates the record only if
+    /// nobody else has.
+    pub fn absent() -> Revision {
+        Revision(RevisionKind::Absent)
+    }
+}
+
+/// A record as read, with the revision to compare against when writing it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    /// The record, if any.
+    pub value: Option<Vec<u8>>,
+    /// What [`Store::put_if`] compares against.
+    pub revision: Revision,
+}
+
 /// A key-value store with tables.
 pub trait Store: Send + Sync {
     /// The value under `key`.
     fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The value under `key` and its revision, for a later [`Store::put_if`].
+    fn get_versioned(&self, table: Table, key: &str) -> Result<Versioned, StoreError>;
+    /// Write `value` under `key` only if the record is still at `expected` (as read by
+    /// [`Store::get_versioned`]); [`StoreError::Conflict`] if it changed meanwhile.
+    fn put_if(
+        &self,
+        table: Table,
+        key: &str,
+        value: &[u8],
+        expected: &Revision,
+    ) -> Result<(), StoreError>;
     /// Write `value` under `key`.
     fn put(&self, table: Table, key: &str, value: &[u8]) -> Result<(), StoreError>;
     /// Remove `key`.
@@ -114,6 +212,42 @@ impl Store for SledStore {
             .map(|v| v.to_vec()))
     }
 
+    fn get_versioned(&self, table: Table, key: &str) -> Result<Versioned, StoreError> {
+        let value = self.get(table, key)?;
+        let revision = match &value {
+            Some(bytes) => Revision(RevisionKind::Bytes(bytes.clone())),
+            None => Revision::absent(),
+        };
+        Ok(Versioned { value, revision })
+    }
+
+    fn put_if(
+        &self,
+        table: Table,
+        key: &str,
+        value: &[u8],
+        expected: &Revision,
+    ) -> Result<(), StoreError> {
+        let old = match &expected.0 {
+            RevisionKind::Absent => None,
+            RevisionKind::Bytes(bytes) => Some(bytes.as_slice()),
+            // A revision read from another backend never matches a sled record.
+            RevisionKind::Etcd(_) => {
+                return Err(StoreError::Conflict {
+                    table: table.name(),
+                    key: key.to_string(),
+                });
+            }
+        };
+        self.tree(table)?
+            .compare_and_swap(key, old, Some(value))
+            .map_err(|e| StoreError::Backend(e.to_string()))?
+            .map_err(|_| StoreError::Conflict {
+                table: table.name(),
+                key: key.to_string(),
+            })
+    }
+
     fn put(&self, table: Table, key: &str, value: &[u8]) -> Result<(), StoreError> {
         self.tree(table)?
             .insert(key, value)
@@ -143,6 +277,47 @@ impl Store for SledStore {
             .flush()
             .map(|_| ())
             .map_err(|e| StoreError::Backend(e.to_string()))
+    }
+}
+
+/// Where the registry lives, as given to `fog control --store`: `sled` (the default, embedded) or
+/// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// sled in the control plane's data directory.
+    Sled,
+    /// An etcd cluster, with bulk tables in the data directory.
+    Etcd(etcd::EtcdConfig),
+}
+
+impl std::str::FromStr for StoreLocation {
+    type Err = StoreError;
+
+    fn from_str(given: &str) -> Result<StoreLocation, StoreError> {
+        if given == "sled" {
+            Ok(StoreLocation::Sled)
+        } else if given.starts_with("etcd://") {
+            etcd::EtcdConfig::from_url(given).map(StoreLocation::Etcd)
+        } else {
+            Err(StoreError::BadLocation {
+                given: given.to_string(),
+                reason: "expected sled or etcd://HOST:PORT[,HOST:PORT...][/PREFIX]".into(),
+            })
+        }
+    }
+}
+
+impl StoreLocation {
+    /// Open the store: sled in `data/registry`; for etcd, components and snapshots in
+    /// `data/bulk` (sled) and everything else on the cluster, which must answer now.
+    pub fn open(&self, data: &std::path::Path) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+        Ok(match self {
+            StoreLocation::Sled => std::sync::Arc::new(SledStore::open(&data.join("registry"))?),
+            StoreLocation::Etcd(config) => std::sync::Arc::new(etcd::EtcdStore::connect(
+                config.clone(),
+                SledStore::open(&data.join("bulk"))?,
+            )?),
+        })
     }
 }
 

@@ -1,19 +1,108 @@
-//! Tests of the API without sockets: handlers called directly.
+//! Tests of the API without sockets: handlers called directly, each on both store backends
+//! (sled, and a real etcd member on loopback) through [`on_both_backends!`].
+
+mod etcd;
+mod store;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use fog_proto::api::{self, AppInfo};
 use fog_proto::auth::{self, AUTH_HEADER, Identity, META_HEADER};
+use fog_test_etcd::EtcdCluster;
 use http_body_util::{BodyExt, Full};
 
-use crate::{Control, ControlConfig, check_component, now_ms, store};
+use crate::store::etcd::{EtcdConfig, EtcdStore};
+use crate::store::{SledStore, Store};
+use crate::{Control, ControlConfig, check_component, now_ms};
 
-fn control() -> Arc<Control> {
-    Control::new(
-        Arc::new(store::SledStore::temporary().unwrap()),
-        ControlConfig::default(),
-    )
+/// A store backend under test: sled in temporary files, or etcd members started for the test.
+pub(crate) enum Backend {
+    Sled,
+    Etcd(EtcdCluster),
+}
+
+impl Backend {
+    pub(crate) fn sled() -> Backend {
+        Backend::Sled
+    }
+
+    /// One etcd member on loopback (fails with the reason if Debian's etcd is missing).
+    pub(crate) fn etcd() -> Backend {
+        Backend::Etcd(EtcdCluster::start(1).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// A new, empty registry on this backend (on etcd: under a prefix of its own).
+    pub(crate) fn store(&self) -> Arc<dyn Store> {
+        let mut prefix = [0u8; 8];
+        getrandom::fill(&mut prefix).unwrap();
+        self.store_at(&hex::encode(prefix))
+    }
+
+    /// The registry under `prefix`: two stores at one prefix share it (on etcd; sled has no
+    /// sharing, so every sled store is new).
+    pub(crate) fn store_at(&self, prefix: &str) -> Arc<dyn Store> {
+        match self {
+            Backend::Sled => Arc::new(SledStore::temporary().unwrap()),
+            Backend::Etcd(cluster) => Arc::new(
+                EtcdStore::connect(
+                    EtcdConfig {
+                        prefix: prefix.to_string(),
+                        ..EtcdConfig::from_url(&cluster.url()).unwrap()
+                    },
+                    SledStore::temporary().unwrap(),
+                )
+                .unwrap(),
+            ),
+        }
+    }
+
+    pub(crate) fn control(&self) -> Arc<Control> {
+        Control::new(self.store(), ControlConfig::default())
+    }
+}
+
+/// Run each named `async fn NAME(backend: Backend)` as two tests, `on_sled::NAME` and
+/// `on_etcd::NAME`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod on_sled {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Backend::sled()).await
+                }
+            )*
+        }
+        mod on_etcd {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Backend::etcd()).await
+                }
+            )*
+        }
+    };
+}
+pub(crate) use on_both_backends;
+
+on_both_backends!(
+    only_trusted_routers_register_fronts_or_get_onion_keys,
+    the_api_answers_without_sockets,
+    scale_and_remove_change_only_the_owners_app,
+    a_name_belongs_to_its_first_owner,
+    a_replayed_publish_is_refused_and_changes_nothing,
+    a_replayed_scale_is_refused_and_changes_nothing,
+    a_replayed_rm_is_refused_and_changes_nothing,
+    bundles_with_escaping_paths_or_wrong_sizes_are_refused,
+    a_site_must_name_an_uploaded_bundle_and_removing_it_drops_the_bundle,
+);
+
+async fn body<B: hyper::body::Body>(response: http::Response<B>) -> Bytes
+where
+    B::Error: std::fmt::Debug,
+{
+    response.into_body().collect().await.unwrap().to_bytes()
 }
 
 fn request(
@@ -77,12 +166,11 @@ fn components_are_checked_without_running_them() {
     );
 }
 
-#[tokio::test]
-async fn only_trusted_routers_register_fronts_or_get_onion_keys() {
+async fn only_trusted_routers_register_fronts_or_get_onion_keys(backend: Backend) {
     let router = Identity::generate();
     let stranger = Identity::generate();
     let control = Control::new(
-        Arc::new(store::SledStore::temporary().unwrap()),
+        backend.store(),
         ControlConfig {
             trusted_routers: vec![router.public_hex()],
             ..ControlConfig::default()
@@ -116,9 +204,8 @@ async fn only_trusted_routers_register_fronts_or_get_onion_keys() {
     }
 }
 
-#[tokio::test]
-async fn the_api_answers_without_sockets() {
-    let control = control();
+async fn the_api_answers_without_sockets(backend: Backend) {
+    let control = backend.control();
     assert_eq!(
         control
             .handle(request("GET", "/v2/apps", &[], vec![]))
@@ -222,10 +309,7 @@ async fn the_api_answers_without_sockets() {
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].period.entries[0].fuel, 7_200_000_000);
     // No device has room yet: the app is reported, not silently dropped.
-    let stale = Control::new(
-        Arc::new(store::SledStore::temporary().unwrap()),
-        ControlConfig::default(),
-    );
+    let stale = backend.control();
     let key2 = Identity::generate();
     let hello = std::fs::read(fog_test_programs::HELLO).unwrap();
     let published = stale
@@ -241,6 +325,78 @@ async fn the_api_answers_without_sockets() {
     stale.reconcile().unwrap();
     let info = stale.app_info(&stale.app("hello").unwrap()).unwrap();
     assert!(info.problem.unwrap().contains("needs 1 distinct devices"));
+}
+
+async fn scale_and_remove_change_only_the_owners_app(backend: Backend) {
+    let control = backend.control();
+    let owner = Identity::generate();
+    let stranger = Identity::generate();
+    let hello = std::fs::read(fog_test_programs::HELLO).unwrap();
+    let sha256 = auth::sha256_hex(&hello);
+    let meta = r#"{"name":"hello","tier":"B"}"#;
+    let published = control
+        .handle(signed(&owner, "POST", "/v1/apps", hello, meta))
+        .await;
+    assert_eq!(published.status(), 201);
+    let scale = br#"{"replicas":3}"#.to_vec();
+    let path = "/v1/apps/hello/scale";
+    let refused = control
+        .handle(signed(&stranger, "POST", path, scale.clone(), ""))
+        .await;
+    assert_eq!(refused.status(), 403);
+    let scaled = control
+        .handle(signed(&owner, "POST", path, scale, ""))
+        .await;
+    assert_eq!(scaled.status(), 200);
+    let info: AppInfo = serde_json::from_slice(&body(scaled).await).unwrap();
+    assert_eq!((info.version, info.replicas), (1, 3));
+    let autoscale = br#"{"autoscale":{"min":0,"max":2,"target_rps":20,"idle_s":60}}"#.to_vec();
+    let scaled = control
+        .handle(signed(&owner, "POST", path, autoscale, ""))
+        .await;
+    assert_eq!(scaled.status(), 200);
+    let info: AppInfo = serde_json::from_slice(&body(scaled).await).unwrap();
+    assert_eq!(info.replicas, 2, "clamped into the autoscale bounds");
+    assert_eq!(info.autoscale.map(|a| a.max), Some(2));
+    let blob = format!("/v1/blobs/{sha256}");
+    let fetched = control.handle(request("GET", &blob, &[], vec![])).await;
+    assert_eq!(fetched.status(), 200);
+    let removed = control
+        .handle(signed(&owner, "DELETE", "/v1/apps/hello", vec![], ""))
+        .await;
+    assert_eq!(removed.status(), 200);
+    let listed = control
+        .handle(request("GET", "/v1/apps", &[], vec![]))
+        .await;
+    let apps: Vec<AppInfo> = serde_json::from_slice(&body(listed).await).unwrap();
+    assert!(apps.is_empty());
+    let fetched = control.handle(request("GET", &blob, &[], vec![])).await;
+    assert_eq!(fetched.status(), 404, "the last app using the blob is gone");
+}
+
+async fn a_name_belongs_to_its_first_owner(backend: Backend) {
+    let control = backend.control();
+    let hello = std::fs::read(fog_test_programs::HELLO).unwrap();
+    let meta = r#"{"name":"hello","tier":"B"}"#;
+    let first = Identity::generate();
+    let published = control
+        .handle(signed(&first, "POST", "/v1/apps", hello.clone(), meta))
+        .await;
+    assert_eq!(published.status(), 201);
+    let second = control
+        .handle(signed(
+            &Identity::generate(),
+            "POST",
+            "/v1/apps",
+            hello,
+            meta,
+        ))
+        .await;
+    assert_eq!(second.status(), 409);
+    let text = String::from_utf8_lossy(&body(second).await).into_owned();
+    assert!(text.contains("taken by another key"), "{text}");
+    let info = control.app_info(&control.app("hello").unwrap()).unwrap();
+    assert_eq!((info.owner, info.version), (first.public_hex(), 1));
 }
 
 /// A signed request and an exact copy of it, as an eavesdropper who captured it would send.
@@ -287,9 +443,8 @@ async fn app(control: &Arc<Control>, name: &str) -> Option<AppInfo> {
     Some(serde_json::from_slice(&body).unwrap())
 }
 
-#[tokio::test]
-async fn a_replayed_publish_is_refused_and_changes_nothing() {
-    let control = control();
+async fn a_replayed_publish_is_refused_and_changes_nothing(backend: Backend) {
+    let control = backend.control();
     let key = Identity::generate();
     let hello = std::fs::read(fog_test_programs::HELLO).unwrap();
     let (publish, replay) = signed_twice(
@@ -304,9 +459,8 @@ async fn a_replayed_publish_is_refused_and_changes_nothing() {
     assert_eq!(app(&control, "hello").await.unwrap().version, 1);
 }
 
-#[tokio::test]
-async fn a_replayed_scale_is_refused_and_changes_nothing() {
-    let control = control();
+async fn a_replayed_scale_is_refused_and_changes_nothing(backend: Backend) {
+    let control = backend.control();
     let key = Identity::generate();
     let hello = std::fs::read(fog_test_programs::HELLO).unwrap();
     let publish = signed(
@@ -337,9 +491,8 @@ async fn a_replayed_scale_is_refused_and_changes_nothing() {
     assert_eq!(app(&control, "hello").await.unwrap().replicas, 2);
 }
 
-#[tokio::test]
-async fn a_replayed_rm_is_refused_and_changes_nothing() {
-    let control = control();
+async fn a_replayed_rm_is_refused_and_changes_nothing(backend: Backend) {
+    let control = backend.control();
     let key = Identity::generate();
     let hello = std::fs::read(fog_test_programs::HELLO).unwrap();
     let meta = r#"{"name":"hello","tier":"B"}"#;
@@ -351,4 +504,93 @@ async fn a_replayed_rm_is_refused_and_changes_nothing() {
     assert_eq!(control.handle(again).await.status(), 201);
     refused_as_replay(&control, replay).await;
     assert!(app(&control, "hello").await.is_some());
+}
+
+/// A bundle holding `files` (path, contents), in the format `fog publish DIR` uploads.
+fn bundle_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    use fog_proto::bundle::{BundleFile, BundleManifest, header};
+    let manifest = BundleManifest {
+        files: files
+            .iter()
+            .map(|(path, content)| BundleFile {
+                path: path.to_string(),
+                size: content.len() as u64,
+                sha256: auth::sha256_hex(content),
+            })
+            .collect(),
+    };
+    let mut out = header(&manifest);
+    for (_, content) in files {
+        out.extend_from_slice(content);
+    }
+    out
+}
+
+async fn bundles_with_escaping_paths_or_wrong_sizes_are_refused(backend: Backend) {
+    let control = backend.control();
+    let key = Identity::generate();
+    let good = bundle_of(&[("index.html", b"<h1>hi</h1>")]);
+    let escaping = bundle_of(&[("../etc/passwd", b"x")]);
+    let mut short = good.clone();
+    short.pop();
+    for (body, status) in [
+        (escaping, 400),
+        (short, 400),
+        (b"nope".to_vec(), 400),
+        (good, 201),
+    ] {
+        let answer = control
+            .handle(signed(&key, "POST", "/v1/bundles", body, ""))
+            .await;
+        assert_eq!(answer.status(), status);
+    }
+}
+
+async fn a_site_must_name_an_uploaded_bundle_and_removing_it_drops_the_bundle(backend: Backend) {
+    let control = backend.control();
+    let key = Identity::generate();
+    let fileserver = std::fs::read(fog_test_programs::FILESERVER).unwrap();
+    let bundle = bundle_of(&[("index.html", b"<h1>hi</h1>")]);
+    let sha = auth::sha256_hex(&bundle);
+    let meta = |bundle: &str| {
+        serde_json::to_string(&api::PublishMeta {
+            name: "site".into(),
+            tier: api::Tier::B,
+            replicas: None,
+            limits: fog_proto::Limits::default(),
+            bundle: Some(bundle.into()),
+        })
+        .unwrap()
+    };
+    let refused = control
+        .handle(signed(
+            &key,
+            "POST",
+            "/v1/apps",
+            fileserver.clone(),
+            &meta(&sha),
+        ))
+        .await;
+    assert_eq!(refused.status(), 400);
+    let stored = control
+        .handle(signed(&key, "POST", "/v1/bundles", bundle, ""))
+        .await;
+    assert_eq!(stored.status(), 201);
+    let published = control
+        .handle(signed(&key, "POST", "/v1/apps", fileserver, &meta(&sha)))
+        .await;
+    assert_eq!(published.status(), 201);
+    assert_eq!(
+        control.site_bundle("site").unwrap().as_deref(),
+        Some(sha.as_str())
+    );
+    // Removing the app removes the bundle it alone used.
+    let removed = control
+        .handle(signed(&key, "DELETE", "/v1/apps/site", vec![], ""))
+        .await;
+    assert_eq!(removed.status(), 200);
+    let blob = control
+        .handle(request("GET", &format!("/v1/blobs/{sha}"), &[], vec![]))
+        .await;
+    assert_eq!(blob.status(), 404);
 }

@@ -101,7 +101,7 @@ pub fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> 
 }
 
 /// A signed JSON call to the control plane.
-async fn call<T: serde::de::DeserializeOwned>(
+pub async fn call<T: serde::de::DeserializeOwned>(
     client: &reqwest::Client,
     identity: &Identity,
     control: &str,
@@ -443,12 +443,13 @@ fn apply(shared: &Shared, assignments: Vec<Assignment>) {
     for assignment in assignments {
         let name = assignment.manifest.name.clone();
         configure(shared, &name, &assignment.replication);
+        let version = crate::bundle::version(&assignment);
         {
             let mut loaded = shared.loaded.lock().expect("loaded lock");
-            if loaded.get(&name) == Some(&assignment.sha256) {
+            if loaded.get(&name) == Some(&version) {
                 continue;
             }
-            loaded.insert(name.clone(), assignment.sha256.clone());
+            loaded.insert(name.clone(), version.clone());
         }
         let shared = shared.clone();
         let url = format!("{}/v1/blobs/{}", shared.control, assignment.sha256);
@@ -469,7 +470,14 @@ fn apply(shared: &Shared, assignments: Vec<Assignment>) {
                         assignment.sha256
                     ));
                 }
-                let manifest = assignment.manifest.clone();
+                let manifest = crate::bundle::manifest(
+                    &shared.client,
+                    &shared.control,
+                    &shared.runtime,
+                    &assignment,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
                 let runtime = shared.runtime.clone();
                 let app = tokio::task::spawn_blocking(move || runtime.load(manifest, &bytes))
                     .await
@@ -484,9 +492,7 @@ fn apply(shared: &Shared, assignments: Vec<Assignment>) {
             match result {
                 Ok(app) => {
                     // Still wanted at this version? (A newer assignment may have replaced it.)
-                    if shared.loaded.lock().expect("loaded lock").get(&name)
-                        == Some(&assignment.sha256)
-                    {
+                    if shared.loaded.lock().expect("loaded lock").get(&name) == Some(&version) {
                         tracing::info!(app = name, sha256 = assignment.sha256, "serving");
                         shared.apps.insert(Arc::new(app));
                         shared.wake.notify_one();

@@ -1,8 +1,8 @@
-//! One loaded app: a pre-instantiated component that serves each request in a fresh, limited
-//! store, and meters the fuel it burns.
+//! One loaded app: a manifest and a component hash that serves each request in a fresh, limited
+//! store from the runtime's shared compiled component, and meters the fuel it burns.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -11,9 +11,10 @@ use hyper::body::Body;
 use tokio::sync::Semaphore;
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
+use crate::body::{BodyCut, HostBody, STREAM_CHUNKS};
+use crate::code::Compiled;
 use crate::error::{Failure, first_line};
 use crate::kv::Namespace;
 use crate::runtime::Runtime;
@@ -21,7 +22,7 @@ use crate::state::{MemoryLimitReached, RequestState};
 use fog_proto::{Limits, Manifest};
 
 /// The response type the host produces.
-pub type HostResponse = http::Response<Full<Bytes>>;
+pub type HostResponse = http::Response<HostBody>;
 
 /// Fuel, requests and failures of one app since it was loaded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -56,12 +57,17 @@ pub struct RequestReport {
     pub failure: Option<Failure>,
 }
 
-/// An app ready to serve: its component pre-instantiated, its limits and state attached.
+/// An app ready to serve: its manifest, its component's hash, its limits and state attached.
+///
+/// An app owns no machine code: its compiled component is the runtime's, shared with every app
+/// of the same component, mapped on the first request and possibly dropped while the app idles.
 pub struct App {
     runtime: Arc<Runtime>,
     manifest: Manifest,
     sha256: String,
-    pre: ProxyPre<RequestState>,
+    /// The compiled component as last used, without keeping it in memory: the runtime's cache
+    /// decides that.
+    compiled: std::sync::Mutex<Weak<Compiled>>,
     namespace: Namespace,
     permits: Arc<Semaphore>,
     meter: Meter,
@@ -96,7 +102,6 @@ impl App {
         runtime: Arc<Runtime>,
         manifest: Manifest,
         sha256: String,
-        pre: ProxyPre<RequestState>,
         namespace: Namespace,
     ) -> App {
         let permits = Arc::new(Semaphore::new(manifest.limits.max_concurrency as usize));
@@ -104,7 +109,7 @@ impl App {
             runtime,
             manifest,
             sha256,
-            pre,
+            compiled: std::sync::Mutex::new(Weak::new()),
             namespace,
             permits,
             meter: Meter::default(),
@@ -145,6 +150,30 @@ impl App {
         self.manifest.limits.max_concurrency - self.permits.available_permits() as u32
     }
 
+    /// The app's compiled component: the one it used last if still in memory, else the
+    /// runtime's (mapped from the on-disk cache off the async threads if need be).
+    async fn compiled(&self) -> Result<Arc<Compiled>, Failure> {
+        let last = self.compiled.lock().expect("compiled lock").upgrade();
+        if let Some(compiled) = last {
+            self.runtime.code.touch(&compiled);
+            return Ok(compiled);
+        }
+        let runtime = self.runtime.clone();
+        let sha256 = self.sha256.clone();
+        let compiled = tokio::task::spawn_blocking(move || runtime.compiled(&sha256))
+            .await
+            .map_err(|err| Failure::Host(format!("loading the component: {err}")))?
+            .map_err(|err| Failure::Host(first_line(&err.to_string())))?;
+        *self.compiled.lock().expect("compiled lock") = Arc::downgrade(&compiled);
+        Ok(compiled)
+    }
+
+    /// Whether this app's compiled component is in memory now (its own first request or
+    /// another app's of the same component put it there).
+    pub fn is_resident(&self) -> bool {
+        self.runtime.code.contains(&self.sha256)
+    }
+
     /// Serve one request. Never fails: every problem becomes an error response with a reason.
     pub async fn handle<B>(&self, request: http::Request<B>) -> (HostResponse, RequestReport)
     where
@@ -161,11 +190,8 @@ impl App {
         let outcome = match self.permits.clone().try_acquire_owned() {
             // Being moved away: nothing new starts here (routers retry on the new device).
             Ok(_) if fenced => Err(Failure::Moved),
-            Ok(permit) => {
-                let outcome = self.run(request, started, fuel_used.clone()).await;
-                drop(permit);
-                outcome
-            }
+            // A streamed response keeps its permit until its last byte.
+            Ok(permit) => self.run(request, started, fuel_used.clone(), permit).await,
             Err(_) => Err(Failure::Overloaded {
                 limit: self.manifest.limits.max_concurrency,
             }),
@@ -200,6 +226,7 @@ impl App {
         request: http::Request<B>,
         started: Instant,
         fuel_used: Arc<AtomicU64>,
+        permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<HostResponse, Failure>
     where
         B: Body<Data = Bytes> + Send + 'static,
@@ -238,9 +265,10 @@ impl App {
         let body = Full::new(body).map_err(|never| -> wasmtime_wasi_http::Error { match never {} });
         let request = http::Request::from_parts(parts, body);
 
+        let compiled = self.compiled().await?;
         let written = Arc::new(AtomicU64::new(0));
         let mut store = Store::new(
-            self.pre.engine(),
+            compiled.pre.engine(),
             RequestState::new(
                 &limits,
                 &self.manifest.permissions,
@@ -273,14 +301,13 @@ impl App {
             .http()
             .new_response_outparam(sender)
             .map_err(host_error)?;
-        let pre = self.pre.clone();
         let task_fuel = fuel_used.clone();
         // The guest runs inside this request's own task, beside the code that reads its
         // response: no spawn, no cross-thread wake-up per request. Dropping the future (deadline,
         // oversized body) drops the store and so stops the guest.
-        let guest = async move {
+        let guest = Box::pin(async move {
             let result = async {
-                let proxy = pre.instantiate_async(&mut store).await?;
+                let proxy = compiled.pre.instantiate_async(&mut store).await?;
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, incoming, out)
@@ -294,22 +321,36 @@ impl App {
                 memory_hit: state.limiter.hit,
                 stderr: state.stderr.contents(),
             }
-        };
-        // Wait for the response head, then read the body up to the limit.
+        });
+        // Wait for the response head, then read the body up to the limit; past STREAM_ABOVE
+        // bytes, stop reading and stream the rest.
         let collect = async {
             match receiver.await {
                 Ok(Ok(response)) => {
                     let (parts, body) = response.into_parts();
                     let limit = limits.max_response_body as usize;
-                    match Limited::new(body, limit).collect().await {
-                        Ok(collected) => Ok((parts, collected.to_bytes())),
-                        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
-                            Err(Some(Failure::ResponseTooLarge {
-                                limit: limits.max_response_body,
-                            }))
+                    let mut body = Limited::new(body, limit);
+                    let mut whole = bytes::BytesMut::new();
+                    let stream_above = crate::body::buffered_up_to(&limits);
+                    loop {
+                        match body.frame().await {
+                            None => break Ok((parts, Reply::Whole(whole.freeze()))),
+                            Some(Ok(frame)) => {
+                                if let Ok(data) = frame.into_data() {
+                                    whole.extend_from_slice(&data);
+                                }
+                                if whole.len() > stream_above {
+                                    break Ok((parts, Reply::Stream(whole.freeze(), body)));
+                                }
+                            }
+                            Some(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
+                                break Err(Some(Failure::ResponseTooLarge {
+                                    limit: limits.max_response_body,
+                                }));
+                            }
+                            // The body broke off: the guest's end says why.
+                            Some(Err(_)) => break Err(None),
                         }
-                        // The body broke off: the guest's end says why.
-                        Err(_) => Err(None),
                     }
                 }
                 Ok(Err(code)) => Err(Some(Failure::NoResponse(format!(
@@ -318,8 +359,9 @@ impl App {
                 Err(_) => Err(None),
             }
         };
+        let mut guest = guest;
         let exchange = async {
-            tokio::pin!(guest, collect);
+            tokio::pin!(collect);
             let mut ended: Option<GuestEnd> = None;
             let collected = loop {
                 tokio::select! {
@@ -333,9 +375,12 @@ impl App {
                     // No response or a broken body: the guest's end says why.
                     let end = match ended {
                         Some(end) => end,
-                        None => guest.await,
+                        None => (&mut guest).await,
                     };
                     Err(classify(end, &limits))
+                }
+                Ok((parts, Reply::Stream(prefix, body))) => {
+                    Ok((parts, Reply::Streaming(prefix, body, ended)))
                 }
                 Ok((parts, body)) => {
                     // A guest that failed before its body was read to the end (a trap, the
@@ -349,7 +394,9 @@ impl App {
                     }
                     // The response is complete; let the guest return (briefly) so the fuel count
                     // is exact, but never hold the visitor for it.
-                    let end = tokio::time::timeout(GUEST_RETURN_GRACE, guest).await.ok();
+                    let end = tokio::time::timeout(GUEST_RETURN_GRACE, &mut guest)
+                        .await
+                        .ok();
                     if let Some(GuestEnd {
                         result: Err(err), ..
                     }) = end
@@ -360,22 +407,147 @@ impl App {
                 }
             }
         };
-        match tokio::time::timeout_at(deadline.into(), exchange).await {
-            Err(_) => Err(timeout),
-            Ok(Err(failure)) => Err(failure),
-            Ok(Ok((parts, body))) => {
-                // Acknowledge a write only once the synchronous followers hold it.
-                let seq = written.load(Ordering::Acquire);
-                if seq > 0 {
-                    self.namespace.wait_replicated(seq).await;
-                }
-                let mut response = http::Response::from_parts(parts, Full::new(body));
+        let exchanged = tokio::time::timeout_at(deadline.into(), exchange).await;
+        let (parts, reply) = match exchanged {
+            Err(_) => return Err(timeout),
+            Ok(Err(failure)) => return Err(failure),
+            Ok(Ok(exchanged)) => exchanged,
+        };
+        // Acknowledge a write only once the synchronous followers hold it (for a streamed
+        // response, the writes made before its head).
+        let seq = written.load(Ordering::Acquire);
+        if seq > 0 {
+            self.namespace.wait_replicated(seq).await;
+        }
+        let body = match reply {
+            Reply::Whole(bytes) => {
+                let mut response = http::Response::from_parts(parts, HostBody::full(bytes));
                 let headers = response.headers_mut();
                 headers.remove(http::header::CONTENT_LENGTH);
                 headers.remove(http::header::TRANSFER_ENCODING);
-                Ok(response)
+                return Ok(response);
             }
+            Reply::Stream(..) => unreachable!("turned into Streaming above"),
+            Reply::Streaming(prefix, body, ended) => {
+                let (sender, chunks) = tokio::sync::mpsc::channel(STREAM_CHUNKS);
+                let stream = StreamTask {
+                    app: self.manifest.name.clone(),
+                    limits,
+                    deadline,
+                    permit,
+                };
+                tokio::spawn(stream.run(prefix, body, guest, ended, sender));
+                HostBody::stream(chunks)
+            }
+        };
+        let mut response = http::Response::from_parts(parts, body);
+        response
+            .headers_mut()
+            .remove(http::header::TRANSFER_ENCODING);
+        Ok(response)
+    }
+}
+
+/// What the guest answered with: the whole body, or the first bytes of one that streams.
+enum Reply<B> {
+    Whole(Bytes),
+    Stream(Bytes, B),
+    Streaming(Bytes, B, Option<GuestEnd>),
+}
+
+/// The rest of a streamed response: drives the guest and forwards its body in bounded chunks
+/// until the end, the deadline or the size limit (then the visitor's connection is cut).
+struct StreamTask {
+    app: String,
+    limits: Limits,
+    deadline: Instant,
+    /// The app's concurrency permit, held until the last byte.
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl StreamTask {
+    async fn run<B, G>(
+        self,
+        prefix: Bytes,
+        mut body: B,
+        guest: G,
+        ended: Option<GuestEnd>,
+        sender: tokio::sync::mpsc::Sender<Result<Bytes, BodyCut>>,
+    ) where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        G: Future<Output = GuestEnd> + Unpin,
+    {
+        enum Pumped {
+            Complete,
+            VisitorGone,
+            TooLarge,
+            Broken,
         }
+        let pump = async {
+            if sender.send(Ok(prefix)).await.is_err() {
+                return Pumped::VisitorGone;
+            }
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(frame) => {
+                        if let Ok(data) = frame.into_data()
+                            && sender.send(Ok(data)).await.is_err()
+                        {
+                            return Pumped::VisitorGone;
+                        }
+                    }
+                    Err(err) => {
+                        let err: Box<dyn std::error::Error + Send + Sync> = err.into();
+                        return if err.is::<http_body_util::LengthLimitError>() {
+                            Pumped::TooLarge
+                        } else {
+                            Pumped::Broken
+                        };
+                    }
+                }
+            }
+            Pumped::Complete
+        };
+        let drive = async {
+            let mut guest = guest;
+            let mut end = ended;
+            tokio::pin!(pump);
+            let pumped = loop {
+                tokio::select! {
+                    pumped = &mut pump => break pumped,
+                    done = &mut guest, if end.is_none() => end = Some(done),
+                }
+            };
+            match pumped {
+                Pumped::Complete | Pumped::VisitorGone => None,
+                Pumped::TooLarge => Some(Failure::ResponseTooLarge {
+                    limit: self.limits.max_response_body,
+                }),
+                Pumped::Broken => {
+                    // The guest's end says why its body broke off.
+                    let end = match end {
+                        Some(end) => Some(end),
+                        None => tokio::time::timeout(GUEST_RETURN_GRACE, guest).await.ok(),
+                    };
+                    Some(match end {
+                        Some(end) => classify(end, &self.limits),
+                        None => Failure::Trap("the response body broke off".into()),
+                    })
+                }
+            }
+            // Dropping the guest here (visitor gone, limit) stops it.
+        };
+        let cut = tokio::time::timeout_at(self.deadline.into(), drive)
+            .await
+            .unwrap_or(Some(Failure::Timeout {
+                timeout_ms: self.limits.timeout.as_millis() as u64,
+            }));
+        if let Some(failure) = cut {
+            tracing::warn!(app = %self.app, kind = failure.kind(), "streamed response cut: {failure}");
+            let _ = sender.send(Err(BodyCut(failure))).await;
+        }
+        drop(self.permit);
     }
 }
 
@@ -444,7 +616,7 @@ fn header_value(text: &str) -> http::HeaderValue {
 
 /// The error response for `failure`: its status and a one-line plain-text reason.
 pub fn failure_response(failure: &Failure) -> HostResponse {
-    let mut response = http::Response::new(Full::new(Bytes::from(format!("{failure}\n"))));
+    let mut response = http::Response::new(HostBody::full(format!("{failure}\n")));
     *response.status_mut() = http::StatusCode::from_u16(failure.status())
         .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     let headers = response.headers_mut();

@@ -62,6 +62,14 @@ pub enum LoadError {
         /// What is wrong.
         reason: String,
     },
+    /// The compiled-component cache could not be written.
+    #[error("cannot write the compiled-component cache {path}: {source}")]
+    Cache {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
     /// The app's key-value namespace could not be opened.
     #[error("cannot open the state of app {app}: {source}")]
     State {

@@ -86,14 +86,17 @@ where
             // State transfer between devices, for the peers the app allows.
             if request.uri().path().starts_with(crate::peers::PREFIX) {
                 return Ok::<_, std::convert::Infallible>(
-                    crate::peers::serve(&apps, &peer, &request).await,
+                    crate::peers::serve(&apps, &peer, &request)
+                        .await
+                        .map(|b| b.map_err(|never| match never {}).boxed()),
                 );
             }
             if serves == Serves::StateOnly {
                 return Ok(crate::peers::refuse(
                     404,
                     "a spliced peer may only ask for app state\n",
-                ));
+                )
+                .map(|b| b.map_err(|never| match never {}).boxed()));
             }
             Ok(apps.handle(request).await.map(BodyExt::boxed))
         }

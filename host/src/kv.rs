@@ -5,8 +5,8 @@
 //! stored as `bucket NUL key`. Numbers written by `increment` are decimal text, as in every other
 //! `wasi:keyvalue` host, so `get` reads them back the same everywhere.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use wasmtime::component::{HasData, Resource, ResourceTable};
 
@@ -37,11 +37,21 @@ const PAGE: usize = 1000;
 
 /// One app's key-value state, its change log and its replication state (see
 /// [`crate::replica`]).
+///
+/// The two sled trees are created on first use: an app that never touches its state (a static
+/// site) costs the database nothing, however many such apps a host holds.
 #[derive(Debug, Clone)]
 pub struct Namespace {
-    pub(crate) tree: sled::Tree,
-    pub(crate) log: sled::Tree,
+    trees: Arc<Trees>,
     pub(crate) repl: Arc<Replication>,
+}
+
+#[derive(Debug)]
+struct Trees {
+    db: sled::Db,
+    app: String,
+    /// The state (`kv/<app>`) and the change log (`log/<app>`), once opened.
+    open: OnceLock<(sled::Tree, sled::Tree)>,
 }
 
 impl Namespace {
@@ -59,25 +69,69 @@ impl Namespace {
             .and_then(|(key, _)| key.as_ref().try_into().ok().map(u64::from_be_bytes))
             .unwrap_or(0);
         Ok(Namespace {
-            tree,
-            log,
+            trees: Arc::new(Trees {
+                db: db.clone(),
+                app: app.to_string(),
+                open: OnceLock::from((tree, log)),
+            }),
             repl: Arc::new(Replication::new(head)),
         })
     }
 
+    /// The namespace of `app`, whose trees do not exist yet: they are created on first use.
+    pub(crate) fn lazy(db: &sled::Db, app: &str) -> Namespace {
+        Namespace {
+            trees: Arc::new(Trees {
+                db: db.clone(),
+                app: app.to_string(),
+                open: OnceLock::new(),
+            }),
+            repl: Arc::new(Replication::new(0)),
+        }
+    }
+
+    fn trees(&self) -> Result<&(sled::Tree, sled::Tree), sled::Error> {
+        if let Some(trees) = self.trees.open.get() {
+            return Ok(trees);
+        }
+        // Two callers may both open: sled hands both the same trees.
+        let app = &self.trees.app;
+        let tree = self.trees.db.open_tree(format!("kv/{app}"))?;
+        let log = self.trees.db.open_tree(format!("log/{app}"))?;
+        Ok(self.trees.open.get_or_init(|| (tree, log)))
+    }
+
+    /// The app's state tree (created on first use).
+    pub(crate) fn tree(&self) -> Result<&sled::Tree, sled::Error> {
+        Ok(&self.trees()?.0)
+    }
+
+    /// The app's change log (created on first use).
+    pub(crate) fn log(&self) -> Result<&sled::Tree, sled::Error> {
+        Ok(&self.trees()?.1)
+    }
+
     /// The value under `key` in `bucket`, read from the host side (for tests and tools).
     pub fn get(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, sled::Error> {
-        Ok(self.tree.get(stored_key(bucket, key))?.map(|v| v.to_vec()))
+        match self.trees.open.get() {
+            Some((tree, _)) => Ok(tree.get(stored_key(bucket, key))?.map(|v| v.to_vec())),
+            None => Ok(None),
+        }
     }
 
     /// Number of keys across all buckets.
     pub fn len(&self) -> usize {
-        self.tree.len()
+        self.trees.open.get().map_or(0, |(tree, _)| tree.len())
     }
 
     /// Whether the namespace holds no key.
     pub fn is_empty(&self) -> bool {
-        self.tree.is_empty()
+        self.len() == 0
+    }
+
+    /// Whether the app's trees exist yet (something used its state).
+    pub fn is_open(&self) -> bool {
+        self.trees.open.get().is_some()
     }
 }
 
@@ -201,8 +255,8 @@ impl store::HostBucket for KvView<'_> {
         };
         Ok(self
             .namespace
-            .tree
-            .get(full)
+            .tree()
+            .and_then(|tree| tree.get(full))
             .map(|v| v.map(|v| v.to_vec()))
             .map_err(other))
     }
@@ -223,7 +277,11 @@ impl store::HostBucket for KvView<'_> {
 
     fn exists(&mut self, bucket: Resource<BucketHandle>, key: String) -> KvResult<bool> {
         Ok(match self.key(&bucket, &key)? {
-            Ok(full) => self.namespace.tree.contains_key(full).map_err(other),
+            Ok(full) => self
+                .namespace
+                .tree()
+                .and_then(|tree| tree.contains_key(full))
+                .map_err(other),
             Err(err) => Err(err),
         })
     }
@@ -237,7 +295,11 @@ impl store::HostBucket for KvView<'_> {
         let skip = usize::try_from(cursor.unwrap_or(0)).unwrap_or(usize::MAX);
         let mut keys = Vec::new();
         let mut more = false;
-        for entry in self.namespace.tree.scan_prefix(&prefix).keys().skip(skip) {
+        let tree = match self.namespace.tree() {
+            Ok(tree) => tree,
+            Err(err) => return Ok(Err(other(err))),
+        };
+        for entry in tree.scan_prefix(&prefix).keys().skip(skip) {
             let key = match entry {
                 Ok(key) => key,
                 Err(err) => return Ok(Err(other(err))),
@@ -303,7 +365,7 @@ impl batch::Host for KvView<'_> {
                 Ok(full) => full,
                 Err(err) => return Ok(Err(err)),
             };
-            match self.namespace.tree.get(full) {
+            match self.namespace.tree().and_then(|tree| tree.get(full)) {
                 Ok(value) => out.push(value.map(|v| (key, v.to_vec()))),
                 Err(err) => return Ok(Err(other(err))),
             }

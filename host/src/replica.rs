@@ -203,7 +203,8 @@ impl Namespace {
         if mode != Mode::Primary {
             return Err(WriteRefused(mode).into());
         }
-        let (changes, value) = compute(&self.tree).map_err(WriteError::Store)?;
+        let tree = self.tree().map_err(|e| WriteError::Store(e.to_string()))?;
+        let (changes, value) = compute(tree).map_err(WriteError::Store)?;
         let seq = self.head() + 1;
         self.commit(seq, &changes)?;
         Ok((value, seq))
@@ -212,7 +213,9 @@ impl Namespace {
     /// Apply and log `changes` as entry `seq` (the caller holds the write lock).
     fn commit(&self, seq: u64, changes: &[Change]) -> Result<(), WriteError> {
         let logged = encode(&changes);
-        (&self.tree, &self.log)
+        let store = |e: sled::Error| WriteError::Store(e.to_string());
+        let (tree, log) = (self.tree().map_err(store)?, self.log().map_err(store)?);
+        (tree, log)
             .transaction(|(tree, log)| {
                 for change in changes {
                     match change {
@@ -233,8 +236,8 @@ impl Namespace {
             // Trim the log behind the window (best effort; a follower that needs older
             // entries takes a snapshot).
             let floor = seq_key(seq - LOG_KEPT);
-            for key in self.log.range(..floor).keys().flatten() {
-                let _ = self.log.remove(key);
+            for key in log.range(..floor).keys().flatten() {
+                let _ = log.remove(key);
             }
         }
         Ok(())
@@ -267,7 +270,8 @@ impl Namespace {
         }
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        for (expected, item) in (after + 1..).zip(self.log.range(seq_key(after + 1)..)) {
+        let log = self.log().ok()?;
+        for (expected, item) in (after + 1..).zip(log.range(seq_key(after + 1)..)) {
             let (key, value) = item.ok()?;
             let seq = u64::from_be_bytes(key.as_ref().try_into().ok()?);
             if seq != expected {
@@ -372,7 +376,7 @@ impl Namespace {
     ) -> Result<u64, String> {
         let seq = self.head();
         let mut writer = SnapshotWriter::new(app, seq);
-        for item in self.tree.iter() {
+        for item in self.tree().map_err(|e| e.to_string())?.iter() {
             let (key, value) = item.map_err(|e| e.to_string())?;
             writer.record(&key, &value);
             if writer.buffered() >= 64 << 10 {
@@ -398,6 +402,7 @@ impl Namespace {
         // Only a follower or a primary not yet serving restores, so no write races this; the
         // write lock is taken per step, never across an await.
         self.clear()?;
+        let tree = self.tree().map_err(|e| e.to_string())?;
         let mut reader = SnapshotReader::default();
         let mut batch = sled::Batch::default();
         let mut batched = 0usize;
@@ -408,16 +413,14 @@ impl Namespace {
                     batched += record.0.len() + record.1.len();
                     batch.insert(record.0, record.1);
                     if batched >= 4 << 20 {
-                        self.tree
-                            .apply_batch(std::mem::take(&mut batch))
+                        tree.apply_batch(std::mem::take(&mut batch))
                             .map_err(|e| e.to_string())?;
                         batched = 0;
                     }
                 }
             }
             let seq = reader.finished()?;
-            self.tree
-                .apply_batch(std::mem::take(&mut batch))
+            tree.apply_batch(std::mem::take(&mut batch))
                 .map_err(|e| e.to_string())?;
             Ok(seq)
         }
@@ -425,8 +428,8 @@ impl Namespace {
         match outcome {
             Ok(seq) => {
                 // The log restarts at the snapshot's seq: an empty entry marks the head.
-                self.log
-                    .insert(seq_key(seq), encode(&Vec::<Change>::new()))
+                self.log()
+                    .and_then(|log| log.insert(seq_key(seq), encode(&Vec::<Change>::new())))
                     .map_err(|e| e.to_string())?;
                 self.repl.head.send_replace(seq);
                 Ok(seq)
@@ -440,8 +443,12 @@ impl Namespace {
 
     fn clear(&self) -> Result<(), String> {
         let _write = self.repl.write.lock().expect("write lock");
-        self.tree.clear().map_err(|e| e.to_string())?;
-        self.log.clear().map_err(|e| e.to_string())?;
+        self.tree()
+            .and_then(|tree| tree.clear())
+            .map_err(|e| e.to_string())?;
+        self.log()
+            .and_then(|log| log.clear())
+            .map_err(|e| e.to_string())?;
         self.repl.head.send_replace(0);
         Ok(())
     }
@@ -450,7 +457,7 @@ impl Namespace {
     pub fn snapshot_bytes(&self, app: &str) -> Result<(u64, Vec<u8>), String> {
         let seq = self.head();
         let mut writer = SnapshotWriter::new(app, seq);
-        for item in self.tree.iter() {
+        for item in self.tree().map_err(|e| e.to_string())?.iter() {
             let (key, value) = item.map_err(|e| e.to_string())?;
             writer.record(&key, &value);
         }
@@ -652,7 +659,10 @@ mod tests {
         assert_eq!(follower.apply_entries(&entries).unwrap(), 2);
         assert_eq!(follower.apply_entries(&entries).unwrap(), 2);
         assert_eq!(follower.get("", "").unwrap(), None);
-        assert_eq!(follower.tree.get("b").unwrap().unwrap().as_ref(), b"2");
+        assert_eq!(
+            follower.tree().unwrap().get("b").unwrap().unwrap().as_ref(),
+            b"2"
+        );
         let gap = vec![(9, vec![])];
         assert!(follower.apply_entries(&gap).is_err());
     }
@@ -677,9 +687,9 @@ mod tests {
                 .unwrap();
             assert_eq!(restored, 500);
             assert_eq!(copy.head(), 500);
-            assert_eq!(copy.tree.len(), 500);
+            assert_eq!(copy.tree().unwrap().len(), 500);
             assert_eq!(
-                copy.tree.get("key42").unwrap().unwrap().as_ref(),
+                copy.tree().unwrap().get("key42").unwrap().unwrap().as_ref(),
                 "v".repeat(42).as_bytes()
             );
             // The log continues from the snapshot.
@@ -699,7 +709,7 @@ mod tests {
                     .await
                     .is_err()
             );
-            assert_eq!(copy.tree.len(), 0);
+            assert_eq!(copy.tree().unwrap().len(), 0);
             assert_eq!(copy.head(), 0);
         }
     }

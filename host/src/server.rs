@@ -7,7 +7,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
-use http_body_util::Full;
 use tokio::net::TcpListener;
 
 use crate::app::{App, HostResponse};
@@ -161,7 +160,7 @@ impl AppTable {
 }
 
 fn plain(status: u16, reason: &str) -> HostResponse {
-    let mut response = http::Response::new(Full::new(Bytes::from(format!("{reason}\n"))));
+    let mut response = http::Response::new(crate::body::HostBody::full(format!("{reason}\n")));
     *response.status_mut() =
         http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     response.headers_mut().insert(

@@ -15,7 +15,8 @@
 //! | POST | `/v1/attach` | trusted router (signed) | [`AttachInfo`] → [`AttachPoint`]s |
 //! | GET | `/v1/attach` | anyone | → [`AttachPoint`]s |
 //! | GET | `/v1/devices/{id}/ledger` | anyone | → verified [`SignedPeriod`]s |
-//! | GET | `/v1/blobs/{sha256}` | anyone | the component |
+//! | POST | `/v1/bundles` | developer (signed) | a static site's bundle ([`crate::bundle`]) |
+//! | GET | `/v1/blobs/{sha256}` | anyone | the component or bundle |
 //! | GET | `/v1/routes[?after=N]` | routers | → [`Route`]s (long-poll past version N) |
 //!
 //! Errors are `{"error": "..."}` with a 4xx or 5xx status.
@@ -99,6 +100,10 @@ pub struct PublishMeta {
     /// Per-request limits.
     #[serde(default)]
     pub limits: Limits,
+    /// A static site: the sha256 of its bundle (uploaded first to `/v1/bundles`), served by the
+    /// component (Fog's fileserver) from a read-only directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<String>,
 }
 
 /// Most replicas one app may ask for.
@@ -573,6 +578,10 @@ pub struct Assignment {
     /// Replication role and peers.
     #[serde(default)]
     pub replication: Replication,
+    /// A static site's bundle, to fetch from `/v1/blobs/{sha256}`, unpack and give the component
+    /// as its read-only directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<String>,
 }
 
 /// A device as the control plane reports it.

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod bundle;
 pub mod limits;
 
 pub use limits::{Limits, Manifest, Permissions, validate_app_name};

@@ -124,10 +124,25 @@ pub async fn resolve(control: &str, url: &BetanetUrl) -> Result<NameDescriptor, 
 }
 
 /// Fetch `url` (GET), through `mix`'s relays (from the control plane) when not in performance
-/// mode.
-pub async fn fetch(control: &str, url: &str, mix: MixMode) -> Result<Fetched, String> {
+/// mode. Fronts are tried in the descriptor's order; `front` (host:port) picks one of them.
+pub async fn fetch(
+    control: &str,
+    url: &str,
+    mix: MixMode,
+    front: Option<&str>,
+) -> Result<Fetched, String> {
     let url = parse_url(url)?;
-    let descriptor = resolve(control, &url).await?;
+    let mut descriptor = resolve(control, &url).await?;
+    if let Some(wanted) = front {
+        let listed: Vec<String> = descriptor.fronts.iter().map(|f| f.addr.clone()).collect();
+        descriptor.fronts.retain(|f| f.addr == wanted);
+        if descriptor.fronts.is_empty() {
+            return Err(format!(
+                "{} is not a front of {}: its descriptor lists {listed:?}",
+                wanted, url.name
+            ));
+        }
+    }
     let app_key: [u8; 32] = hex::decode(&descriptor.app_key)
         .expect("checked in resolve")
         .try_into()

@@ -72,3 +72,19 @@ async fn two_apps_cannot_see_each_others_keys() {
     );
     assert!(bob.namespace().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_never_uses_its_state_creates_no_trees() {
+    let host = TestHost::start(None).await;
+    host.add(Manifest::new("site"), programs::HELLO);
+    host.add(Manifest::new("counter"), programs::COUNTER);
+    assert_eq!(get(host.addr, "site", "/").await.status, 200);
+    assert_eq!(get(host.addr, "counter", "/").await.status, 200);
+    assert!(!host.runtime.namespace("site").unwrap().is_open());
+    let counter = host.runtime.namespace("counter").unwrap();
+    assert!(counter.is_open());
+    assert_eq!(
+        counter.get("", "visits").unwrap().as_deref(),
+        Some(&b"1"[..])
+    );
+}

@@ -9,6 +9,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("HELLO", "hello"),
     ("COUNTER", "counter"),
     ("API", "api"),
+    ("FILESERVER", "fileserver"),
     ("INFINITE_LOOP", "hostile_infinite_loop"),
     ("MEMORY_BOMB", "hostile_memory_bomb"),
     ("STACK_OVERFLOW", "hostile_stack_overflow"),
@@ -97,6 +98,53 @@ fn main() {
     }
     code.push_str("];\n");
     write_if_changed(&out_dir.join("guests.rs"), &code);
+
+    // What the `fog` binary ships: the demo apps, the fileserver and the demo site, embedded.
+    let mut shipped = String::new();
+    for (constant, artifact) in SHIPPED {
+        let path = release.join(format!("{artifact}.wasm"));
+        shipped.push_str(&format!(
+            "/// The `{artifact}` component.\npub static {constant}: &[u8] = include_bytes!({:?});\n",
+            path.display().to_string()
+        ));
+    }
+    let site = guests.join("site");
+    let mut files = Vec::new();
+    list_files(&site, &site, &mut files);
+    files.sort();
+    shipped.push_str("/// The demo site's files as (path, bytes).\npub static DEMO_SITE: &[(&str, &[u8])] = &[\n");
+    for (rel, path) in files {
+        shipped.push_str(&format!(
+            "    ({rel:?}, include_bytes!({:?})),\n",
+            path.display().to_string()
+        ));
+    }
+    shipped.push_str("];\n");
+    write_if_changed(&out_dir.join("shipped.rs"), &shipped);
+}
+
+/// The components `fog` embeds (constant name, artifact name).
+const SHIPPED: &[(&str, &str)] = &[
+    ("HELLO", "hello"),
+    ("COUNTER", "counter"),
+    ("API", "api"),
+    ("FILESERVER", "fileserver"),
+];
+
+fn list_files(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            list_files(root, &path, out);
+        } else {
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .replace('\\', "/");
+            out.push((rel, path));
+        }
+    }
 }
 
 fn write_if_changed(path: &Path, code: &str) {

@@ -3,17 +3,31 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use fog_control::store::StoreLocation;
+
 use crate::services::{self, Stop};
 
-/// Run the control plane: the registry (sled), the HTTP API and the placement loop.
+/// Run the control plane: the registry (sled, or etcd shared by several control planes), the HTTP
+/// API and the placement loop.
 #[derive(Debug, clap::Args)]
 pub struct ControlCmd {
     /// Address of the API.
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
-    /// Directory of the registry.
+    /// Directory of the registry (with --store etcd://: of the components and snapshots, which
+    /// stay out of etcd).
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
+    /// Where the registry lives: sled (embedded, in --data) or
+    /// etcd://HOST:PORT[,HOST:PORT...][/PREFIX] (several control planes can share one etcd
+    /// cluster; keys start with PREFIX, default "fog").
+    #[arg(
+        long,
+        default_value = "sled",
+        value_name = "sled|etcd://...",
+        env = "FOG_STORE"
+    )]
+    store: StoreLocation,
     /// A router key (hex, printed by `fog router`) allowed to register a Betanet front;
     /// repeat for several routers.
     #[arg(
@@ -38,6 +52,7 @@ impl ControlCmd {
             let (stop_tx, stop) = Stop::new();
             let (addr, tasks) = services::start_control(
                 self.listen,
+                &self.store,
                 &data,
                 self.trust_router,
                 std::time::Duration::from_secs_f64(self.snapshot_every.max(0.1)),

@@ -22,6 +22,10 @@ pub struct Fetch {
     /// Print the status line and headers before the body.
     #[arg(long, short = 'i')]
     include: bool,
+    /// Visit through this Betanet front (host:port, one the app's descriptor lists) instead of
+    /// the first that answers.
+    #[arg(long, value_name = "ADDR")]
+    front: Option<String>,
     /// For .onion addresses: the Tor network's arti configuration (e.g. `fog testnet`'s
     /// arti.toml); default the public Tor network.
     #[arg(long, value_name = "FILE")]
@@ -126,6 +130,7 @@ impl Fetch {
             &self.control,
             &self.url,
             self.mix,
+            self.front.as_deref(),
         ));
         let fetched = fetched.map_err(anyhow::Error::msg)?;
         let how = format!(

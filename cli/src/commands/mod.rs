@@ -7,6 +7,7 @@ mod host;
 pub mod keygen;
 mod logs;
 mod move_app;
+mod new;
 mod ps;
 mod publish;
 mod relay;
@@ -14,6 +15,7 @@ mod rm;
 mod router;
 pub mod run;
 mod scale;
+mod sim;
 mod testnet;
 mod up;
 
@@ -36,6 +38,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Up(up::Up),
+    New(new::New),
     Run(run::Run),
     Keygen(keygen::Keygen),
     Publish(publish::Publish),
@@ -51,6 +54,7 @@ enum Command {
     Relay(relay::RelayCmd),
     Fetch(fetch::Fetch),
     Testnet(testnet::Testnet),
+    Sim(sim::Sim),
 }
 
 impl Cli {
@@ -58,6 +62,7 @@ impl Cli {
     pub fn execute(self) -> anyhow::Result<()> {
         match self.command {
             Command::Up(cmd) => cmd.execute(),
+            Command::New(cmd) => cmd.execute(),
             Command::Run(cmd) => cmd.execute(),
             Command::Keygen(cmd) => cmd.execute(),
             Command::Publish(cmd) => cmd.execute(),
@@ -73,6 +78,7 @@ impl Cli {
             Command::Relay(cmd) => cmd.execute(),
             Command::Fetch(cmd) => cmd.execute(),
             Command::Testnet(cmd) => cmd.execute(),
+            Command::Sim(cmd) => cmd.execute(),
         }
     }
 }

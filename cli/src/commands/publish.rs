@@ -1,4 +1,6 @@
 //! `fog publish app.wasm`: sign and upload a component, wait until it runs, print its URLs.
+//! `fog publish DIR`: the same for a static site — the directory packed as a bundle, served by
+//! the fileserver component embedded in `fog`.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -13,9 +15,10 @@ use crate::progress::Spinner;
 /// Publish an app: upload the component, have the fog place and run it, print its URLs.
 #[derive(Debug, clap::Args)]
 pub struct Publish {
-    /// The component (built for wasm32-wasip2, exporting wasi:http/incoming-handler).
+    /// The component (built for wasm32-wasip2, exporting wasi:http/incoming-handler), or a
+    /// directory to publish as a static site.
     app: PathBuf,
-    /// The app's name (default: the file's stem).
+    /// The app's name (default: the file's stem, or the directory's name).
     #[arg(long)]
     name: Option<String>,
     /// Service tier: S (3 replicas), A (2), B (1).
@@ -46,14 +49,20 @@ impl Publish {
             let name = self
                 .name
                 .clone()
-                .unwrap_or_else(|| super::run::default_name(&self.app));
+                .unwrap_or_else(|| super::run::default_name(&site_name_source(&self.app)));
             let meta = PublishMeta {
                 name,
                 tier: self.tier,
                 replicas: self.replicas,
                 limits: self.limits.limits(),
+                bundle: None,
             };
-            let info = publish(&api, &self.app, &meta, Duration::from_secs(self.wait)).await?;
+            let wait = Duration::from_secs(self.wait);
+            let info = if self.app.is_dir() {
+                publish_site(&api, &self.app, meta, wait).await?
+            } else {
+                publish(&api, &self.app, &meta, wait).await?
+            };
             if self.json {
                 return print_json(&info);
             }
@@ -72,6 +81,59 @@ pub async fn publish(
 ) -> anyhow::Result<AppInfo> {
     meta.validate().map_err(anyhow::Error::msg)?;
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    publish_bytes(api, bytes, meta, wait).await
+}
+
+/// Deadline of one request to a static site unless `--timeout` says otherwise: long enough to
+/// send a large file to a slow visitor.
+const SITE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Pack `dir`, upload it as a bundle, then publish Fog's fileserver serving it as `meta`.
+/// Nothing is uploaded when the directory is unusable (empty, too large, not a directory).
+pub async fn publish_site(
+    api: &Api,
+    dir: &std::path::Path,
+    mut meta: PublishMeta,
+    wait: Duration,
+) -> anyhow::Result<AppInfo> {
+    meta.validate().map_err(anyhow::Error::msg)?;
+    let packed = crate::site::pack(dir)?;
+    let spinner = Spinner::start(format!(
+        "uploading site {} ({} files, {} KiB)",
+        meta.name,
+        packed.files,
+        packed.bytes.len().div_ceil(1024)
+    ));
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        sha256: String,
+    }
+    let stored: Stored = api
+        .signed(reqwest::Method::POST, "/v1/bundles", packed.bytes, "")
+        .await
+        .with_context(|| format!("uploading the site {}", dir.display()))?;
+    spinner.finish();
+    if meta.limits.timeout == fog_proto::Limits::default().timeout {
+        meta.limits.timeout = SITE_TIMEOUT;
+    }
+    meta.limits.max_response_body = fog_proto::bundle::MAX_BUNDLE_BYTES;
+    meta.bundle = Some(stored.sha256);
+    publish_bytes(
+        api,
+        fog_test_programs::shipped::FILESERVER.to_vec(),
+        &meta,
+        wait,
+    )
+    .await
+}
+
+/// Upload the component `bytes` as `meta` and wait up to `wait` for its replicas to run.
+pub async fn publish_bytes(
+    api: &Api,
+    bytes: Vec<u8>,
+    meta: &PublishMeta,
+    wait: Duration,
+) -> anyhow::Result<AppInfo> {
     let spinner = Spinner::start(format!(
         "uploading {} ({} KiB)",
         meta.name,
@@ -95,6 +157,21 @@ pub async fn publish(
     }
     spinner.finish();
     Ok(info)
+}
+
+/// What a default name comes from: the file, or for a directory its own name (`.` resolved).
+fn site_name_source(path: &std::path::Path) -> PathBuf {
+    if path.is_dir() {
+        let dir = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        // `mysite/public` is better named `mysite` than `public`.
+        let named = match dir.file_name().and_then(|n| n.to_str()) {
+            Some("public" | "dist" | "build" | "site" | "www") => dir.parent().unwrap_or(&dir),
+            _ => &dir,
+        };
+        PathBuf::from(named.file_name().unwrap_or_default())
+    } else {
+        path.to_path_buf()
+    }
 }
 
 /// Print what a developer wants to know about a published app.

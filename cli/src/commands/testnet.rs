@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use crate::testnet;
 
-/// Start a private loopback Tor network (3 authorities, relays, a client with a SOCKS port)
-/// and write the arti configuration for it; runs until Ctrl-C, then stops every tor process.
+/// Start a private Tor network (3 authorities, relays, a client with a SOCKS port) on one
+/// address, loopback by default, and write the arti configuration for it; runs until Ctrl-C,
+/// then stops every tor process.
 #[derive(Debug, clap::Args)]
 pub struct Testnet {
     /// Directory for the network's keys, configuration and logs (made fresh).
@@ -16,6 +17,10 @@ pub struct Testnet {
     /// Relays (at least 5; onion services' vanguards want 6 or more).
     #[arg(long, default_value_t = 6)]
     relays: usize,
+    /// The IPv4 address every tor node listens on (OR, directory and SOCKS ports). Another
+    /// address than loopback lets other machines (or network namespaces) join the network.
+    #[arg(long, value_name = "IP", default_value_t = std::net::Ipv4Addr::LOCALHOST)]
+    addr: std::net::Ipv4Addr,
     /// Also run a C tor onion service on the client, port 80 forwarded to ADDR (for
     /// comparisons); its address is printed.
     #[arg(long, value_name = "ADDR")]
@@ -28,7 +33,7 @@ impl Testnet {
             .dir
             .unwrap_or_else(|| fog_host::agent::default_data_dir().join("testnet"));
         let _ = std::fs::remove_dir_all(&dir);
-        let layout = testnet::create(&dir, self.relays)?;
+        let layout = testnet::create(&dir, self.relays, self.addr)?;
         let extra = match self.c_onion_service {
             Some(target) => format!(
                 "HiddenServiceDir {}\nHiddenServicePort 80 {target}\n",

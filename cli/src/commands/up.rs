@@ -1,5 +1,6 @@
 //! `fog up`: the embedded default — control plane, router and N hosts in one process over one
-//! data directory; `--demo` also publishes the example apps and prints their URLs.
+//! data directory; `--demo` also publishes the example apps (embedded in `fog`) and a static site,
+//! and prints their URLs.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,7 +28,7 @@ pub struct Up {
     /// Address of the router.
     #[arg(long, default_value = "127.0.0.1:7080")]
     router_listen: SocketAddr,
-    /// Publish the example apps (hello, counter, api) found in this directory.
+    /// Publish the example apps (hello, counter, api, embedded in `fog`) and a static site.
     #[arg(long)]
     demo: bool,
     #[command(flatten)]
@@ -43,13 +44,61 @@ pub struct Up {
     /// out to the router.
     #[arg(long)]
     hosts_listen: bool,
-    /// Directory holding hello.wasm, counter.wasm and api.wasm for --demo.
+    /// Directory holding hello.wasm, counter.wasm and api.wasm for --demo, instead of the
+    /// copies embedded in `fog`.
     #[arg(long, value_name = "DIR", env = "FOG_EXAMPLES")]
     examples: Option<PathBuf>,
 }
 
+/// Most hosts `fog up` runs in one process.
+const MAX_HOSTS: u32 = 64;
+/// Most relays `fog up` runs in one process.
+const MAX_RELAYS: u32 = 16;
+/// The demo's apps and tiers.
+const DEMO_APPS: [(&str, Tier); 3] = [("hello", Tier::B), ("counter", Tier::A), ("api", Tier::B)];
+
+impl Up {
+    /// Check the flags before anything starts, so a bad one never leaves half a fog running.
+    fn check(&self) -> anyhow::Result<()> {
+        if !(1..=MAX_HOSTS).contains(&self.hosts) {
+            anyhow::bail!(
+                "--hosts must be between 1 and {MAX_HOSTS}, got {}",
+                self.hosts
+            );
+        }
+        if self.relays > MAX_RELAYS {
+            anyhow::bail!("--relays must be at most {MAX_RELAYS}, got {}", self.relays);
+        }
+        if self.control_listen == self.router_listen && self.control_listen.port() != 0 {
+            anyhow::bail!(
+                "--control-listen and --router-listen are both {}",
+                self.control_listen
+            );
+        }
+        if let Some(dir) = &self.examples {
+            if !self.demo {
+                anyhow::bail!("--examples is only used with --demo");
+            }
+            for (name, _) in DEMO_APPS {
+                let path = dir.join(format!("{name}.wasm"));
+                if !path.is_file() {
+                    anyhow::bail!("--examples {}: no {name}.wasm there", dir.display());
+                }
+            }
+        }
+        if let Some(data) = &self.data
+            && data.exists()
+            && !data.is_dir()
+        {
+            anyhow::bail!("--data {} is not a directory", data.display());
+        }
+        Ok(())
+    }
+}
+
 impl Up {
     pub fn execute(self) -> anyhow::Result<()> {
+        self.check()?;
         let data = self
             .data
             .clone()
@@ -58,7 +107,7 @@ impl Up {
             let (stop_tx, stop) = Stop::new();
             let router_identity = services::router_identity(&data.join("router"))?;
             let trusted = vec![router_identity.public_hex()];
-            let (control, mut tasks) = services::start_control(self.control_listen, &data.join("control"), trusted, std::time::Duration::from_secs(5), stop.clone()).await?;
+            let (control, mut tasks) = services::start_control(self.control_listen, &fog_control::store::StoreLocation::Sled, &data.join("control"), trusted, std::time::Duration::from_secs(5), stop.clone()).await?;
             let control_url = format!("http://{control}");
             for n in 1..=self.relays {
                 let dir = data.join("relays").join(n.to_string());
@@ -72,7 +121,7 @@ impl Up {
                 let _ = std::fs::remove_dir_all(&dir);
                 // Started from this (the main) thread: tor processes end with the thread that
                 // started them.
-                let layout = crate::testnet::create(&dir, 6)?;
+                let layout = crate::testnet::create(&dir, 6, std::net::Ipv4Addr::LOCALHOST)?;
                 let net = layout.start("")?;
                 println!("fog: private Tor network starting in {} (about a minute)", dir.display());
                 let testnet = tokio::task::spawn_blocking(move || -> anyhow::Result<crate::testnet::Testnet> {
@@ -96,6 +145,7 @@ impl Up {
                 mem_mb: 1024.0,
                 disk_mb: 4096.0,
                 pool: 128,
+                code_budget_mb: (fog_host::DEFAULT_CODE_BUDGET >> 20) as u64,
                 // The embedded demo runs on a developer's machine: no harvest policy.
                 always_on: true,
                 harvest: None,
@@ -114,8 +164,7 @@ impl Up {
                 println!("fog: Betanet front on {front} (fog fetch <betanet address>)");
             }
             if self.demo {
-                let examples = self.examples.clone().context("--demo needs --examples DIR (or FOG_EXAMPLES)")?;
-                demo(&control_url, &format!("http://{router}"), &data, &examples).await?;
+                demo(&control_url, &format!("http://{router}"), &data, self.examples.as_deref()).await?;
             }
             println!("fog: up (Ctrl-C to stop)");
             services::run_until_signal(stop_tx, tasks).await;
@@ -130,7 +179,7 @@ async fn demo(
     control: &str,
     router: &str,
     data: &std::path::Path,
-    examples: &std::path::Path,
+    examples: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let key = data.join("demo.key");
     if !key.exists() {
@@ -140,16 +189,48 @@ async fn demo(
         control: control.to_string(),
         key: Some(key),
     })?;
-    for (name, tier) in [("hello", Tier::B), ("counter", Tier::A), ("api", Tier::B)] {
-        let path = examples.join(format!("{name}.wasm"));
+    use fog_test_programs::shipped;
+    for (name, tier) in DEMO_APPS {
         let meta = PublishMeta {
             name: name.to_string(),
             tier,
             replicas: None,
             limits: Limits::default(),
+            bundle: None,
         };
-        let info = super::publish::publish(&api, &path, &meta, Duration::from_secs(60)).await?;
+        let wait = Duration::from_secs(60);
+        let info = match examples {
+            Some(dir) => {
+                let path = dir.join(format!("{name}.wasm"));
+                super::publish::publish(&api, &path, &meta, wait).await?
+            }
+            None => {
+                let bytes = match name {
+                    "hello" => shipped::HELLO,
+                    "counter" => shipped::COUNTER,
+                    _ => shipped::API,
+                };
+                super::publish::publish_bytes(&api, bytes.to_vec(), &meta, wait).await?
+            }
+        };
         super::publish::print_app(&info, router);
     }
+    // A static site too: the demo docs, written out from the copy embedded in `fog`.
+    let site = data.join("demo-site");
+    let _ = std::fs::remove_dir_all(&site);
+    for (path, bytes) in shipped::DEMO_SITE {
+        let path = site.join(path);
+        std::fs::create_dir_all(path.parent().expect("a file in a directory"))?;
+        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let meta = PublishMeta {
+        name: "docs".to_string(),
+        tier: Tier::B,
+        replicas: None,
+        limits: Limits::default(),
+        bundle: None,
+    };
+    let info = super::publish::publish_site(&api, &site, meta, Duration::from_secs(60)).await?;
+    super::publish::print_app(&info, router);
     Ok(())
 }

@@ -2,9 +2,14 @@
 
 mod betanet;
 mod dialout;
+mod etcd;
+mod flood;
 mod fog;
 mod harvest;
+mod lab;
 mod onion;
 pub mod publish;
 mod run;
-mod state;
+mod sites;
+pub mod state;
+mod up;

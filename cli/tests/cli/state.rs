@@ -12,7 +12,7 @@ use fog_test_programs as programs;
 use crate::publish::Fog;
 
 /// About `rate` increments per second through the router until stopped.
-struct Increments {
+pub(crate) struct Increments {
     stop: Arc<AtomicBool>,
     acked: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
@@ -22,7 +22,7 @@ struct Increments {
 }
 
 impl Increments {
-    fn start(router: std::net::SocketAddr, rate: u64) -> Increments {
+    pub(crate) fn start(router: std::net::SocketAddr, rate: u64) -> Increments {
         let workers = 8u64;
         let interval = Duration::from_secs_f64(workers as f64 / rate as f64);
         let stop = Arc::new(AtomicBool::new(false));
@@ -78,7 +78,7 @@ impl Increments {
     }
 
     /// Stop: (acknowledged, failed, the first few errors, requests per second).
-    async fn finish(self) -> (u64, u64, Vec<String>, f64) {
+    pub(crate) async fn finish(self) -> (u64, u64, Vec<String>, f64) {
         self.stop.store(true, Ordering::Relaxed);
         for task in self.tasks {
             task.await.unwrap();

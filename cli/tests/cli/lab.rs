@@ -1,0 +1,813 @@
+//! Fog on a network with real NAT (the `fog-lab` network lab): the control plane and routers on
+//! an "internet", hosts on devices behind their own NATs that nothing can connect into, visitors
+//! and the developer on the internet too. Every process is the real `fog` binary.
+//!
+//! These tests need root (network namespaces, nftables); without it they fail with the lab's
+//! reason.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use fog_lab::{Lab, LabProcess};
+use fog_proto::api::{AppInfo, DeviceInfo};
+use fog_proto::auth::Identity;
+use fog_test_programs as programs;
+
+use crate::fog::FOG;
+use crate::state::Increments;
+
+const CONTROL_PORT: u16 = 7070;
+const HTTP_PORT: u16 = 7080;
+const BETANET_PORT: u16 = 7443;
+const ATTACH_PORT: u16 = 7444;
+const HOST_PORT: u16 = 7090;
+
+/// A fog in a lab: `control`, routers `router1..`, a `visitor` node on the internet (also the
+/// developer), NATed hosts `dev1..` and public hosts `pub1..`.
+struct LabFog {
+    lab: Lab,
+    /// Data directories of every process; removed with the fog.
+    _dir: tempfile::TempDir,
+    key: String,
+    control: LabProcess,
+    routers: Vec<(String, Option<LabProcess>)>,
+    hosts: Vec<(String, Option<LabProcess>)>,
+    /// A runtime whose threads live in the visitor's namespace: sockets its tasks open are the
+    /// visitor's.
+    visitor: tokio::runtime::Runtime,
+}
+
+impl LabFog {
+    fn start(routers: usize, nated: usize, public: usize) -> LabFog {
+        Self::start_with(routers, nated, public, &[], |_, _| Vec::new())
+    }
+
+    /// Like [`LabFog::start`], with more public nodes (`extra`, which run no fog) and `prepare`,
+    /// run once the lab exists and before any router starts: it may start processes in the
+    /// extra nodes and returns more arguments for every router.
+    fn start_with(
+        routers: usize,
+        nated: usize,
+        public: usize,
+        extra: &[&str],
+        prepare: impl FnOnce(&Lab, &Path) -> Vec<String>,
+    ) -> LabFog {
+        let mut builder = Lab::builder().public("control").public("visitor");
+        let router_names: Vec<String> = (1..=routers).map(|i| format!("router{i}")).collect();
+        let nated_names: Vec<String> = (1..=nated).map(|i| format!("dev{i}")).collect();
+        let public_names: Vec<String> = (1..=public).map(|i| format!("pub{i}")).collect();
+        for name in router_names.iter().chain(&public_names) {
+            builder = builder.public(name);
+        }
+        for name in &nated_names {
+            builder = builder.nated(name);
+        }
+        for name in extra {
+            builder = builder.public(name);
+        }
+        let lab = builder
+            .build()
+            .unwrap_or_else(|e| panic!("the network lab cannot be built here: {e}"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = |p: &str| dir.path().join(p).to_str().unwrap().to_string();
+        let router_args = prepare(&lab, dir.path());
+
+        // Routers' keys exist before the control plane starts, so it can trust them.
+        let mut trust = Vec::new();
+        for name in &router_names {
+            let key = path(&format!("{name}/device.key"));
+            let out = run_fog(&lab, "visitor", &["keygen", "--key", &key]);
+            assert!(out.status.success(), "{}", stderr(&out));
+            let public = Identity::from_text(&std::fs::read_to_string(&key).unwrap())
+                .unwrap()
+                .public_hex();
+            trust.extend(["--trust-router".to_string(), public]);
+        }
+        let control_addr = lab.addr("control").unwrap();
+        let control_url = format!("http://{control_addr}:{CONTROL_PORT}");
+        let mut args = vec![
+            "control".to_string(),
+            "--listen".into(),
+            format!("{control_addr}:{CONTROL_PORT}"),
+            "--data".into(),
+            path("control"),
+        ];
+        args.extend(trust);
+        let control = spawn_fog(&lab, "control", &args);
+        wait_listening(&lab, control_addr, CONTROL_PORT, &control);
+
+        let routers = router_names
+            .iter()
+            .map(|name| {
+                let process = start_router(&lab, dir.path(), name, &control_url, &router_args);
+                (name.clone(), Some(process))
+            })
+            .collect();
+        let mut hosts = Vec::new();
+        for name in nated_names.iter().chain(&public_names) {
+            let mut args = vec![
+                "host".to_string(),
+                "--control".into(),
+                control_url.clone(),
+                "--data".into(),
+                path(name),
+                "--cpu".into(),
+                "1".into(),
+                "--always-on".into(),
+            ];
+            if name.starts_with("pub") {
+                let addr = lab.addr(name).unwrap();
+                args.extend(["--listen".to_string(), format!("{addr}:{HOST_PORT}")]);
+            }
+            hosts.push((name.clone(), Some(spawn_fog(&lab, name, &args))));
+        }
+        let key = path("developer.key");
+        let out = run_fog(&lab, "visitor", &["keygen", "--key", &key]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let visitor = lab
+            .in_ns("visitor", || {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("a runtime in the visitor's namespace")
+            })
+            .unwrap();
+        let fog = LabFog {
+            lab,
+            _dir: dir,
+            key,
+            control,
+            routers,
+            hosts,
+            visitor,
+        };
+        let expected = fog.hosts.len();
+        fog.wait_devices(
+            Duration::from_secs(60),
+            "every host registered and alive",
+            |d| d.len() == expected && d.iter().all(|d| d.alive),
+        );
+        fog
+    }
+
+    fn control_url(&self) -> String {
+        format!(
+            "http://{}:{CONTROL_PORT}",
+            self.lab.addr("control").unwrap()
+        )
+    }
+
+    /// `fog ARGS --control URL --key KEY`, run as the developer on the visitor node.
+    fn fog(&self, args: &[&str]) -> Output {
+        let control = self.control_url();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend_from_slice(&["--control", &control, "--key", &self.key]);
+        run_fog(&self.lab, "visitor", &all)
+    }
+
+    fn publish(&self, component: &str, name: &str, tier: &str) -> AppInfo {
+        let out = self.fog(&[
+            "publish", component, "--name", name, "--tier", tier, "--json",
+        ]);
+        assert!(out.status.success(), "publish {name}: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn apps(&self) -> Vec<AppInfo> {
+        let out = self.fog(&["ps", "--json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn app(&self, name: &str) -> AppInfo {
+        self.apps()
+            .into_iter()
+            .find(|a| a.name == name)
+            .unwrap_or_else(|| panic!("{name} is not listed"))
+    }
+
+    fn devices(&self) -> Vec<DeviceInfo> {
+        let out = self.fog(&["devices", "--json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn wait_devices(
+        &self,
+        limit: Duration,
+        what: &str,
+        done: impl Fn(&[DeviceInfo]) -> bool,
+    ) -> Vec<DeviceInfo> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let devices = self.devices();
+            if done(&devices) {
+                return devices;
+            }
+            if Instant::now() >= deadline {
+                panic!("{what}: {devices:#?}\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn wait_app(
+        &self,
+        name: &str,
+        limit: Duration,
+        what: &str,
+        done: impl Fn(&AppInfo) -> bool,
+    ) -> AppInfo {
+        let deadline = Instant::now() + limit;
+        loop {
+            let app = self.app(name);
+            if done(&app) {
+                return app;
+            }
+            if Instant::now() >= deadline {
+                panic!("{what}: {app:#?}\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The node whose host runs device `id`.
+    fn node_of(&self, id: &str) -> String {
+        self.hosts
+            .iter()
+            .find(|(_, p)| {
+                p.as_ref().is_some_and(|p| {
+                    p.log().lines().next().is_some_and(|first| {
+                        // "fog: host … device ID …" names the process's own device.
+                        let words: Vec<&str> = first.split_whitespace().collect();
+                        words
+                            .windows(2)
+                            .any(|w| w[0] == "device" && w[1].trim_end_matches(',') == id)
+                    })
+                })
+            })
+            .map(|(name, _)| name.clone())
+            .unwrap_or_else(|| panic!("no host of ours is device {id}"))
+    }
+
+    fn router_http(&self, router: &str) -> SocketAddr {
+        SocketAddr::new(self.lab.addr(router).unwrap().into(), HTTP_PORT)
+    }
+
+    /// A request from the visitor's node.
+    fn request(
+        &self,
+        to: SocketAddr,
+        method: &str,
+        target: &str,
+    ) -> Result<fog_tests::Reply, String> {
+        let (method, target) = (method.to_string(), target.to_string());
+        let task = self
+            .visitor
+            .spawn(async move { fog_tests::request(to, &method, &target, &[], "").await });
+        self.visitor.block_on(task).expect("request task")
+    }
+
+    /// Requests until one answers 200 with a body containing `expect`, or fail after `limit`.
+    fn wait_answer(
+        &self,
+        to: SocketAddr,
+        target: &str,
+        expect: &str,
+        limit: Duration,
+    ) -> fog_tests::Reply {
+        let deadline = Instant::now() + limit;
+        loop {
+            let reply = self.request(to, "GET", target);
+            match reply {
+                Ok(reply) if reply.status == 200 && reply.text().contains(expect) => return reply,
+                other => {
+                    if Instant::now() >= deadline {
+                        panic!("GET {target} through {to}: {other:?}\n{}", self.logs());
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn count(&self, router: &str) -> u64 {
+        let reply = self
+            .request(self.router_http(router), "GET", "/apps/counter/api/count")
+            .unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let value: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        value["visits"].as_u64().unwrap_or(0)
+    }
+
+    fn start_increments(&self, router: &str, rate: u64) -> Increments {
+        let addr = self.router_http(router);
+        let task = self
+            .visitor
+            .spawn(async move { Increments::start(addr, rate) });
+        self.visitor.block_on(task).unwrap()
+    }
+
+    fn finish(&self, load: Increments) -> (u64, u64, Vec<String>, f64) {
+        let task = self.visitor.spawn(load.finish());
+        self.visitor.block_on(task).unwrap()
+    }
+
+    fn kill_host(&mut self, node: &str) {
+        let slot = self.hosts.iter_mut().find(|(n, _)| n == node).unwrap();
+        let process = slot.1.take().expect("host running");
+        process.kill().unwrap();
+    }
+
+    fn kill_router(&mut self, node: &str) {
+        let slot = self.routers.iter_mut().find(|(n, _)| n == node).unwrap();
+        let process = slot.1.take().expect("router running");
+        process.kill().unwrap();
+    }
+
+    /// Every process's log, for a failure message.
+    fn logs(&self) -> String {
+        let mut all = format!("--- control\n{}", tail(&self.control.log()));
+        for (name, process) in self.routers.iter().chain(&self.hosts) {
+            if let Some(process) = process {
+                all.push_str(&format!("\n--- {name}\n{}", tail(&process.log())));
+            }
+        }
+        all
+    }
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn run_fog(lab: &Lab, node: &str, args: &[&str]) -> Output {
+    let mut command = lab.command(node, FOG).unwrap();
+    command.args(args).env("FOG_LOG", "warn");
+    command.output().expect("running fog in the lab")
+}
+
+fn spawn_fog(lab: &Lab, node: &str, args: &[String]) -> LabProcess {
+    let mut command = std::process::Command::new(FOG);
+    command.args(args).env("FOG_LOG", "info,tor_netdir=error");
+    lab.spawn(node, command)
+        .unwrap_or_else(|e| panic!("starting fog {args:?} in {node}: {e}"))
+}
+
+fn start_router(
+    lab: &Lab,
+    dir: &Path,
+    name: &str,
+    control_url: &str,
+    extra: &[String],
+) -> LabProcess {
+    let addr = lab.addr(name).unwrap();
+    let data = dir.join(name).to_str().unwrap().to_string();
+    let mut args: Vec<String> = vec![
+        "router".into(),
+        "--listen".into(),
+        format!("{addr}:{HTTP_PORT}"),
+        "--control".into(),
+        control_url.into(),
+        "--data".into(),
+        data,
+        "--betanet".into(),
+        format!("{addr}:{BETANET_PORT}"),
+        "--attach".into(),
+        format!("{addr}:{ATTACH_PORT}"),
+    ];
+    args.extend_from_slice(extra);
+    let process = spawn_fog(lab, name, &args);
+    wait_listening(lab, addr, HTTP_PORT, &process);
+    process
+}
+
+fn wait_listening(lab: &Lab, addr: Ipv4Addr, port: u16, process: &LabProcess) {
+    let to = SocketAddr::new(addr.into(), port);
+    if let Err(err) = lab.wait_for_tcp("visitor", to, Duration::from_secs(60)) {
+        panic!("{to} never listened: {err}\n{}", process.log());
+    }
+}
+
+/// The body of `fog fetch ADDRESS` through the Betanet front at `front`, from the visitor node.
+fn fetch_betanet(fog: &LabFog, address: &str, front: SocketAddr) -> Result<String, String> {
+    let (front, control) = (front.to_string(), fog.control_url());
+    let args = ["fetch", address, "--front", &front, "--control", &control];
+    let out = run_fog(&fog.lab, "visitor", &args);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(stderr(&out))
+    }
+}
+
+#[test]
+fn the_lab_nat_keeps_every_connection_out_of_fog_devices() {
+    let fog = LabFog::start(1, 2, 0);
+    // A device reaches the internet: its host attaches to the router...
+    fog.wait_devices(Duration::from_secs(30), "both hosts attached", |d| {
+        d.iter().all(|d| d.alive && !d.attached.is_empty())
+    });
+    // ...but nothing reaches a device: not the router, not the visitor, not the other device,
+    // although each device has a listener on the port tried.
+    let mut listeners = Vec::new();
+    for device in ["dev1", "dev2"] {
+        listeners.push(
+            fog.lab
+                .tcp_listen(device, 22)
+                .expect("a listener on the device"),
+        );
+    }
+    for (from, to) in [
+        ("router1", "dev1"),
+        ("visitor", "dev2"),
+        ("dev2", "dev1"),
+        ("dev1", "dev2"),
+    ] {
+        let addr = SocketAddr::new(fog.lab.addr(to).unwrap().into(), 22);
+        let attempt = fog.lab.tcp_connect(from, addr, Duration::from_secs(2));
+        assert!(
+            attempt.is_err(),
+            "{from} connected to {to} ({addr}) behind its NAT"
+        );
+    }
+    // Nor does the NAT's own address on the internet forward anything in.
+    let nat = SocketAddr::new(fog.lab.public_addr("dev1").unwrap().into(), 22);
+    assert!(
+        fog.lab
+            .tcp_connect("visitor", nat, Duration::from_secs(2))
+            .is_err(),
+        "the visitor connected to dev1's NAT ({nat})"
+    );
+    // The same listener is reachable from inside its own device: the refusal is the NAT's.
+    let own = SocketAddr::new(fog.lab.addr("dev1").unwrap().into(), 22);
+    fog.lab
+        .tcp_connect("dev1", own, Duration::from_secs(2))
+        .expect("dev1 reaches its own listener");
+}
+
+#[test]
+fn nated_hosts_serve_every_tier_through_both_routers_over_http_and_betanet() {
+    let fog = LabFog::start(2, 4, 1);
+    let hello = fog.publish(programs::HELLO, "hello", "B");
+    fog.publish(programs::COUNTER, "counter", "A");
+    fog.publish(programs::HELLO, "hellos", "S");
+    for (name, replicas) in [("hello", 1), ("counter", 2), ("hellos", 3)] {
+        fog.wait_app(name, Duration::from_secs(60), "replicas running", |a| {
+            a.running.len() == replicas
+        });
+    }
+    for router in ["router1", "router2"] {
+        let addr = fog.router_http(router);
+        fog.wait_answer(addr, "/apps/hello/", "Hello", Duration::from_secs(20));
+        fog.wait_answer(addr, "/apps/hellos/", "Hello", Duration::from_secs(20));
+        fog.wait_answer(
+            addr,
+            "/apps/counter/api/count",
+            "visits",
+            Duration::from_secs(20),
+        );
+        let front = SocketAddr::new(fog.lab.addr(router).unwrap().into(), BETANET_PORT);
+        let bn1 = hello
+            .betanet
+            .iter()
+            .find(|n| n.starts_with("bn1:"))
+            .expect("a bn1 name");
+        let body = fetch_betanet(&fog, &format!("{bn1}/"), front)
+            .unwrap_or_else(|e| panic!("Betanet through {router}: {e}\n{}", fog.logs()));
+        assert!(body.contains("Hello"), "{body}");
+    }
+    // How each device is reached: NATed hosts dial out to both routers; the public one listens.
+    let devices = fog.devices();
+    for device in &devices {
+        let node = fog.node_of(&device.id);
+        if node.starts_with("dev") {
+            assert_eq!(
+                device.attached.len(),
+                2,
+                "{node} attached to both routers: {device:#?}"
+            );
+        } else {
+            assert!(
+                device.addr.is_some(),
+                "{node} is reached directly: {device:#?}"
+            );
+        }
+    }
+    let out = fog.fog(&["devices"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    println!("{table}");
+    assert!(table.contains("dial-out"), "{table}");
+}
+
+#[test]
+fn a_nated_counter_moves_fails_over_and_survives_a_router_loss_without_losing_increments() {
+    let mut fog = LabFog::start(2, 3, 0);
+    let info = fog.publish(programs::COUNTER, "counter", "A");
+    let (primary, follower) = (info.assigned[0].clone(), info.assigned[1].clone());
+    fog.wait_app(
+        "counter",
+        Duration::from_secs(60),
+        "both replicas running",
+        |a| a.running.len() == 2,
+    );
+    fog.wait_answer(
+        fog.router_http("router1"),
+        "/apps/counter/api/count",
+        "visits",
+        Duration::from_secs(20),
+    );
+    let target = fog
+        .devices()
+        .into_iter()
+        .map(|d| d.id)
+        .find(|d| *d != primary && *d != follower)
+        .expect("a third device");
+
+    // A planned move between NATed devices, under load: nothing fails, nothing is lost.
+    let load = fog.start_increments("router1", 200);
+    std::thread::sleep(Duration::from_secs(2));
+    let out = fog.fog(&["move", "counter", "--to", &target]);
+    assert!(
+        out.status.success(),
+        "fog move: {}\n{}",
+        stderr(&out),
+        fog.logs()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let (acked, failed, errors, rate) = fog.finish(load);
+    let total = fog.count("router1");
+    println!("lab move: {acked} acknowledged at {rate:.0}/s, {failed} failed, count {total}");
+    assert_eq!(failed, 0, "failed requests during the move: {errors:?}");
+    assert_eq!(total, acked, "the count equals the acknowledged increments");
+    let app = fog.app("counter");
+    assert_eq!(app.assigned[0], target, "{app:#?}");
+
+    // kill -9 of the primary's host: its follower is promoted; nothing acknowledged is lost.
+    let follower = app.assigned[1].clone();
+    fog.wait_app(
+        "counter",
+        Duration::from_secs(30),
+        "the follower is running again",
+        |a| a.running.len() == 2,
+    );
+    let before = fog.count("router1");
+    let load = fog.start_increments("router1", 200);
+    std::thread::sleep(Duration::from_secs(2));
+    let victim = fog.node_of(&target);
+    fog.kill_host(&victim);
+    let killed = Instant::now();
+    fog.wait_app(
+        "counter",
+        Duration::from_secs(20),
+        "follower not promoted",
+        |a| a.assigned.first() == Some(&follower) && a.running.contains(&follower),
+    );
+    println!("lab failover: promoted in {:?}", killed.elapsed());
+    std::thread::sleep(Duration::from_secs(1));
+    let (acked, failed, errors, _) = fog.finish(load);
+    let total = fog.count("router1") - before;
+    assert!(
+        total >= acked,
+        "acknowledged increments lost: {total} < {acked}"
+    );
+    assert!(
+        total <= acked + failed,
+        "{total} > {acked} + {failed}: {errors:?}"
+    );
+
+    // Losing a router mid-load: requests through the other keep succeeding within 5 s.
+    let load = fog.start_increments("router2", 100);
+    std::thread::sleep(Duration::from_secs(1));
+    fog.kill_router("router1");
+    let killed = Instant::now();
+    std::thread::sleep(Duration::from_secs(6));
+    let (acked, failed, errors, _) = fog.finish(load);
+    println!(
+        "router1 killed {:?} ago: through router2 {acked} acknowledged, {failed} failed",
+        killed.elapsed()
+    );
+    assert_eq!(
+        failed, 0,
+        "requests through router2 failed after router1 died: {errors:?}"
+    );
+}
+
+#[test]
+fn a_delayed_link_still_serves_and_its_rtt_shows_in_fog_devices() {
+    let fog = LabFog::start(1, 1, 0);
+    fog.lab
+        .set_netem("dev1", Duration::from_millis(80), 0.0)
+        .expect("delay on dev1's link");
+    fog.publish(programs::HELLO, "hello", "B");
+    fog.wait_answer(
+        fog.router_http("router1"),
+        "/apps/hello/",
+        "Hello",
+        Duration::from_secs(60),
+    );
+    let devices = fog.wait_devices(
+        Duration::from_secs(30),
+        "an RTT of at least 80 ms measured on dev1's attach connection",
+        |d| d.len() == 1 && d[0].attached.iter().any(|l| l.rtt_us >= 80_000),
+    );
+    println!("dev1 attach RTT: {:?}", devices[0].attached);
+    let out = fog.fog(&["devices"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    println!("{table}");
+    assert!(table.contains("ms"), "{table}");
+}
+
+/// `fog testnet --addr` on the lab's public node `tor`: a private Tor network the whole lab can
+/// use.
+struct LabTor {
+    process: LabProcess,
+    /// Its arti configuration, for routers and `fog fetch`.
+    arti: String,
+    /// Its C tor client's SOCKS port.
+    socks: SocketAddr,
+}
+
+impl LabTor {
+    /// Starts the network on `tor` and waits until its layout is written (keys made, ports
+    /// chosen): enough for routers to start, while the network itself still bootstraps.
+    fn start(lab: &Lab, dir: &Path) -> LabTor {
+        let addr = lab.addr("tor").unwrap();
+        let testnet = dir.join("testnet");
+        let args: Vec<String> = vec![
+            "testnet".into(),
+            "--dir".into(),
+            testnet.to_str().unwrap().into(),
+            "--addr".into(),
+            addr.to_string(),
+        ];
+        let process = spawn_fog(lab, "tor", &args);
+        // testnet.json (ports, fingerprints, where arti.toml is) is written last, before any
+        // tor starts; a half-written file does not parse yet.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let layout: serde_json::Value = loop {
+            if let Some(status) = process.try_wait().unwrap() {
+                panic!("fog testnet exited ({status}):\n{}", process.log());
+            }
+            let text = std::fs::read_to_string(testnet.join("testnet.json")).unwrap_or_default();
+            if let Ok(layout) = serde_json::from_str(&text) {
+                break layout;
+            }
+            if Instant::now() >= deadline {
+                panic!("fog testnet wrote no layout:\n{}", process.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let socks: SocketAddr = layout["socks"].as_str().unwrap().parse().unwrap();
+        assert_eq!(socks.ip(), addr, "the SOCKS port is on the lab address");
+        let arti = layout["arti_config"].as_str().unwrap().to_string();
+        let config = std::fs::read_to_string(&arti).unwrap();
+        assert!(
+            config.contains(&format!("\"{addr}:")) && !config.contains("127.0.0.1"),
+            "arti.toml names the lab address only:\n{config}"
+        );
+        let relay = std::fs::read_to_string(testnet.join("relay1").join("torrc")).unwrap();
+        assert!(
+            relay.contains(&format!("ExitPolicy accept {addr}/32:*\n")),
+            "exits reach the lab address only:\n{relay}"
+        );
+        LabTor {
+            process,
+            arti,
+            socks,
+        }
+    }
+
+    /// Waits for `fog testnet`'s line saying its C tor client bootstrapped.
+    fn wait_ready(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.process.log().contains("tor testnet ready") {
+            if let Some(status) = self.process.try_wait().unwrap() {
+                panic!("fog testnet exited ({status}):\n{}", self.process.log());
+            }
+            if Instant::now() >= deadline {
+                panic!("the private Tor network was not ready after {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Tries `attempt` until it succeeds or `limit` passes; the value, how long it took and the
+/// errors of the attempts that failed.
+fn retry_for<T>(
+    limit: Duration,
+    what: &str,
+    fog: &LabFog,
+    mut attempt: impl FnMut() -> Result<T, String>,
+) -> (T, Duration, Vec<String>) {
+    let started = Instant::now();
+    let mut failed = Vec::new();
+    loop {
+        match attempt() {
+            Ok(value) => return (value, started.elapsed(), failed),
+            Err(err) if started.elapsed() > limit => panic!("{what}: {err}\n{}", fog.logs()),
+            // An onion service is unreachable until its descriptor is on the HSDirs.
+            Err(err) => {
+                // The last line says why; arti's warnings come before it.
+                failed.push(err.trim().lines().last().unwrap_or_default().to_string());
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// `fog fetch URL --tor-network ARTI` from the visitor's node (arti): the body.
+fn fetch_onion(fog: &LabFog, arti: &str, url: &str) -> Result<String, String> {
+    let out = run_fog(&fog.lab, "visitor", &["fetch", url, "--tor-network", arti]);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(stderr(&out))
+    }
+}
+
+/// curl from the visitor's node through the C tor client's SOCKS port: the body of a 200.
+fn curl_onion(fog: &LabFog, socks: SocketAddr, url: &str) -> Result<String, String> {
+    let mut command = fog.lab.command("visitor", "curl").unwrap();
+    command.args(["-s", "-S", "-f", "-m", "60", "--socks5-hostname"]);
+    command.arg(socks.to_string()).arg(url);
+    let out = command.output().map_err(|e| format!("running curl: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(stderr(&out))
+    }
+}
+
+#[test]
+fn nated_hosts_serve_every_tier_over_onion_on_a_private_tor_network_in_the_lab() {
+    assert!(
+        std::process::Command::new("tor")
+            .arg("--version")
+            .output()
+            .is_ok(),
+        "this test needs Debian's tor: run scripts/setup.sh (apt-get install tor)"
+    );
+    let started = Instant::now();
+    // The Tor network bootstraps (about a minute) while the fog starts; both routers join it.
+    let mut tor = None;
+    let fog = LabFog::start_with(2, 4, 1, &["tor"], |lab, dir| {
+        let started = LabTor::start(lab, dir);
+        let args = vec!["--tor-network".to_string(), started.arti.clone()];
+        tor = Some(started);
+        args
+    });
+    let tor = tor.expect("the Tor network started");
+    let apps = [
+        ("hello", programs::HELLO, "B", 1, "/", "Hello"),
+        ("counter", programs::COUNTER, "A", 2, "/api/count", "visits"),
+        ("hellos", programs::HELLO, "S", 3, "/", "Hello"),
+    ];
+    for (name, component, tier, _, _, _) in apps {
+        fog.publish(component, name, tier);
+    }
+    for (name, _, _, replicas, _, _) in apps {
+        fog.wait_app(name, Duration::from_secs(60), "replicas running", |a| {
+            a.running.len() == replicas
+        });
+    }
+    tor.wait_ready(Duration::from_secs(180));
+    println!(
+        "lab onion: Tor network ready {:?} after the start",
+        started.elapsed()
+    );
+
+    // arti on the visitor's node, then the C tor client on the tor node through its SOCKS port.
+    for (name, _, tier, _, path, expect) in apps {
+        let onion = fog.app(name).onion.expect("every app has an onion address");
+        let url = format!("http://{onion}{path}");
+        let (body, took, failed) = retry_for(
+            Duration::from_secs(240),
+            &format!("{name} over onion (arti)"),
+            &fog,
+            || fetch_onion(&fog, &tor.arti, &url),
+        );
+        assert!(body.contains(expect), "{name}: {body}");
+        println!(
+            "lab onion: {name} (tier {tier}) answered arti after {took:?}; failed before: {failed:?}"
+        );
+        let (body, took, failed) = retry_for(
+            Duration::from_secs(120),
+            &format!("{name} over onion (C tor)"),
+            &fog,
+            || curl_onion(&fog, tor.socks, &url),
+        );
+        assert!(body.contains(expect), "{name}: {body}");
+        println!("lab onion: {name} answered C tor after {took:?}; failed before: {failed:?}");
+    }
+    println!("lab onion: whole test {:?}", started.elapsed());
+}

@@ -1,0 +1,491 @@
+//! The registry on etcd, for several control planes sharing one registry
+//! (`fog control --store etcd://h1:2379,h2:2379`).
+//!
+//! Records live under `<prefix>/<table>/<key>` with their format version byte, as in sled.
+//! Conditional writes compare the key's `mod_revision` in a transaction. Bulk tables
+//! ([`Table::is_bulk`]: components and tier-B snapshots) never go to etcd, whose requests are
+//! limited to 1.5 MiB: they stay content-addressed in a sled store on this control plane's disk
+//! (not yet replicated to the other control planes).
+//!
+//! The [`Store`] trait is synchronous and the control plane calls it both from async handlers
+//! and from `spawn_blocking`, so the store owns a small tokio runtime of its own that runs the
+//! etcd client; a call hands its request to that runtime and waits on a channel (inside
+//! `block_in_place` on a multi-thread runtime, so the caller's other tasks move to other
+//! workers). The caller's runtime never drives etcd I/O, so no caller can starve it: not a
+//! current-thread runtime blocked in a handler, not a multi-thread runtime with every worker
+//! waiting on etcd.
+
+use std::future::Future;
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+use tokio::runtime::{Handle, Runtime, RuntimeFlavor};
+
+use super::{Revision, RevisionKind, SledStore, Store, StoreError, Table, Versioned};
+
+/// Keys fetched per request when listing a table.
+const PAGE: i64 = 500;
+
+/// Where the etcd cluster is and how to use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdConfig {
+    /// Client endpoints, `host:port`.
+    pub endpoints: Vec<String>,
+    /// The prefix of every key, so several fogs (or tests) can share one cluster.
+    pub prefix: String,
+    /// How long one request may take before the store reports etcd unreachable.
+    pub timeout: Duration,
+}
+
+impl EtcdConfig {
+    /// The default key prefix.
+    pub const DEFAULT_PREFIX: &'static str = "fog";
+
+    /// Parse `etcd://h1:2379,h2:2379[/prefix]`.
+    pub fn from_url(url: &str) -> Result<EtcdConfig, StoreError> {
+        let bad = |reason: &str| StoreError::BadLocation {
+            given: url.to_string(),
+            reason: reason.to_string(),
+        };
+        let rest = url
+            .strip_prefix("etcd://")
+            .ok_or_else(|| bad("expected etcd://HOST:PORT[,HOST:PORT...][/PREFIX]"))?;
+        let (hosts, prefix) = match rest.split_once('/') {
+            Some((hosts, prefix)) => (hosts, prefix.trim_matches('/')),
+            None => (rest, Self::DEFAULT_PREFIX),
+        };
+        if prefix.is_empty() {
+            return Err(bad("the key prefix after the hosts is empty"));
+        }
+        let endpoints: Vec<String> = hosts.split(',').map(str::to_string).collect();
+        for endpoint in &endpoints {
+            let port = endpoint
+                .rsplit_once(':')
+                .and_then(|(host, port)| (!host.is_empty()).then_some(port))
+                .ok_or_else(|| bad(&format!("endpoint {endpoint:?} is not HOST:PORT")))?;
+            port.parse::<u16>()
+                .map_err(|_| bad(&format!("endpoint {endpoint:?} has a bad port")))?;
+        }
+        Ok(EtcdConfig {
+            endpoints,
+            prefix: prefix.to_string(),
+            timeout: Duration::from_secs(5),
+        })
+    }
+}
+
+/// The registry on an etcd cluster, with bulk tables on the local disk.
+pub struct EtcdStore {
+    config: EtcdConfig,
+    client: Client,
+    /// Runs the etcd client; `None` only while dropping.
+    runtime: Option<Runtime>,
+    /// Components and snapshots, content-addressed on this control plane's disk.
+    local: SledStore,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for EtcdStore {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which tokio forbids inside another runtime's tasks.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Wait for `receive` without stalling the caller's runtime (see the module's documentation).
+fn wait<T>(receive: impl FnOnce() -> T) -> T {
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(receive)
+        }
+        _ => receive(),
+    }
+}
+
+impl EtcdStore {
+    /// Connect to the cluster and check that it answers a linearizable read (so a quorum is
+    /// up); bulk tables go to `local`.
+    pub fn connect(config: EtcdConfig, local: SledStore) -> Result<EtcdStore, StoreError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("fog-etcd")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Backend(format!("starting the etcd client runtime: {e}")))?;
+        let urls: Vec<String> = config
+            .endpoints
+            .iter()
+            .map(|e| format!("http://{e}"))
+            .collect();
+        let options = ConnectOptions::new()
+            .with_connect_timeout(config.timeout)
+            .with_timeout(config.timeout)
+            .with_keep_alive(Duration::from_secs(5), config.timeout);
+        let probe_key = format!("{}/", config.prefix);
+        let timeout = config.timeout;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        runtime.spawn(async move {
+            let attempt = async {
+                let mut client = Client::connect(urls, Some(options)).await?;
+                client
+                    .get(
+                        probe_key,
+                        Some(GetOptions::new().with_prefix().with_count_only()),
+                    )
+                    .await?;
+                Ok::<_, etcd_client::Error>(client)
+            };
+            let _ = tx.send(tokio::time::timeout(timeout, attempt).await);
+        });
+        let outcome = wait(|| rx.recv());
+        let unreachable = |reason: String| StoreError::Unreachable {
+            endpoints: config.endpoints.clone(),
+            reason,
+        };
+        let client = match outcome {
+            Ok(Ok(Ok(client))) => Ok(client),
+            Ok(Ok(Err(err))) => Err(unreachable(err.to_string())),
+            Ok(Err(_)) => {
+                let reasons = probe(&runtime, &config.endpoints, timeout);
+                Err(unreachable(format!(
+                    "no answer within {timeout:?}{reasons}"
+                )))
+            }
+            Err(_) => Err(unreachable("the etcd client stopped".into())),
+        };
+        let client = match client {
+            Ok(client) => client,
+            Err(err) => {
+                // Dropping a runtime blocks, which tokio forbids inside another runtime's tasks.
+                runtime.shutdown_background();
+                return Err(err);
+            }
+        };
+        tracing::info!(endpoints = ?config.endpoints, prefix = config.prefix, "registry on etcd");
+        Ok(EtcdStore {
+            config,
+            client,
+            runtime: Some(runtime),
+            local,
+        })
+    }
+
+    /// The endpoints this store uses.
+    pub fn endpoints(&self) -> &[String] {
+        &self.config.endpoints
+    }
+
+    fn key(&self, table: Table, key: &str) -> String {
+        format!("{}/{}/{key}", self.config.prefix, table.name())
+    }
+
+    fn table_prefix(&self, table: Table) -> String {
+        format!("{}/{}/", self.config.prefix, table.name())
+    }
+
+    /// Run `request` with a clone of the client on the store's runtime and wait for it. A
+    /// request that never reached etcd (a member is down and the client picked it) is sent
+    /// again, to whichever member answers, until the timeout.
+    fn run<T, F>(&self, request: impl Fn(Client) -> F + Send + 'static) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let runtime = self.runtime.as_ref().expect("runtime lives until drop");
+        let client = self.client.clone();
+        let timeout = self.config.timeout;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        runtime.spawn(async move {
+            let deadline = tokio::time::Instant::now() + timeout;
+            let mut last = None;
+            let outcome = loop {
+                match tokio::time::timeout_at(deadline, request(client.clone())).await {
+                    Ok(Err(err)) if never_sent(&err) => {
+                        last = Some(err.to_string());
+                        if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+                            break Err(last);
+                        }
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                    Ok(done) => break Ok(done),
+                    Err(_) => break Err(last),
+                }
+            };
+            let _ = tx.send(outcome);
+        });
+        let unreachable = |reason: String| StoreError::Unreachable {
+            endpoints: self.config.endpoints.clone(),
+            reason,
+        };
+        match wait(|| rx.recv()) {
+            Ok(Ok(Ok(value))) => Ok(value),
+            Ok(Ok(Err(err))) => Err(match err {
+                // etcd answered and refused: not a matter of reaching it. (A status made on
+                // this side of the wire, from a broken connection, carries its cause.)
+                etcd_client::Error::GRpcStatus(status)
+                    if std::error::Error::source(&status).is_none()
+                        && !matches!(
+                            status.code(),
+                            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                        ) =>
+                {
+                    StoreError::Backend(format!("etcd: {}", status.message()))
+                }
+                other => unreachable(other.to_string()),
+            }),
+            Ok(Err(last)) => Err(unreachable(match last {
+                Some(reason) => format!("no answer within {timeout:?}; last: {reason}"),
+                None => format!("no answer within {timeout:?}"),
+            })),
+            Err(_) => Err(unreachable("the etcd client stopped".into())),
+        }
+    }
+}
+
+/// Pause between attempts at a request that could not be sent.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// True if `err` says the connection to a member could not be made: the request was never sent,
+/// so sending it again cannot apply it twice.
+fn never_sent(err: &etcd_client::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = match err {
+        etcd_client::Error::GRpcStatus(status) => std::error::Error::source(status),
+        etcd_client::Error::TransportError(err) => std::error::Error::source(err),
+        _ => None,
+    };
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable
+                    | std::io::ErrorKind::AddrNotAvailable
+            );
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// Why each endpoint cannot be reached (TCP), for the error of a failed start.
+fn probe(runtime: &Runtime, endpoints: &[String], timeout: Duration) -> String {
+    let endpoints = endpoints.to_vec();
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    runtime.spawn(async move {
+        let mut reasons = Vec::new();
+        for endpoint in endpoints {
+            let connect = tokio::net::TcpStream::connect(endpoint.clone());
+            match tokio::time::timeout(timeout, connect).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => reasons.push(format!("{endpoint}: {err}")),
+                Err(_) => reasons.push(format!("{endpoint}: TCP connect timed out")),
+            }
+        }
+        let _ = tx.send(reasons);
+    });
+    match wait(|| rx.recv()) {
+        Ok(reasons) if !reasons.is_empty() => format!(" ({})", reasons.join("; ")),
+        _ => String::new(),
+    }
+}
+
+impl Store for EtcdStore {
+    fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        if table.is_bulk() {
+            return self.local.get(table, key);
+        }
+        Ok(self.get_versioned(table, key)?.value)
+    }
+
+    fn get_versioned(&self, table: Table, key: &str) -> Result<Versioned, StoreError> {
+        if table.is_bulk() {
+            return self.local.get_versioned(table, key);
+        }
+        let key = self.key(table, key);
+        let mut response = self.run(move |mut client| {
+            let key = key.clone();
+            async move { client.get(key, None).await }
+        })?;
+        Ok(match response.take_kvs().into_iter().next() {
+            Some(kv) => Versioned {
+                revision: Revision(RevisionKind::Etcd(kv.mod_revision())),
+                value: Some(kv.into_key_value().1),
+            },
+            None => Versioned {
+                value: None,
+                revision: Revision::absent(),
+            },
+        })
+    }
+
+    fn put_if(
+        &self,
+        table: Table,
+        key: &str,
+        value: &[u8],
+        expected: &Revision,
+    ) -> Result<(), StoreError> {
+        if table.is_bulk() {
+            return self.local.put_if(table, key, value, expected);
+        }
+        let full = self.key(table, key);
+        let compare = match &expected.0 {
+            // A key that never existed, or was deleted, has version 0.
+            RevisionKind::Absent => Compare::version(full.clone(), CompareOp::Equal, 0),
+            RevisionKind::Etcd(revision) => {
+                Compare::mod_revision(full.clone(), CompareOp::Equal, *revision)
+            }
+            RevisionKind::Bytes(_) => {
+                return Err(StoreError::Conflict {
+                    table: table.name(),
+                    key: key.to_string(),
+                });
+            }
+        };
+        let txn = Txn::new()
+            .when([compare])
+            .and_then([TxnOp::put(full, value.to_vec(), None)]);
+        let response = self.run(move |mut client| {
+            let txn = txn.clone();
+            async move { client.txn(txn).await }
+        })?;
+        if response.succeeded() {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict {
+                table: table.name(),
+                key: key.to_string(),
+            })
+        }
+    }
+
+    fn put(&self, table: Table, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        if table.is_bulk() {
+            return self.local.put(table, key, value);
+        }
+        let key = self.key(table, key);
+        let value = value.to_vec();
+        self.run(move |mut client| {
+            let (key, value) = (key.clone(), value.clone());
+            async move { client.put(key, value, None).await }
+        })?;
+        Ok(())
+    }
+
+    fn delete(&self, table: Table, key: &str) -> Result<(), StoreError> {
+        if table.is_bulk() {
+            return self.local.delete(table, key);
+        }
+        let key = self.key(table, key);
+        self.run(move |mut client| {
+            let key = key.clone();
+            async move { client.delete(key, None).await }
+        })?;
+        Ok(())
+    }
+
+    fn list(&self, table: Table) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        if table.is_bulk() {
+            return self.local.list(table);
+        }
+        let prefix = self.table_prefix(table);
+        let end = prefix_end(prefix.as_bytes());
+        let mut out = Vec::new();
+        let mut from = prefix.clone().into_bytes();
+        // Every page reads at the first page's revision: one consistent snapshot.
+        let mut revision = 0;
+        loop {
+            let (start, end_key) = (from.clone(), end.clone());
+            let mut response = self.run(move |mut client| {
+                let (start, end_key) = (start.clone(), end_key.clone());
+                async move {
+                    let options = GetOptions::new()
+                        .with_range(end_key)
+                        .with_limit(PAGE)
+                        .with_revision(revision);
+                    client.get(start, Some(options)).await
+                }
+            })?;
+            if revision == 0 {
+                revision = response.header().map_or(0, |h| h.revision());
+            }
+            let more = response.more();
+            let kvs = response.take_kvs();
+            let Some(last) = kvs.last() else { break };
+            from = last.key().to_vec();
+            from.push(0);
+            for kv in kvs {
+                let (key, value) = kv.into_key_value();
+                let key = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+                out.push((key, value));
+            }
+            if !more {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        // etcd acknowledges a write once a quorum has it on disk; only the local part needs it.
+        self.local.flush()
+    }
+}
+
+/// The first key after every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Every byte was 0xff: the range runs to the end of the key space.
+    vec![0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_endpoints_and_an_optional_prefix() {
+        let config = EtcdConfig::from_url("etcd://h1:2379,10.0.0.2:2380").unwrap();
+        assert_eq!(config.endpoints, ["h1:2379", "10.0.0.2:2380"]);
+        assert_eq!(config.prefix, "fog");
+        let config = EtcdConfig::from_url("etcd://h1:2379/team/fog/").unwrap();
+        assert_eq!(config.prefix, "team/fog");
+        for bad in [
+            "http://h1:2379",
+            "etcd://h1",
+            "etcd://h1:port",
+            "etcd://:2379",
+            "etcd://h1:2379/",
+        ] {
+            assert!(
+                matches!(
+                    EtcdConfig::from_url(bad),
+                    Err(StoreError::BadLocation { .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn prefix_ends_bound_exactly_the_prefix() {
+        assert_eq!(prefix_end(b"fog/apps/"), b"fog/apps0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+    }
+}

@@ -1,0 +1,264 @@
+//! What only the etcd backend has to show: control planes sharing one registry, calls from every
+//! kind of runtime, values kept out of etcd, and clear errors when etcd cannot be reached.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fog_proto::api::AppInfo;
+use fog_proto::auth::Identity;
+use fog_test_etcd::EtcdCluster;
+
+use super::{Backend, body, request, signed};
+use crate::store::etcd::{EtcdConfig, EtcdStore};
+use crate::store::{SledStore, Store, StoreError, Table};
+use crate::{Control, ControlConfig};
+
+fn connect(
+    cluster: &EtcdCluster,
+    prefix: &str,
+    timeout: Duration,
+) -> Result<EtcdStore, StoreError> {
+    EtcdStore::connect(
+        EtcdConfig {
+            prefix: prefix.into(),
+            timeout,
+            ..EtcdConfig::from_url(&cluster.url()).unwrap()
+        },
+        SledStore::temporary().unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn a_second_control_plane_sees_apps_published_through_the_first() {
+    let backend = Backend::etcd();
+    let first = Control::new(backend.store_at("shared"), ControlConfig::default());
+    let second = Control::new(backend.store_at("shared"), ControlConfig::default());
+    let hello = std::fs::read(fog_test_programs::HELLO).unwrap();
+    let published = first
+        .handle(signed(
+            &Identity::generate(),
+            "POST",
+            "/v1/apps",
+            hello,
+            r#"{"name":"hello","tier":"A"}"#,
+        ))
+        .await;
+    assert_eq!(published.status(), 201);
+    let published: AppInfo = serde_json::from_slice(&body(published).await).unwrap();
+    let listed = second.handle(request("GET", "/v1/apps", &[], vec![])).await;
+    assert_eq!(listed.status(), 200);
+    let apps: Vec<AppInfo> = serde_json::from_slice(&body(listed).await).unwrap();
+    assert_eq!(apps.len(), 1);
+    assert_eq!(
+        (apps[0].name.as_str(), apps[0].version, apps[0].replicas),
+        ("hello", 1, 2)
+    );
+    // Both derive app keys from the one master secret in etcd: the same addresses.
+    assert_eq!(apps[0].betanet, published.betanet);
+    assert_eq!(apps[0].onion, published.onion);
+}
+
+#[test]
+fn two_control_planes_never_lose_an_update_to_one_app() {
+    let backend = Backend::etcd();
+    let owner = Identity::generate().public_hex();
+    let controls: Vec<Arc<Control>> = (0..2)
+        .map(|_| Control::new(backend.store_at("shared"), ControlConfig::default()))
+        .collect();
+    controls[0]
+        .update_app("counter", |_| {
+            Ok(Some(crate::store::AppRecord {
+                name: "counter".into(),
+                owner: owner.clone(),
+                version: 1,
+                sha256: String::new(),
+                size: 0,
+                tier: fog_proto::api::Tier::B,
+                replicas: 0,
+                limits: fog_proto::Limits::default(),
+                updated_ms: 0,
+            }))
+        })
+        .unwrap();
+    const EACH: u32 = 25;
+    // Two threads per control plane, each serialised by its plane's lock as the handlers are;
+    // the planes race each other on etcd.
+    let threads: Vec<_> = controls
+        .iter()
+        .flat_map(|control| [control.clone(), control.clone()])
+        .map(|control| {
+            std::thread::spawn(move || {
+                for _ in 0..EACH {
+                    let _guard = control.writes.lock().unwrap();
+                    control
+                        .update_app("counter", |record| {
+                            Ok(record.map(|mut r| {
+                                r.replicas += 1;
+                                r
+                            }))
+                        })
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    for control in &controls {
+        assert_eq!(control.app("counter").unwrap().replicas, 4 * EACH);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn handlers_and_reconcile_on_a_one_worker_runtime_never_deadlock() {
+    let backend = Backend::etcd();
+    let control = backend.control();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let reconciler = tokio::spawn(control.clone().run_reconciler(async {
+        let _ = stopped.await;
+    }));
+    let hello = std::fs::read(fog_test_programs::HELLO).unwrap();
+    let key = Arc::new(Identity::generate());
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..24 {
+        let control = control.clone();
+        let hello = hello.clone();
+        let key = key.clone();
+        tasks.spawn(async move {
+            let meta = format!(r#"{{"name":"app{i}","tier":"B"}}"#);
+            let published = control
+                .handle(signed(&key, "POST", "/v1/apps", hello, &meta))
+                .await;
+            let listed = control
+                .handle(request("GET", "/v1/apps", &[], vec![]))
+                .await;
+            (published.status().as_u16(), listed.status().as_u16())
+        });
+    }
+    let all = tokio::time::timeout(Duration::from_secs(120), tasks.join_all())
+        .await
+        .expect("every handler answers: nothing is stuck");
+    assert!(all.iter().all(|s| *s == (201, 200)), "{all:?}");
+    assert_eq!(control.apps().unwrap().len(), 24);
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(30), reconciler)
+        .await
+        .expect("the reconciler stops")
+        .unwrap();
+}
+
+#[test]
+fn etcd_refuses_a_record_over_its_request_limit_so_components_stay_on_local_disk() {
+    let cluster = EtcdCluster::start(1).unwrap_or_else(|e| panic!("{e}"));
+    let first = connect(&cluster, "fog", Duration::from_secs(5)).unwrap();
+    let big = vec![7u8; 2 << 20];
+    let refused = first.put(Table::Apps, "huge", &big);
+    assert!(
+        matches!(refused, Err(StoreError::Backend(_))),
+        "{refused:?}"
+    );
+    first.put(Table::Blobs, "sha", &big).unwrap();
+    assert_eq!(first.get(Table::Blobs, "sha").unwrap(), Some(big));
+    // Another control plane on the same etcd has its own disk: blobs are not replicated yet.
+    let second = connect(&cluster, "fog", Duration::from_secs(5)).unwrap();
+    assert_eq!(second.get(Table::Blobs, "sha").unwrap(), None);
+}
+
+// Async, as `fog control` starts it: the failed store must not drop its runtime here.
+#[tokio::test]
+async fn an_unreachable_etcd_at_start_is_one_error_naming_the_endpoints() {
+    // Ports nobody listens on: bound, read, released.
+    let ports: Vec<u16> = (0..2)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let url = format!("etcd://127.0.0.1:{},127.0.0.1:{}", ports[0], ports[1]);
+    let started = Instant::now();
+    let err = EtcdStore::connect(
+        EtcdConfig {
+            timeout: Duration::from_secs(1),
+            ..EtcdConfig::from_url(&url).unwrap()
+        },
+        SledStore::temporary().unwrap(),
+    )
+    .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let StoreError::Unreachable { endpoints, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(endpoints.len(), 2);
+    let text = err.to_string();
+    for port in ports {
+        assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    }
+}
+
+#[test]
+fn requests_after_etcd_stops_fail_as_unreachable_within_the_timeout() {
+    let mut cluster = EtcdCluster::start(1).unwrap_or_else(|e| panic!("{e}"));
+    let store = connect(&cluster, "fog", Duration::from_secs(1)).unwrap();
+    store.put(Table::Apps, "hello", b"v1").unwrap();
+    cluster.kill(0);
+    let started = Instant::now();
+    let err = store.get(Table::Apps, "hello").unwrap_err();
+    assert!(matches!(err, StoreError::Unreachable { .. }), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn the_api_answers_503_naming_the_endpoints_once_etcd_is_unreachable() {
+    let mut cluster = EtcdCluster::start(1).unwrap_or_else(|e| panic!("{e}"));
+    let control = Control::new(
+        Arc::new(connect(&cluster, "fog", Duration::from_secs(1)).unwrap()),
+        ControlConfig::default(),
+    );
+    let listed = control
+        .handle(request("GET", "/v1/apps", &[], vec![]))
+        .await;
+    assert_eq!(listed.status(), 200);
+    let endpoint = cluster.endpoints().remove(0);
+    cluster.kill(0);
+    let listed = control
+        .handle(request("GET", "/v1/apps", &[], vec![]))
+        .await;
+    assert_eq!(listed.status(), 503);
+    let text = String::from_utf8_lossy(&body(listed).await).into_owned();
+    assert!(
+        text.contains(&format!("etcd at {endpoint} is unreachable")),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_store_keeps_working_when_one_of_three_members_dies() {
+    let mut cluster = EtcdCluster::start(3).unwrap_or_else(|e| panic!("{e}"));
+    let store = connect(&cluster, "fog", Duration::from_secs(2)).unwrap();
+    store.put(Table::Apps, "before", b"1").unwrap();
+    cluster.kill(0);
+    // The client may first try the dead member; within a deadline, requests go to the others.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store.put(Table::Apps, "probe", b"1").is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "no write succeeded after a member died"
+        );
+    }
+    for i in 0..20 {
+        store.put(Table::Apps, &format!("after-{i}"), b"1").unwrap();
+    }
+    assert_eq!(
+        store.get(Table::Apps, "before").unwrap().as_deref(),
+        Some(&b"1"[..])
+    );
+    assert_eq!(store.list(Table::Apps).unwrap().len(), 22);
+}
