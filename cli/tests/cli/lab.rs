@@ -311,6 +311,21 @@ impl LabFog {
         self.visitor.block_on(task).unwrap()
     }
 
+    /// Wait until `load` has had `more` increments acknowledged beyond `from`, or fail.
+    fn wait_acked(&self, load: &Increments, from: u64, more: u64, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while load.acked() < from + more {
+            if Instant::now() >= deadline {
+                panic!(
+                    "{what}: only {} acknowledged\n{}",
+                    load.acked(),
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn finish(&self, load: Increments) -> (u64, u64, Vec<String>, f64) {
         let task = self.visitor.spawn(load.finish());
         self.visitor.block_on(task).unwrap()
@@ -534,7 +549,7 @@ fn a_nated_counter_moves_fails_over_and_survives_a_router_loss_without_losing_in
 
     // A planned move between NATed devices, under load: nothing fails, nothing is lost.
     let load = fog.start_increments("router1", 200);
-    std::thread::sleep(Duration::from_secs(2));
+    fog.wait_acked(&load, 0, 200, "increments before the move");
     let out = fog.fog(&["move", "counter", "--to", &target]);
     assert!(
         out.status.success(),
@@ -542,7 +557,8 @@ fn a_nated_counter_moves_fails_over_and_survives_a_router_loss_without_losing_in
         stderr(&out),
         fog.logs()
     );
-    std::thread::sleep(Duration::from_secs(1));
+    // The new primary takes increments too.
+    fog.wait_acked(&load, load.acked(), 100, "increments after the move");
     let (acked, failed, errors, rate) = fog.finish(load);
     let total = fog.count("router1");
     println!("lab move: {acked} acknowledged at {rate:.0}/s, {failed} failed, count {total}");
@@ -561,7 +577,7 @@ fn a_nated_counter_moves_fails_over_and_survives_a_router_loss_without_losing_in
     );
     let before = fog.count("router1");
     let load = fog.start_increments("router1", 200);
-    std::thread::sleep(Duration::from_secs(2));
+    fog.wait_acked(&load, 0, 200, "increments before the kill");
     let victim = fog.node_of(&target);
     fog.kill_host(&victim);
     let killed = Instant::now();
@@ -572,7 +588,12 @@ fn a_nated_counter_moves_fails_over_and_survives_a_router_loss_without_losing_in
         |a| a.assigned.first() == Some(&follower) && a.running.contains(&follower),
     );
     println!("lab failover: promoted in {:?}", killed.elapsed());
-    std::thread::sleep(Duration::from_secs(1));
+    fog.wait_acked(
+        &load,
+        load.acked(),
+        100,
+        "increments on the promoted follower",
+    );
     let (acked, failed, errors, _) = fog.finish(load);
     let total = fog.count("router1") - before;
     assert!(
@@ -586,10 +607,25 @@ fn a_nated_counter_moves_fails_over_and_survives_a_router_loss_without_losing_in
 
     // Losing a router mid-load: requests through the other keep succeeding within 5 s.
     let load = fog.start_increments("router2", 100);
-    std::thread::sleep(Duration::from_secs(1));
+    fog.wait_acked(&load, 0, 50, "increments through router2");
     fog.kill_router("router1");
     let killed = Instant::now();
-    std::thread::sleep(Duration::from_secs(6));
+    // Keep going until 5 s have passed and 300 more increments went through router2.
+    let at_kill = load.acked();
+    fog.wait_acked(
+        &load,
+        at_kill,
+        300,
+        "increments through router2 after router1 died",
+    );
+    while killed.elapsed() < Duration::from_secs(5) {
+        fog.wait_acked(
+            &load,
+            load.acked(),
+            10,
+            "increments through router2 after router1 died",
+        );
+    }
     let (acked, failed, errors, _) = fog.finish(load);
     println!(
         "router1 killed {:?} ago: through router2 {acked} acknowledged, {failed} failed",

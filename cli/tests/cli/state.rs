@@ -78,6 +78,11 @@ impl Increments {
     }
 
     /// Stop: (acknowledged, failed, the first few errors, requests per second).
+    /// Increments acknowledged so far.
+    pub(crate) fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Relaxed)
+    }
+
     pub(crate) async fn finish(self) -> (u64, u64, Vec<String>, f64) {
         self.stop.store(true, Ordering::Relaxed);
         for task in self.tasks {
