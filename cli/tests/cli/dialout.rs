@@ -159,9 +159,24 @@ async fn a_host_without_listen_serves_through_two_routers_and_survives_losing_on
             errors
         })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Requests are flowing before the kill, and many more succeed after it.
+    let served_at_least = |n: u64| {
+        let ok = ok.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while ok.load(Ordering::Relaxed) < n {
+                assert!(
+                    Instant::now() < deadline,
+                    "only {} served",
+                    ok.load(Ordering::Relaxed)
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    served_at_least(50).await;
     second.kill();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    served_at_least(ok.load(Ordering::Relaxed) + 200).await;
     stop.store(true, Ordering::Relaxed);
     let errors = load.await.unwrap();
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
