@@ -124,6 +124,8 @@ pub struct Control {
     replays: replay::ReplayGuard,
     /// A handover changed phase: assignments changed though placements did not.
     phase_changed: std::sync::atomic::AtomicBool,
+    /// Apps and placements indexed by device, while the registry is unchanged.
+    plan_index: Mutex<Option<Arc<registry::PlanIndex>>>,
 }
 
 /// Largest snapshot the control plane keeps for an app.
@@ -170,6 +172,7 @@ impl Control {
             parked: Mutex::new(HashMap::new()),
             replays: replay::ReplayGuard::default(),
             phase_changed: std::sync::atomic::AtomicBool::new(false),
+            plan_index: Mutex::new(None),
         })
     }
 }
