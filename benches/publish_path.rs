@@ -63,6 +63,7 @@ fn main() {
             cpu: 4.0,
             mem_mb: 4096.0,
             disk_mb: 4096.0,
+            price_cpu_hour: 0.0,
             heartbeat: Duration::from_secs(1),
             harvest: None,
             htx: None,

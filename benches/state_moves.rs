@@ -57,6 +57,7 @@ async fn start_host(dir: &std::path::Path, control: &str, stop: &Stop) {
         cpu: 4.0,
         mem_mb: 8192.0,
         disk_mb: 8192.0,
+        price_cpu_hour: 0.0,
         heartbeat: Duration::from_secs(1),
         harvest: None,
         htx: Some(htx),

@@ -391,12 +391,24 @@ pub struct HostArgs {
     /// Read sensors from this JSON file instead of the machine (for tests, or a power daemon).
     #[arg(long, value_name = "FILE")]
     pub sensors: Option<std::path::PathBuf>,
-    /// Price per CPU-hour this device asks (0: the market base).
-    #[arg(long, default_value_t = 0.15)]
+    /// Price per CPU-hour this device asks (0: the market base; at most 1000). Apps whose
+    /// `--max-price` is lower never run here.
+    #[arg(long, default_value_t = 0.15, value_parser = parse_price)]
     pub price: f64,
     /// Length of a rewards-ledger period, seconds.
     #[arg(long, default_value_t = 60)]
     pub ledger_period: u64,
+}
+
+/// A price per CPU-hour from the command line: a finite number in [0, 1000], so a typo never
+/// reaches the control plane.
+pub fn parse_price(text: &str) -> Result<f64, String> {
+    let price: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    fog_proto::api::validate_price("price", price)?;
+    Ok(price)
 }
 
 /// How a started host is reached.
@@ -443,6 +455,7 @@ pub async fn start_host(
         cpu,
         mem_mb: args.mem_mb,
         disk_mb: args.disk_mb,
+        price_cpu_hour: args.price,
         heartbeat: std::time::Duration::from_secs(1),
         harvest: None,
         htx: None,

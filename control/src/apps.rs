@@ -10,7 +10,7 @@ use fog_proto::auth;
 
 use crate::api::{Answer, bytes_response, json};
 use crate::error::ApiError;
-use crate::store::{AppRecord, StoreError, Table, decode, encode};
+use crate::store::{AppRecord, AppTerms, StoreError, Table, decode, encode};
 use crate::{Control, MAX_SNAPSHOT_BYTES, now_ms};
 
 /// Check that `bytes` is a component exporting `wasi:http/incoming-handler@0.2.*`, with
@@ -250,6 +250,12 @@ impl Control {
             })?;
             self.store.put(Table::Blobs, &sha256, &body)?;
             self.link_site(&meta.name, meta.bundle.as_deref())?;
+            // Written before the app record, so placement never sees the app without its terms.
+            let terms = AppTerms {
+                max_price: meta.max_price,
+                bid: meta.bid.unwrap_or_default(),
+            };
+            self.store.put(Table::Terms, &meta.name, &encode(&terms))?;
             let record = self.update_app(&meta.name, |existing| {
                 // Again: another control plane may have taken the name since.
                 taken(&existing)?;
@@ -382,6 +388,7 @@ impl Control {
             self.store.delete(Table::Placements, name)?;
             self.store.delete(Table::Snapshots, name)?;
             self.store.delete(Table::Scaling, name)?;
+            self.store.delete(Table::Terms, name)?;
             self.link_site(name, None)?;
             let still_used = self.store.list(Table::Apps)?.iter().any(|(k, v)| {
                 decode::<AppRecord>(Table::Apps, k, v).is_ok_and(|a| a.sha256 == record.sha256)

@@ -54,15 +54,7 @@ impl Control {
                 "addr {addr:?} is not host:port"
             )));
         }
-        let finite = |x: f64| x.is_finite() && x >= 0.0;
-        if !(finite(registration.cpu)
-            && finite(registration.mem_mb)
-            && finite(registration.disk_mb))
-        {
-            return Err(ApiError::BadRequest(
-                "cpu, mem_mb and disk_mb must be non-negative numbers".into(),
-            ));
-        }
+        registration.validate().map_err(ApiError::BadRequest)?;
         let id = auth::device_id(&signer);
         let record = DeviceRecord {
             id: id.clone(),
@@ -118,29 +110,22 @@ impl Control {
                     .into(),
             ));
         }
-        // Ledger periods: signed by this device's key, for this device, with honest arithmetic.
-        for period in std::mem::take(&mut heartbeat.periods) {
-            let rejected = |e: String| {
-                ApiError::BadRequest(format!(
-                    "ledger period {} rejected: {e}",
-                    period.period.start_ms
-                ))
-            };
-            if period.period.device != id {
-                return Err(rejected(format!(
-                    "it is for device {}",
-                    period.period.device
-                )));
+        // A device's claims about its links must be physically possible.
+        for link in &heartbeat.attached {
+            link.validate().map_err(ApiError::BadRequest)?;
+        }
+        // Ledger periods: signed by this device's key, for this device, with honest arithmetic;
+        // a refused one costs the device trust.
+        match self.accept_periods(id, &device, &mut heartbeat) {
+            Ok(()) => {}
+            Err(refused @ ApiError::BadRequest(_)) => {
+                self.observed
+                    .update_evidence(self.store.as_ref(), id, |e| {
+                        e.refused_period(now_ms(), &self.config.trust)
+                    })?;
+                return Err(refused);
             }
-            auth::verify_bytes(
-                &device.public_key,
-                &period.period.signed_bytes(),
-                &period.signature,
-            )
-            .map_err(|e| rejected(e.to_string()))?;
-            period.period.check_arithmetic().map_err(rejected)?;
-            let key = format!("{id}/{:020}", period.period.start_ms);
-            self.store.put(Table::Ledger, &key, &encode(&period))?;
+            Err(other) => return Err(other),
         }
         let lines = std::mem::take(&mut heartbeat.logs);
         {
@@ -169,7 +154,7 @@ impl Control {
                     .iter()
                     .map(|r| format!("{}@{}", r.app, r.sha256))
                     .collect();
-                (self.is_alive(l), l.heartbeat.harvestable, before)
+                (self.is_alive(l), l.heartbeat.harvestable, before, l.at)
             });
             live.insert(
                 id.to_string(),
@@ -180,12 +165,16 @@ impl Control {
             );
             was
         };
+        let previous = was
+            .as_ref()
+            .map(|(_, harvestable, _, at)| (*at, *harvestable));
+        self.observe(id, previous, &heartbeat)?;
         // A handover advances on what devices report: look at it now.
         if !self.handovers.lock().expect("handovers lock").is_empty() {
             self.changed.notify_one();
         }
         match was {
-            Some((true, harvestable, before)) if harvestable == heartbeat.harvestable => {
+            Some((true, harvestable, before, _)) if harvestable == heartbeat.harvestable => {
                 if before != running {
                     self.bump();
                 }
@@ -226,6 +215,40 @@ impl Control {
                 attach,
             },
         ))
+    }
+
+    /// Verify and store the ledger periods a heartbeat carries: each signed by the device's
+    /// key, for this device, with honest arithmetic ([`ApiError::BadRequest`] otherwise).
+    fn accept_periods(
+        &self,
+        id: &str,
+        device: &DeviceRecord,
+        heartbeat: &mut Heartbeat,
+    ) -> Result<(), ApiError> {
+        for period in std::mem::take(&mut heartbeat.periods) {
+            let rejected = |e: String| {
+                ApiError::BadRequest(format!(
+                    "ledger period {} rejected: {e}",
+                    period.period.start_ms
+                ))
+            };
+            if period.period.device != id {
+                return Err(rejected(format!(
+                    "it is for device {}",
+                    period.period.device
+                )));
+            }
+            auth::verify_bytes(
+                &device.public_key,
+                &period.period.signed_bytes(),
+                &period.signature,
+            )
+            .map_err(|e| rejected(e.to_string()))?;
+            period.period.check_arithmetic().map_err(rejected)?;
+            let key = format!("{id}/{:020}", period.period.start_ms);
+            self.store.put(Table::Ledger, &key, &encode(&period))?;
+        }
+        Ok(())
     }
 
     /// `GET /v1/devices/{a}/peers/{b}`: the apps an assignment pairs devices `a` and `b` for

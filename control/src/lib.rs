@@ -17,12 +17,14 @@ pub mod autoscale;
 mod devices;
 pub mod error;
 pub mod names;
+mod observe;
 mod reconcile;
 mod registry;
 pub mod replay;
 pub mod replicas;
 mod sites;
 pub mod store;
+pub mod trust;
 mod views;
 
 use std::collections::{HashMap, VecDeque};
@@ -59,6 +61,8 @@ pub struct ControlConfig {
     pub trusted_routers: Vec<String>,
     /// How often a tier-B app's primary uploads a snapshot of its state.
     pub snapshot_every: Duration,
+    /// How devices earn trust (see [`trust`]).
+    pub trust: trust::TrustConfig,
 }
 
 impl Default for ControlConfig {
@@ -75,6 +79,7 @@ impl Default for ControlConfig {
             },
             trusted_routers: Vec::new(),
             snapshot_every: Duration::from_secs(5),
+            trust: trust::TrustConfig::default(),
         }
     }
 }
@@ -126,6 +131,8 @@ pub struct Control {
     phase_changed: std::sync::atomic::AtomicBool,
     /// Apps and placements indexed by device, while the registry is unchanged.
     plan_index: Mutex<Option<Arc<registry::PlanIndex>>>,
+    /// Devices' measured RTTs and the behaviour their trust is earned with.
+    observed: observe::Observations,
 }
 
 /// Largest snapshot the control plane keeps for an app.
@@ -173,6 +180,7 @@ impl Control {
             replays: replay::ReplayGuard::default(),
             phase_changed: std::sync::atomic::AtomicBool::new(false),
             plan_index: Mutex::new(None),
+            observed: observe::Observations::default(),
         })
     }
 }

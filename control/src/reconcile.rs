@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use fog_proto::api::{self, Heartbeat};
+use fog_scheduler::market::Pricing;
 use fog_scheduler::placement::{self, AppDemand, Device};
 
-use crate::store::{AppRecord, PlacementRecord, StoreError, Table, decode, encode};
-use crate::{ApiError, Control, autoscale, replicas};
+use crate::store::{AppRecord, AppTerms, PlacementRecord, StoreError, Table, decode, encode};
+use crate::{ApiError, Control, autoscale, replicas, trust};
 
 impl Control {
     /// Run the autoscaler over every autoscaled app; true if a replica count changed.
@@ -101,9 +102,24 @@ impl Control {
         if self.autoscale(&live)? {
             apps = self.apps()?;
         }
+        self.save_evidence(false)?;
+        // Measured latency, rounded to 1 ms so jitter between equally near devices does not
+        // steer placement; a device not measured yet counts as the slowest measured one
+        // (unknown is never better than known), or 0 when nothing is measured at all.
+        let latency: HashMap<&str, f64> = devices
+            .iter()
+            .filter_map(|d| {
+                self.latency_of(&d.id)
+                    .map(|l| (d.id.as_str(), l.rtt_ms.round()))
+            })
+            .collect();
+        let unmeasured = latency.values().copied().fold(0.0, f64::max);
         let fleet: Vec<Device> = devices
             .iter()
             .map(|d| {
+                // Trust in steps of 0.05 (rounded down, so the 0.3 threshold is exact): tiny
+                // changes from one heartbeat to the next do not move replicas.
+                let trust = (self.trust_of(&d.id)?.0 * 20.0).floor() / 20.0;
                 // What the device offers now (its harvest policy's share), capped by what it
                 // registered; battery and heat feed the energy objective.
                 let (alive, harvestable, cpu, mem, battery, charging, temperature) =
@@ -119,7 +135,7 @@ impl Control {
                         ),
                         None => (false, false, 0.0, 0.0, None, true, 0.0),
                     };
-                Device {
+                Ok(Device {
                     id: d.id.clone(),
                     cpu_capacity: cpu.max(1e-6),
                     cpu_free: cpu,
@@ -133,14 +149,22 @@ impl Control {
                     charging,
                     temperature_c: temperature,
                     region: d.region.clone(),
-                    latency_ms: 10.0,
+                    latency_ms: latency.get(d.id.as_str()).copied().unwrap_or(unmeasured),
+                    // Not measured yet (transfers to devices are not timed): the same for
+                    // every device, so it steers nothing.
                     bandwidth_mbps: 100.0,
-                    trust: 0.5,
+                    trust,
                     price_cpu_hour: d.price_cpu_hour,
                     price_gb_hour: 0.01,
-                }
+                })
             })
-            .collect();
+            .collect::<Result<_, StoreError>>()?;
+        let terms: HashMap<String, AppTerms> = self
+            .store
+            .list(Table::Terms)?
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), decode(Table::Terms, k, v)?)))
+            .collect::<Result<_, StoreError>>()?;
         let demands: Vec<AppDemand> = apps
             .iter()
             .filter(|a| a.replicas > 0)
@@ -153,7 +177,19 @@ impl Control {
                     tier,
                 );
                 demand.replicas = Some(a.replicas);
+                demand.min_trust = match tier {
+                    api::Tier::S | api::Tier::A => trust::MIN_TRUST,
+                    api::Tier::B => trust::MIN_TRUST_B,
+                };
                 demand.component_mb = a.size as f64 / (1 << 20) as f64;
+                if let Some(terms) = terms.get(&a.name) {
+                    demand.max_price = terms.max_price;
+                    demand.pricing = match terms.bid {
+                        api::Bid::Spot => Pricing::Spot,
+                        api::Bid::OnDemand => Pricing::OnDemand,
+                        api::Bid::Reserved => Pricing::Reserved,
+                    };
+                }
                 demand
             })
             .collect();

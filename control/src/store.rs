@@ -33,11 +33,16 @@ pub enum Table {
     Scaling,
     /// The site bundle (sha256 in `Blobs`) a static site serves, by app name.
     Sites,
+    /// What each app's developer bids ([`AppTerms`]), by app name.
+    Terms,
+    /// The behaviour each device earned its trust with ([`crate::trust::Evidence`]), by
+    /// device id.
+    Trust,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 11] = [
         Table::Apps,
         Table::Devices,
         Table::Placements,
@@ -47,6 +52,8 @@ impl Table {
         Table::Snapshots,
         Table::Scaling,
         Table::Sites,
+        Table::Terms,
+        Table::Trust,
     ];
 
     /// The table's position in [`Table::ALL`].
@@ -73,6 +80,8 @@ impl Table {
             Table::Snapshots => "snapshots",
             Table::Scaling => "scaling",
             Table::Sites => "sites",
+            Table::Terms => "terms",
+            Table::Trust => "trust",
         }
     }
 }
@@ -413,6 +422,16 @@ pub struct AppRecord {
     pub updated_ms: u64,
 }
 
+/// What an app's developer bids (`fog publish --max-price --bid`); kept beside the app record
+/// so records written before bids existed still decode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppTerms {
+    /// Highest price per CPU-hour the developer pays.
+    pub max_price: Option<f64>,
+    /// How the developer buys capacity.
+    pub bid: fog_proto::api::Bid,
+}
+
 /// A registered device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceRecord {
@@ -491,10 +510,16 @@ mod tests {
         assert_eq!(placements(), p0, "another table's write leaves it alone");
         let a1 = apps();
         let read = store.get_versioned(Table::Apps, "x").unwrap();
-        store.put_if(Table::Apps, "x", b"2", &read.revision).unwrap();
+        store
+            .put_if(Table::Apps, "x", b"2", &read.revision)
+            .unwrap();
         assert!(apps() > a1, "a conditional write counts");
         let a2 = apps();
-        assert!(store.put_if(Table::Apps, "x", b"3", &read.revision).is_err());
+        assert!(
+            store
+                .put_if(Table::Apps, "x", b"3", &read.revision)
+                .is_err()
+        );
         assert_eq!(apps(), a2, "a refused conditional write changes nothing");
         store.delete(Table::Apps, "x").unwrap();
         assert!(apps() > a2, "a delete counts");

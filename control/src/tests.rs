@@ -2,6 +2,7 @@
 //! (sled, and a real etcd member on loopback) through [`on_both_backends!`].
 
 mod etcd;
+mod market;
 mod store;
 
 use std::sync::Arc;
@@ -559,6 +560,8 @@ async fn a_site_must_name_an_uploaded_bundle_and_removing_it_drops_the_bundle(ba
             replicas: None,
             limits: fog_proto::Limits::default(),
             bundle: Some(bundle.into()),
+            max_price: None,
+            bid: None,
         })
         .unwrap()
     };

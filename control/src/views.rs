@@ -6,7 +6,7 @@ use fog_proto::api::{self, AppInfo, DeviceInfo, Replica, Route, RouteMode, Tier}
 
 use crate::api::{Answer, json};
 use crate::error::ApiError;
-use crate::store::{AppRecord, DeviceRecord, PlacementRecord, StoreError, Table, decode};
+use crate::store::{AppRecord, AppTerms, DeviceRecord, PlacementRecord, StoreError, Table, decode};
 use crate::{Control, names, now_ms};
 
 impl Control {
@@ -75,6 +75,10 @@ impl Control {
             None => None,
         };
         let running = self.running_on().remove(&app.name).unwrap_or_default();
+        let terms: Option<AppTerms> = match self.store.get(Table::Terms, &app.name)? {
+            Some(bytes) => Some(decode(Table::Terms, &app.name, &bytes)?),
+            None => None,
+        };
         Ok(AppInfo {
             name: app.name.clone(),
             owner: app.owner.clone(),
@@ -98,6 +102,8 @@ impl Control {
                 Some(bytes) => Some(decode(Table::Scaling, &app.name, &bytes)?),
                 None => None,
             },
+            max_price: terms.as_ref().and_then(|t| t.max_price),
+            bid: terms.map(|t| t.bid).unwrap_or_default(),
             moving: self
                 .handovers
                 .lock()
@@ -114,13 +120,14 @@ impl Control {
     pub(crate) fn device_infos(&self) -> Result<Vec<DeviceInfo>, StoreError> {
         let placements = self.placements()?;
         let live = self.live.lock().expect("live lock");
-        Ok(self
-            .devices()?
+        self.devices()?
             .into_iter()
             .map(|d| {
                 let l = live.get(&d.id);
                 let alive = l.is_some_and(|l| self.is_alive(l));
-                DeviceInfo {
+                let (trust, trust_reasons) = self.trust_of(&d.id)?;
+                let latency = self.latency_of(&d.id).filter(|_| alive);
+                Ok(DeviceInfo {
                     htx: l.and_then(|l| l.heartbeat.htx.clone()),
                     // The links of a dead device are not held any more.
                     attached: l
@@ -143,9 +150,14 @@ impl Control {
                     addr: Some(d.addr).filter(|a| !a.is_empty()),
                     region: d.region,
                     cpu: d.cpu,
-                }
+                    price_cpu_hour: d.price_cpu_hour,
+                    rtt_ms: latency.map(|l| l.rtt_ms),
+                    rtt_age_ms: latency.map(|l| l.age.as_millis() as u64),
+                    trust,
+                    trust_reasons,
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Live replicas of every app: assigned, on a device with a fresh heartbeat that reports

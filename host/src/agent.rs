@@ -39,6 +39,8 @@ pub struct AgentConfig {
     pub mem_mb: f64,
     /// Disk offered, MiB.
     pub disk_mb: f64,
+    /// Price per CPU-hour the device asks (registered; placement and the market use it).
+    pub price_cpu_hour: f64,
     /// Time between heartbeats.
     pub heartbeat: Duration,
     /// The harvester's status and ledger; without one the device always offers `cpu`.
@@ -237,7 +239,7 @@ pub async fn run(
         cpu: config.cpu,
         mem_mb: config.mem_mb,
         disk_mb: config.disk_mb,
-        price_cpu_hour: 0.0,
+        price_cpu_hour: config.price_cpu_hour,
     };
     tokio::pin!(shutdown);
     let _closing = CloseOnDrop(config.attacher.clone());

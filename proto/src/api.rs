@@ -104,6 +104,72 @@ pub struct PublishMeta {
     /// component (Fog's fileserver) from a read-only directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle: Option<String>,
+    /// Highest price per CPU-hour the developer pays (`fog publish --max-price`): no replica
+    /// lands on a device that asks more, or whose market price for this app is higher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_price: Option<f64>,
+    /// How the developer buys capacity (`fog publish --bid`); on-demand if not said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bid: Option<Bid>,
+}
+
+/// How a developer buys CPU time for an app (the market's pricing classes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Bid {
+    /// Interruptible capacity, at 0.8 of the spot quote.
+    Spot,
+    /// Capacity at the quoted price.
+    #[default]
+    OnDemand,
+    /// Capacity committed for the placement period.
+    Reserved,
+}
+
+impl std::str::FromStr for Bid {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "spot" => Ok(Bid::Spot),
+            "on-demand" => Ok(Bid::OnDemand),
+            "reserved" => Ok(Bid::Reserved),
+            _ => Err(format!(
+                "bid must be spot, on-demand or reserved, not {s:?}"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Bid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Bid::Spot => "spot",
+            Bid::OnDemand => "on-demand",
+            Bid::Reserved => "reserved",
+        })
+    }
+}
+
+/// Highest price per CPU-hour a device may ask or a developer may bid: about 10,000 times the
+/// market's base price (0.10–0.15), so anything above is a mistake, not a price.
+pub const MAX_PRICE_CPU_HOUR: f64 = 1000.0;
+
+/// Check a price per CPU-hour (`what` names it in the reason): a finite number in
+/// [0, [`MAX_PRICE_CPU_HOUR`]].
+pub fn validate_price(what: &str, price: f64) -> Result<(), String> {
+    if !price.is_finite() {
+        return Err(format!("{what} must be a number, not {price}"));
+    }
+    if price < 0.0 {
+        return Err(format!("{what} must not be negative, got {price}"));
+    }
+    if price > MAX_PRICE_CPU_HOUR {
+        return Err(format!(
+            "{what} {price} per CPU-hour is absurd (at most {MAX_PRICE_CPU_HOUR})"
+        ));
+    }
+    Ok(())
 }
 
 /// Most replicas one app may ask for.
@@ -119,6 +185,9 @@ impl PublishMeta {
             return Err(format!(
                 "replicas must be between 1 and {MAX_REPLICAS}, got {r}"
             ));
+        }
+        if let Some(max) = self.max_price {
+            validate_price("max price", max)?;
         }
         self.limits.validate()
     }
@@ -166,6 +235,12 @@ pub struct AppInfo {
     /// The app's onion-service address (`<56 characters>.onion`).
     #[serde(default)]
     pub onion: Option<String>,
+    /// Highest price per CPU-hour the developer pays, if capped.
+    #[serde(default)]
+    pub max_price: Option<f64>,
+    /// How the developer buys capacity.
+    #[serde(default)]
+    pub bid: Bid,
 }
 
 /// An app's onion-service key, for a trusted router to run the service.
@@ -258,6 +333,17 @@ pub struct DeviceRegistration {
     pub price_cpu_hour: f64,
 }
 
+impl DeviceRegistration {
+    /// Check the capacity and the asked price: finite, non-negative, not absurd.
+    pub fn validate(&self) -> Result<(), String> {
+        let finite = |x: f64| x.is_finite() && x >= 0.0;
+        if !(finite(self.cpu) && finite(self.mem_mb) && finite(self.disk_mb)) {
+            return Err("cpu, mem_mb and disk_mb must be non-negative numbers".into());
+        }
+        validate_price("price", self.price_cpu_hour)
+    }
+}
+
 /// The control plane's answer to a registration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceRegistered {
@@ -322,14 +408,31 @@ pub struct HtxEndpoint {
 /// Most attach links one heartbeat may report.
 pub const MAX_ATTACHED: usize = 64;
 
+/// Largest round-trip time a device may report on an attach link, µs: a link slower than 30 s
+/// would have been closed by its missed PINGs long before, so more is a lie or a bug.
+pub const MAX_RTT_US: u64 = 30_000_000;
+
 /// One attach connection a device holds open to a router.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AttachedLink {
     /// The router's id.
     pub router: String,
-    /// Round-trip time of the last HTX PING on the connection, µs.
+    /// Round-trip time of the last HTX PING on the connection, µs (0: not measured yet).
     pub rtt_us: u64,
+}
+
+impl AttachedLink {
+    /// Check the RTT is physically possible (see [`MAX_RTT_US`]).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.rtt_us > MAX_RTT_US {
+            return Err(format!(
+                "attach link to router {}: an RTT of {} µs is impossible (at most {MAX_RTT_US})",
+                self.router, self.rtt_us
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// What a router registers about its attach endpoint (signed with its identity; only routers
@@ -614,6 +717,22 @@ pub struct DeviceInfo {
     pub assigned: Vec<String>,
     /// Apps it reports running.
     pub running: Vec<String>,
+    /// Price per CPU-hour it asks (`fog host --price`; 0: the market base).
+    #[serde(default)]
+    pub price_cpu_hour: f64,
+    /// Its measured latency as placement uses it, if measured: the smoothed RTT of its attach
+    /// links, averaged over the routers it is attached to, ms.
+    #[serde(default)]
+    pub rtt_ms: Option<f64>,
+    /// Milliseconds since the last RTT sample.
+    #[serde(default)]
+    pub rtt_age_ms: Option<u64>,
+    /// Trust in [0, 1] earned by behaviour (tiers S and A need 0.3).
+    #[serde(default)]
+    pub trust: f64,
+    /// What the trust is made of, for people.
+    #[serde(default)]
+    pub trust_reasons: Vec<String>,
 }
 
 /// Where an app's live replicas are, for routers.

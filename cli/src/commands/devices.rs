@@ -1,6 +1,7 @@
 //! `fog devices`: the registered devices, alive or not, how routers reach them (dialled at a
-//! listener, or on the connections they dialled out, with each one's round-trip time) and what
-//! they run.
+//! listener, or on the connections they dialled out, with each one's round-trip time), the
+//! smoothed RTT placement uses, their trust with its reasons, the price they ask and what they
+//! run.
 
 use fog_proto::api::DeviceInfo;
 
@@ -24,8 +25,8 @@ impl Devices {
                 return print_json(&devices);
             }
             println!(
-                "{:<18} {:<10} {:<6} {:>5} {:<40} {:<24} RUNNING",
-                "ID", "REGION", "STATE", "CPU", "REACHED", "RTT"
+                "{:<18} {:<10} {:<6} {:>5} {:>7} {:<40} {:<24} {:<16} {:<6} RUNNING",
+                "ID", "REGION", "STATE", "CPU", "PRICE", "REACHED", "RTT", "PLACED AT", "TRUST"
             );
             for d in devices {
                 let state = match (d.alive, d.harvestable) {
@@ -34,15 +35,19 @@ impl Devices {
                     (true, true) => "up",
                 };
                 println!(
-                    "{:<18} {:<10} {:<6} {:>5} {:<40} {:<24} {}",
+                    "{:<18} {:<10} {:<6} {:>5} {:>7} {:<40} {:<24} {:<16} {:<6.2} {}",
                     d.id,
                     d.region,
                     state,
                     d.cpu,
+                    format!("{:.3}", d.price_cpu_hour),
                     reached(&d),
                     rtt(&d),
+                    smoothed(&d),
+                    d.trust,
                     d.running.join(",")
                 );
+                println!("{:<18} trust: {}", "", d.trust_reasons.join("; "));
             }
             Ok(())
         })
@@ -65,6 +70,14 @@ pub fn reached(d: &DeviceInfo) -> String {
                 .collect::<Vec<_>>()
                 .join(",")
         ),
+    }
+}
+
+/// The smoothed RTT placement uses, and the age of its newest sample.
+fn smoothed(d: &DeviceInfo) -> String {
+    match (d.rtt_ms, d.rtt_age_ms) {
+        (Some(ms), Some(age)) => format!("{ms:.1}ms ({:.0}s ago)", age as f64 / 1000.0),
+        _ => "unmeasured".to_string(),
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use fog_host::LimitArgs;
-use fog_proto::api::{AppInfo, PublishMeta, Tier};
+use fog_proto::api::{AppInfo, Bid, PublishMeta, Tier};
 
 use crate::client::{Api, ControlArgs, print_json};
 use crate::progress::Spinner;
@@ -27,6 +27,13 @@ pub struct Publish {
     /// Replicas, if not the tier's default.
     #[arg(long)]
     replicas: Option<u32>,
+    /// Highest price per CPU-hour you pay: no replica runs on a device that asks more, or whose
+    /// market price for this app is higher.
+    #[arg(long, value_parser = crate::services::parse_price)]
+    max_price: Option<f64>,
+    /// How you buy capacity: spot, on-demand or reserved.
+    #[arg(long)]
+    bid: Option<Bid>,
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
@@ -56,6 +63,8 @@ impl Publish {
                 replicas: self.replicas,
                 limits: self.limits.limits(),
                 bundle: None,
+                max_price: self.max_price,
+                bid: self.bid,
             };
             let wait = Duration::from_secs(self.wait);
             let info = if self.app.is_dir() {

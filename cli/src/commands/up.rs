@@ -197,6 +197,8 @@ async fn demo(
             replicas: None,
             limits: Limits::default(),
             bundle: None,
+            max_price: None,
+            bid: None,
         };
         let wait = Duration::from_secs(60);
         let info = match examples {
@@ -229,6 +231,8 @@ async fn demo(
         replicas: None,
         limits: Limits::default(),
         bundle: None,
+        max_price: None,
+        bid: None,
     };
     let info = super::publish::publish_site(&api, &site, meta, Duration::from_secs(60)).await?;
     super::publish::print_app(&info, router);

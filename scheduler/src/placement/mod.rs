@@ -66,6 +66,9 @@ const FILTERS: [&str; 8] = [
     "eligible",
 ];
 
+/// Which filter stops `device` for `app` (an index into [`FILTERS`]). A device is above the app's
+/// maximum price when its owner asks more, or when the market price the app would pay on it
+/// (`price`) is higher.
 fn filter_index(device: &Device, app: &AppDemand, config: &PlacementConfig, price: f64) -> usize {
     if app.excluded_devices.contains(&device.id) {
         0
@@ -77,7 +80,10 @@ fn filter_index(device: &Device, app: &AppDemand, config: &PlacementConfig, pric
         3
     } else if device.trust < app.min_trust {
         4
-    } else if app.max_price.is_some_and(|max| price > max) {
+    } else if app
+        .max_price
+        .is_some_and(|max| price > max || device.price_cpu_hour > max)
+    {
         5
     } else if device.cpu_free + 1e-9 < app.cpu
         || device.mem_free_mb + 1e-9 < app.mem_mb
@@ -128,10 +134,15 @@ pub fn plan(
         }
         let mut counts = [0usize; FILTERS.len()];
         let mut candidates = Vec::new();
+        // The lowest price among devices too dear for the app, to say what it would take.
+        let mut cheapest_refused = f64::INFINITY;
         for (d, device) in devices.iter().enumerate() {
             let price = unit_price(app, device, demand, supply);
             let f = filter_index(device, app, config, price);
             counts[f] += 1;
+            if f == 5 {
+                cheapest_refused = cheapest_refused.min(price.max(device.price_cpu_hour));
+            }
             if f == FILTERS.len() - 1 {
                 candidates.push(d as u32);
             }
@@ -139,7 +150,13 @@ pub fn plan(
         if candidates.len() < replicas {
             let stops: Vec<String> = (0..FILTERS.len() - 1)
                 .filter(|&f| counts[f] > 0)
-                .map(|f| format!("{} {}", counts[f], FILTERS[f]))
+                .map(|f| match (f, app.max_price) {
+                    (5, Some(max)) => format!(
+                        "{} {} of {max} per CPU-hour (the cheapest costs {cheapest_refused:.4})",
+                        counts[f], FILTERS[f]
+                    ),
+                    _ => format!("{} {}", counts[f], FILTERS[f]),
+                })
                 .collect();
             unplaceable.push(Unplaceable {
                 app: app.id.clone(),

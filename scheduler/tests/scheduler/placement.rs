@@ -283,3 +283,83 @@ fn a_seed_gives_the_same_placement_with_one_and_two_threads() {
     assert_eq!(one.assignment, two.assignment);
     assert_eq!(one.objectives, two.objectives);
 }
+
+/// `n` identical, usable devices on mains in one region, asking `price`, with `latency_ms`.
+fn uniform_fleet(n: usize, price: f64, latency_ms: f64) -> Vec<Device> {
+    (0..n)
+        .map(|i| Device {
+            id: format!("d{i}"),
+            cpu_capacity: 4.0,
+            cpu_free: 4.0,
+            mem_capacity_mb: 4096.0,
+            mem_free_mb: 4096.0,
+            disk_free_mb: 4096.0,
+            harvestable: true,
+            healthy: true,
+            heartbeat_age_s: 0.0,
+            battery: None,
+            charging: true,
+            temperature_c: 30.0,
+            region: "local".into(),
+            latency_ms,
+            bandwidth_mbps: 100.0,
+            trust: 0.5,
+            price_cpu_hour: price,
+            price_gb_hour: 0.01,
+        })
+        .collect()
+}
+
+#[test]
+fn a_device_asking_more_than_the_max_price_never_hosts_the_app() {
+    let mut devices = uniform_fleet(6, 0.10, 5.0);
+    for d in &mut devices[..3] {
+        d.price_cpu_hour = 0.50;
+    }
+    // A tier-B app in a market with far more supply than demand: the market price on the dear
+    // devices (about 0.31) is under the cap, so only their owners' asking price keeps it away.
+    let mut app = AppDemand::new("capped", 0.1, 64.0, Tier::B);
+    app.max_price = Some(0.40);
+    app.replicas = Some(3);
+    let outcome = placement::plan(&devices, &[app.clone()], &Assignment::new(), &config(3));
+    let ids = &outcome.assignment["capped"];
+    assert_eq!(ids.len(), 3);
+    for id in ids {
+        assert!(!["d0", "d1", "d2"].contains(&id.as_str()), "{ids:?}");
+    }
+    // Four replicas need a fourth device under the cap: there is none.
+    app.replicas = Some(4);
+    let outcome = placement::plan(&devices, &[app], &Assignment::new(), &config(3));
+    let reason = &outcome.unplaceable[0].reason;
+    assert!(
+        reason.contains("3 above the app's maximum price"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn when_no_device_is_cheap_enough_the_problem_says_so() {
+    let devices = uniform_fleet(4, 0.50, 5.0);
+    let mut app = AppDemand::new("stingy", 0.1, 64.0, Tier::B);
+    app.max_price = Some(0.05);
+    let outcome = placement::plan(&devices, &[app], &Assignment::new(), &config(3));
+    assert!(outcome.assignment.is_empty());
+    let reason = &outcome.unplaceable[0].reason;
+    assert!(
+        reason.contains("4 above the app's maximum price of 0.05 per CPU-hour"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_slow_device_gets_no_tier_s_replica_while_fast_devices_have_room() {
+    for seed in 1..=5 {
+        let mut devices = uniform_fleet(5, 0.10, 1.0);
+        devices[2].latency_ms = 121.0;
+        let app = AppDemand::new("fast", 0.1, 64.0, Tier::S);
+        let outcome = placement::plan(&devices, &[app], &Assignment::new(), &config(seed));
+        let ids = &outcome.assignment["fast"];
+        assert_eq!(ids.len(), 3);
+        assert!(!ids.contains(&"d2".to_string()), "seed {seed}: {ids:?}");
+    }
+}

@@ -1,0 +1,227 @@
+//! What the control plane measures of each device for placement: the smoothed round-trip time of
+//! its attach links (from the HTX PINGs reported in its heartbeats) and the behaviour its trust
+//! is earned with (see [`crate::trust`]).
+//!
+//! RTT: routers do not report what they measure, so the RTT is the one the device measured on
+//! its own attach connections, checked for plausibility (an impossible value refuses the whole
+//! heartbeat, see [`fog_proto::api::AttachedLink::validate`]) and counted only for routers that
+//! registered an attach endpoint. Each link is smoothed as TCP does (`srtt ← 3/4 srtt + 1/4
+//! sample`); a device's latency is the mean over its links sampled in the last
+//! [`RTT_FRESH`]. Bandwidth is not measured yet: transfers to devices are not timed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use fog_proto::api::Heartbeat;
+
+use crate::store::{Store, StoreError, Table, decode, encode};
+use crate::trust::{Evidence, TrustConfig};
+
+/// A link's RTT older than this is not used.
+pub const RTT_FRESH: Duration = Duration::from_secs(30);
+
+/// Weight of a new RTT sample in the smoothed value.
+const RTT_GAIN: f64 = 0.25;
+
+/// How often changed trust evidence is written to the store.
+const SAVE_EVERY: Duration = Duration::from_secs(10);
+
+/// One attach link's smoothed RTT.
+#[derive(Debug, Clone, Copy)]
+struct Smoothed {
+    srtt_us: f64,
+    at: Instant,
+}
+
+/// A device's latency as placement sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Latency {
+    /// Mean smoothed RTT over its fresh links, ms.
+    pub rtt_ms: f64,
+    /// Time since the newest sample.
+    pub age: Duration,
+}
+
+/// Measurements and behaviour of every device.
+#[derive(Debug, Default)]
+pub(crate) struct Observations {
+    /// Device → router → smoothed RTT.
+    rtt: Mutex<HashMap<String, HashMap<String, Smoothed>>>,
+    /// Device → evidence, loaded from the store on first use.
+    trust: Mutex<HashMap<String, Evidence>>,
+    /// Devices whose evidence changed since it was last saved.
+    dirty: Mutex<HashSet<String>>,
+    /// When evidence was last saved.
+    saved: Mutex<Option<Instant>>,
+}
+
+impl Observations {
+    /// Smooth the RTTs a heartbeat reports, for routers in `routers` (registered attach
+    /// endpoints); 0 means "not measured yet" and is skipped.
+    pub fn record_rtt(&self, device: &str, heartbeat: &Heartbeat, routers: &HashSet<String>) {
+        let now = Instant::now();
+        let mut rtt = self.rtt.lock().expect("rtt lock");
+        let links = rtt.entry(device.to_string()).or_default();
+        for link in &heartbeat.attached {
+            if link.rtt_us == 0 || !routers.contains(&link.router) {
+                continue;
+            }
+            let sample = link.rtt_us as f64;
+            links
+                .entry(link.router.clone())
+                .and_modify(|s| {
+                    s.srtt_us += RTT_GAIN * (sample - s.srtt_us);
+                    s.at = now;
+                })
+                .or_insert(Smoothed {
+                    srtt_us: sample,
+                    at: now,
+                });
+        }
+        links.retain(|_, s| now.duration_since(s.at) <= RTT_FRESH);
+    }
+
+    /// The device's measured latency, if any fresh link has been sampled.
+    pub fn latency(&self, device: &str) -> Option<Latency> {
+        let rtt = self.rtt.lock().expect("rtt lock");
+        let fresh: Vec<&Smoothed> = rtt
+            .get(device)?
+            .values()
+            .filter(|s| s.at.elapsed() <= RTT_FRESH)
+            .collect();
+        if fresh.is_empty() {
+            return None;
+        }
+        let mean = fresh.iter().map(|s| s.srtt_us).sum::<f64>() / fresh.len() as f64;
+        let age = fresh.iter().map(|s| s.at.elapsed()).min()?;
+        Some(Latency {
+            rtt_ms: mean / 1000.0,
+            age,
+        })
+    }
+
+    /// Change `device`'s evidence with `change`.
+    pub fn update_evidence(
+        &self,
+        store: &dyn Store,
+        device: &str,
+        change: impl FnOnce(&mut Evidence),
+    ) -> Result<(), StoreError> {
+        let mut trust = self.trust.lock().expect("trust lock");
+        if !trust.contains_key(device) {
+            let loaded = match store.get(Table::Trust, device)? {
+                Some(bytes) => decode(Table::Trust, device, &bytes)?,
+                None => Evidence::default(),
+            };
+            trust.insert(device.to_string(), loaded);
+        }
+        change(trust.get_mut(device).expect("inserted above"));
+        self.dirty
+            .lock()
+            .expect("dirty lock")
+            .insert(device.to_string());
+        Ok(())
+    }
+
+    /// `device`'s evidence, decayed to `now_ms`.
+    pub fn evidence(
+        &self,
+        store: &dyn Store,
+        device: &str,
+        now_ms: u64,
+        config: &TrustConfig,
+    ) -> Result<Evidence, StoreError> {
+        let known = self.trust.lock().expect("trust lock").get(device).cloned();
+        let mut evidence = match known {
+            Some(evidence) => evidence,
+            None => match store.get(Table::Trust, device)? {
+                Some(bytes) => decode(Table::Trust, device, &bytes)?,
+                None => Evidence::default(),
+            },
+        };
+        evidence.decay(now_ms, config);
+        Ok(evidence)
+    }
+
+    /// Write changed evidence to the store, at most every [`SAVE_EVERY`] unless `now`.
+    pub fn save(&self, store: &dyn Store, now: bool) -> Result<(), StoreError> {
+        {
+            let mut saved = self.saved.lock().expect("saved lock");
+            if !now && saved.is_some_and(|at| at.elapsed() < SAVE_EVERY) {
+                return Ok(());
+            }
+            *saved = Some(Instant::now());
+        }
+        let dirty: Vec<String> = self.dirty.lock().expect("dirty lock").drain().collect();
+        let trust = self.trust.lock().expect("trust lock");
+        for device in dirty {
+            if let Some(evidence) = trust.get(&device) {
+                store.put(Table::Trust, &device, &encode(evidence))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl crate::Control {
+    /// Take what a heartbeat shows of the device: its links' RTTs, and uptime or missed
+    /// heartbeats since `previous` (when the last heartbeat came and whether it announced the
+    /// device harvestable).
+    pub(crate) fn observe(
+        &self,
+        device: &str,
+        previous: Option<(Instant, bool)>,
+        heartbeat: &Heartbeat,
+    ) -> Result<(), StoreError> {
+        let routers: HashSet<String> = self
+            .registrations
+            .attach_points()
+            .into_iter()
+            .map(|p| p.router)
+            .collect();
+        self.observed.record_rtt(device, heartbeat, &routers);
+        let Some((at, was_harvestable)) = previous else {
+            return Ok(());
+        };
+        let interval = self.config.heartbeat_interval.as_secs_f64();
+        let window = interval * f64::from(self.config.missed_heartbeats);
+        let gap = at.elapsed().as_secs_f64();
+        let config = self.config.trust;
+        self.observed
+            .update_evidence(self.store.as_ref(), device, |e| {
+                e.heard(
+                    crate::now_ms(),
+                    gap,
+                    was_harvestable,
+                    interval,
+                    window,
+                    &config,
+                )
+            })
+    }
+
+    /// A device's trust now, and its reasons.
+    pub(crate) fn trust_of(&self, device: &str) -> Result<(f64, Vec<String>), StoreError> {
+        let evidence = self.observed.evidence(
+            self.store.as_ref(),
+            device,
+            crate::now_ms(),
+            &self.config.trust,
+        )?;
+        Ok((
+            evidence.trust(&self.config.trust),
+            evidence.reasons(&self.config.trust),
+        ))
+    }
+
+    /// A device's measured latency, if any.
+    pub(crate) fn latency_of(&self, device: &str) -> Option<Latency> {
+        self.observed.latency(device)
+    }
+
+    /// Save changed trust evidence (rate-limited unless `now`).
+    pub(crate) fn save_evidence(&self, now: bool) -> Result<(), StoreError> {
+        self.observed.save(self.store.as_ref(), now)
+    }
+}
