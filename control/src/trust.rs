@@ -158,7 +158,7 @@ impl Evidence {
             out.push(format!("{} ledger periods refused", self.refused_periods));
         }
         if self.good_s + self.bad_s < config.prior_weight_s {
-            out.push(format!("new: starts at {}", config.prior));
+            out.push(format!("new (started at {})", config.prior));
         }
         out
     }

@@ -26,7 +26,7 @@ impl Devices {
             }
             println!(
                 "{:<18} {:<10} {:<6} {:>5} {:>7} {:<40} {:<24} {:<16} {:<6} RUNNING",
-                "ID", "REGION", "STATE", "CPU", "PRICE", "REACHED", "RTT", "PLACED AT", "TRUST"
+                "ID", "REGION", "STATE", "CPU", "PRICE", "REACHED", "RTT", "SMOOTHED RTT", "TRUST"
             );
             for d in devices {
                 let state = match (d.alive, d.harvestable) {

@@ -662,6 +662,42 @@ fn a_delayed_link_still_serves_and_its_rtt_shows_in_fog_devices() {
     assert!(table.contains("ms"), "{table}");
 }
 
+#[test]
+fn a_device_behind_120_ms_gets_no_tier_s_replica_while_faster_devices_have_room() {
+    let fog = LabFog::start(1, 4, 0);
+    fog.lab
+        .set_netem("dev4", Duration::from_millis(120), 0.0)
+        .expect("delay on dev4's link");
+    // Placement's view: every device measured and trusted enough for tier S, one of them slow.
+    let slow = |d: &DeviceInfo| d.rtt_ms.is_some_and(|ms| ms >= 100.0);
+    let devices = fog.wait_devices(
+        Duration::from_secs(60),
+        "dev4's smoothed RTT over 100 ms, the others' under 20 ms, all trusted for tier S",
+        |d| {
+            d.len() == 4
+                && d.iter().all(|d| d.trust >= 0.3 && d.rtt_ms.is_some())
+                && d.iter().filter(|d| slow(d)).count() == 1
+                && d.iter().all(|d| slow(d) || d.rtt_ms < Some(20.0))
+        },
+    );
+    let dev4 = devices.iter().find(|d| slow(d)).unwrap();
+    assert_eq!(fog.node_of(&dev4.id), "dev4");
+    // Two tier-S apps: with latency a constant, each would land on dev4 three times in four.
+    for name in ["near1", "near2"] {
+        let info = fog.publish(programs::HELLO, name, "S");
+        assert_eq!(info.assigned.len(), 3, "{info:#?}");
+        assert!(
+            !info.assigned.contains(&dev4.id),
+            "{name} placed on the slow dev4: {info:#?}
+{devices:#?}"
+        );
+    }
+    let out = fog.fog(&["devices"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    println!("{table}");
+    assert!(table.contains("trust:"), "{table}");
+}
+
 /// `fog testnet --addr` on the lab's public node `tor`: a private Tor network the whole lab can
 /// use.
 struct LabTor {
