@@ -491,10 +491,16 @@ mod tests {
         assert_eq!(placements(), p0, "another table's write leaves it alone");
         let a1 = apps();
         let read = store.get_versioned(Table::Apps, "x").unwrap();
-        store.put_if(Table::Apps, "x", b"2", &read.revision).unwrap();
+        store
+            .put_if(Table::Apps, "x", b"2", &read.revision)
+            .unwrap();
         assert!(apps() > a1, "a conditional write counts");
         let a2 = apps();
-        assert!(store.put_if(Table::Apps, "x", b"3", &read.revision).is_err());
+        assert!(
+            store
+                .put_if(Table::Apps, "x", b"3", &read.revision)
+                .is_err()
+        );
         assert_eq!(apps(), a2, "a refused conditional write changes nothing");
         store.delete(Table::Apps, "x").unwrap();
         assert!(apps() > a2, "a delete counts");
