@@ -329,6 +329,7 @@ impl Sim {
             }
             measured_from = Instant::now();
             counters.measuring.store(true, Ordering::Relaxed);
+            eprintln!("fog sim: fleet set up; measuring heartbeats");
             match self.duration {
                 Some(seconds) => tokio::time::sleep(Duration::from_secs(seconds)).await,
                 None => std::future::pending().await,
