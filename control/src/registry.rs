@@ -116,8 +116,11 @@ impl Control {
                 return Ok(index);
             }
         }
-        let apps: BTreeMap<String, AppRecord> =
-            self.apps()?.into_iter().map(|a| (a.name.clone(), a)).collect();
+        let apps: BTreeMap<String, AppRecord> = self
+            .apps()?
+            .into_iter()
+            .map(|a| (a.name.clone(), a))
+            .collect();
         let placements = self.placements()?;
         let sites = self
             .store
