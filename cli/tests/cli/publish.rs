@@ -626,3 +626,35 @@ async fn routers_use_htx_by_default_and_plain_http_on_request() {
         assert_eq!(reply.text(), format!("{{\"visits\":{i}}}"));
     }
 }
+
+#[test]
+fn bad_prices_and_bids_are_refused_on_the_command_line_before_anything_is_sent() {
+    // An address nothing listens on: a request sent would fail with exit 1, not 2.
+    let control = "http://127.0.0.1:9";
+    for (args, reason) in [
+        (
+            vec!["publish", programs::HELLO, "--max-price=-1"],
+            "must not be negative",
+        ),
+        (
+            vec!["publish", programs::HELLO, "--max-price", "NaN"],
+            "must be a number",
+        ),
+        (
+            vec!["publish", programs::HELLO, "--max-price", "1e9"],
+            "is absurd",
+        ),
+        (
+            vec!["publish", programs::HELLO, "--bid", "auction"],
+            "bid must be spot, on-demand or reserved",
+        ),
+        (vec!["host", "--price", "inf"], "must be a number"),
+        (vec!["host", "--price=-0.5"], "must not be negative"),
+    ] {
+        let mut all = args.clone();
+        all.extend(["--control", control]);
+        let (code, _, err) = run(&all);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(reason), "{args:?}: {err}");
+    }
+}
