@@ -110,10 +110,8 @@ impl Control {
                     .into(),
             ));
         }
-        // A device's claims about its links must be physically possible.
-        for link in &heartbeat.attached {
-            link.validate().map_err(ApiError::BadRequest)?;
-        }
+        // A device's claims about itself (capacity, sensors, link RTTs) must be possible.
+        heartbeat.validate().map_err(ApiError::BadRequest)?;
         // Ledger periods: signed by this device's key, for this device, with honest arithmetic;
         // a refused one costs the device trust.
         match self.accept_periods(id, &device, &mut heartbeat) {
@@ -123,6 +121,8 @@ impl Control {
                     .update_evidence(self.store.as_ref(), id, |e| {
                         e.refused_period(now_ms(), &self.config.trust)
                     })?;
+                // Kept at once: a restart must not forgive it.
+                self.save_evidence(true)?;
                 return Err(refused);
             }
             Err(other) => return Err(other),

@@ -24,8 +24,13 @@ pub const RTT_FRESH: Duration = Duration::from_secs(30);
 /// Weight of a new RTT sample in the smoothed value.
 const RTT_GAIN: f64 = 0.25;
 
-/// How often changed trust evidence is written to the store.
+/// How often changed trust evidence is looked at for saving.
 const SAVE_EVERY: Duration = Duration::from_secs(10);
+
+/// Uptime a device's saved evidence may lag behind before it is written again, s: a crash of
+/// the control plane forgets at most this much of a device's good standing, and a large fleet
+/// costs the store a few writes a second, not one per device per save.
+const UPTIME_SAVE_LAG_S: f64 = 600.0;
 
 /// One attach link's smoothed RTT.
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +57,8 @@ pub(crate) struct Observations {
     trust: Mutex<HashMap<String, Evidence>>,
     /// Devices whose evidence changed since it was last saved.
     dirty: Mutex<HashSet<String>>,
+    /// Evidence as last written to the store, by device.
+    written: Mutex<HashMap<String, Evidence>>,
     /// When evidence was last saved.
     saved: Mutex<Option<Instant>>,
 }
@@ -144,8 +151,16 @@ impl Observations {
         Ok(evidence)
     }
 
-    /// Write changed evidence to the store, at most every [`SAVE_EVERY`] unless `now`.
-    pub fn save(&self, store: &dyn Store, now: bool) -> Result<(), StoreError> {
+    /// Write changed evidence to the store, looking at most every [`SAVE_EVERY`] unless `now`:
+    /// a device's record is written when its trust moved by a placement step (0.05), a count
+    /// changed (heartbeats missed, periods refused), or its uptime grew by
+    /// [`UPTIME_SAVE_LAG_S`]; the others stay pending.
+    pub fn save(
+        &self,
+        store: &dyn Store,
+        now: bool,
+        config: &TrustConfig,
+    ) -> Result<(), StoreError> {
         {
             let mut saved = self.saved.lock().expect("saved lock");
             if !now && saved.is_some_and(|at| at.elapsed() < SAVE_EVERY) {
@@ -154,12 +169,28 @@ impl Observations {
             *saved = Some(Instant::now());
         }
         let dirty: Vec<String> = self.dirty.lock().expect("dirty lock").drain().collect();
-        let trust = self.trust.lock().expect("trust lock");
+        let mut pending = Vec::new();
+        let trust = self.trust.lock().expect("trust lock").clone();
+        let mut written = self.written.lock().expect("written lock");
+        let step = |e: &Evidence| (e.trust(config) * 20.0).floor();
         for device in dirty {
-            if let Some(evidence) = trust.get(&device) {
+            let Some(evidence) = trust.get(&device) else {
+                continue;
+            };
+            let due = written.get(&device).is_none_or(|last| {
+                step(last) != step(evidence)
+                    || last.missed_heartbeats != evidence.missed_heartbeats
+                    || last.refused_periods != evidence.refused_periods
+                    || evidence.uptime_s - last.uptime_s >= UPTIME_SAVE_LAG_S
+            });
+            if due {
                 store.put(Table::Trust, &device, &encode(evidence))?;
+                written.insert(device, evidence.clone());
+            } else {
+                pending.push(device);
             }
         }
+        self.dirty.lock().expect("dirty lock").extend(pending);
         Ok(())
     }
 }
@@ -222,6 +253,7 @@ impl crate::Control {
 
     /// Save changed trust evidence (rate-limited unless `now`).
     pub(crate) fn save_evidence(&self, now: bool) -> Result<(), StoreError> {
-        self.observed.save(self.store.as_ref(), now)
+        self.observed
+            .save(self.store.as_ref(), now, &self.config.trust)
     }
 }

@@ -333,13 +333,32 @@ pub struct DeviceRegistration {
     pub price_cpu_hour: f64,
 }
 
+/// Most CPU cores one device may offer.
+pub const MAX_DEVICE_CPU: f64 = 1024.0;
+/// Most memory one device may offer, MiB (64 TiB).
+pub const MAX_DEVICE_MEM_MB: f64 = (1u64 << 26) as f64;
+/// Most disk one device may offer, MiB (1 PiB).
+pub const MAX_DEVICE_DISK_MB: f64 = (1u64 << 30) as f64;
+
+/// Check that `value` (named `what`) is a number in [0, `max`].
+fn check_amount(what: &str, value: f64, max: f64) -> Result<(), String> {
+    if !(value.is_finite() && value >= 0.0) {
+        return Err(format!("{what} must be a non-negative number, got {value}"));
+    }
+    if value > max {
+        return Err(format!(
+            "{what} {value} is impossible for one device (at most {max})"
+        ));
+    }
+    Ok(())
+}
+
 impl DeviceRegistration {
     /// Check the capacity and the asked price: finite, non-negative, not absurd.
     pub fn validate(&self) -> Result<(), String> {
-        let finite = |x: f64| x.is_finite() && x >= 0.0;
-        if !(finite(self.cpu) && finite(self.mem_mb) && finite(self.disk_mb)) {
-            return Err("cpu, mem_mb and disk_mb must be non-negative numbers".into());
-        }
+        check_amount("cpu", self.cpu, MAX_DEVICE_CPU)?;
+        check_amount("mem_mb", self.mem_mb, MAX_DEVICE_MEM_MB)?;
+        check_amount("disk_mb", self.disk_mb, MAX_DEVICE_DISK_MB)?;
         validate_price("price", self.price_cpu_hour)
     }
 }
@@ -391,6 +410,30 @@ pub struct Heartbeat {
     /// time as the device measured it (HTX PING).
     #[serde(default)]
     pub attached: Vec<AttachedLink>,
+}
+
+impl Heartbeat {
+    /// Check what the device claims about itself is physically possible: capacity, battery,
+    /// temperature, and the RTT of each attach link.
+    pub fn validate(&self) -> Result<(), String> {
+        check_amount("cpu_free", self.cpu_free, MAX_DEVICE_CPU)?;
+        check_amount("mem_free_mb", self.mem_free_mb, MAX_DEVICE_MEM_MB)?;
+        if let Some(battery) = self.battery
+            && !(0.0..=1.0).contains(&battery)
+        {
+            return Err(format!("battery {battery} is not in [0, 1]"));
+        }
+        if !(-100.0..=200.0).contains(&self.temperature_c) {
+            return Err(format!(
+                "a CPU temperature of {} °C is impossible",
+                self.temperature_c
+            ));
+        }
+        for link in &self.attached {
+            link.validate()?;
+        }
+        Ok(())
+    }
 }
 
 /// A device's Noise static key and the HTX listener it answers on, if any.

@@ -12,7 +12,7 @@ use crate::trust::TrustConfig;
 use crate::{Control, ControlConfig};
 
 on_both_backends!(
-    bad_prices_bids_and_rtts_are_refused_and_change_nothing,
+    bad_prices_bids_capacities_and_rtts_are_refused_and_change_nothing,
     no_app_lands_on_a_device_asking_more_than_its_max_price,
     a_new_device_earns_trust_before_tier_a_and_loses_it_at_once_for_a_refused_ledger_period,
 );
@@ -91,16 +91,17 @@ async fn app(control: &Arc<Control>, name: &str) -> AppInfo {
     serde_json::from_slice(&body(answer).await).unwrap()
 }
 
-async fn bad_prices_bids_and_rtts_are_refused_and_change_nothing(backend: Backend) {
+async fn bad_prices_bids_capacities_and_rtts_are_refused_and_change_nothing(backend: Backend) {
     let control = backend.control();
     // Devices asking impossible prices are not registered.
-    for (price, reason) in [
-        (serde_json::json!(-0.5), "price must not be negative"),
-        (serde_json::json!(1e9), "is absurd"),
-        (serde_json::json!("NaN"), "malformed JSON"),
+    for (price, cpu, reason) in [
+        (serde_json::json!(-0.5), 2.0, "price must not be negative"),
+        (serde_json::json!(1e9), 2.0, "is absurd"),
+        (serde_json::json!("NaN"), 2.0, "malformed JSON"),
+        (serde_json::json!(0.1), 1e7, "impossible for one device"),
     ] {
         let registration = serde_json::json!({
-            "region": "r", "cpu": 2.0, "mem_mb": 2048.0, "disk_mb": 2048.0, "price_cpu_hour": price,
+            "region": "r", "cpu": cpu, "mem_mb": 2048.0, "disk_mb": 2048.0, "price_cpu_hour": price,
         });
         let answer = control
             .handle(signed(
@@ -157,6 +158,17 @@ async fn bad_prices_bids_and_rtts_are_refused_and_change_nothing(backend: Backen
     )
     .await;
     assert_eq!(status, 400, "{text}");
+    for (claim, reason) in [
+        (
+            serde_json::json!({"cpu_free": 1e9}),
+            "impossible for one device",
+        ),
+        (serde_json::json!({"battery": 7.0}), "not in [0, 1]"),
+    ] {
+        let (status, text) = heartbeat(&control, &key, &id, claim.clone()).await;
+        assert_eq!(status, 400, "{claim}: {text}");
+        assert!(text.contains(reason), "{claim}: {text}");
+    }
     let listed = devices(&control).await;
     assert!(!listed[0].alive && listed[0].rtt_ms.is_none());
     let (status, _) = heartbeat(&control, &key, &id, serde_json::json!({})).await;
@@ -200,16 +212,15 @@ async fn a_new_device_earns_trust_before_tier_a_and_loses_it_at_once_for_a_refus
     backend: Backend,
 ) {
     // A small prior weight: trust 0.3 is earned after about 0.1 s of heartbeats, not 9 s.
-    let control = Control::new(
-        backend.store(),
-        ControlConfig {
-            trust: TrustConfig {
-                prior_weight_s: 0.7,
-                ..TrustConfig::default()
-            },
-            ..ControlConfig::default()
+    let config = ControlConfig {
+        trust: TrustConfig {
+            prior_weight_s: 0.7,
+            ..TrustConfig::default()
         },
-    );
+        ..ControlConfig::default()
+    };
+    let store = backend.store();
+    let control = Control::new(store.clone(), config.clone());
     let mut fleet = Vec::new();
     for _ in 0..3 {
         let (key, id) = register(&control, 0.1).await;
@@ -313,4 +324,18 @@ async fn a_new_device_earns_trust_before_tier_a_and_loses_it_at_once_for_a_refus
         assert!(Instant::now() < deadline, "{info:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The refusal outlives a restart of the control plane.
+    let restarted = Control::new(store, config);
+    let cheat = devices(&restarted)
+        .await
+        .into_iter()
+        .find(|d| d.id == *id)
+        .unwrap();
+    assert!(
+        cheat.trust < 0.3
+            && cheat
+                .trust_reasons
+                .contains(&"1 ledger periods refused".to_string()),
+        "{cheat:?}"
+    );
 }
