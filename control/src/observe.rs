@@ -108,6 +108,23 @@ impl Observations {
         })
     }
 
+    /// `device`'s evidence from memory, or read from the store once and kept in memory (so a
+    /// reconcile over a large fleet reads the store only for devices it has not seen yet).
+    fn cached<'a>(
+        trust: &'a mut HashMap<String, Evidence>,
+        store: &dyn Store,
+        device: &str,
+    ) -> Result<&'a mut Evidence, StoreError> {
+        if !trust.contains_key(device) {
+            let loaded = match store.get(Table::Trust, device)? {
+                Some(bytes) => decode(Table::Trust, device, &bytes)?,
+                None => Evidence::default(),
+            };
+            trust.insert(device.to_string(), loaded);
+        }
+        Ok(trust.get_mut(device).expect("inserted above"))
+    }
+
     /// Change `device`'s evidence with `change`.
     pub fn update_evidence(
         &self,
@@ -116,14 +133,7 @@ impl Observations {
         change: impl FnOnce(&mut Evidence),
     ) -> Result<(), StoreError> {
         let mut trust = self.trust.lock().expect("trust lock");
-        if !trust.contains_key(device) {
-            let loaded = match store.get(Table::Trust, device)? {
-                Some(bytes) => decode(Table::Trust, device, &bytes)?,
-                None => Evidence::default(),
-            };
-            trust.insert(device.to_string(), loaded);
-        }
-        change(trust.get_mut(device).expect("inserted above"));
+        change(Self::cached(&mut trust, store, device)?);
         self.dirty
             .lock()
             .expect("dirty lock")
@@ -139,13 +149,9 @@ impl Observations {
         now_ms: u64,
         config: &TrustConfig,
     ) -> Result<Evidence, StoreError> {
-        let known = self.trust.lock().expect("trust lock").get(device).cloned();
-        let mut evidence = match known {
-            Some(evidence) => evidence,
-            None => match store.get(Table::Trust, device)? {
-                Some(bytes) => decode(Table::Trust, device, &bytes)?,
-                None => Evidence::default(),
-            },
+        let mut evidence = {
+            let mut trust = self.trust.lock().expect("trust lock");
+            Self::cached(&mut trust, store, device)?.clone()
         };
         evidence.decay(now_ms, config);
         Ok(evidence)
