@@ -193,6 +193,10 @@ pub async fn start_router(
             fog_proto::auth::Identity::from_secret(&identity_secret),
             stop.clone().wait(),
         )));
+        tasks.push(tokio::spawn(attach.clone().run_rtt_reports(
+            fog_proto::auth::Identity::from_secret(&identity_secret),
+            stop.clone().wait(),
+        )));
         Some(attach_addr)
     };
     if args.onion || args.tor_network.is_some() {

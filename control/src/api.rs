@@ -158,6 +158,7 @@ impl Control {
                 Ok(json(200, &self.registrations.attach_points()))
             }
             ("GET", ["attach"]) => Ok(json(200, &self.registrations.attach_points())),
+            ("POST", ["attach", "rtts"]) => self.router_rtts(request).await,
             ("POST", ["relays"]) => {
                 let (signer, body, _) = self.signed(request, 64 << 10).await?;
                 let relay: api::RelayInfo = serde_json::from_slice(&body)

@@ -2,18 +2,20 @@
 //! its attach links (from the HTX PINGs reported in its heartbeats) and the behaviour its trust
 //! is earned with (see [`crate::trust`]).
 //!
-//! RTT: routers do not report what they measure, so the RTT is the one the device measured on
-//! its own attach connections, checked for plausibility (an impossible value refuses the whole
-//! heartbeat, see [`fog_proto::api::AttachedLink::validate`]) and counted only for routers that
-//! registered an attach endpoint. Each link is smoothed as TCP does (`srtt ← 3/4 srtt + 1/4
-//! sample`); a device's latency is the mean over its links sampled in the last
+//! RTT: routers PING the hosts attached to them and report the RTTs (`POST /v1/attach/rtts`,
+//! trusted routers only); hosts PING their routers too and report their own view in their
+//! heartbeats, checked for plausibility (an impossible value refuses the whole heartbeat, see
+//! [`fog_proto::api::AttachedLink::validate`]) and counted only for routers that registered an
+//! attach endpoint. For each link the router's measurement wins when it has one: a device cannot
+//! make itself look nearer than it is. Each link is smoothed as TCP does (`srtt ← 3/4 srtt +
+//! 1/4 sample`); a device's latency is the mean over its links sampled in the last
 //! [`RTT_FRESH`]. Bandwidth is not measured yet: transfers to devices are not timed.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use fog_proto::api::Heartbeat;
+use fog_proto::api::{Heartbeat, RttSource};
 
 use crate::store::{Store, StoreError, Table, decode, encode};
 use crate::trust::{Evidence, TrustConfig};
@@ -39,6 +41,26 @@ struct Smoothed {
     at: Instant,
 }
 
+/// Add an RTT sample of `rtt_us` (0: not measured yet, skipped) for `router` to `links`, and
+/// drop links not sampled for [`RTT_FRESH`].
+fn smooth(links: &mut HashMap<String, Smoothed>, router: &str, rtt_us: u64) {
+    let now = Instant::now();
+    if rtt_us > 0 {
+        let sample = rtt_us as f64;
+        links
+            .entry(router.to_string())
+            .and_modify(|s| {
+                s.srtt_us += RTT_GAIN * (sample - s.srtt_us);
+                s.at = now;
+            })
+            .or_insert(Smoothed {
+                srtt_us: sample,
+                at: now,
+            });
+    }
+    links.retain(|_, s| now.duration_since(s.at) <= RTT_FRESH);
+}
+
 /// A device's latency as placement sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Latency {
@@ -46,13 +68,17 @@ pub struct Latency {
     pub rtt_ms: f64,
     /// Time since the newest sample.
     pub age: Duration,
+    /// Who measured it.
+    pub source: RttSource,
 }
 
 /// Measurements and behaviour of every device.
 #[derive(Debug, Default)]
 pub(crate) struct Observations {
-    /// Device → router → smoothed RTT.
+    /// Device → router → smoothed RTT, as the device reports it.
     rtt: Mutex<HashMap<String, HashMap<String, Smoothed>>>,
+    /// Device → router → smoothed RTT, as the router measured it.
+    router_rtt: Mutex<HashMap<String, HashMap<String, Smoothed>>>,
     /// Device → evidence, loaded from the store on first use.
     trust: Mutex<HashMap<String, Evidence>>,
     /// Devices whose evidence changed since it was last saved.
@@ -67,44 +93,58 @@ impl Observations {
     /// Smooth the RTTs a heartbeat reports, for routers in `routers` (registered attach
     /// endpoints); 0 means "not measured yet" and is skipped.
     pub fn record_rtt(&self, device: &str, heartbeat: &Heartbeat, routers: &HashSet<String>) {
-        let now = Instant::now();
         let mut rtt = self.rtt.lock().expect("rtt lock");
         let links = rtt.entry(device.to_string()).or_default();
         for link in &heartbeat.attached {
-            if link.rtt_us == 0 || !routers.contains(&link.router) {
-                continue;
+            if routers.contains(&link.router) {
+                smooth(links, &link.router, link.rtt_us);
             }
-            let sample = link.rtt_us as f64;
-            links
-                .entry(link.router.clone())
-                .and_modify(|s| {
-                    s.srtt_us += RTT_GAIN * (sample - s.srtt_us);
-                    s.at = now;
-                })
-                .or_insert(Smoothed {
-                    srtt_us: sample,
-                    at: now,
-                });
         }
-        links.retain(|_, s| now.duration_since(s.at) <= RTT_FRESH);
+    }
+
+    /// Smooth the RTTs router `router` measured to the devices attached to it.
+    pub fn record_router_rtts(&self, router: &str, links: &[fog_proto::api::DeviceRtt]) {
+        let mut rtt = self.router_rtt.lock().expect("rtt lock");
+        for link in links {
+            smooth(
+                rtt.entry(link.device.clone()).or_default(),
+                router,
+                link.rtt_us,
+            );
+        }
     }
 
     /// The device's measured latency, if any fresh link has been sampled.
     pub fn latency(&self, device: &str) -> Option<Latency> {
-        let rtt = self.rtt.lock().expect("rtt lock");
-        let fresh: Vec<&Smoothed> = rtt
-            .get(device)?
-            .values()
-            .filter(|s| s.at.elapsed() <= RTT_FRESH)
-            .collect();
-        if fresh.is_empty() {
+        let fresh = |links: Option<&HashMap<String, Smoothed>>| -> HashMap<String, Smoothed> {
+            links
+                .map(|links| {
+                    links
+                        .iter()
+                        .filter(|(_, s)| s.at.elapsed() <= RTT_FRESH)
+                        .map(|(r, s)| (r.clone(), *s))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let measured = fresh(self.router_rtt.lock().expect("rtt lock").get(device));
+        let mut links = fresh(self.rtt.lock().expect("rtt lock").get(device));
+        let claimed_only = links.keys().any(|r| !measured.contains_key(r));
+        // The router's measurement of a link wins over the device's.
+        links.extend(measured);
+        if links.is_empty() {
             return None;
         }
-        let mean = fresh.iter().map(|s| s.srtt_us).sum::<f64>() / fresh.len() as f64;
-        let age = fresh.iter().map(|s| s.at.elapsed()).min()?;
+        let mean = links.values().map(|s| s.srtt_us).sum::<f64>() / links.len() as f64;
+        let age = links.values().map(|s| s.at.elapsed()).min()?;
         Some(Latency {
             rtt_ms: mean / 1000.0,
             age,
+            source: if claimed_only {
+                RttSource::Device
+            } else {
+                RttSource::Routers
+            },
         })
     }
 
@@ -261,5 +301,43 @@ impl crate::Control {
     pub(crate) fn save_evidence(&self, now: bool) -> Result<(), StoreError> {
         self.observed
             .save(self.store.as_ref(), now, &self.config.trust)
+    }
+}
+
+impl crate::Control {
+    /// `POST /v1/attach/rtts`: a trusted router reports the RTTs it measured to the hosts
+    /// attached to it.
+    pub(crate) async fn router_rtts<B>(&self, request: http::Request<B>) -> crate::api::Answer
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        use crate::ApiError;
+        use fog_proto::api;
+        let (signer, body, _) = self.signed(request, api::MAX_JSON_BYTES).await?;
+        self.trusted_router(&signer, "to report RTTs")?;
+        let report: api::RouterRtts = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("malformed RTT report: {e}")))?;
+        if report.links.len() > api::MAX_ROUTER_RTTS {
+            return Err(ApiError::TooLarge(format!(
+                "{} links in one RTT report (at most {})",
+                report.links.len(),
+                api::MAX_ROUTER_RTTS
+            )));
+        }
+        if let Some(link) = report.links.iter().find(|l| l.rtt_us > api::MAX_RTT_US) {
+            return Err(ApiError::BadRequest(format!(
+                "device {}: an RTT of {} µs is impossible (at most {})",
+                link.device,
+                link.rtt_us,
+                api::MAX_RTT_US
+            )));
+        }
+        let router = fog_proto::auth::device_id(&signer);
+        self.observed.record_router_rtts(&router, &report.links);
+        Ok(crate::api::json(
+            200,
+            &serde_json::json!({ "links": report.links.len() }),
+        ))
     }
 }

@@ -153,6 +153,7 @@ impl Control {
                     price_cpu_hour: d.price_cpu_hour,
                     rtt_ms: latency.map(|l| l.rtt_ms),
                     rtt_age_ms: latency.map(|l| l.age.as_millis() as u64),
+                    rtt_source: latency.map(|l| l.source),
                     trust,
                     trust_reasons,
                 })

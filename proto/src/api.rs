@@ -14,6 +14,7 @@
 //! | GET | `/v1/devices/{a}/peers/{b}` | routers | → [`Pairing`] (403: no assignment pairs them) |
 //! | POST | `/v1/attach` | trusted router (signed) | [`AttachInfo`] → [`AttachPoint`]s |
 //! | GET | `/v1/attach` | anyone | → [`AttachPoint`]s |
+//! | POST | `/v1/attach/rtts` | trusted router (signed) | [`RouterRtts`] |
 //! | GET | `/v1/devices/{id}/ledger` | anyone | → verified [`SignedPeriod`]s |
 //! | POST | `/v1/bundles` | developer (signed) | a static site's bundle ([`crate::bundle`]) |
 //! | GET | `/v1/blobs/{sha256}` | anyone | the component or bundle |
@@ -489,6 +490,38 @@ pub struct AttachInfo {
     pub key: String,
 }
 
+/// Most devices one RTT report of a router may name.
+pub const MAX_ROUTER_RTTS: usize = 16_384;
+
+/// The round-trip times a router measured (HTX PING) on the attach connections hosts hold to
+/// it: what placement prefers to what devices say of themselves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterRtts {
+    /// One entry per attached device.
+    pub links: Vec<DeviceRtt>,
+}
+
+/// One attached device's RTT as its router measured it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceRtt {
+    /// The device's id.
+    pub device: String,
+    /// Round-trip time of the last PING, µs.
+    pub rtt_us: u64,
+}
+
+/// Who measured the RTT placement uses for a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RttSource {
+    /// The routers the device is attached to, on every link used.
+    Routers,
+    /// The device itself, on at least one link (no router measured it).
+    Device,
+}
+
 /// A router's attach endpoint, as hosts learn it from their heartbeat replies.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -770,6 +803,9 @@ pub struct DeviceInfo {
     /// Milliseconds since the last RTT sample.
     #[serde(default)]
     pub rtt_age_ms: Option<u64>,
+    /// Who measured that RTT.
+    #[serde(default)]
+    pub rtt_source: Option<RttSource>,
     /// Trust in [0, 1] earned by behaviour (tiers S and A need 0.3).
     #[serde(default)]
     pub trust: f64,

@@ -11,8 +11,13 @@
 //! A splice is made only between devices an assignment pairs (both hold replicas of one app,
 //! as the control plane says), and the router copies ciphertext only: the two hosts run Noise
 //! end to end inside the stream.
+//!
+//! The router PINGs every attached host each second and reports the RTTs to the control plane
+//! every [`REPORT_EVERY`] (`POST /v1/attach/rtts`): placement's latency is what routers measure,
+//! not what devices say of themselves.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fog_htx::attach::{
@@ -22,7 +27,7 @@ use fog_htx::attach::{
 use fog_htx::conn::{self, Connection, HtxStream};
 use fog_htx::dial::data_plane_config;
 use fog_htx::handshake::StaticKey;
-use fog_proto::api::{AttachInfo, DeviceInfo};
+use fog_proto::api::{AttachInfo, DeviceInfo, DeviceRtt, RouterRtts};
 use fog_proto::auth::Identity;
 use hkdf::Hkdf;
 use sha2::Sha256;
@@ -34,6 +39,10 @@ use crate::Gateway;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most handshakes in progress at once; more connections wait in the kernel's backlog.
 const MAX_HANDSHAKES: usize = 256;
+/// How often the router PINGs each attached host.
+const PING_EVERY: Duration = Duration::from_secs(1);
+/// How often the router reports the RTTs it measured to the control plane.
+pub const REPORT_EVERY: Duration = Duration::from_secs(2);
 
 /// A router's attach endpoint.
 pub struct Attach {
@@ -42,6 +51,8 @@ pub struct Attach {
     /// This router's id, as hosts report the links they hold.
     id: String,
     handshakes: Arc<tokio::sync::Semaphore>,
+    /// The last PING RTT to each attached device, µs.
+    rtts: Mutex<HashMap<String, u64>>,
 }
 
 impl std::fmt::Debug for Attach {
@@ -87,6 +98,7 @@ impl Attach {
             key: attach_key(identity),
             id: fog_proto::auth::device_id(&identity.public_hex()),
             handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES)),
+            rtts: Mutex::new(HashMap::new()),
         })
     }
 
@@ -139,6 +151,7 @@ impl Attach {
     async fn run(self: Arc<Self>, device: String, connection: Connection) {
         self.gateway.dialer().attach(&device, connection.clone());
         tracing::info!(device, "host attached");
+        let pinger = tokio::spawn(self.clone().ping(device.clone(), connection.clone()));
         while let Some(stream) = connection.accept().await {
             let this = self.clone();
             let device = device.clone();
@@ -148,8 +161,74 @@ impl Attach {
                 }
             });
         }
+        pinger.abort();
+        self.rtts.lock().expect("rtts lock").remove(&device);
         self.gateway.dialer().detach(&device, &connection);
         tracing::info!(device, "host detached: {:?}", connection.error());
+    }
+
+    /// PING `device` every [`PING_EVERY`] and keep the RTT (a missed echo closes the connection,
+    /// which ends this).
+    async fn ping(self: Arc<Self>, device: String, connection: Connection) {
+        loop {
+            match connection.ping().await {
+                Ok(rtt) => {
+                    let us = (rtt.as_micros() as u64).max(1);
+                    self.rtts
+                        .lock()
+                        .expect("rtts lock")
+                        .insert(device.clone(), us);
+                }
+                Err(_) => return,
+            }
+            tokio::time::sleep(PING_EVERY).await;
+        }
+    }
+
+    /// Report the RTTs measured to attached hosts every [`REPORT_EVERY`] until `shutdown`
+    /// resolves (signed with the router's identity; only routers the control plane trusts may).
+    pub async fn run_rtt_reports(
+        self: Arc<Self>,
+        identity: Identity,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let mut last_error: Option<String> = None;
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(REPORT_EVERY) => {}
+            }
+            let links: Vec<DeviceRtt> = self
+                .rtts
+                .lock()
+                .expect("rtts lock")
+                .iter()
+                .take(fog_proto::api::MAX_ROUTER_RTTS)
+                .map(|(device, &rtt_us)| DeviceRtt {
+                    device: device.clone(),
+                    rtt_us,
+                })
+                .collect();
+            if links.is_empty() {
+                continue;
+            }
+            let body =
+                serde_json::to_vec(&RouterRtts { links }).expect("API types always serialise");
+            match self
+                .gateway
+                .post_signed("/v1/attach/rtts", body, &identity)
+                .await
+            {
+                Ok(_) => last_error = None,
+                Err(err) => {
+                    if last_error.as_deref() != Some(err.as_str()) {
+                        tracing::warn!("cannot report attach RTTs: {err}");
+                    }
+                    last_error = Some(err);
+                }
+            }
+        }
     }
 
     /// A stream the host opened: a splice request.

@@ -76,7 +76,14 @@ pub fn reached(d: &DeviceInfo) -> String {
 /// The smoothed RTT placement uses, and the age of its newest sample.
 fn smoothed(d: &DeviceInfo) -> String {
     match (d.rtt_ms, d.rtt_age_ms) {
-        (Some(ms), Some(age)) => format!("{ms:.1}ms ({:.0}s ago)", age as f64 / 1000.0),
+        (Some(ms), Some(age)) => format!(
+            "{ms:.1}ms ({:.0}s ago{})",
+            age as f64 / 1000.0,
+            match d.rtt_source {
+                Some(fog_proto::api::RttSource::Device) => ", device's own",
+                _ => "",
+            }
+        ),
         _ => "unmeasured".to_string(),
     }
 }

@@ -11,7 +11,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use fog_lab::{Lab, LabProcess};
-use fog_proto::api::{AppInfo, DeviceInfo};
+use fog_proto::api::{AppInfo, DeviceInfo, RttSource};
 use fog_proto::auth::Identity;
 use fog_test_programs as programs;
 
@@ -682,6 +682,7 @@ fn a_device_behind_120_ms_gets_no_tier_s_replica_while_faster_devices_have_room(
     );
     let dev4 = devices.iter().find(|d| slow(d)).unwrap();
     assert_eq!(fog.node_of(&dev4.id), "dev4");
+    assert_eq!(dev4.rtt_source, Some(RttSource::Routers), "{dev4:#?}");
     // Two tier-S apps: with latency a constant, each would land on dev4 three times in four.
     for name in ["near1", "near2"] {
         let info = fog.publish(programs::HELLO, name, "S");

@@ -15,6 +15,7 @@ on_both_backends!(
     bad_prices_bids_capacities_and_rtts_are_refused_and_change_nothing,
     no_app_lands_on_a_device_asking_more_than_its_max_price,
     a_new_device_earns_trust_before_tier_a_and_loses_it_at_once_for_a_refused_ledger_period,
+    what_routers_measure_wins_over_what_a_device_claims,
 );
 
 /// Register a device asking `price` per CPU-hour; returns its key and id.
@@ -337,5 +338,77 @@ async fn a_new_device_earns_trust_before_tier_a_and_loses_it_at_once_for_a_refus
                 .trust_reasons
                 .contains(&"1 ledger periods refused".to_string()),
         "{cheat:?}"
+    );
+}
+
+async fn what_routers_measure_wins_over_what_a_device_claims(backend: Backend) {
+    let router = Identity::generate();
+    let control = Control::new(
+        backend.store(),
+        ControlConfig {
+            trusted_routers: vec![router.public_hex()],
+            ..ControlConfig::default()
+        },
+    );
+    let router_id = auth::device_id(&router.public_hex());
+    let endpoint = serde_json::to_vec(&api::AttachInfo {
+        addr: "127.0.0.1:7444".into(),
+        key: hex::encode([3u8; 32]),
+    })
+    .unwrap();
+    let answer = control
+        .handle(signed(&router, "POST", "/v1/attach", endpoint, ""))
+        .await;
+    assert_eq!(answer.status(), 200);
+    let (key, id) = register(&control, 0.1).await;
+    // The device says its link is 1 ms.
+    let claim = serde_json::json!({"attached": [{"router": router_id, "rtt_us": 1000}]});
+    assert_eq!(heartbeat(&control, &key, &id, claim).await.0, 200);
+    let device = devices(&control).await.remove(0);
+    assert_eq!(
+        (device.rtt_ms, device.rtt_source),
+        (Some(1.0), Some(api::RttSource::Device))
+    );
+    let report = |rtt_us: u64| {
+        serde_json::to_vec(&api::RouterRtts {
+            links: vec![api::DeviceRtt {
+                device: id.clone(),
+                rtt_us,
+            }],
+        })
+        .unwrap()
+    };
+    // Only trusted routers report, and only possible RTTs: refused, nothing changed.
+    let stranger = Identity::generate();
+    let answer = control
+        .handle(signed(&stranger, "POST", "/v1/attach/rtts", report(5), ""))
+        .await;
+    assert_eq!(answer.status(), 403);
+    let answer = control
+        .handle(signed(
+            &router,
+            "POST",
+            "/v1/attach/rtts",
+            report(u64::MAX),
+            "",
+        ))
+        .await;
+    assert_eq!(answer.status(), 400);
+    assert_eq!(devices(&control).await[0].rtt_ms, Some(1.0));
+    // The router measures 120 ms on that link: placement uses that.
+    let answer = control
+        .handle(signed(
+            &router,
+            "POST",
+            "/v1/attach/rtts",
+            report(120_000),
+            "",
+        ))
+        .await;
+    assert_eq!(answer.status(), 200);
+    let device = devices(&control).await.remove(0);
+    assert_eq!(
+        (device.rtt_ms, device.rtt_source),
+        (Some(120.0), Some(api::RttSource::Routers))
     );
 }
