@@ -59,6 +59,10 @@ pub struct ControlConfig {
     pub trusted_routers: Vec<String>,
     /// How often a tier-B app's primary uploads a snapshot of its state.
     pub snapshot_every: Duration,
+    /// How often every app is placed again from scratch (NSGA-II over the whole fleet) when
+    /// the fleet has not changed; in between, a reconcile places only the apps that need it
+    /// (new, scaled, short of replicas).
+    pub replan_every: Duration,
 }
 
 impl Default for ControlConfig {
@@ -75,6 +79,7 @@ impl Default for ControlConfig {
             },
             trusted_routers: Vec::new(),
             snapshot_every: Duration::from_secs(5),
+            replan_every: Duration::from_secs(30),
         }
     }
 }
@@ -126,6 +131,8 @@ pub struct Control {
     phase_changed: std::sync::atomic::AtomicBool,
     /// Apps and placements indexed by device, while the registry is unchanged.
     plan_index: Mutex<Option<Arc<registry::PlanIndex>>>,
+    /// When every app was last placed from scratch, and the fleet it was placed on.
+    last_full_plan: Mutex<Option<(Instant, u64)>>,
 }
 
 /// Largest snapshot the control plane keeps for an app.
@@ -173,6 +180,7 @@ impl Control {
             replays: replay::ReplayGuard::default(),
             phase_changed: std::sync::atomic::AtomicBool::new(false),
             plan_index: Mutex::new(None),
+            last_full_plan: Mutex::new(None),
         })
     }
 }

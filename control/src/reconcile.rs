@@ -2,7 +2,8 @@
 //! [`fog_scheduler::placement::plan`], the autoscaler, and leadership of each app's replicas
 //! (promotion and handovers, see [`crate::replicas`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -169,7 +170,27 @@ impl Control {
                 (app.clone(), devices)
             })
             .collect();
-        let outcome = placement::plan(&fleet, &demands, &current, &self.config.placement);
+        // The whole fleet is planned again when it changed (a device came, went, or stopped
+        // offering capacity) and on a slow cadence; otherwise only the apps that need a place.
+        let fleet_now = fleet_signature(&fleet);
+        let full = match *self.last_full_plan.lock().expect("plan lock") {
+            Some((at, fleet_then)) => {
+                fleet_then != fleet_now || at.elapsed() >= self.config.replan_every
+            }
+            None => true,
+        };
+        let pending = if full {
+            HashSet::new()
+        } else {
+            unplaced(&demands, &current, &fleet)
+        };
+        let outcome = if full {
+            let outcome = placement::plan(&fleet, &demands, &current, &self.config.placement);
+            *self.last_full_plan.lock().expect("plan lock") = Some((Instant::now(), fleet_now));
+            outcome
+        } else {
+            placement::plan_some(&fleet, &demands, &current, &pending, &self.config.placement)
+        };
         let problems: HashMap<&str, &str> = outcome
             .unplaceable
             .iter()
@@ -224,10 +245,13 @@ impl Control {
             if !devices.is_empty() {
                 self.parked.lock().expect("parked lock").remove(&app.name);
             }
-            let record = PlacementRecord {
-                devices,
-                problem: problems.get(app.name.as_str()).map(|p| p.to_string()),
+            // A partial plan says nothing new about the apps it left alone.
+            let problem = if full || pending.contains(&app.name) {
+                problems.get(app.name.as_str()).map(|p| p.to_string())
+            } else {
+                placements.get(&app.name).and_then(|p| p.problem.clone())
             };
+            let record = PlacementRecord { devices, problem };
             if placements.get(&app.name) != Some(&record) {
                 tracing::info!(app = app.name, devices = ?record.devices, problem = ?record.problem, "placement changed");
                 self.store
@@ -370,4 +394,36 @@ impl Control {
             }
         }
     }
+}
+
+/// What a full plan depends on that devices change: which devices exist, are alive and offer
+/// capacity now.
+fn fleet_signature(fleet: &[Device]) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for device in fleet {
+        (&device.id, device.healthy, device.harvestable).hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+/// Apps that need a place: fewer (or more) replicas on usable devices than they want.
+fn unplaced(
+    demands: &[AppDemand],
+    current: &placement::Assignment,
+    fleet: &[Device],
+) -> HashSet<String> {
+    let usable: HashSet<&str> = fleet
+        .iter()
+        .filter(|d| d.healthy && d.harvestable)
+        .map(|d| d.id.as_str())
+        .collect();
+    demands
+        .iter()
+        .filter(|demand| {
+            let on = current.get(&demand.id).map_or(&[][..], |d| &d[..]);
+            on.len() != demand.replica_count() as usize
+                || on.iter().any(|d| !usable.contains(d.as_str()))
+        })
+        .map(|demand| demand.id.clone())
+        .collect()
 }
