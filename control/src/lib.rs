@@ -23,6 +23,7 @@ pub mod replay;
 pub mod replicas;
 mod sites;
 pub mod store;
+pub mod usage;
 mod views;
 
 use std::collections::{HashMap, VecDeque};
@@ -51,8 +52,9 @@ pub struct ControlConfig {
     pub missed_heartbeats: u32,
     /// How often the reconcile loop runs without a change.
     pub tick: Duration,
-    /// CPU share one replica is planned with, in cores.
-    pub replica_cpu: f64,
+    /// Least CPU one replica is planned with, in cores: its measured use (see [`usage`]) with
+    /// its tier's headroom, never below this.
+    pub replica_cpu_floor: f64,
     /// NSGA-II settings for placement.
     pub placement: PlacementConfig,
     /// Public keys (hex) of routers allowed to register Betanet fronts.
@@ -71,7 +73,7 @@ impl Default for ControlConfig {
             heartbeat_interval: Duration::from_secs(1),
             missed_heartbeats: 3,
             tick: Duration::from_secs(1),
-            replica_cpu: 0.1,
+            replica_cpu_floor: 0.01,
             placement: PlacementConfig {
                 population: 40,
                 generations: 30,
@@ -131,6 +133,8 @@ pub struct Control {
     phase_changed: std::sync::atomic::AtomicBool,
     /// Apps and placements indexed by device, while the registry is unchanged.
     plan_index: Mutex<Option<Arc<registry::PlanIndex>>>,
+    /// Smoothed CPU each replica burns, from heartbeats.
+    usage: usage::Usage,
     /// When every app was last placed from scratch, and the fleet it was placed on.
     last_full_plan: Mutex<Option<(Instant, u64)>>,
 }
@@ -180,6 +184,7 @@ impl Control {
             replays: replay::ReplayGuard::default(),
             phase_changed: std::sync::atomic::AtomicBool::new(false),
             plan_index: Mutex::new(None),
+            usage: usage::Usage::default(),
             last_full_plan: Mutex::new(None),
         })
     }

@@ -142,6 +142,10 @@ impl Control {
                 }
             })
             .collect();
+        // CPU demand as measured on live devices (fuel burnt), not a fixed reservation.
+        let busiest = self
+            .usage
+            .busiest(|d| live.get(d).is_some_and(|(alive, _)| *alive));
         let demands: Vec<AppDemand> = apps
             .iter()
             .filter(|a| a.replicas > 0)
@@ -149,7 +153,11 @@ impl Control {
                 let tier = a.tier;
                 let mut demand = AppDemand::new(
                     a.name.clone(),
-                    self.config.replica_cpu,
+                    crate::usage::planned_cpu(
+                        tier,
+                        busiest.get(&a.name).copied(),
+                        self.config.replica_cpu_floor,
+                    ),
                     (a.limits.memory_bytes >> 20) as f64,
                     tier,
                 );
