@@ -183,7 +183,9 @@ impl Control {
         let fleet_now = fleet_signature(&fleet);
         let full = match *self.last_full_plan.lock().expect("plan lock") {
             Some((at, fleet_then)) => {
-                fleet_then != fleet_now || at.elapsed() >= self.config.replan_every
+                fleet_then != fleet_now
+                    || at.elapsed() >= self.config.replan_every
+                    || overloaded(&demands, &current, &fleet)
             }
             None => true,
         };
@@ -434,4 +436,73 @@ fn unplaced(
         })
         .map(|demand| demand.id.clone())
         .collect()
+}
+
+/// True when the replicas placed on some device now need more CPU than it offers (their
+/// measured demand grew, or the device offers less): the whole fleet is planned again at once
+/// rather than at the next cadence, moving the busiest away before its latency suffers.
+fn overloaded(demands: &[AppDemand], current: &placement::Assignment, fleet: &[Device]) -> bool {
+    let mut load: HashMap<&str, f64> = HashMap::new();
+    for demand in demands {
+        for device in current.get(&demand.id).into_iter().flatten() {
+            *load.entry(device.as_str()).or_default() += demand.cpu;
+        }
+    }
+    fleet.iter().any(|d| {
+        load.get(d.id.as_str())
+            .is_some_and(|&l| l > d.cpu_free + 1e-9)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fog_proto::api::Tier;
+    use fog_scheduler::placement::scenarios;
+
+    fn fleet() -> Vec<Device> {
+        let mut fleet = scenarios::devices(2, 1);
+        for (i, d) in fleet.iter_mut().enumerate() {
+            d.id = format!("d{i}");
+            d.cpu_free = 1.0;
+            d.healthy = true;
+            d.harvestable = true;
+        }
+        fleet
+    }
+
+    #[test]
+    fn a_device_whose_replicas_need_more_than_it_offers_is_overloaded() {
+        let fleet = fleet();
+        let mut current = placement::Assignment::new();
+        current.insert("busy".into(), vec!["d0".into()]);
+        current.insert("quiet".into(), vec!["d0".into()]);
+        let demand = |id: &str, cpu: f64| AppDemand::new(id, cpu, 64.0, Tier::B);
+        let calm = [demand("busy", 0.5), demand("quiet", 0.01)];
+        assert!(!overloaded(&calm, &current, &fleet));
+        let busy = [demand("busy", 0.995), demand("quiet", 0.01)];
+        assert!(overloaded(&busy, &current, &fleet));
+    }
+
+    #[test]
+    fn apps_short_of_replicas_or_on_unusable_devices_need_a_place() {
+        let mut fleet = fleet();
+        fleet[1].harvestable = false;
+        let mut current = placement::Assignment::new();
+        current.insert("placed".into(), vec!["d0".into()]);
+        current.insert("stranded".into(), vec!["d1".into()]);
+        let mut wants_two = AppDemand::new("scaled", 0.1, 64.0, Tier::B);
+        wants_two.replicas = Some(2);
+        current.insert("scaled".into(), vec!["d0".into()]);
+        let demands = [
+            AppDemand::new("placed", 0.1, 64.0, Tier::B),
+            AppDemand::new("stranded", 0.1, 64.0, Tier::B),
+            AppDemand::new("new", 0.1, 64.0, Tier::B),
+            wants_two,
+        ];
+        let pending = unplaced(&demands, &current, &fleet);
+        let mut pending: Vec<&str> = pending.iter().map(String::as_str).collect();
+        pending.sort();
+        assert_eq!(pending, ["new", "scaled", "stranded"]);
+    }
 }
