@@ -145,6 +145,7 @@ impl Control {
             .map(|r| format!("{}@{}", r.app, r.sha256))
             .collect();
         let known = heartbeat.known.clone();
+        self.usage.record(id, &heartbeat.running, Instant::now());
         let was = {
             let mut live = self.live.lock().expect("live lock");
             let was = live.get(id).map(|l| {

@@ -25,6 +25,7 @@ pub mod replicas;
 mod sites;
 pub mod store;
 pub mod trust;
+pub mod usage;
 mod views;
 
 use std::collections::{HashMap, VecDeque};
@@ -53,8 +54,9 @@ pub struct ControlConfig {
     pub missed_heartbeats: u32,
     /// How often the reconcile loop runs without a change.
     pub tick: Duration,
-    /// CPU share one replica is planned with, in cores.
-    pub replica_cpu: f64,
+    /// Least CPU one replica is planned with, in cores: its measured use (see [`usage`]) with
+    /// its tier's headroom, never below this.
+    pub replica_cpu_floor: f64,
     /// NSGA-II settings for placement.
     pub placement: PlacementConfig,
     /// Public keys (hex) of routers allowed to register Betanet fronts.
@@ -63,6 +65,10 @@ pub struct ControlConfig {
     pub snapshot_every: Duration,
     /// How devices earn trust (see [`trust`]).
     pub trust: trust::TrustConfig,
+    /// How often every app is placed again from scratch (NSGA-II over the whole fleet) when
+    /// the fleet has not changed; in between, a reconcile places only the apps that need it
+    /// (new, scaled, short of replicas).
+    pub replan_every: Duration,
 }
 
 impl Default for ControlConfig {
@@ -71,7 +77,7 @@ impl Default for ControlConfig {
             heartbeat_interval: Duration::from_secs(1),
             missed_heartbeats: 3,
             tick: Duration::from_secs(1),
-            replica_cpu: 0.1,
+            replica_cpu_floor: 0.01,
             placement: PlacementConfig {
                 population: 40,
                 generations: 30,
@@ -80,6 +86,7 @@ impl Default for ControlConfig {
             trusted_routers: Vec::new(),
             snapshot_every: Duration::from_secs(5),
             trust: trust::TrustConfig::default(),
+            replan_every: Duration::from_secs(30),
         }
     }
 }
@@ -133,6 +140,10 @@ pub struct Control {
     plan_index: Mutex<Option<Arc<registry::PlanIndex>>>,
     /// Devices' measured RTTs and the behaviour their trust is earned with.
     observed: observe::Observations,
+    /// Smoothed CPU each replica burns, from heartbeats.
+    usage: usage::Usage,
+    /// When every app was last placed from scratch, and the fleet it was placed on.
+    last_full_plan: Mutex<Option<(Instant, u64)>>,
 }
 
 /// Largest snapshot the control plane keeps for an app.
@@ -181,6 +192,8 @@ impl Control {
             phase_changed: std::sync::atomic::AtomicBool::new(false),
             plan_index: Mutex::new(None),
             observed: observe::Observations::default(),
+            usage: usage::Usage::default(),
+            last_full_plan: Mutex::new(None),
         })
     }
 }

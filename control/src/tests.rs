@@ -6,6 +6,7 @@ mod market;
 mod store;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use fog_proto::api::{self, AppInfo};
@@ -97,6 +98,7 @@ on_both_backends!(
     a_replayed_rm_is_refused_and_changes_nothing,
     bundles_with_escaping_paths_or_wrong_sizes_are_refused,
     a_site_must_name_an_uploaded_bundle_and_removing_it_drops_the_bundle,
+    publishing_between_full_plans_places_the_new_app_and_moves_no_other,
 );
 
 async fn body<B: hyper::body::Body>(response: http::Response<B>) -> Bytes
@@ -596,4 +598,78 @@ async fn a_site_must_name_an_uploaded_bundle_and_removing_it_drops_the_bundle(ba
         .handle(request("GET", &format!("/v1/blobs/{sha}"), &[], vec![]))
         .await;
     assert_eq!(blob.status(), 404);
+}
+
+async fn publishing_between_full_plans_places_the_new_app_and_moves_no_other(backend: Backend) {
+    let control = Control::new(
+        backend.store(),
+        ControlConfig {
+            replan_every: Duration::from_secs(3600),
+            // Devices trusted for tier A from their first heartbeat: this test is about
+            // incremental placement, not about earning trust.
+            trust: crate::trust::TrustConfig {
+                prior: 0.5,
+                ..crate::trust::TrustConfig::default()
+            },
+            ..ControlConfig::default()
+        },
+    );
+    let devices: Vec<Identity> = (0..4).map(|_| Identity::generate()).collect();
+    for device in &devices {
+        let registration = br#"{"region":"r","cpu":1,"mem_mb":1024,"disk_mb":1024}"#.to_vec();
+        let registered = control
+            .handle(signed(device, "POST", "/v1/devices", registration, ""))
+            .await;
+        assert_eq!(registered.status(), 200);
+    }
+    let heartbeat_all = || async {
+        for device in &devices {
+            let id = auth::device_id(&device.public_hex());
+            let heartbeat = br#"{"harvestable":true,"cpu_free":1.0,"mem_free_mb":1024.0}"#.to_vec();
+            let path = format!("/v1/devices/{id}/heartbeat");
+            let answered = control
+                .handle(signed(device, "POST", &path, heartbeat, ""))
+                .await;
+            assert_eq!(answered.status(), 200);
+        }
+    };
+    heartbeat_all().await;
+    let developer = Identity::generate();
+    let hello = std::fs::read(fog_test_programs::HELLO).unwrap();
+    let publish = |name: &str| {
+        signed(
+            &developer,
+            "POST",
+            "/v1/apps",
+            hello.clone(),
+            &format!(r#"{{"name":"{name}","tier":"A"}}"#),
+        )
+    };
+    assert_eq!(control.handle(publish("first")).await.status(), 201);
+    control.reconcile().unwrap();
+    let full_plan = *control.last_full_plan.lock().unwrap();
+    assert!(full_plan.is_some(), "the first reconcile plans everything");
+    let first = control.app_info(&control.app("first").unwrap()).unwrap();
+    assert_eq!(first.assigned.len(), 2, "tier A: two replicas");
+    // Past the start-up grace (while it lasts, placements are left alone after a restart),
+    // with the devices still alive.
+    let grace = control.config.heartbeat_interval * control.config.missed_heartbeats;
+    tokio::time::sleep_until((control.started + grace).into()).await;
+    heartbeat_all().await;
+
+    assert_eq!(control.handle(publish("second")).await.status(), 201);
+    control.reconcile().unwrap();
+    let second = control.app_info(&control.app("second").unwrap()).unwrap();
+    assert_eq!(
+        second.assigned.len(),
+        2,
+        "the new app is placed: {second:?}"
+    );
+    let first_again = control.app_info(&control.app("first").unwrap()).unwrap();
+    assert_eq!(first_again.assigned, first.assigned, "the other app stayed");
+    assert_eq!(
+        *control.last_full_plan.lock().unwrap(),
+        full_plan,
+        "placed without planning every app again"
+    );
 }
