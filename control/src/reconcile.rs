@@ -170,6 +170,11 @@ impl Control {
         let busiest = self
             .usage
             .busiest(|d| live.get(d).is_some_and(|(alive, _)| *alive));
+        let ceiling = fleet
+            .iter()
+            .filter(|d| d.healthy && d.harvestable)
+            .map(|d| d.cpu_free)
+            .fold(0.0, f64::max);
         let demands: Vec<AppDemand> = apps
             .iter()
             .filter(|a| a.replicas > 0)
@@ -181,6 +186,7 @@ impl Control {
                         tier,
                         busiest.get(&a.name).copied(),
                         self.config.replica_cpu_floor,
+                        ceiling,
                     ),
                     (a.limits.memory_bytes >> 20) as f64,
                     tier,

@@ -23,9 +23,13 @@ pub fn headroom(tier: Tier) -> f64 {
 }
 
 /// The CPU one replica of an app is planned with: the measured cores of its busiest replica
-/// with the tier's headroom, never below `floor`.
-pub fn planned_cpu(tier: Tier, measured: Option<f64>, floor: f64) -> f64 {
-    (measured.unwrap_or(0.0) * headroom(tier)).max(floor)
+/// with the tier's headroom, never below `floor`, and never above `ceiling` (the most any usable
+/// device offers): headroom is a preference, and a busy app must stay placeable on the largest
+/// device rather than be reported as fitting nowhere.
+pub fn planned_cpu(tier: Tier, measured: Option<f64>, floor: f64, ceiling: f64) -> f64 {
+    (measured.unwrap_or(0.0) * headroom(tier))
+        .min(ceiling)
+        .max(floor)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -168,9 +172,14 @@ mod tests {
         }
         let busiest = usage.busiest(|d| d != "dead");
         assert!((busiest["a"] - 0.5).abs() < 1e-9);
-        assert_eq!(planned_cpu(Tier::B, Some(0.5), 0.01), 0.5);
-        assert_eq!(planned_cpu(Tier::S, Some(0.5), 0.01), 1.0);
-        assert_eq!(planned_cpu(Tier::A, None, 0.01), 0.01);
+        assert_eq!(planned_cpu(Tier::B, Some(0.5), 0.01, 4.0), 0.5);
+        assert_eq!(planned_cpu(Tier::S, Some(0.5), 0.01, 4.0), 1.0);
+        assert_eq!(planned_cpu(Tier::A, None, 0.01, 4.0), 0.01);
+        assert_eq!(
+            planned_cpu(Tier::S, Some(0.8), 0.01, 1.0),
+            1.0,
+            "capped at the ceiling"
+        );
         // d2 stopped running it.
         usage.record("d2", &[], start + Duration::from_secs(2));
         assert!((usage.busiest(|d| d != "dead")["a"] - 0.1).abs() < 1e-9);
