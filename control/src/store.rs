@@ -50,7 +50,7 @@ impl Table {
     ];
 
     /// The table's position in [`Table::ALL`].
-    fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 

@@ -16,9 +16,13 @@
 //! waiting on etcd.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, WatchOptions,
+};
 use tokio::runtime::{Handle, Runtime, RuntimeFlavor};
 
 use super::{Revision, RevisionKind, SledStore, Store, StoreError, Table, Versioned};
@@ -82,6 +86,79 @@ pub struct EtcdStore {
     runtime: Option<Runtime>,
     /// Components and snapshots, content-addressed on this control plane's disk.
     local: SledStore,
+    /// What the watch on the prefix (and this store's own writes) saw change, per table.
+    changes: Arc<Changes>,
+}
+
+/// Changes per table, counted from an etcd watch on the whole prefix (writes by any control
+/// plane) and from this store's own writes as they are acknowledged (so a read right after a
+/// write of ours never sees a view from before it). Meaningful only while the watch is up:
+/// while it is down a change could go unseen, and [`Store::generation`] says `None`.
+#[derive(Debug, Default)]
+struct Changes {
+    tables: [AtomicU64; Table::ALL.len()],
+    watching: AtomicBool,
+}
+
+impl Changes {
+    fn saw(&self, table: Table) {
+        self.tables[table.index()].fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Everything may have changed (the watch started or stopped).
+    fn saw_everything(&self) {
+        for table in Table::ALL {
+            self.saw(table);
+        }
+    }
+}
+
+/// Pause before watching again after the watch broke.
+const REWATCH_PAUSE: Duration = Duration::from_millis(500);
+
+/// Count the changes under `prefix` into `changes`, for as long as the store lives, watching
+/// again whenever the watch breaks (a member went away, the stream was cancelled).
+async fn watch_changes(mut client: Client, prefix: String, changes: Arc<Changes>) {
+    loop {
+        let watched = async {
+            let mut stream = client
+                .watch(
+                    format!("{prefix}/"),
+                    Some(WatchOptions::new().with_prefix()),
+                )
+                .await?;
+            while let Some(response) = stream.message().await? {
+                if response.created() {
+                    // From here on every change shows; anything read before may be stale.
+                    changes.saw_everything();
+                    changes.watching.store(true, Ordering::SeqCst);
+                }
+                if response.canceled() {
+                    break;
+                }
+                for event in response.events() {
+                    let table = event
+                        .kv()
+                        .and_then(|kv| kv.key_str().ok())
+                        .and_then(|key| key.strip_prefix(&prefix)?.strip_prefix('/'))
+                        .and_then(|rest| rest.split('/').next())
+                        .and_then(|name| Table::ALL.into_iter().find(|t| t.name() == name));
+                    match table {
+                        Some(table) => changes.saw(table),
+                        None => changes.saw_everything(),
+                    }
+                }
+            }
+            Ok::<_, etcd_client::Error>(())
+        }
+        .await;
+        changes.watching.store(false, Ordering::SeqCst);
+        changes.saw_everything();
+        if let Err(err) = watched {
+            tracing::warn!("etcd watch broke: {err}; watching again");
+        }
+        tokio::time::sleep(REWATCH_PAUSE).await;
+    }
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -171,11 +248,18 @@ impl EtcdStore {
             }
         };
         tracing::info!(endpoints = ?config.endpoints, prefix = config.prefix, "registry on etcd");
+        let changes = Arc::new(Changes::default());
+        runtime.spawn(watch_changes(
+            client.clone(),
+            config.prefix.clone(),
+            changes.clone(),
+        ));
         Ok(EtcdStore {
             config,
             client,
             runtime: Some(runtime),
             local,
+            changes,
         })
     }
 
@@ -358,8 +442,10 @@ impl Store for EtcdStore {
         let response = self.run(move |mut client| {
             let txn = txn.clone();
             async move { client.txn(txn).await }
-        })?;
-        if response.succeeded() {
+        });
+        // Counted whatever the outcome: a write that timed out may still have been applied.
+        self.changes.saw(table);
+        if response?.succeeded() {
             Ok(())
         } else {
             Err(StoreError::Conflict {
@@ -375,11 +461,12 @@ impl Store for EtcdStore {
         }
         let key = self.key(table, key);
         let value = value.to_vec();
-        self.run(move |mut client| {
+        let put = self.run(move |mut client| {
             let (key, value) = (key.clone(), value.clone());
             async move { client.put(key, value, None).await }
-        })?;
-        Ok(())
+        });
+        self.changes.saw(table);
+        put.map(|_| ())
     }
 
     fn delete(&self, table: Table, key: &str) -> Result<(), StoreError> {
@@ -387,11 +474,12 @@ impl Store for EtcdStore {
             return self.local.delete(table, key);
         }
         let key = self.key(table, key);
-        self.run(move |mut client| {
+        let deleted = self.run(move |mut client| {
             let key = key.clone();
             async move { client.delete(key, None).await }
-        })?;
-        Ok(())
+        });
+        self.changes.saw(table);
+        deleted.map(|_| ())
     }
 
     fn list(&self, table: Table) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
@@ -439,6 +527,16 @@ impl Store for EtcdStore {
     fn flush(&self) -> Result<(), StoreError> {
         // etcd acknowledges a write once a quorum has it on disk; only the local part needs it.
         self.local.flush()
+    }
+
+    fn generation(&self, table: Table) -> Option<u64> {
+        if table.is_bulk() {
+            return self.local.generation(table);
+        }
+        self.changes
+            .watching
+            .load(Ordering::SeqCst)
+            .then(|| self.changes.tables[table.index()].load(Ordering::SeqCst))
     }
 }
 

@@ -262,3 +262,60 @@ fn the_store_keeps_working_when_one_of_three_members_dies() {
     );
     assert_eq!(store.list(Table::Apps).unwrap().len(), 22);
 }
+
+/// Poll `condition` until it holds or `within` passes.
+fn eventually(within: Duration, condition: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    condition()
+}
+
+#[test]
+fn a_table_changed_by_another_control_plane_is_seen_through_the_watch() {
+    let cluster = EtcdCluster::start(1).unwrap_or_else(|e| panic!("{e}"));
+    let ours = connect(&cluster, "watched", Duration::from_secs(5)).unwrap();
+    let theirs = connect(&cluster, "watched", Duration::from_secs(5)).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || ours
+            .generation(Table::Apps)
+            .is_some()),
+        "the watch never started"
+    );
+    let apps = ours.generation(Table::Apps).unwrap();
+    let devices = ours.generation(Table::Devices).unwrap();
+    // Another control plane's write shows through the watch, in that table only.
+    theirs.put(Table::Apps, "theirs", b"1").unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || ours
+            .generation(Table::Apps)
+            .unwrap()
+            > apps),
+        "another control plane's write was never seen"
+    );
+    // Our own write shows at once: a read right after it never uses a view from before.
+    let before_ours = ours.generation(Table::Apps).unwrap();
+    ours.put(Table::Apps, "mine", b"1").unwrap();
+    assert!(ours.generation(Table::Apps).unwrap() > before_ours);
+    assert_eq!(ours.generation(Table::Devices), Some(devices));
+}
+
+#[test]
+fn without_a_watch_the_store_cannot_vouch_for_a_cached_view() {
+    let cluster = EtcdCluster::start(1).unwrap_or_else(|e| panic!("{e}"));
+    let store = connect(&cluster, "unwatched", Duration::from_millis(500)).unwrap();
+    assert!(eventually(Duration::from_secs(10), || store
+        .generation(Table::Apps)
+        .is_some()));
+    drop(cluster);
+    assert!(
+        eventually(Duration::from_secs(20), || store
+            .generation(Table::Apps)
+            .is_none()),
+        "a broken watch must stop vouching for cached views"
+    );
+}
