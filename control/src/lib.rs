@@ -144,6 +144,10 @@ pub struct Control {
     usage: usage::Usage,
     /// When every app was last placed from scratch, and the fleet it was placed on.
     last_full_plan: Mutex<Option<(Instant, u64)>>,
+    /// This control plane's name in the election of the one that reconciles.
+    id: String,
+    /// Whether this control plane led at its last reconcile tick.
+    leading: std::sync::atomic::AtomicBool,
 }
 
 /// Largest snapshot the control plane keeps for an app.
@@ -194,6 +198,12 @@ impl Control {
             observed: observe::Observations::default(),
             usage: usage::Usage::default(),
             last_full_plan: Mutex::new(None),
+            id: {
+                let mut id = [0u8; 8];
+                getrandom::fill(&mut id).expect("the operating system's random source");
+                hex::encode(id)
+            },
+            leading: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }

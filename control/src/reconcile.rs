@@ -11,7 +11,9 @@ use fog_proto::api::{self, Heartbeat};
 use fog_scheduler::market::Pricing;
 use fog_scheduler::placement::{self, AppDemand, Device};
 
-use crate::store::{AppRecord, AppTerms, PlacementRecord, StoreError, Table, decode, encode};
+use crate::store::{
+    AppRecord, AppTerms, Leadership, PlacementRecord, StoreError, Table, decode, encode,
+};
 use crate::{ApiError, Control, autoscale, replicas, trust};
 
 impl Control {
@@ -429,13 +431,43 @@ impl Control {
         devices
     }
 
+    /// Take part in the election, and reconcile only as the leader, with every write fenced by
+    /// that leadership (a control plane that lost it mid-reconcile changes nothing more).
+    pub fn reconcile_if_leading(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        match self.store.lead(&self.id)? {
+            Leadership::Leader => {
+                if !self.leading.swap(true, Ordering::AcqRel) {
+                    tracing::info!(id = self.id, "leading: this control plane reconciles");
+                }
+                crate::store::as_leader(|| self.reconcile())
+            }
+            Leadership::Follower { leader } => {
+                if self.leading.swap(false, Ordering::AcqRel) {
+                    tracing::warn!(id = self.id, ?leader, "no longer leading");
+                } else {
+                    tracing::debug!(id = self.id, ?leader, "following");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// True if this control plane led at its last reconcile tick.
+    pub fn is_leading(&self) -> bool {
+        self.leading.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Reconcile on every change and every tick until `shutdown` resolves.
     pub async fn run_reconciler(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
             let control = self.clone();
-            match tokio::task::spawn_blocking(move || control.reconcile()).await {
+            match tokio::task::spawn_blocking(move || control.reconcile_if_leading()).await {
                 Ok(Ok(())) => {}
+                Ok(Err(StoreError::Deposed)) => {
+                    tracing::warn!("another control plane was elected during this reconcile");
+                }
                 Ok(Err(err)) => tracing::error!("reconcile failed: {err}"),
                 Err(err) => tracing::error!("reconcile panicked: {err}"),
             }

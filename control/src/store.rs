@@ -57,7 +57,7 @@ impl Table {
     ];
 
     /// The table's position in [`Table::ALL`].
-    fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 
@@ -117,6 +117,10 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// A write made as the leader (see [`as_leader`]) found that this control plane is no
+    /// longer the leader: another was elected meanwhile, and the write was not made.
+    #[error("this control plane is no longer the leader; the write was not made")]
+    Deposed,
     /// A record could not be decoded.
     #[error("record {key:?} in {table}: {reason}")]
     Decode {
@@ -163,6 +167,46 @@ pub struct Versioned {
     pub revision: Revision,
 }
 
+/// Who runs the fog's reconcile loop (placement, autoscaling, handovers) among the control
+/// planes sharing a registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Leadership {
+    /// This control plane: it reconciles, and its writes while doing so are fenced (see
+    /// [`as_leader`]).
+    Leader,
+    /// Another control plane (named if known): this one serves the API only.
+    Follower {
+        /// The leader's id, as it registered in the election.
+        leader: Option<String>,
+    },
+}
+
+thread_local! {
+    static AS_LEADER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `work` with every store write on this thread fenced by this control plane's
+/// leadership: a store shared by several control planes (etcd) makes each write only while
+/// this control plane is still the leader it was elected as, and fails it with
+/// [`StoreError::Deposed`] otherwise, so a deposed leader that has not noticed yet can change
+/// nothing. (A thread-local, because the reconcile runs synchronously on one blocking thread
+/// while API handlers on other threads write unfenced.)
+pub fn as_leader<T>(work: impl FnOnce() -> T) -> T {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            AS_LEADER.with(|c| c.set(self.0));
+        }
+    }
+    let _reset = Reset(AS_LEADER.with(|c| c.replace(true)));
+    work()
+}
+
+/// True inside [`as_leader`].
+pub(crate) fn writing_as_leader() -> bool {
+    AS_LEADER.with(|c| c.get())
+}
+
 /// A key-value store with tables.
 pub trait Store: Send + Sync {
     /// The value under `key`.
@@ -193,6 +237,14 @@ pub trait Store: Send + Sync {
     fn generation(&self, table: Table) -> Option<u64> {
         let _ = table;
         None
+    }
+    /// Take part in the election of the control plane that reconciles, as `id`: become the
+    /// leader if there is none, stay the leader (renewing its lease), or learn who leads.
+    /// Called before every reconcile. A store only one control plane can use (sled) always
+    /// answers [`Leadership::Leader`].
+    fn lead(&self, id: &str) -> Result<Leadership, StoreError> {
+        let _ = id;
+        Ok(Leadership::Leader)
     }
 }
 
