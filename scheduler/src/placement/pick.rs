@@ -47,14 +47,21 @@ pub fn scores(candidates: &[&[f64]], weights: &[f64; 6]) -> Vec<f64> {
         .collect()
 }
 
+/// How much worse than the greedy baseline's a solution's imbalance (variance of utilisation) may
+/// be and still count as no worse: 0.001, a standard deviation of about 3 % of a device. Below
+/// it a difference is the noise of replicas that take a hundredth of a core each, and must not
+/// outweigh a measured latency (a device 120 ms away is not chosen to spread 0.01 core).
+pub const IMBALANCE_TOLERANCE: f64 = 1e-3;
+
 /// Index (into `candidates`) of the pick for `weights`, honouring the greedy floor on latency and
-/// imbalance when given.
+/// imbalance (within [`IMBALANCE_TOLERANCE`]) when given.
 pub fn pick(candidates: &[&[f64]], weights: &[f64; 6], floor: Option<(f64, f64)>) -> Option<usize> {
     let allowed: Vec<usize> = match floor {
         Some((latency, imbalance)) => {
             let within: Vec<usize> = (0..candidates.len())
                 .filter(|&i| {
-                    candidates[i][0] <= latency + 1e-12 && candidates[i][1] <= imbalance + 1e-12
+                    candidates[i][0] <= latency + 1e-12
+                        && candidates[i][1] <= imbalance + IMBALANCE_TOLERANCE
                 })
                 .collect();
             if within.is_empty() {
@@ -86,5 +93,18 @@ mod tests {
         assert_eq!(pick(&rows, &weights(Tier::B), None), Some(1));
         // A floor at the cheap solution's latency keeps only the fast one.
         assert_eq!(pick(&rows, &weights(Tier::B), Some((20.0, 1.0))), Some(0));
+    }
+
+    #[test]
+    fn a_negligibly_less_balanced_solution_is_not_excluded_by_the_floor() {
+        // Greedy spread the load a hair better by using a slow device; the fast solution's
+        // imbalance is worse by 1e-5 only: it stays a candidate, and tier S takes it.
+        let fast: &[f64] = &[2.0, 2.0e-5, -0.5, 1.0, 0.0, 3.0];
+        let slow: &[f64] = &[42.0, 1.0e-5, -0.5, 1.0, 0.0, 3.0];
+        let rows = [fast, slow];
+        assert_eq!(
+            pick(&rows, &weights(Tier::S), Some((42.0, 1.0e-5))),
+            Some(0)
+        );
     }
 }

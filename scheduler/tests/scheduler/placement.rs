@@ -423,3 +423,26 @@ fn placing_some_apps_never_uses_capacity_the_kept_apps_hold() {
     assert_eq!(outcome.assignment["kept"], vec![devices[0].id.clone()]);
     assert_eq!(outcome.assignment["new"], vec![devices[1].id.clone()]);
 }
+
+#[test]
+fn a_slow_device_gets_no_tier_s_replica_beside_apps_already_placed_on_the_fast_ones() {
+    // The slow device comes first, so greedy (first fit) uses it; the fast ones already hold a
+    // tier-S app of a hundredth of a core each, so avoiding the slow one balances a hair worse.
+    let mut devices = uniform_fleet(4, 0.10, 1.0);
+    for d in &mut devices {
+        d.cpu_capacity = 1.0;
+        d.cpu_free = 1.0;
+    }
+    devices[0].latency_ms = 121.0;
+    let app = |id: &str| AppDemand::new(id.to_string(), 0.01, 64.0, Tier::S);
+    let apps = vec![app("first"), app("second")];
+    let mut current = Assignment::new();
+    current.insert("first".into(), vec!["d1".into(), "d2".into(), "d3".into()]);
+    let pending: HashSet<String> = ["second".to_string()].into();
+    for seed in 1..=3 {
+        let outcome = placement::plan_some(&devices, &apps, &current, &pending, &config(seed));
+        let ids = &outcome.assignment["second"];
+        assert_eq!(ids.len(), 3);
+        assert!(!ids.contains(&"d0".to_string()), "seed {seed}: {ids:?}");
+    }
+}
