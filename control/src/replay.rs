@@ -2,10 +2,10 @@
 //! timestamp is inside the signature's skew window; after that the timestamp alone refuses it.
 //! Memory is bounded per key, not per request: a device heartbeating every second for the
 //! whole window must not cost the control plane hundreds of remembered requests, or 10,000
-//! devices would not fit. Each key keeps its latest [`PER_KEY`] requests (a random-keyed 64-bit
-//! fingerprint of the nonce each) and a floor: a request signed at or before the floor is
-//! refused as too old (its signer sent [`PER_KEY`] newer ones since), and the client signs a
-//! fresh one.
+//! devices would not fit. Each key keeps about its latest [`PER_KEY`] requests (a random-keyed
+//! 64-bit fingerprint of the nonce each; past the bound the oldest second is forgotten whole)
+//! and a floor: a request signed at or before the floor is refused as too old (its signer sent
+//! [`PER_KEY`] newer ones since), and the client signs a fresh one.
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::BuildHasher;
@@ -13,8 +13,8 @@ use std::sync::Mutex;
 
 use fog_proto::auth::{MAX_SKEW_S, Signed};
 
-/// Requests remembered per key.
-pub const PER_KEY: usize = 128;
+/// Requests remembered per key (more only while they were all signed in the same second).
+pub const PER_KEY: usize = 256;
 
 /// Most keys remembered at once; past it requests from new keys are refused until old ones
 /// leave the window (bounded memory whatever a flood of freshly made keys sends).
@@ -33,6 +33,9 @@ pub enum ReplayError {
     /// Too many keys signed requests inside one window to remember another.
     #[error("too many signers in the last {MAX_SKEW_S} s; try again shortly")]
     Full,
+    /// One key signed more requests within one second than are remembered per key.
+    #[error("more than {PER_KEY} requests signed by this key within one second; slow down")]
+    TooFast,
 }
 
 /// What is remembered of the requests seen inside the window.
@@ -91,8 +94,26 @@ impl ReplayGuard {
             window.recent.pop_first();
         }
         if window.recent.len() > PER_KEY {
-            let (ts, _) = window.recent.pop_first().expect("over the bound");
-            window.floor = Some(window.floor.map_or(ts, |floor| floor.max(ts)));
+            // Forget the oldest second whole, so the floor never cuts through a second some of
+            // whose requests are still remembered; if every request is of one second, refuse.
+            let oldest = window
+                .recent
+                .first()
+                .map(|&(ts, _)| ts)
+                .expect("over the bound");
+            let newest = window
+                .recent
+                .last()
+                .map(|&(ts, _)| ts)
+                .expect("over the bound");
+            if oldest == newest {
+                window.recent.remove(&(signed.ts, fingerprint));
+                return Err(ReplayError::TooFast);
+            }
+            while window.recent.first().is_some_and(|&(ts, _)| ts == oldest) {
+                window.recent.pop_first();
+            }
+            window.floor = Some(window.floor.map_or(oldest, |floor| floor.max(oldest)));
         }
         let expires = window
             .recent
@@ -166,7 +187,7 @@ mod tests {
                 .admit(&signed("a", &format!("n{i}"), start + i / 4), start + i / 4)
                 .unwrap();
         }
-        assert_eq!(guard.len(), PER_KEY);
+        assert!(guard.len() <= PER_KEY && guard.len() > PER_KEY - 4);
         let now = start + PER_KEY as u64 / 2;
         // Signed early in the run: inside the skew window, but past what the key remembers.
         assert_eq!(
@@ -180,6 +201,28 @@ mod tests {
         assert_eq!(
             guard.admit(&signed("a", &format!("n{last}"), start + last / 4), now),
             Err(ReplayError::Replayed)
+        );
+    }
+
+    #[test]
+    fn a_burst_within_one_second_is_remembered_whole_or_refused() {
+        let guard = ReplayGuard::default();
+        // A burst in second 1000, then one more in 1001: the burst stays remembered.
+        for i in 0..PER_KEY {
+            guard
+                .admit(&signed("a", &format!("n{i}"), 1000), 1000)
+                .unwrap();
+        }
+        assert_eq!(
+            guard.admit(&signed("a", "one-too-many", 1000), 1000),
+            Err(ReplayError::TooFast)
+        );
+        // A request of that second still in flight is judged on its nonce, not refused as old.
+        guard.admit(&signed("a", "next", 1001), 1001).unwrap();
+        assert_eq!(
+            guard.admit(&signed("a", "n0", 1000), 1001),
+            Err(ReplayError::Superseded),
+            "past the bound, the oldest second is forgotten whole and refused"
         );
     }
 
