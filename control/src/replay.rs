@@ -13,8 +13,11 @@ use std::sync::Mutex;
 
 use fog_proto::auth::{MAX_SKEW_S, Signed};
 
-/// Requests remembered per key (more only while they were all signed in the same second).
+/// Requests remembered per key, beyond those of its latest second.
 pub const PER_KEY: usize = 256;
+
+/// Most requests one key may sign within one second (all of them are remembered).
+pub const PER_SECOND: usize = 10_000;
 
 /// Most keys remembered at once; past it requests from new keys are refused until old ones
 /// leave the window (bounded memory whatever a flood of freshly made keys sends).
@@ -34,7 +37,7 @@ pub enum ReplayError {
     #[error("too many signers in the last {MAX_SKEW_S} s; try again shortly")]
     Full,
     /// One key signed more requests within one second than are remembered per key.
-    #[error("more than {PER_KEY} requests signed by this key within one second; slow down")]
+    #[error("more than {PER_SECOND} requests signed by this key within one second; slow down")]
     TooFast,
 }
 
@@ -93,22 +96,22 @@ impl ReplayGuard {
             }
             window.recent.pop_first();
         }
-        if window.recent.len() > PER_KEY {
-            // Forget the oldest second whole, so the floor never cuts through a second some of
-            // whose requests are still remembered; if every request is of one second, refuse.
+        // Past the bound, forget the oldest seconds whole, so the floor never cuts through a
+        // second some of whose requests are still remembered; the latest second is kept whole
+        // up to its own bound.
+        let newest = window.recent.last().map_or(signed.ts, |&(ts, _)| ts);
+        while window.recent.len() > PER_KEY {
             let oldest = window
                 .recent
                 .first()
                 .map(|&(ts, _)| ts)
                 .expect("over the bound");
-            let newest = window
-                .recent
-                .last()
-                .map(|&(ts, _)| ts)
-                .expect("over the bound");
             if oldest == newest {
-                window.recent.remove(&(signed.ts, fingerprint));
-                return Err(ReplayError::TooFast);
+                if window.recent.len() > PER_SECOND {
+                    window.recent.remove(&(signed.ts, fingerprint));
+                    return Err(ReplayError::TooFast);
+                }
+                break;
             }
             while window.recent.first().is_some_and(|&(ts, _)| ts == oldest) {
                 window.recent.pop_first();
@@ -208,7 +211,7 @@ mod tests {
     fn a_burst_within_one_second_is_remembered_whole_or_refused() {
         let guard = ReplayGuard::default();
         // A burst in second 1000, then one more in 1001: the burst stays remembered.
-        for i in 0..PER_KEY {
+        for i in 0..PER_SECOND {
             guard
                 .admit(&signed("a", &format!("n{i}"), 1000), 1000)
                 .unwrap();
@@ -217,7 +220,11 @@ mod tests {
             guard.admit(&signed("a", "one-too-many", 1000), 1000),
             Err(ReplayError::TooFast)
         );
-        // A request of that second still in flight is judged on its nonce, not refused as old.
+        assert_eq!(
+            guard.admit(&signed("a", "n7", 1000), 1000),
+            Err(ReplayError::Replayed),
+            "every request of the burst is remembered"
+        );
         guard.admit(&signed("a", "next", 1001), 1001).unwrap();
         assert_eq!(
             guard.admit(&signed("a", "n0", 1000), 1001),
