@@ -19,6 +19,10 @@ pub const PER_KEY: usize = 256;
 /// Most requests one key may sign within one second (all of them are remembered).
 pub const PER_SECOND: usize = 10_000;
 
+/// Seconds before a key's newest request whose requests are always remembered, whatever the
+/// bound: requests signed that recently may still be in flight (uploading a component).
+pub const IN_FLIGHT_S: u64 = 5;
+
 /// Most keys remembered at once; past it requests from new keys are refused until old ones
 /// leave the window (bounded memory whatever a flood of freshly made keys sends).
 pub const MAX_KEYS: usize = 250_000;
@@ -97,8 +101,16 @@ impl ReplayGuard {
             window.recent.pop_first();
         }
         // Past the bound, forget the oldest seconds whole, so the floor never cuts through a
-        // second some of whose requests are still remembered; the latest second is kept whole
-        // up to its own bound.
+        // second some of whose requests are still remembered; the latest seconds (requests
+        // that may still be in flight) are kept whole, each up to its own bound.
+        let this_second = window
+            .recent
+            .range((signed.ts, 0)..=(signed.ts, u64::MAX))
+            .count();
+        if this_second > PER_SECOND {
+            window.recent.remove(&(signed.ts, fingerprint));
+            return Err(ReplayError::TooFast);
+        }
         let newest = window.recent.last().map_or(signed.ts, |&(ts, _)| ts);
         while window.recent.len() > PER_KEY {
             let oldest = window
@@ -106,11 +118,7 @@ impl ReplayGuard {
                 .first()
                 .map(|&(ts, _)| ts)
                 .expect("over the bound");
-            if oldest == newest {
-                if window.recent.len() > PER_SECOND {
-                    window.recent.remove(&(signed.ts, fingerprint));
-                    return Err(ReplayError::TooFast);
-                }
+            if oldest + IN_FLIGHT_S >= newest {
                 break;
             }
             while window.recent.first().is_some_and(|&(ts, _)| ts == oldest) {
@@ -225,11 +233,33 @@ mod tests {
             Err(ReplayError::Replayed),
             "every request of the burst is remembered"
         );
+    }
+
+    #[test]
+    fn requests_of_the_last_seconds_are_judged_on_their_nonce_and_older_ones_forgotten_whole() {
+        let guard = ReplayGuard::default();
+        for i in 0..PER_KEY + 10 {
+            guard
+                .admit(&signed("a", &format!("n{i}"), 1000), 1000)
+                .unwrap();
+        }
+        // Requests of the last few seconds may still be in flight: still judged on their nonce.
         guard.admit(&signed("a", "next", 1001), 1001).unwrap();
+        guard.admit(&signed("a", "late", 1000), 1001).unwrap();
         assert_eq!(
-            guard.admit(&signed("a", "n0", 1000), 1001),
-            Err(ReplayError::Superseded),
-            "past the bound, the oldest second is forgotten whole and refused"
+            guard.admit(&signed("a", "n3", 1000), 1001),
+            Err(ReplayError::Replayed)
+        );
+        // Past that, the oldest second is forgotten whole, and refused.
+        guard
+            .admit(
+                &signed("a", "later", 1000 + IN_FLIGHT_S + 1),
+                1000 + IN_FLIGHT_S + 1,
+            )
+            .unwrap();
+        assert_eq!(
+            guard.admit(&signed("a", "n0", 1000), 1000 + IN_FLIGHT_S + 1),
+            Err(ReplayError::Superseded)
         );
     }
 
