@@ -14,8 +14,10 @@
 pub mod api;
 mod apps;
 pub mod autoscale;
+mod dashboard;
 mod devices;
 pub mod error;
+mod metrics;
 pub mod names;
 mod reconcile;
 mod registry;
@@ -124,6 +126,8 @@ pub struct Control {
     replays: replay::ReplayGuard,
     /// A handover changed phase: assignments changed though placements did not.
     phase_changed: std::sync::atomic::AtomicBool,
+    /// Prometheus metrics (`GET /metrics`).
+    metrics: metrics::ControlMetrics,
 }
 
 /// Largest snapshot the control plane keeps for an app.
@@ -170,6 +174,7 @@ impl Control {
             parked: Mutex::new(HashMap::new()),
             replays: replay::ReplayGuard::default(),
             phase_changed: std::sync::atomic::AtomicBool::new(false),
+            metrics: metrics::ControlMetrics::default(),
         })
     }
 }

@@ -169,7 +169,11 @@ impl Control {
                 (app.clone(), devices)
             })
             .collect();
+        let planning = Instant::now();
         let outcome = placement::plan(&fleet, &demands, &current, &self.config.placement);
+        self.metrics
+            .placement
+            .observe(planning.elapsed().as_secs_f64());
         let problems: HashMap<&str, &str> = outcome
             .unplaceable
             .iter()

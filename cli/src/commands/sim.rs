@@ -165,6 +165,7 @@ impl Sim {
                             key: public.clone(),
                         }),
                         attached: attacher.links(),
+                        harvest: None,
                     };
                     let path = format!("/v1/devices/{id}/heartbeat");
                     let sent = Instant::now();

@@ -111,7 +111,7 @@ impl Up {
             let control_url = format!("http://{control}");
             for n in 1..=self.relays {
                 let dir = data.join("relays").join(n.to_string());
-                let (addr, more) = services::start_relay("127.0.0.1:0".parse()?, &control_url, &dir, stop.clone()).await?;
+                let (addr, _, more) = services::start_relay("127.0.0.1:0".parse()?, None, &control_url, &dir, stop.clone()).await?;
                 println!("fog: relay {n} on {addr}");
                 tasks.extend(more);
             }
@@ -136,7 +136,7 @@ impl Up {
             } else {
                 None
             };
-            let (router_addrs, more) = services::start_router(self.router_listen, &control_url, &router_args, router_identity, &data.join("router"), stop.clone()).await?;
+            let (router_addrs, more) = services::start_router(self.router_listen, None, &control_url, &router_args, router_identity, &data.join("router"), stop.clone()).await?;
             let router = router_addrs.http;
             tasks.extend(more);
             let host_args = HostArgs {
@@ -156,10 +156,11 @@ impl Up {
             for n in 1..=self.hosts {
                 let dir = data.join("hosts").join(n.to_string());
                 let listen = if self.hosts_listen { Some("127.0.0.1:0".parse()?) } else { None };
-                let (_, more) = services::start_host(listen, &control_url, &dir, &host_args, stop.clone()).await?;
+                let (_, more) = services::start_host(listen, None, &control_url, &dir, &host_args, stop.clone()).await?;
                 tasks.extend(more);
             }
             println!("fog: control plane http://{control}, router http://{router}, {} host(s), data in {}", self.hosts, data.display());
+            println!("fog: dashboard http://{control}/dashboard, metrics http://{control}/metrics");
             if let Some(front) = router_addrs.betanet {
                 println!("fog: Betanet front on {front} (fog fetch <betanet address>)");
             }
