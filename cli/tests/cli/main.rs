@@ -7,6 +7,7 @@ mod flood;
 mod fog;
 mod harvest;
 mod lab;
+mod metrics;
 mod onion;
 pub mod publish;
 mod run;
