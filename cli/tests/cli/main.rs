@@ -1,6 +1,7 @@
 //! The `fog` binary as people run it: real processes, real sockets.
 
 mod betanet;
+mod dashboard;
 mod dialout;
 mod etcd;
 mod flood;
