@@ -147,7 +147,6 @@ pub fn router_identity(data: &Path) -> anyhow::Result<fog_proto::auth::Identity>
 
 /// Start a router on `listen` for the control plane at `control_url`, its files (arti's) in
 /// `data`, with `/metrics` on `metrics` if given.
-#[allow(clippy::too_many_arguments)]
 pub async fn start_router(
     listen: SocketAddr,
     metrics: Option<SocketAddr>,
