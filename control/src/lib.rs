@@ -25,6 +25,7 @@ pub mod replay;
 pub mod replicas;
 mod sites;
 pub mod store;
+pub mod usage;
 mod views;
 
 use std::collections::{HashMap, VecDeque};
@@ -53,14 +54,19 @@ pub struct ControlConfig {
     pub missed_heartbeats: u32,
     /// How often the reconcile loop runs without a change.
     pub tick: Duration,
-    /// CPU share one replica is planned with, in cores.
-    pub replica_cpu: f64,
+    /// Least CPU one replica is planned with, in cores: its measured use (see [`usage`]) with
+    /// its tier's headroom, never below this.
+    pub replica_cpu_floor: f64,
     /// NSGA-II settings for placement.
     pub placement: PlacementConfig,
     /// Public keys (hex) of routers allowed to register Betanet fronts.
     pub trusted_routers: Vec<String>,
     /// How often a tier-B app's primary uploads a snapshot of its state.
     pub snapshot_every: Duration,
+    /// How often every app is placed again from scratch (NSGA-II over the whole fleet) when
+    /// the fleet has not changed; in between, a reconcile places only the apps that need it
+    /// (new, scaled, short of replicas).
+    pub replan_every: Duration,
 }
 
 impl Default for ControlConfig {
@@ -69,7 +75,7 @@ impl Default for ControlConfig {
             heartbeat_interval: Duration::from_secs(1),
             missed_heartbeats: 3,
             tick: Duration::from_secs(1),
-            replica_cpu: 0.1,
+            replica_cpu_floor: 0.01,
             placement: PlacementConfig {
                 population: 40,
                 generations: 30,
@@ -77,6 +83,7 @@ impl Default for ControlConfig {
             },
             trusted_routers: Vec::new(),
             snapshot_every: Duration::from_secs(5),
+            replan_every: Duration::from_secs(30),
         }
     }
 }
@@ -128,6 +135,16 @@ pub struct Control {
     phase_changed: std::sync::atomic::AtomicBool,
     /// Prometheus metrics (`GET /metrics`).
     metrics: metrics::ControlMetrics,
+    /// Apps and placements indexed by device, while the registry is unchanged.
+    plan_index: Mutex<Option<Arc<registry::PlanIndex>>>,
+    /// Smoothed CPU each replica burns, from heartbeats.
+    usage: usage::Usage,
+    /// When every app was last placed from scratch, and the fleet it was placed on.
+    last_full_plan: Mutex<Option<(Instant, u64)>>,
+    /// This control plane's name in the election of the one that reconciles.
+    id: String,
+    /// Whether this control plane led at its last reconcile tick.
+    leading: std::sync::atomic::AtomicBool,
 }
 
 /// Largest snapshot the control plane keeps for an app.
@@ -175,6 +192,15 @@ impl Control {
             replays: replay::ReplayGuard::default(),
             phase_changed: std::sync::atomic::AtomicBool::new(false),
             metrics: metrics::ControlMetrics::default(),
+            plan_index: Mutex::new(None),
+            usage: usage::Usage::default(),
+            last_full_plan: Mutex::new(None),
+            id: {
+                let mut id = [0u8; 8];
+                getrandom::fill(&mut id).expect("the operating system's random source");
+                hex::encode(id)
+            },
+            leading: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }

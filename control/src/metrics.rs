@@ -40,7 +40,7 @@ impl Default for ControlMetrics {
         let placement = Histogram::new(exponential_buckets(0.001, 2.0, 15));
         registry.register(
             "fog_control_placement_duration_seconds",
-            "Time of one placement (NSGA-II over apps and live devices)",
+            "Time of one placement: the whole fleet, or only the apps that need a place",
             placement.clone(),
         );
         let devices = Family::<StateLabel, Gauge>::default();
