@@ -276,7 +276,7 @@ impl Control {
             ReplayError::Replayed | ReplayError::Superseded => {
                 ApiError::Unauthorized(e.to_string())
             }
-            ReplayError::Full => ApiError::Unavailable(e.to_string()),
+            ReplayError::Full | ReplayError::TooFast => ApiError::Unavailable(e.to_string()),
         })?;
         Ok((signed.key, body, meta))
     }

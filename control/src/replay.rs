@@ -2,10 +2,10 @@
 //! timestamp is inside the signature's skew window; after that the timestamp alone refuses it.
 //! Memory is bounded per key, not per request: a device heartbeating every second for the
 //! whole window must not cost the control plane hundreds of remembered requests, or 10,000
-//! devices would not fit. Each key keeps its latest [`PER_KEY`] requests (a random-keyed 64-bit
-//! fingerprint of the nonce each) and a floor: a request signed at or before the floor is
-//! refused as too old (its signer sent [`PER_KEY`] newer ones since), and the client signs a
-//! fresh one.
+//! devices would not fit. Each key keeps about its latest [`PER_KEY`] requests (a random-keyed
+//! 64-bit fingerprint of the nonce each; past the bound the oldest second is forgotten whole)
+//! and a floor: a request signed at or before the floor is refused as too old (its signer sent
+//! [`PER_KEY`] newer ones since), and the client signs a fresh one.
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::BuildHasher;
@@ -13,8 +13,15 @@ use std::sync::Mutex;
 
 use fog_proto::auth::{MAX_SKEW_S, Signed};
 
-/// Requests remembered per key.
-pub const PER_KEY: usize = 128;
+/// Requests remembered per key, beyond those of its latest second.
+pub const PER_KEY: usize = 256;
+
+/// Most requests one key may sign within one second (all of them are remembered).
+pub const PER_SECOND: usize = 10_000;
+
+/// Seconds before a key's newest request whose requests are always remembered, whatever the
+/// bound: requests signed that recently may still be in flight (uploading a component).
+pub const IN_FLIGHT_S: u64 = 5;
 
 /// Most keys remembered at once; past it requests from new keys are refused until old ones
 /// leave the window (bounded memory whatever a flood of freshly made keys sends).
@@ -33,6 +40,9 @@ pub enum ReplayError {
     /// Too many keys signed requests inside one window to remember another.
     #[error("too many signers in the last {MAX_SKEW_S} s; try again shortly")]
     Full,
+    /// One key signed more requests within one second than are remembered per key.
+    #[error("more than {PER_SECOND} requests signed by this key within one second; slow down")]
+    TooFast,
 }
 
 /// What is remembered of the requests seen inside the window.
@@ -90,9 +100,31 @@ impl ReplayGuard {
             }
             window.recent.pop_first();
         }
-        if window.recent.len() > PER_KEY {
-            let (ts, _) = window.recent.pop_first().expect("over the bound");
-            window.floor = Some(window.floor.map_or(ts, |floor| floor.max(ts)));
+        // Past the bound, forget the oldest seconds whole, so the floor never cuts through a
+        // second some of whose requests are still remembered; the latest seconds (requests
+        // that may still be in flight) are kept whole, each up to its own bound.
+        let this_second = window
+            .recent
+            .range((signed.ts, 0)..=(signed.ts, u64::MAX))
+            .count();
+        if this_second > PER_SECOND {
+            window.recent.remove(&(signed.ts, fingerprint));
+            return Err(ReplayError::TooFast);
+        }
+        let newest = window.recent.last().map_or(signed.ts, |&(ts, _)| ts);
+        while window.recent.len() > PER_KEY {
+            let oldest = window
+                .recent
+                .first()
+                .map(|&(ts, _)| ts)
+                .expect("over the bound");
+            if oldest + IN_FLIGHT_S >= newest {
+                break;
+            }
+            while window.recent.first().is_some_and(|&(ts, _)| ts == oldest) {
+                window.recent.pop_first();
+            }
+            window.floor = Some(window.floor.map_or(oldest, |floor| floor.max(oldest)));
         }
         let expires = window
             .recent
@@ -166,7 +198,7 @@ mod tests {
                 .admit(&signed("a", &format!("n{i}"), start + i / 4), start + i / 4)
                 .unwrap();
         }
-        assert_eq!(guard.len(), PER_KEY);
+        assert!(guard.len() <= PER_KEY && guard.len() > PER_KEY - 4);
         let now = start + PER_KEY as u64 / 2;
         // Signed early in the run: inside the skew window, but past what the key remembers.
         assert_eq!(
@@ -180,6 +212,54 @@ mod tests {
         assert_eq!(
             guard.admit(&signed("a", &format!("n{last}"), start + last / 4), now),
             Err(ReplayError::Replayed)
+        );
+    }
+
+    #[test]
+    fn a_burst_within_one_second_is_remembered_whole_or_refused() {
+        let guard = ReplayGuard::default();
+        // A burst in second 1000, then one more in 1001: the burst stays remembered.
+        for i in 0..PER_SECOND {
+            guard
+                .admit(&signed("a", &format!("n{i}"), 1000), 1000)
+                .unwrap();
+        }
+        assert_eq!(
+            guard.admit(&signed("a", "one-too-many", 1000), 1000),
+            Err(ReplayError::TooFast)
+        );
+        assert_eq!(
+            guard.admit(&signed("a", "n7", 1000), 1000),
+            Err(ReplayError::Replayed),
+            "every request of the burst is remembered"
+        );
+    }
+
+    #[test]
+    fn requests_of_the_last_seconds_are_judged_on_their_nonce_and_older_ones_forgotten_whole() {
+        let guard = ReplayGuard::default();
+        for i in 0..PER_KEY + 10 {
+            guard
+                .admit(&signed("a", &format!("n{i}"), 1000), 1000)
+                .unwrap();
+        }
+        // Requests of the last few seconds may still be in flight: still judged on their nonce.
+        guard.admit(&signed("a", "next", 1001), 1001).unwrap();
+        guard.admit(&signed("a", "late", 1000), 1001).unwrap();
+        assert_eq!(
+            guard.admit(&signed("a", "n3", 1000), 1001),
+            Err(ReplayError::Replayed)
+        );
+        // Past that, the oldest second is forgotten whole, and refused.
+        guard
+            .admit(
+                &signed("a", "later", 1000 + IN_FLIGHT_S + 1),
+                1000 + IN_FLIGHT_S + 1,
+            )
+            .unwrap();
+        assert_eq!(
+            guard.admit(&signed("a", "n0", 1000), 1000 + IN_FLIGHT_S + 1),
+            Err(ReplayError::Superseded)
         );
     }
 
