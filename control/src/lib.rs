@@ -14,8 +14,10 @@
 pub mod api;
 mod apps;
 pub mod autoscale;
+mod dashboard;
 mod devices;
 pub mod error;
+mod metrics;
 pub mod names;
 mod observe;
 mod reconcile;
@@ -136,6 +138,8 @@ pub struct Control {
     replays: replay::ReplayGuard,
     /// A handover changed phase: assignments changed though placements did not.
     phase_changed: std::sync::atomic::AtomicBool,
+    /// Prometheus metrics (`GET /metrics`).
+    metrics: metrics::ControlMetrics,
     /// Apps and placements indexed by device, while the registry is unchanged.
     plan_index: Mutex<Option<Arc<registry::PlanIndex>>>,
     /// Devices' measured RTTs and the behaviour their trust is earned with.
@@ -194,6 +198,7 @@ impl Control {
             parked: Mutex::new(HashMap::new()),
             replays: replay::ReplayGuard::default(),
             phase_changed: std::sync::atomic::AtomicBool::new(false),
+            metrics: metrics::ControlMetrics::default(),
             plan_index: Mutex::new(None),
             observed: observe::Observations::default(),
             usage: usage::Usage::default(),

@@ -1,7 +1,10 @@
 //! HTTP plumbing shared by the host, the control plane and the router, so each serves with the
-//! same accept loop and reads app names from host names the same way.
+//! same accept loop, reads app names from host names the same way and exports its Prometheus
+//! metrics ([`metrics`]) the same way.
 
 #![deny(missing_docs)]
+
+pub mod metrics;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -411,6 +411,9 @@ pub struct Heartbeat {
     /// time as the device measured it (HTX PING).
     #[serde(default)]
     pub attached: Vec<AttachedLink>,
+    /// Its harvest policy's last decision, for people (none: it ignores the policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub harvest: Option<String>,
 }
 
 impl Heartbeat {
@@ -815,6 +818,10 @@ pub struct DeviceInfo {
     /// What the trust is made of, for people.
     #[serde(default)]
     pub trust_reasons: Vec<String>,
+    /// Its harvest policy's last decision, as its last heartbeat said (none: it ignores the
+    /// policy, or never said).
+    #[serde(default)]
+    pub harvest: Option<String>,
 }
 
 /// Where an app's live replicas are, for routers.

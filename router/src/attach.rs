@@ -167,12 +167,15 @@ impl Attach {
         tracing::info!(device, "host detached: {:?}", connection.error());
     }
 
-    /// PING `device` every [`PING_EVERY`] and keep the RTT (a missed echo closes the connection,
-    /// which ends this).
+    /// PING `device` every [`PING_EVERY`] and keep the RTT for the control plane (and the
+    /// metrics, when on); a missed echo closes the connection, which ends this.
     async fn ping(self: Arc<Self>, device: String, connection: Connection) {
         loop {
             match connection.ping().await {
                 Ok(rtt) => {
+                    if let Some(metrics) = self.gateway.metrics() {
+                        metrics.attached_rtt.observe(rtt.as_secs_f64());
+                    }
                     let us = (rtt.as_micros() as u64).max(1);
                     self.rtts
                         .lock()

@@ -17,6 +17,7 @@
 pub mod attach;
 pub mod front;
 mod gateway;
+pub mod metrics;
 pub mod onion;
 pub mod visitor;
 

@@ -47,7 +47,10 @@ impl Devices {
                     d.trust,
                     d.running.join(",")
                 );
-                println!("{:<18} trust: {}", "", d.trust_reasons.join("; "));
+                println!("  trust: {}", d.trust_reasons.join("; "));
+                if let Some(harvest) = d.harvest.as_deref().filter(|_| d.alive) {
+                    println!("  harvest: {harvest}");
+                }
             }
             Ok(())
         })
