@@ -15,6 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use fog_htx::CloseCode;
 use fog_htx::attach::{
     ATTACH_PROLOGUE, SPLICE_STREAM, read_hello, read_splice_device, read_tag, write_splice_answer,
     write_splice_header,
@@ -270,7 +271,7 @@ pub async fn serve(listener: TcpListener, attach: Arc<Attach>, shutdown: impl Fu
                 Ok(device) => attach.run(device, connection).await,
                 Err(refusal) => {
                     tracing::info!(%peer, "host refused: {refusal}");
-                    connection.close(&refusal.to_string());
+                    connection.close_with(CloseCode::Refused, &refusal.to_string());
                 }
             }
         });

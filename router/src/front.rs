@@ -12,6 +12,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fog_htx::CloseCode;
 use fog_htx::conn::{self, Config};
 use fog_htx::handshake::StaticKey;
 use fog_htx::tickets::TicketVerifier;
@@ -41,10 +42,13 @@ pub fn hello(app_id: &[u8; 32], ticket: &[u8; 32]) -> Vec<u8> {
 
 /// Windows of visitor connections: the spec's defaults would cap one page at 64 KiB in
 /// flight; a few MiB let an ordinary page arrive in one round trip.
+/// A visitor may hold 256 requests open at once (as HTTP/2 servers commonly allow); one more
+/// cuts the connection off.
 pub fn visitor_config() -> Config {
     Config {
         stream_window: 1 << 20,
         connection_window: 4 << 20,
+        max_streams: 256,
         ..Config::default()
     }
 }
@@ -158,7 +162,7 @@ pub async fn serve(listener: TcpListener, front: Arc<Front>, shutdown: impl Futu
                 Ok(app) => app,
                 Err(reason) => {
                     tracing::info!("visitor refused: {reason}");
-                    connection.close(&reason);
+                    connection.close_with(CloseCode::Refused, &reason);
                     return;
                 }
             };
