@@ -122,7 +122,7 @@ impl Control {
         // Ledger periods: signed by this device's key, for this device, with honest arithmetic.
         for period in std::mem::take(&mut heartbeat.periods) {
             let rejected = |e: String| {
-                ApiError::BadRequest(format!(
+                ApiError::LedgerPeriod(format!(
                     "ledger period {} rejected: {e}",
                     period.period.start_ms
                 ))

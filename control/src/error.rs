@@ -1,7 +1,7 @@
 //! The one error type of the API: each refusal is a kind (which becomes the HTTP status) and a
 //! one-line reason that the caller is shown.
 
-use fog_proto::api::ErrorBody;
+use fog_proto::api::{ErrorBody, ErrorCode};
 
 use crate::ApiResponse;
 use crate::store::StoreError;
@@ -13,6 +13,10 @@ pub enum ApiError {
     /// Malformed or invalid input (400).
     #[error("{0}")]
     BadRequest(String),
+    /// A ledger period in a heartbeat that will never be accepted (400, with its code, so the
+    /// device drops it).
+    #[error("{0}")]
+    LedgerPeriod(String),
     /// A missing or bad signature (401).
     #[error("{0}")]
     Unauthorized(String),
@@ -46,7 +50,7 @@ impl ApiError {
     /// The HTTP status this error is answered with.
     pub fn status(&self) -> u16 {
         match self {
-            ApiError::BadRequest(_) => 400,
+            ApiError::BadRequest(_) | ApiError::LedgerPeriod(_) => 400,
             ApiError::Unauthorized(_) => 401,
             ApiError::Forbidden(_) => 403,
             ApiError::NotFound(_) => 404,
@@ -55,6 +59,14 @@ impl ApiError {
             ApiError::TooLarge(_) => 413,
             ApiError::Unavailable(_) | ApiError::Registry(StoreError::Unreachable { .. }) => 503,
             ApiError::Registry(_) | ApiError::Internal(_) => 500,
+        }
+    }
+
+    /// The code callers act on, if this refusal has one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ApiError::LedgerPeriod(_) => Some(ErrorCode::LedgerPeriodRejected),
+            _ => None,
         }
     }
 
@@ -67,6 +79,7 @@ impl ApiError {
             self.status(),
             &ErrorBody {
                 error: self.to_string(),
+                code: self.code(),
             },
         )
     }

@@ -23,6 +23,7 @@ use sha2::Sha256;
 use tokio::net::TcpListener;
 
 use crate::Gateway;
+use crate::error::VisitorRefusal;
 
 /// Noise prologue of visitor connections.
 pub const FRONT_PROLOGUE: &[u8] = b"fog-betanet-front-v1";
@@ -114,11 +115,12 @@ impl Front {
     }
 
     /// Check a hello from the visitor with static key `client`: the app it names.
-    fn admit(&self, client: &[u8; 32], hello: &[u8]) -> Result<String, String> {
+    fn admit(&self, client: &[u8; 32], hello: &[u8]) -> Result<String, VisitorRefusal> {
         if hello.len() != HELLO_LEN || hello[0] != HELLO_VERSION {
-            return Err(format!(
-                "a visitor hello is {HELLO_LEN} bytes starting with version {HELLO_VERSION}"
-            ));
+            return Err(VisitorRefusal::Hello {
+                expected_len: HELLO_LEN,
+                version: HELLO_VERSION,
+            });
         }
         let app_id: [u8; 32] = hello[1..33].try_into().expect("32 bytes");
         let ticket: [u8; 32] = hello[33..].try_into().expect("32 bytes");
@@ -126,10 +128,10 @@ impl Front {
             .lock()
             .expect("tickets lock")
             .check(client, &ticket, fog_proto::auth::now_s())
-            .map_err(|e| format!("access ticket refused: {e}"))?;
+            .map_err(VisitorRefusal::Ticket)?;
         self.gateway
             .app_by_betanet_id(&hex::encode(app_id))
-            .ok_or_else(|| "no app with this Betanet name is routed here".to_string())
+            .ok_or(VisitorRefusal::UnknownApp)
     }
 }
 
@@ -160,9 +162,9 @@ pub async fn serve(listener: TcpListener, front: Arc<Front>, shutdown: impl Futu
             };
             let app = match front.admit(&peer.key, &peer.hello) {
                 Ok(app) => app,
-                Err(reason) => {
-                    tracing::info!("visitor refused: {reason}");
-                    connection.close_with(CloseCode::Refused, &reason);
+                Err(refusal) => {
+                    tracing::info!("visitor refused: {refusal}");
+                    connection.close_with(CloseCode::Refused, &refusal.to_string());
                     return;
                 }
             };

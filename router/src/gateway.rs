@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fog_htx::mix::{MixMode, Relay};
+use fog_proto::ErrorKind;
 use fog_proto::api::{HtxEndpoint, ROUTES_VERSION_HEADER, RelayInfo, Route, RouteMode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
@@ -15,6 +16,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use fog_htx::dial::{Dialer, HtxConnector};
+
+use crate::error::ControlError;
 
 /// The response body the gateway sends.
 pub type GatewayBody = BoxBody<Bytes, hyper::Error>;
@@ -217,10 +220,13 @@ impl Gateway {
     pub(crate) async fn control_get(
         &self,
         path: &str,
-    ) -> Result<(http::StatusCode, Bytes), String> {
+    ) -> Result<(http::StatusCode, Bytes), ControlError> {
         let request = http::Request::get(format!("{}{path}", self.config.control))
             .body(Full::new(Bytes::new()))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ControlError::Request {
+                path: path.to_string(),
+                reason: e.to_string(),
+            })?;
         let (status, _, body) = self.call(request, Duration::from_secs(10)).await?;
         Ok((status, body))
     }
@@ -237,7 +243,7 @@ impl Gateway {
         shutdown: impl Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
-        let mut last_error: Option<String> = None;
+        let mut last_error: Option<ControlError> = None;
         loop {
             match self.post_signed(path, body.clone(), &identity).await {
                 Ok(_) => {
@@ -246,7 +252,7 @@ impl Gateway {
                     }
                 }
                 Err(err) => {
-                    if last_error.as_deref() != Some(err.as_str()) {
+                    if last_error.as_ref() != Some(&err) {
                         tracing::warn!("cannot register the {what}: {err}");
                     }
                     last_error = Some(err);
@@ -297,9 +303,12 @@ impl Gateway {
         &self,
         path: &str,
         identity: &fog_proto::auth::Identity,
-    ) -> Result<T, String> {
+    ) -> Result<T, ControlError> {
         let body = self.post_signed(path, b"{}".to_vec(), identity).await?;
-        serde_json::from_slice(&body).map_err(|e| format!("malformed answer from {path}: {e}"))
+        serde_json::from_slice(&body).map_err(|e| ControlError::Malformed {
+            path: path.to_string(),
+            reason: e.to_string(),
+        })
     }
 
     /// POST `body` to the control plane, signed with `identity`; the answer's body.
@@ -308,7 +317,7 @@ impl Gateway {
         path: &str,
         body: Vec<u8>,
         identity: &fog_proto::auth::Identity,
-    ) -> Result<Bytes, String> {
+    ) -> Result<Bytes, ControlError> {
         use fog_proto::auth::{self, AUTH_HEADER, META_HEADER};
         let signature = identity.sign("POST", path, auth::now_s(), &auth::sha256_hex(&body), "");
         let request = http::Request::post(format!("{}{path}", self.config.control))
@@ -316,33 +325,46 @@ impl Gateway {
             .header(META_HEADER, "")
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ControlError::Request {
+                path: path.to_string(),
+                reason: e.to_string(),
+            })?;
         let (status, _, body) = self.call(request, Duration::from_secs(10)).await?;
         if status.is_success() {
             return Ok(body);
         }
-        Err(format!(
-            "status {status}: {}",
-            String::from_utf8_lossy(&body).trim()
-        ))
+        Err(ControlError::status(path, status, &body))
     }
 
     /// GET `path` from the control plane: its headers and body, if the status is a success.
-    async fn get(&self, path: &str, timeout: Duration) -> Result<(http::HeaderMap, Bytes), String> {
+    async fn get(
+        &self,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<(http::HeaderMap, Bytes), ControlError> {
         let request = http::Request::get(format!("{}{path}", self.config.control))
             .body(Full::new(Bytes::new()))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ControlError::Request {
+                path: path.to_string(),
+                reason: e.to_string(),
+            })?;
         let (status, headers, body) = self.call(request, timeout).await?;
         if !status.is_success() {
-            return Err(format!("status {status}"));
+            return Err(ControlError::status(path, status, &body));
         }
         Ok((headers, body))
     }
 
     /// GET a JSON document from the control plane.
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, String> {
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<T, ControlError> {
         let (_, body) = self.get(path, Duration::from_secs(10)).await?;
-        serde_json::from_slice(&body).map_err(|e| e.to_string())
+        serde_json::from_slice(&body).map_err(|e| ControlError::Malformed {
+            path: path.to_string(),
+            reason: e.to_string(),
+        })
     }
 
     /// Send one request to the control plane within `timeout`; the whole answer (at most
@@ -351,16 +373,24 @@ impl Gateway {
         &self,
         request: http::Request<Full<Bytes>>,
         timeout: Duration,
-    ) -> Result<(http::StatusCode, http::HeaderMap, Bytes), String> {
+    ) -> Result<(http::StatusCode, http::HeaderMap, Bytes), ControlError> {
+        let path = request.uri().path().to_string();
+        let unreachable = |reason: String| ControlError::Unreachable {
+            path: path.clone(),
+            reason,
+        };
         let response = tokio::time::timeout(timeout, self.client.request(request))
             .await
-            .map_err(|_| "timed out".to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| ControlError::Timeout {
+                path: path.clone(),
+                after: timeout,
+            })?
+            .map_err(|e| unreachable(e.to_string()))?;
         let (parts, body) = response.into_parts();
         let body = Limited::new(body, 16 << 20)
             .collect()
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| unreachable(e.to_string()))?
             .to_bytes();
         Ok((parts.status, parts.headers, body))
     }
@@ -397,16 +427,21 @@ impl Gateway {
         }
     }
 
-    async fn fetch_routes(&self, after: Option<u64>) -> Result<(Vec<Route>, Option<u64>), String> {
+    async fn fetch_routes(
+        &self,
+        after: Option<u64>,
+    ) -> Result<(Vec<Route>, Option<u64>), ControlError> {
         let query = after.map(|v| format!("?after={v}")).unwrap_or_default();
-        let (headers, body) = self
-            .get(&format!("/v1/routes{query}"), Duration::from_secs(30))
-            .await?;
+        let path = format!("/v1/routes{query}");
+        let (headers, body) = self.get(&path, Duration::from_secs(30)).await?;
         let version = headers
             .get(ROUTES_VERSION_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
-        let routes = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        let routes = serde_json::from_slice(&body).map_err(|e| ControlError::Malformed {
+            path,
+            reason: e.to_string(),
+        })?;
         Ok((routes, version))
     }
 
@@ -491,6 +526,9 @@ impl Gateway {
         // or promoted, a replica starting), hold it and try again until the hold runs out.
         let held_until = Instant::now() + self.config.hold;
         let mut last_error = String::new();
+        // Whether the last failure was that no replica was live (503) rather than that one
+        // failed (502).
+        let mut none_live = false;
         let mut pause = Duration::from_millis(20);
         let mut woken = false;
         loop {
@@ -499,6 +537,7 @@ impl Gateway {
             };
             if replicas.is_empty() {
                 last_error = format!("app {app:?} has no live replica right now");
+                none_live = true;
                 // Perhaps parked at zero replicas: ask for one, and hold the request.
                 if !woken {
                     woken = true;
@@ -523,6 +562,7 @@ impl Gateway {
                     Forwarded::Follower => {
                         // Writes go to the primary: try it next if it is not next already.
                         last_error = format!("device {} only follows", replica.device);
+                        none_live = false;
                         let primary = self.primary(&app);
                         if let Some(primary) = primary
                             && let Some(at) = replicas[tried..]
@@ -536,6 +576,7 @@ impl Gateway {
                         *replica.suspect_until.lock().expect("suspect lock") =
                             Some(Instant::now() + self.config.suspect_for);
                         last_error = reason;
+                        none_live = false;
                     }
                 }
             }
@@ -546,11 +587,7 @@ impl Gateway {
             pause = (pause * 2).min(Duration::from_millis(250));
         }
         plain(
-            if last_error.contains("no live replica") {
-                503
-            } else {
-                502
-            },
+            if none_live { 503 } else { 502 },
             &format!("every replica of {app:?} failed: {last_error}"),
         )
     }
@@ -680,12 +717,12 @@ impl Gateway {
                 // this replica only follows): try elsewhere.
                 let kind = response
                     .headers()
-                    .get("x-fog-error")
+                    .get(fog_proto::ERROR_HEADER)
                     .and_then(|k| k.to_str().ok())
-                    .unwrap_or("");
+                    .and_then(|k| k.parse::<ErrorKind>().ok());
                 match kind {
-                    "follower" => Forwarded::Follower,
-                    "unknown-app" | "harvest" | "moved" => Forwarded::Elsewhere(format!(
+                    Some(ErrorKind::Follower) => Forwarded::Follower,
+                    Some(kind) if kind.retry_elsewhere() => Forwarded::Elsewhere(format!(
                         "device {} does not serve the app now ({kind})",
                         replica.device
                     )),
