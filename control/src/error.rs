@@ -38,6 +38,12 @@ pub enum ApiError {
     /// The control plane cannot answer this now (503).
     #[error("{0}")]
     Unavailable(String),
+    /// The signing key sent more requests than its rate allows (429, with `Retry-After`).
+    #[error("too many requests signed by this key: retry after {retry_after_s} s")]
+    RateLimited {
+        /// Whole seconds until the key may try again.
+        retry_after_s: u64,
+    },
     /// The registry failed (500; 503 when its etcd cannot be reached).
     #[error("registry error: {0}")]
     Registry(#[from] StoreError),
@@ -57,6 +63,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => 405,
             ApiError::Conflict(_) => 409,
             ApiError::TooLarge(_) => 413,
+            ApiError::RateLimited { .. } => 429,
             ApiError::Unavailable(_) | ApiError::Registry(StoreError::Unreachable { .. }) => 503,
             ApiError::Registry(_) | ApiError::Internal(_) => 500,
         }
@@ -66,6 +73,7 @@ impl ApiError {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ApiError::LedgerPeriod(_) => Some(ErrorCode::LedgerPeriodRejected),
+            ApiError::RateLimited { .. } => Some(ErrorCode::RateLimited),
             _ => None,
         }
     }
@@ -75,12 +83,19 @@ impl ApiError {
         if let ApiError::Registry(err) = &self {
             tracing::error!("registry: {err}");
         }
-        crate::api::json(
+        let mut response = crate::api::json(
             self.status(),
             &ErrorBody {
                 error: self.to_string(),
                 code: self.code(),
             },
-        )
+        );
+        if let ApiError::RateLimited { retry_after_s } = self {
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(retry_after_s),
+            );
+        }
+        response
     }
 }

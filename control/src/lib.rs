@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use fog_net::limit::RateLimit;
 use fog_proto::api::{Heartbeat, LogLine};
 use fog_scheduler::placement::PlacementConfig;
 use http_body_util::Full;
@@ -38,6 +39,8 @@ use tokio::sync::{Notify, watch};
 pub use apps::check_component;
 pub use error::ApiError;
 use store::Store;
+
+pub use fog_net::limit::Rate;
 
 /// The response type of the API.
 pub type ApiResponse = http::Response<Full<Bytes>>;
@@ -59,7 +62,16 @@ pub struct ControlConfig {
     pub trusted_routers: Vec<String>,
     /// How often a tier-B app's primary uploads a snapshot of its state.
     pub snapshot_every: Duration,
+    /// Signed (mutating) requests each key may make (beyond: 429 with `Retry-After`); `None`
+    /// for no limit.
+    pub key_rate: Option<Rate>,
 }
+
+/// The default per-key limit: ten heartbeats a second (the most a host sends) and a developer's
+/// publishes fit well inside it; a script hammering the API with one key does not.
+pub const DEFAULT_KEY_RATE: u32 = 20;
+/// The default burst on top of [`DEFAULT_KEY_RATE`].
+pub const DEFAULT_KEY_BURST: u32 = 100;
 
 impl Default for ControlConfig {
     fn default() -> Self {
@@ -75,6 +87,7 @@ impl Default for ControlConfig {
             },
             trusted_routers: Vec::new(),
             snapshot_every: Duration::from_secs(5),
+            key_rate: Rate::new(DEFAULT_KEY_RATE, DEFAULT_KEY_BURST),
         }
     }
 }
@@ -122,6 +135,8 @@ pub struct Control {
     parked: Mutex<HashMap<String, Vec<String>>>,
     /// Signed requests seen inside the skew window: each is accepted once.
     replays: replay::ReplayGuard,
+    /// Each signing key's token bucket.
+    key_limit: Option<RateLimit<String>>,
     /// A handover changed phase: assignments changed though placements did not.
     phase_changed: std::sync::atomic::AtomicBool,
 }
@@ -150,6 +165,7 @@ fn now_ms() -> u64 {
 impl Control {
     /// A control plane over `store`.
     pub fn new(store: Arc<dyn Store>, config: ControlConfig) -> Arc<Control> {
+        let key_limit = config.key_rate.map(RateLimit::new);
         Arc::new(Control {
             store,
             config,
@@ -169,6 +185,7 @@ impl Control {
             loads: Mutex::new(HashMap::new()),
             parked: Mutex::new(HashMap::new()),
             replays: replay::ReplayGuard::default(),
+            key_limit,
             phase_changed: std::sync::atomic::AtomicBool::new(false),
         })
     }

@@ -137,7 +137,10 @@ impl Front {
 
 /// Accept visitors' HTX connections on `listener` until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, front: Arc<Front>, shutdown: impl Future<Output = ()>) {
-    fog_net::accept_each(&listener, shutdown, |socket, _| {
+    fog_net::accept_each(&listener, shutdown, |socket, peer_addr| {
+        // Requests are limited per address that connected (a visitor, or the last relay of its
+        // mix path).
+        let peer_ip = peer_addr.ip();
         let front = front.clone();
         tokio::spawn(async move {
             let handshake = tokio::time::timeout(Duration::from_secs(10), async {
@@ -169,7 +172,12 @@ pub async fn serve(listener: TcpListener, front: Arc<Front>, shutdown: impl Futu
                 }
             };
             while let Some(stream) = connection.accept().await {
-                tokio::spawn(front.gateway.clone().serve_app(stream, app.clone()));
+                tokio::spawn(
+                    front
+                        .gateway
+                        .clone()
+                        .serve_app(stream, app.clone(), Some(peer_ip)),
+                );
             }
         });
     })

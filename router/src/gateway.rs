@@ -1,6 +1,7 @@
 //! The plain-HTTP gateway: app lookup, least-loaded replica choice, retries, clear errors.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -16,6 +17,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use fog_htx::dial::{Dialer, HtxConnector};
+
+use fog_net::limit::{Rate, RateLimit, retry_after_secs, visitor_key};
 
 use crate::error::ControlError;
 
@@ -45,7 +48,17 @@ pub struct GatewayConfig {
     pub mix: MixMode,
     /// Seed of the relay paths (the same seed picks the same paths).
     pub mix_seed: Vec<u8>,
+    /// Requests each visitor address may make (beyond it: 429 with `Retry-After`); `None`
+    /// (the library's default; `fog router` sets [`DEFAULT_VISITOR_RATE`]) for no limit.
+    /// Keyed by the TCP peer: visitors arriving through a local proxy share one bucket.
+    pub visitor_rate: Option<Rate>,
 }
+
+/// The default per-visitor limit: far above what a person's browser asks for (a page and its
+/// assets come in one burst), far below a flood.
+pub const DEFAULT_VISITOR_RATE: u32 = 100;
+/// The default burst on top of [`DEFAULT_VISITOR_RATE`].
+pub const DEFAULT_VISITOR_BURST: u32 = 200;
 
 impl GatewayConfig {
     /// Defaults for a control plane at `control`.
@@ -61,6 +74,7 @@ impl GatewayConfig {
             htx_data_plane: true,
             mix: MixMode::Performance,
             mix_seed: Vec::new(),
+            visitor_rate: None,
         }
     }
 }
@@ -87,6 +101,8 @@ pub struct Gateway {
     /// Hosts' HTX connections, and the pooled client whose connections are HTX streams.
     dialer: Arc<Dialer>,
     htx_client: Client<HtxConnector, Full<Bytes>>,
+    /// Each visitor address's token bucket.
+    visitors: Option<RateLimit<IpAddr>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -144,6 +160,7 @@ impl Gateway {
             .pool_idle_timeout(Duration::from_secs(30))
             .build(HtxConnector(dialer.clone()));
         Arc::new(Gateway {
+            visitors: config.visitor_rate.map(RateLimit::new),
             config,
             routes: RwLock::new(HashMap::new()),
             apps_changed: tokio::sync::watch::channel(0).0,
@@ -151,6 +168,47 @@ impl Gateway {
             dialer,
             htx_client,
         })
+    }
+
+    /// Take a token from `visitor`'s bucket; the 429 (with `Retry-After`) to answer if it has
+    /// none.
+    fn refuse_visitor(&self, visitor: IpAddr) -> Option<http::Response<GatewayBody>> {
+        let visitors = self.visitors.as_ref()?;
+        visitors.check(&visitor_key(visitor)).err().map(|wait| {
+            let seconds = retry_after_secs(wait);
+            let mut response = plain(
+                429,
+                &format!("too many requests from your address: retry after {seconds} s"),
+            );
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
+            response
+        })
+    }
+
+    /// Visitor addresses the rate limit currently holds state for.
+    pub fn limited_visitors(&self) -> usize {
+        self.visitors.as_ref().map_or(0, RateLimit::keys)
+    }
+
+    /// Serve one request from `visitor` (its address, when it has one): the rate limit, then
+    /// [`Gateway::handle`].
+    pub async fn handle_from<B>(
+        &self,
+        request: http::Request<B>,
+        visitor: Option<IpAddr>,
+    ) -> http::Response<GatewayBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if let Some(visitor) = visitor
+            && let Some(refusal) = self.refuse_visitor(visitor)
+        {
+            return refusal;
+        }
+        self.handle(request).await
     }
 
     /// The app whose Betanet id (hex sha256 of its key) is `id`.
@@ -610,7 +668,7 @@ impl Gateway {
     /// Serve HTTP/1.1 on `io`, a connection bound to `app` (a Betanet or onion visitor's): every
     /// request goes to that app, whatever host it names. The visitor may half-close its side
     /// once a request is sent.
-    pub async fn serve_app<I>(self: Arc<Self>, io: I, app: String)
+    pub async fn serve_app<I>(self: Arc<Self>, io: I, app: String, visitor: Option<IpAddr>)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -623,7 +681,7 @@ impl Gateway {
             request
                 .headers_mut()
                 .insert(http::header::HOST, host.clone());
-            async move { Ok::<_, std::convert::Infallible>(gateway.handle(request).await) }
+            async move { Ok::<_, std::convert::Infallible>(gateway.handle_from(request, visitor).await) }
         });
         let _ = hyper::server::conn::http1::Builder::new()
             .half_close(true)
@@ -787,11 +845,11 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
 ) {
-    fog_net::serve_http1(
+    fog_net::serve_http1_from(
         listener,
-        move |request| {
+        move |request, peer: std::net::SocketAddr| {
             let gateway = gateway.clone();
-            async move { gateway.handle(request).await }
+            async move { gateway.handle_from(request, Some(peer.ip())).await }
         },
         shutdown,
     )

@@ -23,4 +23,5 @@ pub mod onion;
 pub mod visitor;
 
 pub use error::{ControlError, FrontError, OnionError, SpliceError, VisitError, VisitorRefusal};
-pub use gateway::{Gateway, GatewayConfig, serve};
+pub use fog_net::limit::Rate;
+pub use gateway::{DEFAULT_VISITOR_BURST, DEFAULT_VISITOR_RATE, Gateway, GatewayConfig, serve};

@@ -292,7 +292,8 @@ async fn serve_stream(gateway: Arc<Gateway>, app: String, request: StreamRequest
         return;
     }
     match request.accept(Connected::new_empty()).await {
-        Ok(stream) => gateway.serve_app(stream, app).await,
+        // Onion visitors have no address to limit by.
+        Ok(stream) => gateway.serve_app(stream, app, None).await,
         Err(err) => tracing::debug!(app, "onion stream not accepted: {err}"),
     }
 }

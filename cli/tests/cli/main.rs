@@ -9,6 +9,7 @@ mod harvest;
 mod lab;
 mod onion;
 pub mod publish;
+mod ratelimit;
 mod run;
 mod sites;
 pub mod state;
