@@ -273,8 +273,10 @@ impl Control {
             });
         }
         self.replays.admit(&signed, now_s).map_err(|e| match e {
-            ReplayError::Replayed => ApiError::Unauthorized(e.to_string()),
-            ReplayError::Full => ApiError::Unavailable(e.to_string()),
+            ReplayError::Replayed | ReplayError::Superseded => {
+                ApiError::Unauthorized(e.to_string())
+            }
+            ReplayError::Full | ReplayError::TooFast => ApiError::Unavailable(e.to_string()),
         })?;
         Ok((signed.key, body, meta))
     }

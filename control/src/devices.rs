@@ -1,7 +1,6 @@
 //! Devices: registration, signed heartbeats (held until assignments change), ledger periods,
 //! liveness, and the assignments each device pulls.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -161,6 +160,7 @@ impl Control {
             .map(|r| format!("{}@{}", r.app, r.sha256))
             .collect();
         let known = heartbeat.known.clone();
+        self.usage.record(id, &heartbeat.running, Instant::now());
         let was = {
             let mut live = self.live.lock().expect("live lock");
             let was = live.get(id).map(|l| {
@@ -257,25 +257,27 @@ impl Control {
     }
 
     pub(crate) fn assignments_for(&self, device: &str) -> Result<Vec<Assignment>, StoreError> {
-        let placements = self.placements()?;
-        let endpoints: HashMap<String, api::HtxEndpoint> = self
-            .live
-            .lock()
-            .expect("live lock")
-            .iter()
-            .filter_map(|(id, l)| l.heartbeat.htx.clone().map(|h| (id.clone(), h)))
-            .collect();
-        let peer = |d: &String| {
-            endpoints.get(d).map(|htx| api::Peer {
-                device: d.clone(),
-                htx: htx.clone(),
-            })
+        let index = self.plan_index()?;
+        let Some(names) = index.by_device.get(device) else {
+            return Ok(Vec::new());
         };
         let handovers = self.handovers.lock().expect("handovers lock").clone();
         let restores = self.restores.lock().expect("restores lock").clone();
+        // Only the peers this device's assignments name, under one short lock: a heartbeat's
+        // cost must not grow with the number of devices in the fog.
+        let live = self.live.lock().expect("live lock");
+        let peer = |d: &String| {
+            live.get(d)
+                .and_then(|l| l.heartbeat.htx.clone())
+                .map(|htx| api::Peer {
+                    device: d.clone(),
+                    htx,
+                })
+        };
         let mut out = Vec::new();
-        for app in self.apps()? {
-            let Some(placement) = placements.get(&app.name) else {
+        for name in names {
+            let (Some(app), Some(placement)) = (index.apps.get(name), index.placements.get(name))
+            else {
                 continue;
             };
             let Some(position) = placement.devices.iter().position(|d| d == device) else {
@@ -309,7 +311,7 @@ impl Control {
                     permissions: Permissions::default(),
                 },
                 replication,
-                bundle: self.site_bundle(&app.name)?,
+                bundle: index.sites.get(&app.name).cloned(),
             });
         }
         Ok(out)

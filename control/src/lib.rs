@@ -23,6 +23,7 @@ pub mod replay;
 pub mod replicas;
 mod sites;
 pub mod store;
+pub mod usage;
 mod views;
 
 use std::collections::{HashMap, VecDeque};
@@ -54,8 +55,9 @@ pub struct ControlConfig {
     pub missed_heartbeats: u32,
     /// How often the reconcile loop runs without a change.
     pub tick: Duration,
-    /// CPU share one replica is planned with, in cores.
-    pub replica_cpu: f64,
+    /// Least CPU one replica is planned with, in cores: its measured use (see [`usage`]) with
+    /// its tier's headroom, never below this.
+    pub replica_cpu_floor: f64,
     /// NSGA-II settings for placement.
     pub placement: PlacementConfig,
     /// Public keys (hex) of routers allowed to register Betanet fronts.
@@ -65,6 +67,10 @@ pub struct ControlConfig {
     /// Signed (mutating) requests each key may make (beyond: 429 with `Retry-After`); `None`
     /// for no limit.
     pub key_rate: Option<Rate>,
+    /// How often every app is placed again from scratch (NSGA-II over the whole fleet) when
+    /// the fleet has not changed; in between, a reconcile places only the apps that need it
+    /// (new, scaled, short of replicas).
+    pub replan_every: Duration,
 }
 
 /// The default per-key limit: ten heartbeats a second (the most a host sends) and a developer's
@@ -79,7 +85,7 @@ impl Default for ControlConfig {
             heartbeat_interval: Duration::from_secs(1),
             missed_heartbeats: 3,
             tick: Duration::from_secs(1),
-            replica_cpu: 0.1,
+            replica_cpu_floor: 0.01,
             placement: PlacementConfig {
                 population: 40,
                 generations: 30,
@@ -88,6 +94,7 @@ impl Default for ControlConfig {
             trusted_routers: Vec::new(),
             snapshot_every: Duration::from_secs(5),
             key_rate: Rate::new(DEFAULT_KEY_RATE, DEFAULT_KEY_BURST),
+            replan_every: Duration::from_secs(30),
         }
     }
 }
@@ -139,6 +146,16 @@ pub struct Control {
     key_limit: Option<RateLimit<String>>,
     /// A handover changed phase: assignments changed though placements did not.
     phase_changed: std::sync::atomic::AtomicBool,
+    /// Apps and placements indexed by device, while the registry is unchanged.
+    plan_index: Mutex<Option<Arc<registry::PlanIndex>>>,
+    /// Smoothed CPU each replica burns, from heartbeats.
+    usage: usage::Usage,
+    /// When every app was last placed from scratch, and the fleet it was placed on.
+    last_full_plan: Mutex<Option<(Instant, u64)>>,
+    /// This control plane's name in the election of the one that reconciles.
+    id: String,
+    /// Whether this control plane led at its last reconcile tick.
+    leading: std::sync::atomic::AtomicBool,
 }
 
 /// Largest snapshot the control plane keeps for an app.
@@ -187,6 +204,15 @@ impl Control {
             replays: replay::ReplayGuard::default(),
             key_limit,
             phase_changed: std::sync::atomic::AtomicBool::new(false),
+            plan_index: Mutex::new(None),
+            usage: usage::Usage::default(),
+            last_full_plan: Mutex::new(None),
+            id: {
+                let mut id = [0u8; 8];
+                getrandom::fill(&mut id).expect("the operating system's random source");
+                hex::encode(id)
+            },
+            leading: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }

@@ -2,14 +2,15 @@
 //! [`fog_scheduler::placement::plan`], the autoscaler, and leadership of each app's replicas
 //! (promotion and handovers, see [`crate::replicas`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
 use fog_proto::api::{self, Heartbeat};
 use fog_scheduler::placement::{self, AppDemand, Device};
 
-use crate::store::{AppRecord, PlacementRecord, StoreError, Table, decode, encode};
+use crate::store::{AppRecord, Leadership, PlacementRecord, StoreError, Table, decode, encode};
 use crate::{ApiError, Control, autoscale, replicas};
 
 impl Control {
@@ -141,6 +142,15 @@ impl Control {
                 }
             })
             .collect();
+        // CPU demand as measured on live devices (fuel burnt), not a fixed reservation.
+        let busiest = self
+            .usage
+            .busiest(|d| live.get(d).is_some_and(|(alive, _)| *alive));
+        let ceiling = fleet
+            .iter()
+            .filter(|d| d.healthy && d.harvestable)
+            .map(|d| d.cpu_free)
+            .fold(0.0, f64::max);
         let demands: Vec<AppDemand> = apps
             .iter()
             .filter(|a| a.replicas > 0)
@@ -148,7 +158,12 @@ impl Control {
                 let tier = a.tier;
                 let mut demand = AppDemand::new(
                     a.name.clone(),
-                    self.config.replica_cpu,
+                    crate::usage::planned_cpu(
+                        tier,
+                        busiest.get(&a.name).copied(),
+                        self.config.replica_cpu_floor,
+                        ceiling,
+                    ),
                     (a.limits.memory_bytes >> 20) as f64,
                     tier,
                 );
@@ -169,7 +184,29 @@ impl Control {
                 (app.clone(), devices)
             })
             .collect();
-        let outcome = placement::plan(&fleet, &demands, &current, &self.config.placement);
+        // The whole fleet is planned again when it changed (a device came, went, or stopped
+        // offering capacity) and on a slow cadence; otherwise only the apps that need a place.
+        let fleet_now = fleet_signature(&fleet);
+        let full = match *self.last_full_plan.lock().expect("plan lock") {
+            Some((at, fleet_then)) => {
+                fleet_then != fleet_now
+                    || at.elapsed() >= self.config.replan_every
+                    || overloaded(&demands, &current, &fleet)
+            }
+            None => true,
+        };
+        let pending = if full {
+            HashSet::new()
+        } else {
+            unplaced(&demands, &current, &fleet)
+        };
+        let outcome = if full {
+            let outcome = placement::plan(&fleet, &demands, &current, &self.config.placement);
+            *self.last_full_plan.lock().expect("plan lock") = Some((Instant::now(), fleet_now));
+            outcome
+        } else {
+            placement::plan_some(&fleet, &demands, &current, &pending, &self.config.placement)
+        };
         let problems: HashMap<&str, &str> = outcome
             .unplaceable
             .iter()
@@ -224,10 +261,13 @@ impl Control {
             if !devices.is_empty() {
                 self.parked.lock().expect("parked lock").remove(&app.name);
             }
-            let record = PlacementRecord {
-                devices,
-                problem: problems.get(app.name.as_str()).map(|p| p.to_string()),
+            // A partial plan says nothing new about the apps it left alone.
+            let problem = if full || pending.contains(&app.name) {
+                problems.get(app.name.as_str()).map(|p| p.to_string())
+            } else {
+                placements.get(&app.name).and_then(|p| p.problem.clone())
             };
+            let record = PlacementRecord { devices, problem };
             if placements.get(&app.name) != Some(&record) {
                 tracing::info!(app = app.name, devices = ?record.devices, problem = ?record.problem, "placement changed");
                 self.store
@@ -350,13 +390,43 @@ impl Control {
         devices
     }
 
+    /// Take part in the election, and reconcile only as the leader, with every write fenced by
+    /// that leadership (a control plane that lost it mid-reconcile changes nothing more).
+    pub fn reconcile_if_leading(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        match self.store.lead(&self.id)? {
+            Leadership::Leader => {
+                if !self.leading.swap(true, Ordering::AcqRel) {
+                    tracing::info!(id = self.id, "leading: this control plane reconciles");
+                }
+                crate::store::as_leader(|| self.reconcile())
+            }
+            Leadership::Follower { leader } => {
+                if self.leading.swap(false, Ordering::AcqRel) {
+                    tracing::warn!(id = self.id, ?leader, "no longer leading");
+                } else {
+                    tracing::debug!(id = self.id, ?leader, "following");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// True if this control plane led at its last reconcile tick.
+    pub fn is_leading(&self) -> bool {
+        self.leading.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Reconcile on every change and every tick until `shutdown` resolves.
     pub async fn run_reconciler(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
             let control = self.clone();
-            match tokio::task::spawn_blocking(move || control.reconcile()).await {
+            match tokio::task::spawn_blocking(move || control.reconcile_if_leading()).await {
                 Ok(Ok(())) => {}
+                Ok(Err(StoreError::Deposed)) => {
+                    tracing::warn!("another control plane was elected during this reconcile");
+                }
                 Ok(Err(err)) => tracing::error!("reconcile failed: {err}"),
                 Err(err) => tracing::error!("reconcile panicked: {err}"),
             }
@@ -366,5 +436,106 @@ impl Control {
                 () = tokio::time::sleep(self.config.tick) => {}
             }
         }
+    }
+}
+
+/// What a full plan depends on that devices change: which devices exist, are alive and offer
+/// capacity now.
+fn fleet_signature(fleet: &[Device]) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for device in fleet {
+        (&device.id, device.healthy, device.harvestable).hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+/// Apps that need a place: fewer (or more) replicas on usable devices than they want.
+fn unplaced(
+    demands: &[AppDemand],
+    current: &placement::Assignment,
+    fleet: &[Device],
+) -> HashSet<String> {
+    let usable: HashSet<&str> = fleet
+        .iter()
+        .filter(|d| d.healthy && d.harvestable)
+        .map(|d| d.id.as_str())
+        .collect();
+    demands
+        .iter()
+        .filter(|demand| {
+            let on = current.get(&demand.id).map_or(&[][..], |d| &d[..]);
+            on.len() != demand.replica_count() as usize
+                || on.iter().any(|d| !usable.contains(d.as_str()))
+        })
+        .map(|demand| demand.id.clone())
+        .collect()
+}
+
+/// True when the replicas placed on some device now need more CPU than it offers (their
+/// measured demand grew, or the device offers less): the whole fleet is planned again at once
+/// rather than at the next cadence, moving the busiest away before its latency suffers.
+fn overloaded(demands: &[AppDemand], current: &placement::Assignment, fleet: &[Device]) -> bool {
+    let mut load: HashMap<&str, f64> = HashMap::new();
+    for demand in demands {
+        for device in current.get(&demand.id).into_iter().flatten() {
+            *load.entry(device.as_str()).or_default() += demand.cpu;
+        }
+    }
+    fleet.iter().any(|d| {
+        load.get(d.id.as_str())
+            .is_some_and(|&l| l > d.cpu_free + 1e-9)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fog_proto::api::Tier;
+    use fog_scheduler::placement::scenarios;
+
+    fn fleet() -> Vec<Device> {
+        let mut fleet = scenarios::devices(2, 1);
+        for (i, d) in fleet.iter_mut().enumerate() {
+            d.id = format!("d{i}");
+            d.cpu_free = 1.0;
+            d.healthy = true;
+            d.harvestable = true;
+        }
+        fleet
+    }
+
+    #[test]
+    fn a_device_whose_replicas_need_more_than_it_offers_is_overloaded() {
+        let fleet = fleet();
+        let mut current = placement::Assignment::new();
+        current.insert("busy".into(), vec!["d0".into()]);
+        current.insert("quiet".into(), vec!["d0".into()]);
+        let demand = |id: &str, cpu: f64| AppDemand::new(id, cpu, 64.0, Tier::B);
+        let calm = [demand("busy", 0.5), demand("quiet", 0.01)];
+        assert!(!overloaded(&calm, &current, &fleet));
+        let busy = [demand("busy", 0.995), demand("quiet", 0.01)];
+        assert!(overloaded(&busy, &current, &fleet));
+    }
+
+    #[test]
+    fn apps_short_of_replicas_or_on_unusable_devices_need_a_place() {
+        let mut fleet = fleet();
+        fleet[1].harvestable = false;
+        let mut current = placement::Assignment::new();
+        current.insert("placed".into(), vec!["d0".into()]);
+        current.insert("stranded".into(), vec!["d1".into()]);
+        let mut wants_two = AppDemand::new("scaled", 0.1, 64.0, Tier::B);
+        wants_two.replicas = Some(2);
+        current.insert("scaled".into(), vec!["d0".into()]);
+        let demands = [
+            AppDemand::new("placed", 0.1, 64.0, Tier::B),
+            AppDemand::new("stranded", 0.1, 64.0, Tier::B),
+            AppDemand::new("new", 0.1, 64.0, Tier::B),
+            wants_two,
+        ];
+        let pending = unplaced(&demands, &current, &fleet);
+        let mut pending: Vec<&str> = pending.iter().map(String::as_str).collect();
+        pending.sort();
+        assert_eq!(pending, ["new", "scaled", "stranded"]);
     }
 }

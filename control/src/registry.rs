@@ -1,7 +1,7 @@
 //! Registry reads: typed views of the store's tables, the master secret and the keys and
 //! names derived from it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use fog_proto::auth;
@@ -80,5 +80,73 @@ impl Control {
             .iter()
             .map(|(k, v)| Ok((k.clone(), decode(Table::Placements, k, v)?)))
             .collect()
+    }
+}
+
+/// Apps, their placements and site bundles, indexed by device: what every heartbeat needs to
+/// compute a device's assignments. Rebuilt only when one of the three tables changed (see
+/// [`crate::store::Store::generation`]), so a heartbeat costs the device's own assignments, not
+/// a read of the whole registry.
+#[derive(Debug, Default)]
+pub(crate) struct PlanIndex {
+    /// The tables' generations this index was built from; `None` for a store that cannot say
+    /// (the index is then rebuilt on every use).
+    stamp: Option<[u64; 3]>,
+    pub(crate) apps: BTreeMap<String, AppRecord>,
+    pub(crate) placements: BTreeMap<String, PlacementRecord>,
+    /// App name → site bundle sha256.
+    pub(crate) sites: HashMap<String, String>,
+    /// Device id → the apps placed on it, in app-name order.
+    pub(crate) by_device: HashMap<String, Vec<String>>,
+}
+
+impl Control {
+    /// The registry's apps and placements indexed by device, from the cache while the store
+    /// says nothing changed.
+    pub(crate) fn plan_index(&self) -> Result<Arc<PlanIndex>, StoreError> {
+        let stamp = [Table::Apps, Table::Placements, Table::Sites]
+            .map(|table| self.store.generation(table))
+            .iter()
+            .copied()
+            .collect::<Option<Vec<u64>>>()
+            .map(|g| [g[0], g[1], g[2]]);
+        if let Some(stamp) = stamp {
+            let cached = self.plan_index.lock().expect("plan index lock").clone();
+            if let Some(index) = cached.filter(|index| index.stamp == Some(stamp)) {
+                return Ok(index);
+            }
+        }
+        let apps: BTreeMap<String, AppRecord> = self
+            .apps()?
+            .into_iter()
+            .map(|a| (a.name.clone(), a))
+            .collect();
+        let placements = self.placements()?;
+        let sites = self
+            .store
+            .list(Table::Sites)?
+            .into_iter()
+            .map(|(app, sha)| (app, String::from_utf8_lossy(&sha).into_owned()))
+            .collect();
+        let mut by_device: HashMap<String, Vec<String>> = HashMap::new();
+        for name in apps.keys() {
+            for device in placements.get(name).map(|p| &p.devices[..]).unwrap_or(&[]) {
+                let on = by_device.entry(device.clone()).or_default();
+                if on.last() != Some(name) {
+                    on.push(name.clone());
+                }
+            }
+        }
+        let index = Arc::new(PlanIndex {
+            stamp,
+            apps,
+            placements,
+            sites,
+            by_device,
+        });
+        if stamp.is_some() {
+            *self.plan_index.lock().expect("plan index lock") = Some(index.clone());
+        }
+        Ok(index)
     }
 }

@@ -37,7 +37,7 @@ pub enum Table {
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 8] = [
+    pub const ALL: [Table; 9] = [
         Table::Apps,
         Table::Devices,
         Table::Placements,
@@ -46,7 +46,13 @@ impl Table {
         Table::Secrets,
         Table::Snapshots,
         Table::Scaling,
+        Table::Sites,
     ];
+
+    /// The table's position in [`Table::ALL`].
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
 
     /// Tables whose values can be large (components up to 64 MiB, tier-B snapshots up to
     /// 256 MiB): a distributed store keeps them on the control plane's own disk, since etcd
@@ -102,6 +108,10 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// A write made as the leader (see [`as_leader`]) found that this control plane is no
+    /// longer the leader: another was elected meanwhile, and the write was not made.
+    #[error("this control plane is no longer the leader; the write was not made")]
+    Deposed,
     /// A record could not be decoded.
     #[error("record {key:?} in {table}: {reason}")]
     Decode {
@@ -148,6 +158,46 @@ pub struct Versioned {
     pub revision: Revision,
 }
 
+/// Who runs the fog's reconcile loop (placement, autoscaling, handovers) among the control
+/// planes sharing a registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Leadership {
+    /// This control plane: it reconciles, and its writes while doing so are fenced (see
+    /// [`as_leader`]).
+    Leader,
+    /// Another control plane (named if known): this one serves the API only.
+    Follower {
+        /// The leader's id, as it registered in the election.
+        leader: Option<String>,
+    },
+}
+
+thread_local! {
+    static AS_LEADER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `work` with every store write on this thread fenced by this control plane's
+/// leadership: a store shared by several control planes (etcd) makes each write only while
+/// this control plane is still the leader it was elected as, and fails it with
+/// [`StoreError::Deposed`] otherwise, so a deposed leader that has not noticed yet can change
+/// nothing. (A thread-local, because the reconcile runs synchronously on one blocking thread
+/// while API handlers on other threads write unfenced.)
+pub fn as_leader<T>(work: impl FnOnce() -> T) -> T {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            AS_LEADER.with(|c| c.set(self.0));
+        }
+    }
+    let _reset = Reset(AS_LEADER.with(|c| c.replace(true)));
+    work()
+}
+
+/// True inside [`as_leader`].
+pub(crate) fn writing_as_leader() -> bool {
+    AS_LEADER.with(|c| c.get())
+}
+
 /// A key-value store with tables.
 pub trait Store: Send + Sync {
     /// The value under `key`.
@@ -171,12 +221,31 @@ pub trait Store: Send + Sync {
     fn list(&self, table: Table) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// Make every write so far durable.
     fn flush(&self) -> Result<(), StoreError>;
+    /// A number that changes whenever `table` changes, if this store sees every write to it
+    /// (it is the table's only writer): read it before reading the table, and a view computed
+    /// from what was read stays valid while the number is the same. `None` when others may
+    /// write the table behind this process's back (etcd shared by several control planes).
+    fn generation(&self, table: Table) -> Option<u64> {
+        let _ = table;
+        None
+    }
+    /// Take part in the election of the control plane that reconciles, as `id`: become the
+    /// leader if there is none, stay the leader (renewing its lease), or learn who leads.
+    /// Called before every reconcile. A store only one control plane can use (sled) always
+    /// answers [`Leadership::Leader`].
+    fn lead(&self, id: &str) -> Result<Leadership, StoreError> {
+        let _ = id;
+        Ok(Leadership::Leader)
+    }
 }
 
 /// The embedded default: sled.
 #[derive(Debug, Clone)]
 pub struct SledStore {
     db: sled::Db,
+    /// Writes so far, per table (see [`Store::generation`]): sled locks its directory, so this
+    /// process is the only writer and sees every change.
+    generations: std::sync::Arc<[std::sync::atomic::AtomicU64; Table::ALL.len()]>,
 }
 
 impl SledStore {
@@ -184,7 +253,7 @@ impl SledStore {
     pub fn open(path: &std::path::Path) -> Result<SledStore, StoreError> {
         let db = sled::open(path)
             .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
-        Ok(SledStore { db })
+        Ok(SledStore::over(db))
     }
 
     /// A store that lives in memory and temporary files.
@@ -193,7 +262,20 @@ impl SledStore {
             .temporary(true)
             .open()
             .map_err(|e| StoreError::Backend(e.to_string()))?;
-        Ok(SledStore { db })
+        Ok(SledStore::over(db))
+    }
+
+    fn over(db: sled::Db) -> SledStore {
+        SledStore {
+            db,
+            generations: std::sync::Arc::new(Default::default()),
+        }
+    }
+
+    /// Count a write to `table`, after it is made (a reader that read the old generation
+    /// before the write recomputes on its next read).
+    fn wrote(&self, table: Table) {
+        self.generations[table.index()].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn tree(&self, table: Table) -> Result<sled::Tree, StoreError> {
@@ -245,13 +327,16 @@ impl Store for SledStore {
             .map_err(|_| StoreError::Conflict {
                 table: table.name(),
                 key: key.to_string(),
-            })
+            })?;
+        self.wrote(table);
+        Ok(())
     }
 
     fn put(&self, table: Table, key: &str, value: &[u8]) -> Result<(), StoreError> {
         self.tree(table)?
             .insert(key, value)
             .map_err(|e| StoreError::Backend(e.to_string()))?;
+        self.wrote(table);
         Ok(())
     }
 
@@ -259,6 +344,7 @@ impl Store for SledStore {
         self.tree(table)?
             .remove(key)
             .map_err(|e| StoreError::Backend(e.to_string()))?;
+        self.wrote(table);
         Ok(())
     }
 
@@ -277,6 +363,10 @@ impl Store for SledStore {
             .flush()
             .map(|_| ())
             .map_err(|e| StoreError::Backend(e.to_string()))
+    }
+
+    fn generation(&self, table: Table) -> Option<u64> {
+        Some(self.generations[table.index()].load(std::sync::atomic::Ordering::SeqCst))
     }
 }
 
@@ -433,5 +523,38 @@ mod tests {
         assert_eq!(store.list(Table::Placements).unwrap().len(), 1);
         store.delete(Table::Placements, "x").unwrap();
         assert!(store.get(Table::Placements, "x").unwrap().is_none());
+    }
+
+    #[test]
+    fn every_table_has_its_own_generation_slot() {
+        for (position, table) in Table::ALL.iter().enumerate() {
+            assert_eq!(table.index(), position, "{}", table.name());
+        }
+    }
+
+    #[test]
+    fn sled_generations_change_with_every_write_to_their_table_only() {
+        let store = SledStore::temporary().unwrap();
+        let apps = || store.generation(Table::Apps).unwrap();
+        let placements = || store.generation(Table::Placements).unwrap();
+        let (a0, p0) = (apps(), placements());
+        store.put(Table::Apps, "x", b"1").unwrap();
+        assert!(apps() > a0);
+        assert_eq!(placements(), p0, "another table's write leaves it alone");
+        let a1 = apps();
+        let read = store.get_versioned(Table::Apps, "x").unwrap();
+        store
+            .put_if(Table::Apps, "x", b"2", &read.revision)
+            .unwrap();
+        assert!(apps() > a1, "a conditional write counts");
+        let a2 = apps();
+        assert!(
+            store
+                .put_if(Table::Apps, "x", b"3", &read.revision)
+                .is_err()
+        );
+        assert_eq!(apps(), a2, "a refused conditional write changes nothing");
+        store.delete(Table::Apps, "x").unwrap();
+        assert!(apps() > a2, "a delete counts");
     }
 }

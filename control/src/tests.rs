@@ -5,6 +5,7 @@ mod etcd;
 mod store;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use fog_proto::api::{self, AppInfo};
@@ -96,6 +97,8 @@ on_both_backends!(
     a_replayed_rm_is_refused_and_changes_nothing,
     bundles_with_escaping_paths_or_wrong_sizes_are_refused,
     a_site_must_name_an_uploaded_bundle_and_removing_it_drops_the_bundle,
+    publishing_between_full_plans_places_the_new_app_and_moves_no_other,
+    a_busy_app_is_moved_off_a_device_it_overloads_and_an_idle_one_is_not,
 );
 
 async fn body<B: hyper::body::Body>(response: http::Response<B>) -> Bytes
@@ -645,4 +648,180 @@ async fn a_site_must_name_an_uploaded_bundle_and_removing_it_drops_the_bundle(ba
         .handle(request("GET", &format!("/v1/blobs/{sha}"), &[], vec![]))
         .await;
     assert_eq!(blob.status(), 404);
+}
+
+async fn publishing_between_full_plans_places_the_new_app_and_moves_no_other(backend: Backend) {
+    let control = Control::new(
+        backend.store(),
+        ControlConfig {
+            replan_every: Duration::from_secs(3600),
+            ..ControlConfig::default()
+        },
+    );
+    let devices: Vec<Identity> = (0..4).map(|_| Identity::generate()).collect();
+    for device in &devices {
+        let registration = br#"{"region":"r","cpu":1,"mem_mb":1024,"disk_mb":1024}"#.to_vec();
+        let registered = control
+            .handle(signed(device, "POST", "/v1/devices", registration, ""))
+            .await;
+        assert_eq!(registered.status(), 200);
+    }
+    let heartbeat_all = || async {
+        for device in &devices {
+            let id = auth::device_id(&device.public_hex());
+            let heartbeat = br#"{"harvestable":true,"cpu_free":1.0,"mem_free_mb":1024.0}"#.to_vec();
+            let path = format!("/v1/devices/{id}/heartbeat");
+            let answered = control
+                .handle(signed(device, "POST", &path, heartbeat, ""))
+                .await;
+            assert_eq!(answered.status(), 200);
+        }
+    };
+    heartbeat_all().await;
+    let developer = Identity::generate();
+    let hello = std::fs::read(fog_test_programs::HELLO).unwrap();
+    let publish = |name: &str| {
+        signed(
+            &developer,
+            "POST",
+            "/v1/apps",
+            hello.clone(),
+            &format!(r#"{{"name":"{name}","tier":"A"}}"#),
+        )
+    };
+    assert_eq!(control.handle(publish("first")).await.status(), 201);
+    control.reconcile().unwrap();
+    let full_plan = *control.last_full_plan.lock().unwrap();
+    assert!(full_plan.is_some(), "the first reconcile plans everything");
+    let first = control.app_info(&control.app("first").unwrap()).unwrap();
+    assert_eq!(first.assigned.len(), 2, "tier A: two replicas");
+    // Past the start-up grace (while it lasts, placements are left alone after a restart),
+    // with the devices still alive.
+    let grace = control.config.heartbeat_interval * control.config.missed_heartbeats;
+    tokio::time::sleep_until((control.started + grace).into()).await;
+    heartbeat_all().await;
+
+    assert_eq!(control.handle(publish("second")).await.status(), 201);
+    control.reconcile().unwrap();
+    let second = control.app_info(&control.app("second").unwrap()).unwrap();
+    assert_eq!(
+        second.assigned.len(),
+        2,
+        "the new app is placed: {second:?}"
+    );
+    let first_again = control.app_info(&control.app("first").unwrap()).unwrap();
+    assert_eq!(first_again.assigned, first.assigned, "the other app stayed");
+    assert_eq!(
+        *control.last_full_plan.lock().unwrap(),
+        full_plan,
+        "placed without planning every app again"
+    );
+}
+
+/// Two devices offering one core each; `busy` and `quiet` placed together on the first, as an
+/// earlier plan left them. The first device then reports `busy` burning `busy_cores` (fuel
+/// counters in its heartbeats, as a host sends them). Returns the events of both apps after one
+/// reconcile.
+async fn together_then_reconcile(backend: &Backend, busy_cores: f64) -> Vec<String> {
+    let control = Control::new(
+        backend.store(),
+        ControlConfig {
+            replan_every: Duration::from_secs(3600),
+            ..ControlConfig::default()
+        },
+    );
+    let devices: Vec<Identity> = (0..2).map(|_| Identity::generate()).collect();
+    let ids: Vec<String> = devices
+        .iter()
+        .map(|d| auth::device_id(&d.public_hex()))
+        .collect();
+    for device in &devices {
+        let registration = br#"{"region":"r","cpu":1,"mem_mb":4096,"disk_mb":4096}"#.to_vec();
+        let registered = control
+            .handle(signed(device, "POST", "/v1/devices", registration, ""))
+            .await;
+        assert_eq!(registered.status(), 200);
+    }
+    let developer = Identity::generate();
+    let hello = std::fs::read(fog_test_programs::HELLO).unwrap();
+    let mut sha = String::new();
+    for name in ["busy", "quiet"] {
+        let meta = format!(r#"{{"name":"{name}","tier":"B"}}"#);
+        let published = control
+            .handle(signed(&developer, "POST", "/v1/apps", hello.clone(), &meta))
+            .await;
+        assert_eq!(published.status(), 201);
+        sha = control.app(name).unwrap().sha256;
+        let together = crate::store::PlacementRecord {
+            devices: vec![ids[0].clone()],
+            problem: None,
+        };
+        control
+            .store
+            .put(
+                crate::store::Table::Placements,
+                name,
+                &crate::store::encode(&together),
+            )
+            .unwrap();
+    }
+    let heartbeat = |device: usize, busy_fuel: u64| {
+        let running = if device == 0 {
+            serde_json::json!([
+                { "app": "busy", "sha256": sha, "in_flight": 0, "requests": 1, "failures": 0, "fuel": busy_fuel },
+                { "app": "quiet", "sha256": sha, "in_flight": 0, "requests": 0, "failures": 0, "fuel": 0 },
+            ])
+        } else {
+            serde_json::json!([])
+        };
+        let body = serde_json::json!({
+            "harvestable": true, "cpu_free": 1.0, "mem_free_mb": 4096.0, "running": running,
+        });
+        signed(
+            &devices[device],
+            "POST",
+            &format!("/v1/devices/{}/heartbeat", ids[device]),
+            serde_json::to_vec(&body).unwrap(),
+            "",
+        )
+    };
+    // Past the start-up grace, with both devices alive; the first reconcile plans everything
+    // (it keeps the arrangement: nothing is overloaded yet).
+    let grace = control.config.heartbeat_interval * control.config.missed_heartbeats;
+    tokio::time::sleep_until((control.started + grace).into()).await;
+    let started = std::time::Instant::now();
+    for device in 0..2 {
+        assert_eq!(control.handle(heartbeat(device, 0)).await.status(), 200);
+    }
+    control.reconcile().unwrap();
+    // Then `busy` burns: a second report of its fuel counter.
+    let elapsed = started.elapsed().as_secs_f64().max(1e-3);
+    let fuel = (busy_cores * elapsed * fog_proto::api::FUEL_PER_CORE_SECOND) as u64;
+    assert_eq!(control.handle(heartbeat(0, fuel)).await.status(), 200);
+    assert_eq!(control.handle(heartbeat(1, 0)).await.status(), 200);
+    control.reconcile().unwrap();
+    ["busy", "quiet"]
+        .iter()
+        .flat_map(|name| {
+            control
+                .app_info(&control.app(name).unwrap())
+                .unwrap()
+                .events
+        })
+        .collect()
+}
+
+async fn a_busy_app_is_moved_off_a_device_it_overloads_and_an_idle_one_is_not(backend: Backend) {
+    let idle = together_then_reconcile(&backend, 0.0).await;
+    assert!(
+        !idle.iter().any(|e| e.contains("moving from")),
+        "nothing moves while nothing is busy: {idle:?}"
+    );
+    // Far more than the device offers (the measured rate depends on the control plane's clock
+    // between two heartbeats, so aim well past one core).
+    let busy = together_then_reconcile(&backend, 50.0).await;
+    assert!(
+        busy.iter().any(|e| e.contains("moving from")),
+        "an overloaded device's apps are spread: {busy:?}"
+    );
 }

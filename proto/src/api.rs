@@ -365,9 +365,12 @@ pub struct Pairing {
     pub apps: Vec<String>,
 }
 
-/// Fuel that counts as one CPU-hour when turning fuel into credits (about 2·10⁹ fuel per
-/// core-second on the machines Fog was measured on).
-pub const FUEL_PER_CPU_HOUR: f64 = 2.0e9 * 3600.0;
+/// Fuel one core burns in a second (about 2·10⁹ on the machines Fog was measured on): the
+/// host's fuel gate, the ledger's credits and placement's measured demand all use it.
+pub const FUEL_PER_CORE_SECOND: f64 = 2.0e9;
+
+/// Fuel that counts as one CPU-hour when turning fuel into credits.
+pub const FUEL_PER_CPU_HOUR: f64 = FUEL_PER_CORE_SECOND * 3600.0;
 
 /// Most ledger periods one heartbeat may carry.
 pub const MAX_PERIODS: usize = 64;

@@ -1,8 +1,15 @@
 //! `fog sim`: simulated devices against a real control plane and real routers, for measuring
 //! the control plane and routers at fleet sizes one machine cannot run real hosts for.
+//!
+//! With `--apps M` the simulator also publishes M apps (copies of `hello` under different
+//! names), its devices offer capacity and report running what they are assigned, and once every
+//! app is placed it publishes one more app and measures how long until a device is told to run
+//! it (publish to placement). Heartbeats are answered at once (the simulator does not send the
+//! digest a real host sends to have its heartbeat held until something changes), so their round
+//! trip is the control plane's work for one heartbeat, assignments included.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -11,15 +18,17 @@ use fog_host::attach::Attacher;
 use fog_host::htx_server::static_key;
 use fog_host::server::AppTable;
 use fog_proto::api::{
-    DeviceRegistered, DeviceRegistration, Heartbeat, HeartbeatReply, HtxEndpoint,
+    AppInfo, DeviceRegistered, DeviceRegistration, Heartbeat, HeartbeatReply, HtxEndpoint,
+    RunningApp,
 };
 use fog_proto::auth::Identity;
 use serde::Serialize;
 
 /// Simulate devices: each registers with its own key, heartbeats (signed) like a host, and keeps
 /// an attach connection (HTX, Noise XK with its device key) to every router the control plane
-/// names, answering PINGs. Simulated devices run no apps: they report that they may not be
-/// harvested, so nothing is placed on them. Prints the heartbeat latency seen.
+/// names, answering PINGs. Without `--apps`, simulated devices report that they may not be
+/// harvested, so nothing is placed on them; with `--apps M` they offer one core each and report
+/// running what they are assigned (they run no code). Prints the heartbeat latency seen.
 #[derive(Debug, clap::Args)]
 pub struct Sim {
     /// Base URL of the control plane.
@@ -28,12 +37,21 @@ pub struct Sim {
     /// How many devices.
     #[arg(long, default_value_t = 100)]
     devices: u32,
-    /// Stop after this many seconds (default: until Ctrl-C).
+    /// Measure heartbeats for this many seconds once the fleet is set up (default: until
+    /// Ctrl-C).
     #[arg(long = "for", value_name = "SECONDS")]
     duration: Option<u64>,
     /// Time between one device's heartbeats, milliseconds.
     #[arg(long, default_value_t = 1000)]
     heartbeat_ms: u64,
+    /// Publish this many apps (copies of `hello` named `sim-app-N`, tier B) once the devices
+    /// heartbeat, offer capacity, and measure publish-to-placement of one more app.
+    #[arg(long, default_value_t = 0)]
+    apps: u32,
+    /// Every minute, this percentage of the devices stop heartbeating for 10 s (the control
+    /// plane declares them dead and moves their replicas), then come back.
+    #[arg(long, default_value_t = 0.0)]
+    churn: f64,
     /// Print the final report as JSON.
     #[arg(long)]
     json: bool,
@@ -56,8 +74,23 @@ pub struct Report {
     pub heartbeat_p99_ms: f64,
     /// Maximum.
     pub heartbeat_max_ms: f64,
-    /// Seconds the simulation ran after every device registered.
+    /// Seconds heartbeats were measured (after every device registered and, with `--apps`,
+    /// every app was placed).
     pub seconds: f64,
+    /// Apps published (besides the probe).
+    pub apps: u32,
+    /// Seconds from the first app's publish until every app was assigned to a device.
+    pub apps_placed_s: Option<f64>,
+    /// Milliseconds the probe app's publish request took.
+    pub probe_publish_ms: Option<f64>,
+    /// Milliseconds from sending the probe app's publish until the control plane answered that
+    /// it is assigned to a device (polled every 10 ms).
+    pub probe_placed_ms: Option<f64>,
+    /// Milliseconds from sending the probe app's publish until a simulated device heard it is to
+    /// run it (includes waiting for that device's next heartbeat: up to one interval).
+    pub probe_heard_ms: Option<f64>,
+    /// Times a device stopped heartbeating on purpose (`--churn`).
+    pub churned: u64,
 }
 
 /// One simulated device's shared counters.
@@ -65,7 +98,18 @@ pub struct Report {
 struct Counters {
     failed: AtomicU64,
     attached: AtomicU64,
+    /// Distinct apps some device is assigned.
+    assigned: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Heartbeat round trips are recorded only while this is set.
+    measuring: AtomicBool,
+    /// When the probe's publish was sent, and when a device first heard of it.
+    probe_sent: OnceLock<Instant>,
+    probe_heard: OnceLock<Instant>,
+    churned: AtomicU64,
 }
+
+/// Name of the app published to measure publish-to-placement.
+const PROBE: &str = "sim-probe";
 
 impl Sim {
     pub fn execute(self) -> anyhow::Result<()> {
@@ -73,6 +117,10 @@ impl Sim {
         anyhow::ensure!(
             self.heartbeat_ms >= 10,
             "--heartbeat-ms must be at least 10"
+        );
+        anyhow::ensure!(
+            (0.0..=100.0).contains(&self.churn),
+            "--churn is a percentage of the devices per minute, between 0 and 100"
         );
         let report = crate::client::runtime()?.block_on(self.run())?;
         if self.json {
@@ -90,6 +138,20 @@ impl Sim {
                 report.heartbeat_p99_ms,
                 report.heartbeat_max_ms
             );
+            if self.apps > 0 {
+                let ms = |v: Option<f64>| v.map_or("never".to_string(), |v| format!("{v:.0} ms"));
+                println!(
+                    "fog sim: {} apps placed in {}; one more app's publish took {}, placed {} \
+                     after it was sent (a device told after {})",
+                    report.apps,
+                    report
+                        .apps_placed_s
+                        .map_or("never".to_string(), |s| format!("{s:.1} s")),
+                    ms(report.probe_publish_ms),
+                    ms(report.probe_placed_ms),
+                    ms(report.probe_heard_ms)
+                );
+            }
         }
         Ok(())
     }
@@ -99,8 +161,9 @@ impl Sim {
             .timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(self.devices as usize)
             .build()?;
-        let apps = AppTable::new();
+        let table = AppTable::new();
         let counters = Arc::new(Counters::default());
+        let hosting = self.apps > 0;
         let latencies = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
         // Register every device first (a few at a time), so the fleet is whole when timing starts.
         let mut devices = Vec::new();
@@ -128,35 +191,52 @@ impl Sim {
                 eprintln!("fog sim: {} devices registered", i + 1);
             }
         }
-        let stop = match self.duration {
-            Some(seconds) => Instant::now() + Duration::from_secs(seconds),
-            None => Instant::now() + Duration::from_secs(u64::MAX / 4),
-        };
+        // Set when the measurement is over: devices stop after their next heartbeat.
+        let stop = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
         let interval = Duration::from_millis(self.heartbeat_ms);
         let mut tasks = Vec::new();
         for (n, (identity, id)) in devices.into_iter().enumerate() {
             let (client, control) = (client.clone(), self.control.clone());
-            let (apps, counters, latencies) = (apps.clone(), counters.clone(), latencies.clone());
+            let (table, counters, latencies) = (table.clone(), counters.clone(), latencies.clone());
+            let churn = self.churn;
+            let stop = stop.clone();
             // Spread the first heartbeats over one interval, as devices that started apart.
             let offset = interval.mul_f64(n as f64 / self.devices as f64);
             tasks.push(tokio::spawn(async move {
                 let key = static_key(&identity.secret_bytes());
                 let public = hex::encode(key.public);
-                let attacher = Attacher::new(key, apps);
+                let attacher = Attacher::new(key, table);
                 let mut next = tokio::time::Instant::now() + offset;
                 let mut fully_attached = false;
-                while Instant::now() < stop {
+                let mut running: Vec<RunningApp> = Vec::new();
+                let mut rng_state = n as u64 + 1;
+                let mut minute = tokio::time::Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::Relaxed) {
                     tokio::time::sleep_until(next).await;
                     next += interval;
+                    if churn > 0.0 && tokio::time::Instant::now() >= minute {
+                        minute += Duration::from_secs(60);
+                        // xorshift: each device decides on its own, without a shared generator.
+                        rng_state ^= rng_state << 13;
+                        rng_state ^= rng_state >> 7;
+                        rng_state ^= rng_state << 17;
+                        if (rng_state % 10_000) as f64 / 100.0 < churn {
+                            counters.churned.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_secs(10)).await;
+                            running.clear();
+                            next = tokio::time::Instant::now();
+                            continue;
+                        }
+                    }
                     let heartbeat = Heartbeat {
-                        harvestable: false,
-                        cpu_free: 0.0,
-                        mem_free_mb: 0.0,
+                        harvestable: hosting,
+                        cpu_free: if hosting { 1.0 } else { 0.0 },
+                        mem_free_mb: if hosting { 1024.0 } else { 0.0 },
                         battery: None,
                         charging: true,
                         temperature_c: 0.0,
-                        running: Vec::new(),
+                        running: running.clone(),
                         logs: Vec::new(),
                         known: None,
                         periods: Vec::new(),
@@ -173,7 +253,37 @@ impl Sim {
                     {
                         Ok(reply) => {
                             let ms = sent.elapsed().as_secs_f64() * 1e3;
-                            latencies.lock().expect("latencies lock").push(ms);
+                            if counters.measuring.load(Ordering::Relaxed) {
+                                latencies.lock().expect("latencies lock").push(ms);
+                            }
+                            // Run (report running) what the device is assigned.
+                            running = reply
+                                .assignments
+                                .iter()
+                                .map(|a| RunningApp {
+                                    app: a.manifest.name.clone(),
+                                    sha256: a.sha256.clone(),
+                                    in_flight: 0,
+                                    requests: 0,
+                                    failures: 0,
+                                    fuel: 0,
+                                    state_seq: 0,
+                                    role: a.replication.role,
+                                    caught_up: true,
+                                    fenced: a.replication.fenced,
+                                })
+                                .collect();
+                            if !running.is_empty() {
+                                let mut assigned = counters.assigned.lock().expect("assigned lock");
+                                for r in &running {
+                                    if r.app == PROBE {
+                                        let _ = counters.probe_heard.set(Instant::now());
+                                    }
+                                    if !assigned.contains(&r.app) {
+                                        assigned.insert(r.app.clone());
+                                    }
+                                }
+                            }
                             attacher.set_routers(&id, &reply.attach);
                             let now = !reply.attach.is_empty()
                                 && attacher.links().len() == reply.attach.len();
@@ -201,24 +311,41 @@ impl Sim {
                 loop {
                     tokio::time::sleep(Duration::from_secs(5)).await;
                     let beats = latencies.lock().expect("latencies lock").len();
+                    let assigned = counters.assigned.lock().expect("assigned lock").len();
                     eprintln!(
-                        "fog sim: {} of {total} devices attached to every router; {beats} heartbeats, {} failed",
+                        "fog sim: {} of {total} devices attached to every router; {assigned} apps \
+                         assigned; {beats} heartbeats measured, {} failed",
                         counters.attached.load(Ordering::Relaxed),
                         counters.failed.load(Ordering::Relaxed)
                     );
                 }
             })
         };
-        let all = async {
-            for task in tasks {
-                let _ = task.await;
+        let mut placed = (None, None, None);
+        let mut measured_from = Instant::now();
+        let work = async {
+            if hosting {
+                placed = self.publish_and_probe(&counters, interval).await?;
             }
+            measured_from = Instant::now();
+            counters.measuring.store(true, Ordering::Relaxed);
+            eprintln!("fog sim: fleet set up; measuring heartbeats");
+            match self.duration {
+                Some(seconds) => tokio::time::sleep(Duration::from_secs(seconds)).await,
+                None => std::future::pending().await,
+            }
+            anyhow::Ok(())
         };
         tokio::select! {
-            () = all => {}
+            done = work => done?,
             _ = tokio::signal::ctrl_c() => {}
         }
+        stop.store(true, Ordering::Relaxed);
+        for task in tasks {
+            let _ = task.await;
+        }
         progress.abort();
+        let _ = started;
         let mut latencies = latencies.lock().expect("latencies lock").clone();
         latencies.sort_by(f64::total_cmp);
         let quantile = |q: f64| -> f64 {
@@ -235,7 +362,93 @@ impl Sim {
             heartbeat_p50_ms: quantile(0.5),
             heartbeat_p99_ms: quantile(0.99),
             heartbeat_max_ms: latencies.last().copied().unwrap_or(0.0),
-            seconds: started.elapsed().as_secs_f64(),
+            seconds: measured_from.elapsed().as_secs_f64(),
+            apps: self.apps,
+            apps_placed_s: placed.0,
+            probe_publish_ms: placed.1,
+            probe_placed_ms: placed.2,
+            probe_heard_ms: match (counters.probe_sent.get(), counters.probe_heard.get()) {
+                (Some(sent), Some(heard)) => {
+                    Some(heard.saturating_duration_since(*sent).as_secs_f64() * 1e3)
+                }
+                _ => None,
+            },
+            churned: counters.churned.load(Ordering::Relaxed),
         })
     }
+
+    /// Publish `--apps` copies of `hello` (a few at a time), wait until a device is assigned
+    /// each, then publish the probe: (seconds until all were placed, the probe's publish ms, ms
+    /// until it was placed).
+    async fn publish_and_probe(
+        &self,
+        counters: &Counters,
+        interval: Duration,
+    ) -> anyhow::Result<(Option<f64>, Option<f64>, Option<f64>)> {
+        let api = Arc::new(crate::client::Api::with_identity(
+            &self.control,
+            Identity::generate(),
+        )?);
+        let first = Instant::now();
+        let mut next = 0u32;
+        let mut in_flight = tokio::task::JoinSet::new();
+        // Eight publishes in flight at a time, like a few developers at once.
+        while next < self.apps || !in_flight.is_empty() {
+            while next < self.apps && in_flight.len() < 8 {
+                in_flight.spawn(publish(api.clone(), format!("sim-app-{next}")));
+                next += 1;
+                if next.is_multiple_of(1000) {
+                    eprintln!("fog sim: publishing app {next} of {}", self.apps);
+                }
+            }
+            if let Some(done) = in_flight.join_next().await {
+                done??;
+            }
+        }
+        // Placed when some device is assigned every app; give up after a generous while.
+        let deadline = Instant::now() + Duration::from_secs(600).max(interval * 100);
+        let placed = loop {
+            let assigned = counters.assigned.lock().expect("assigned lock").len();
+            if assigned >= self.apps as usize {
+                break Some(first.elapsed().as_secs_f64());
+            }
+            if Instant::now() > deadline {
+                eprintln!(
+                    "fog sim: only {assigned} of {} apps placed; giving up",
+                    self.apps
+                );
+                break None;
+            }
+            tokio::time::sleep(interval / 4).await;
+        };
+        let sent = Instant::now();
+        let _ = counters.probe_sent.set(sent);
+        publish(api.clone(), PROBE.to_string()).await?;
+        let probe_ms = sent.elapsed().as_secs_f64() * 1e3;
+        let give_up = Instant::now() + Duration::from_secs(120);
+        let probe_placed = loop {
+            let info: AppInfo = api.get(&format!("/v1/apps/{PROBE}")).await?;
+            if !info.assigned.is_empty() {
+                break Some(sent.elapsed().as_secs_f64() * 1e3);
+            }
+            if Instant::now() > give_up {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        Ok((placed, Some(probe_ms), probe_placed))
+    }
+}
+
+/// Publish a copy of `hello` as `name` (tier B).
+async fn publish(api: Arc<crate::client::Api>, name: String) -> anyhow::Result<AppInfo> {
+    let meta = serde_json::json!({ "name": name, "tier": "B" }).to_string();
+    api.signed(
+        reqwest::Method::POST,
+        "/v1/apps",
+        fog_test_programs::shipped::HELLO.to_vec(),
+        &meta,
+    )
+    .await
+    .with_context(|| format!("publishing {name}"))
 }

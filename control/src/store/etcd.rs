@@ -16,12 +16,38 @@
 //! waiting on etcd.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
+    WatchOptions,
+};
 use tokio::runtime::{Handle, Runtime, RuntimeFlavor};
 
-use super::{Revision, RevisionKind, SledStore, Store, StoreError, Table, Versioned};
+use super::{
+    Leadership, Revision, RevisionKind, SledStore, Store, StoreError, Table, Versioned,
+    writing_as_leader,
+};
+
+/// Seconds the leader's lease lives without renewal: a leader that stops (killed, paused,
+/// partitioned from the cluster) is replaced within about this long. The reconcile loop
+/// renews it every tick (1 s).
+pub const LEADER_LEASE_TTL_S: i64 = 3;
+
+/// The election key under the prefix.
+const LEADER_KEY: &str = "leader";
+
+/// This control plane's standing in the election.
+#[derive(Debug, Default)]
+struct Standing {
+    /// Our lease, while it lives.
+    lease: Option<i64>,
+    /// The creation revision of the leader key we wrote, while we lead; 0 otherwise. Fenced
+    /// writes compare it, so a write after someone else was elected fails.
+    revision: i64,
+}
 
 /// Keys fetched per request when listing a table.
 const PAGE: i64 = 500;
@@ -82,6 +108,86 @@ pub struct EtcdStore {
     runtime: Option<Runtime>,
     /// Components and snapshots, content-addressed on this control plane's disk.
     local: SledStore,
+    /// What the watch on the prefix (and this store's own writes) saw change, per table.
+    changes: Arc<Changes>,
+    /// Where this control plane stands in the election.
+    standing: std::sync::Mutex<Standing>,
+}
+
+/// Changes per table, counted from an etcd watch on the whole prefix (writes by any control
+/// plane) and from this store's own writes as they are acknowledged (so a read right after a
+/// write of ours never sees a view from before it). Meaningful only while the watch is up:
+/// while it is down a change could go unseen, and [`Store::generation`] says `None`.
+#[derive(Debug, Default)]
+struct Changes {
+    tables: [AtomicU64; Table::ALL.len()],
+    watching: AtomicBool,
+}
+
+impl Changes {
+    fn saw(&self, table: Table) {
+        self.tables[table.index()].fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Everything may have changed (the watch started or stopped).
+    fn saw_everything(&self) {
+        for table in Table::ALL {
+            self.saw(table);
+        }
+    }
+}
+
+/// Pause before watching again after the watch broke.
+const REWATCH_PAUSE: Duration = Duration::from_millis(500);
+
+/// Count the changes under `prefix` into `changes`, for as long as the store lives, watching
+/// again whenever the watch breaks (a member went away, the stream was cancelled).
+async fn watch_changes(mut client: Client, prefix: String, changes: Arc<Changes>) {
+    loop {
+        let watched = async {
+            let mut stream = client
+                .watch(
+                    format!("{prefix}/"),
+                    Some(WatchOptions::new().with_prefix()),
+                )
+                .await?;
+            while let Some(response) = stream.message().await? {
+                if response.created() {
+                    // From here on every change shows; anything read before may be stale.
+                    changes.saw_everything();
+                    changes.watching.store(true, Ordering::SeqCst);
+                }
+                if response.canceled() {
+                    break;
+                }
+                for event in response.events() {
+                    let table = event
+                        .kv()
+                        .and_then(|kv| kv.key_str().ok())
+                        .and_then(|key| key.strip_prefix(&prefix)?.strip_prefix('/'))
+                        .and_then(|rest| rest.split('/').next())
+                        .and_then(|name| Table::ALL.into_iter().find(|t| t.name() == name));
+                    let leader_key = format!("{prefix}/{LEADER_KEY}");
+                    match table {
+                        Some(table) => changes.saw(table),
+                        // The election changes no table.
+                        None if event
+                            .kv()
+                            .is_some_and(|kv| kv.key() == leader_key.as_bytes()) => {}
+                        None => changes.saw_everything(),
+                    }
+                }
+            }
+            Ok::<_, etcd_client::Error>(())
+        }
+        .await;
+        changes.watching.store(false, Ordering::SeqCst);
+        changes.saw_everything();
+        if let Err(err) = watched {
+            tracing::warn!("etcd watch broke: {err}; watching again");
+        }
+        tokio::time::sleep(REWATCH_PAUSE).await;
+    }
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -171,11 +277,19 @@ impl EtcdStore {
             }
         };
         tracing::info!(endpoints = ?config.endpoints, prefix = config.prefix, "registry on etcd");
+        let changes = Arc::new(Changes::default());
+        runtime.spawn(watch_changes(
+            client.clone(),
+            config.prefix.clone(),
+            changes.clone(),
+        ));
         Ok(EtcdStore {
             config,
             client,
             runtime: Some(runtime),
             local,
+            changes,
+            standing: std::sync::Mutex::new(Standing::default()),
         })
     }
 
@@ -186,6 +300,43 @@ impl EtcdStore {
 
     fn key(&self, table: Table, key: &str) -> String {
         format!("{}/{}/{key}", self.config.prefix, table.name())
+    }
+
+    fn leader_key(&self) -> String {
+        format!("{}/{LEADER_KEY}", self.config.prefix)
+    }
+
+    /// The compare that fences a write made as the leader (see [`super::as_leader`]), or
+    /// [`StoreError::Deposed`] at once if we do not lead; `None` for an unfenced write.
+    fn fence(&self) -> Result<Option<Compare>, StoreError> {
+        if !writing_as_leader() {
+            return Ok(None);
+        }
+        match self.standing.lock().expect("standing lock").revision {
+            0 => Err(StoreError::Deposed),
+            revision => Ok(Some(Compare::create_revision(
+                self.leader_key(),
+                CompareOp::Equal,
+                revision,
+            ))),
+        }
+    }
+
+    /// Run `op` under `fence` (if any) in one transaction: [`StoreError::Deposed`] if the fence
+    /// failed.
+    fn fenced(&self, op: TxnOp, fence: Option<Compare>) -> Result<(), StoreError> {
+        let txn = Txn::new()
+            .when(fence.into_iter().collect::<Vec<_>>())
+            .and_then([op]);
+        let response = self.run(move |mut client| {
+            let txn = txn.clone();
+            async move { client.txn(txn).await }
+        })?;
+        if response.succeeded() {
+            Ok(())
+        } else {
+            Err(StoreError::Deposed)
+        }
     }
 
     fn table_prefix(&self, table: Table) -> String {
@@ -352,15 +503,33 @@ impl Store for EtcdStore {
                 });
             }
         };
+        let fence = self.fence()?;
+        let fenced = fence.is_some();
         let txn = Txn::new()
-            .when([compare])
-            .and_then([TxnOp::put(full, value.to_vec(), None)]);
+            .when([compare].into_iter().chain(fence).collect::<Vec<_>>())
+            .and_then([TxnOp::put(full, value.to_vec(), None)])
+            .or_else([TxnOp::get(self.leader_key(), None)]);
         let response = self.run(move |mut client| {
             let txn = txn.clone();
             async move { client.txn(txn).await }
-        })?;
+        });
+        // Counted whatever the outcome: a write that timed out may still have been applied.
+        self.changes.saw(table);
+        let response = response?;
         if response.succeeded() {
-            Ok(())
+            return Ok(());
+        }
+        // Which compare failed: the record's, or (for a fenced write) the leadership's.
+        let ours = self.standing.lock().expect("standing lock").revision;
+        let still_leading = response.op_responses().into_iter().any(|r| match r {
+            TxnOpResponse::Get(get) => get
+                .kvs()
+                .first()
+                .is_some_and(|kv| kv.create_revision() == ours),
+            _ => false,
+        });
+        if fenced && !still_leading {
+            Err(StoreError::Deposed)
         } else {
             Err(StoreError::Conflict {
                 table: table.name(),
@@ -374,12 +543,18 @@ impl Store for EtcdStore {
             return self.local.put(table, key, value);
         }
         let key = self.key(table, key);
+        if let Some(fence) = self.fence()? {
+            let put = self.fenced(TxnOp::put(key, value.to_vec(), None), Some(fence));
+            self.changes.saw(table);
+            return put;
+        }
         let value = value.to_vec();
-        self.run(move |mut client| {
+        let put = self.run(move |mut client| {
             let (key, value) = (key.clone(), value.clone());
             async move { client.put(key, value, None).await }
-        })?;
-        Ok(())
+        });
+        self.changes.saw(table);
+        put.map(|_| ())
     }
 
     fn delete(&self, table: Table, key: &str) -> Result<(), StoreError> {
@@ -387,11 +562,17 @@ impl Store for EtcdStore {
             return self.local.delete(table, key);
         }
         let key = self.key(table, key);
-        self.run(move |mut client| {
+        if let Some(fence) = self.fence()? {
+            let deleted = self.fenced(TxnOp::delete(key, None), Some(fence));
+            self.changes.saw(table);
+            return deleted;
+        }
+        let deleted = self.run(move |mut client| {
             let key = key.clone();
             async move { client.delete(key, None).await }
-        })?;
-        Ok(())
+        });
+        self.changes.saw(table);
+        deleted.map(|_| ())
     }
 
     fn list(&self, table: Table) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
@@ -439,6 +620,82 @@ impl Store for EtcdStore {
     fn flush(&self) -> Result<(), StoreError> {
         // etcd acknowledges a write once a quorum has it on disk; only the local part needs it.
         self.local.flush()
+    }
+
+    fn lead(&self, id: &str) -> Result<Leadership, StoreError> {
+        let key = self.leader_key();
+        let mut standing = self.standing.lock().expect("standing lock");
+        if let Some(lease) = standing.lease {
+            let ttl = self.run(move |mut client| async move {
+                let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
+                keeper.keep_alive().await?;
+                Ok(stream.message().await?.map_or(0, |r| r.ttl()))
+            });
+            // An expired lease (we were paused or cut off too long) took our leadership with it.
+            if !matches!(ttl, Ok(ttl) if ttl > 0) {
+                *standing = Standing::default();
+                ttl?;
+            }
+        }
+        let lease = match standing.lease {
+            Some(lease) => lease,
+            None => {
+                let granted = self.run(move |mut client| async move {
+                    client.lease_grant(LEADER_LEASE_TTL_S, None).await
+                })?;
+                standing.lease = Some(granted.id());
+                granted.id()
+            }
+        };
+        let txn = Txn::new()
+            .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.clone(),
+                id,
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(key, None)]);
+        let response = self.run(move |mut client| {
+            let txn = txn.clone();
+            async move { client.txn(txn).await }
+        })?;
+        if response.succeeded() {
+            standing.revision = response.header().map_or(0, |h| h.revision());
+            tracing::info!(id, "elected leader of the control planes");
+            return Ok(Leadership::Leader);
+        }
+        let current = response.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(get) => get.kvs().first().map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.value()).into_owned(),
+                    kv.create_revision(),
+                    kv.lease(),
+                )
+            }),
+            _ => None,
+        });
+        Ok(match current {
+            Some((leader, revision, held_by)) if leader == id && held_by == lease => {
+                standing.revision = revision;
+                Leadership::Leader
+            }
+            other => {
+                standing.revision = 0;
+                Leadership::Follower {
+                    leader: other.map(|(leader, ..)| leader),
+                }
+            }
+        })
+    }
+
+    fn generation(&self, table: Table) -> Option<u64> {
+        if table.is_bulk() {
+            return self.local.generation(table);
+        }
+        self.changes
+            .watching
+            .load(Ordering::SeqCst)
+            .then(|| self.changes.tables[table.index()].load(Ordering::SeqCst))
     }
 }
 

@@ -262,3 +262,127 @@ fn the_store_keeps_working_when_one_of_three_members_dies() {
     );
     assert_eq!(store.list(Table::Apps).unwrap().len(), 22);
 }
+
+/// Poll `condition` until it holds or `within` passes.
+fn eventually(within: Duration, condition: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    condition()
+}
+
+#[test]
+fn a_table_changed_by_another_control_plane_is_seen_through_the_watch() {
+    let cluster = EtcdCluster::start(1).unwrap_or_else(|e| panic!("{e}"));
+    let ours = connect(&cluster, "watched", Duration::from_secs(5)).unwrap();
+    let theirs = connect(&cluster, "watched", Duration::from_secs(5)).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || ours
+            .generation(Table::Apps)
+            .is_some()),
+        "the watch never started"
+    );
+    let apps = ours.generation(Table::Apps).unwrap();
+    let devices = ours.generation(Table::Devices).unwrap();
+    // Another control plane's write shows through the watch, in that table only.
+    theirs.put(Table::Apps, "theirs", b"1").unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || ours
+            .generation(Table::Apps)
+            .unwrap()
+            > apps),
+        "another control plane's write was never seen"
+    );
+    // Our own write shows at once: a read right after it never uses a view from before.
+    let before_ours = ours.generation(Table::Apps).unwrap();
+    ours.put(Table::Apps, "mine", b"1").unwrap();
+    assert!(ours.generation(Table::Apps).unwrap() > before_ours);
+    assert_eq!(ours.generation(Table::Devices), Some(devices));
+}
+
+#[test]
+fn without_a_watch_the_store_cannot_vouch_for_a_cached_view() {
+    let cluster = EtcdCluster::start(1).unwrap_or_else(|e| panic!("{e}"));
+    let store = connect(&cluster, "unwatched", Duration::from_millis(500)).unwrap();
+    assert!(eventually(Duration::from_secs(10), || store
+        .generation(Table::Apps)
+        .is_some()));
+    drop(cluster);
+    assert!(
+        eventually(Duration::from_secs(20), || store
+            .generation(Table::Apps)
+            .is_none()),
+        "a broken watch must stop vouching for cached views"
+    );
+}
+
+#[test]
+fn one_control_plane_leads_and_another_takes_over_once_it_stops() {
+    use crate::store::Leadership;
+    let cluster = EtcdCluster::start(1).unwrap_or_else(|e| panic!("{e}"));
+    let first = connect(&cluster, "elect", Duration::from_secs(5)).unwrap();
+    let second = connect(&cluster, "elect", Duration::from_secs(5)).unwrap();
+    assert_eq!(first.lead("first").unwrap(), Leadership::Leader);
+    assert_eq!(
+        second.lead("second").unwrap(),
+        Leadership::Follower {
+            leader: Some("first".into())
+        }
+    );
+    // Renewing keeps it.
+    assert_eq!(first.lead("first").unwrap(), Leadership::Leader);
+    // The leader's process goes away without a word: its lease runs out.
+    let stopped = Instant::now();
+    drop(first);
+    assert!(
+        eventually(Duration::from_secs(15), || second.lead("second").unwrap()
+            == Leadership::Leader),
+        "the second control plane never took over"
+    );
+    let took = stopped.elapsed();
+    assert!(
+        took <= Duration::from_secs(super::super::store::etcd::LEADER_LEASE_TTL_S as u64 + 3),
+        "took over after {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deposed_leaders_fenced_writes_fail_and_change_nothing() {
+    use crate::store::{Leadership, as_leader};
+    let cluster = EtcdCluster::start(1).unwrap_or_else(|e| panic!("{e}"));
+    let first = connect(&cluster, "fence", Duration::from_secs(5)).unwrap();
+    let second = connect(&cluster, "fence", Duration::from_secs(5)).unwrap();
+    assert_eq!(first.lead("first").unwrap(), Leadership::Leader);
+    as_leader(|| first.put(Table::Placements, "app", b"first")).unwrap();
+    // The leader is cut off long enough for its lease to end (revoked here, as etcd would
+    // expire it), and the other control plane is elected.
+    let mut client = etcd_client::Client::connect([cluster.url().replace("etcd://", "")], None)
+        .await
+        .unwrap();
+    let leader = client.get("fence/leader", None).await.unwrap();
+    let lease = leader.kvs()[0].lease();
+    client.lease_revoke(lease).await.unwrap();
+    assert_eq!(second.lead("second").unwrap(), Leadership::Leader);
+    // The deposed leader has not noticed: its writes as the leader fail, every kind of them.
+    for write in [
+        as_leader(|| first.put(Table::Placements, "app", b"stale")),
+        as_leader(|| first.delete(Table::Placements, "app")),
+        as_leader(|| {
+            let read = first.get_versioned(Table::Placements, "app").unwrap();
+            first.put_if(Table::Placements, "app", b"stale", &read.revision)
+        }),
+    ] {
+        assert!(matches!(write, Err(StoreError::Deposed)), "{write:?}");
+    }
+    assert_eq!(
+        second.get(Table::Placements, "app").unwrap().as_deref(),
+        Some(&b"first"[..])
+    );
+    // The new leader's fenced writes go through; an API write (unfenced) from either works.
+    as_leader(|| second.put(Table::Placements, "app", b"second")).unwrap();
+    first.put(Table::Apps, "published", b"1").unwrap();
+}

@@ -28,7 +28,7 @@ use sensors::{Reading, Sensors};
 /// Concurrent requests admitted per offered CPU core.
 pub const REQUESTS_PER_CORE: f64 = 32.0;
 /// Fuel one offered core may burn per second (≈ one core's worth of guest code).
-pub const FUEL_PER_CORE_SECOND: f64 = 2.0e9;
+pub use fog_proto::api::FUEL_PER_CORE_SECOND;
 
 /// What the host admits: nothing while off, a capped amount while harvesting or draining.
 #[derive(Debug)]

@@ -343,6 +343,49 @@ pub fn plan(
     }
 }
 
+/// Place only the `pending` apps, keeping every other app where `current` has it: the devices
+/// offer what the kept replicas leave free (CPU, memory, disk), and the optimiser sees the
+/// pending apps alone. This is what publishing one app costs (that app against the fleet), not
+/// a re-plan of every app; the full [`plan`] runs on its own cadence and also enforces what
+/// this does not re-check across kept and new replicas (tier S's regional share).
+pub fn plan_some(
+    devices: &[Device],
+    apps: &[AppDemand],
+    current: &Assignment,
+    pending: &std::collections::HashSet<String>,
+    config: &PlacementConfig,
+) -> PlacementOutcome {
+    let index: HashMap<&str, usize> = devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.id.as_str(), i))
+        .collect();
+    let mut residual = devices.to_vec();
+    let mut kept = Assignment::new();
+    for app in apps.iter().filter(|a| !pending.contains(&a.id)) {
+        let Some(ids) = current.get(&app.id) else {
+            continue;
+        };
+        for id in ids.iter().take(app.replica_count() as usize) {
+            if let Some(&d) = index.get(id.as_str()) {
+                let device = &mut residual[d];
+                device.cpu_free = (device.cpu_free - app.cpu).max(0.0);
+                device.mem_free_mb = (device.mem_free_mb - app.mem_mb).max(0.0);
+                device.disk_free_mb = (device.disk_free_mb - app.component_mb).max(0.0);
+            }
+        }
+        kept.insert(app.id.clone(), ids.clone());
+    }
+    let some: Vec<AppDemand> = apps
+        .iter()
+        .filter(|a| pending.contains(&a.id))
+        .cloned()
+        .collect();
+    let mut outcome = plan(&residual, &some, current, config);
+    outcome.assignment.extend(kept);
+    outcome
+}
+
 /// Tier weights blended by each tier's share of the replicas.
 fn blended_weights(problem: &PlacementProblem<'_>) -> [f64; 6] {
     let mut blended = [0.0; 6];

@@ -283,3 +283,63 @@ fn a_seed_gives_the_same_placement_with_one_and_two_threads() {
     assert_eq!(one.assignment, two.assignment);
     assert_eq!(one.objectives, two.objectives);
 }
+
+#[test]
+fn placing_some_apps_keeps_every_other_app_and_fits_beside_them() {
+    let devices = scenarios::devices(200, 11);
+    let apps = scenarios::apps(80, 11);
+    let config = config(11);
+    let (old, new) = apps.split_at(apps.len() - apps.len() / 8);
+    let first = placement::plan(&devices, old, &Assignment::new(), &config);
+    let pending: HashSet<String> = new.iter().map(|a| a.id.clone()).collect();
+    let again = placement::plan_some(&devices, &apps, &first.assignment, &pending, &config);
+    for app in old {
+        assert_eq!(
+            again.assignment.get(&app.id),
+            first.assignment.get(&app.id),
+            "{} moved",
+            app.id
+        );
+    }
+    let placed: Vec<&String> = pending
+        .iter()
+        .filter(|id| again.assignment.contains_key(*id))
+        .collect();
+    assert!(
+        placed.len() + again.unplaceable.len() >= pending.len(),
+        "every new app is placed or explained"
+    );
+    assert!(!placed.is_empty(), "the new apps found room");
+    // Capacity holds across kept and new replicas (tier S's regional share is the full
+    // re-plan's to enforce, so this fleet's check leaves it out).
+    let mut relaxed = config.clone();
+    relaxed.tier_s_region_share = 1.0;
+    assert_feasible(&devices, &apps, &again.assignment, &relaxed);
+}
+
+#[test]
+fn placing_some_apps_never_uses_capacity_the_kept_apps_hold() {
+    // Two devices with room for one replica each; one already holds an app.
+    let mut devices = scenarios::devices(2, 12);
+    for d in &mut devices {
+        d.cpu_free = 1.0;
+        d.cpu_capacity = 1.0;
+        d.healthy = true;
+        d.harvestable = true;
+        d.heartbeat_age_s = 0.0;
+        d.trust = 1.0;
+    }
+    let app = |id: &str| AppDemand {
+        replicas: Some(1),
+        min_trust: 0.0,
+        max_price: None,
+        ..AppDemand::new(id.to_string(), 1.0, 1.0, Tier::B)
+    };
+    let apps = vec![app("kept"), app("new")];
+    let mut current = Assignment::new();
+    current.insert("kept".into(), vec![devices[0].id.clone()]);
+    let pending: HashSet<String> = ["new".to_string()].into();
+    let outcome = placement::plan_some(&devices, &apps, &current, &pending, &config(12));
+    assert_eq!(outcome.assignment["kept"], vec![devices[0].id.clone()]);
+    assert_eq!(outcome.assignment["new"], vec![devices[1].id.clone()]);
+}

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The control plane at fleet sizes one machine cannot run real hosts for: `fog sim` (real agent
+# protocol: registration, signed heartbeats, assignments, real publishes) against a real
+# `fog control` process, for each DEVICES x APPS pair. Reports heartbeat round trips (p50, p99),
+# how long the apps took to be placed, one more app's publish-to-placement time, and the control
+# plane's CPU (seconds of CPU per second of wall clock, over the measured window) and resident
+# memory at the end. No router: the simulated devices attach to none.
+#
+#   benches/sim_scale.sh                       (never run by CI)
+#   DEVICES="1000 5000" APPS="100 1000" SECONDS_EACH=20 STORE=sled benches/sim_scale.sh
+#   PROFILE=debug for a quick look; STORE=etcd runs the control plane on a local etcd.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+scripts/setup.sh
+DEVICES="${DEVICES:-1000 5000 10000}"
+APPS="${APPS:-1000}"
+SECONDS_EACH="${SECONDS_EACH:-20}"
+PROFILE="${PROFILE:-release}"
+STORE="${STORE:-sled}"
+if [ "$PROFILE" = release ]; then
+  cargo build --release --locked -p fog
+else
+  cargo build --locked -p fog
+fi
+FOG="$CARGO_TARGET_DIR/$PROFILE/fog"
+data=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$data"; }
+trap cleanup EXIT
+CONTROL=http://127.0.0.1:17570
+ticks=$(getconf CLK_TCK)
+cpu_s() { awk -v t="$ticks" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
+rss_mib() { awk '/^VmRSS:/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
+
+echo "| devices | apps | heartbeats | p50 | p99 | max | apps placed in | probe publish | probe placed | control CPU (cores) | control RSS |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
+for devices in $DEVICES; do
+  for apps in $APPS; do
+    run="$data/$devices-$apps"
+    mkdir -p "$run"
+    store_args=()
+    if [ "$STORE" = etcd ]; then
+      etcd --data-dir "$run/etcd" --listen-client-urls http://127.0.0.1:17579 \
+        --advertise-client-urls http://127.0.0.1:17579 --listen-peer-urls http://127.0.0.1:17580 \
+        >"$run/etcd.log" 2>&1 & pids+=($!)
+      store_args=(--store etcd://127.0.0.1:17579)
+    fi
+    # --key-rate 0: the simulator publishes its apps with one key as fast as it can.
+    FOG_LOG=warn "$FOG" control --listen 127.0.0.1:17570 --data "$run/control" "${store_args[@]}" \
+      --key-rate 0 >"$run/control.log" 2>&1 & pids+=($!)
+    control_pid=$!
+    for _ in $(seq 1 300); do curl -sf "$CONTROL/v1/apps" >/dev/null && break; sleep 0.1; done
+    "$FOG" sim --control "$CONTROL" --devices "$devices" --apps "$apps" --for "$SECONDS_EACH" --json \
+      >"$run/sim.json" 2>"$run/sim.log" &
+    sim_pid=$!
+    # The measured window starts when the simulator says so (every app placed).
+    until grep -q "measuring heartbeats" "$run/sim.log" 2>/dev/null; do
+      kill -0 "$sim_pid" 2>/dev/null || break
+      sleep 0.2
+    done
+    cpu0=$(cpu_s "$control_pid"); t0=$(date +%s.%N)
+    wait "$sim_pid" || { cat "$run/sim.log" >&2; exit 1; }
+    cpu1=$(cpu_s "$control_pid"); t1=$(date +%s.%N)
+    rss=$(rss_mib "$control_pid")
+    python3 - "$run/sim.json" "$devices" "$apps" "$cpu0" "$cpu1" "$t0" "$t1" "$rss" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+devices, apps, cpu0, cpu1, t0, t1, rss = sys.argv[2:]
+cores = (float(cpu1) - float(cpu0)) / max(float(t1) - float(t0), 1e-9)
+fmt = lambda v, unit="ms": "never" if v is None else f"{v:.0f} {unit}" if unit == "ms" else f"{v:.1f} {unit}"
+print(f"| {devices} | {apps} | {r['heartbeats']} ({r['failed']} failed) | {r['heartbeat_p50_ms']:.1f} ms "
+      f"| {r['heartbeat_p99_ms']:.1f} ms | {r['heartbeat_max_ms']:.0f} ms | {fmt(r['apps_placed_s'], 's')} "
+      f"| {fmt(r['probe_publish_ms'])} | {fmt(r['probe_placed_ms'])} | {cores:.2f} | {rss} MiB |")
+EOF
+    kill "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; pids=()
+  done
+done
+echo "machine: $(nproc) cores, $(uname -sr); $PROFILE build; store $STORE; ${SECONDS_EACH} s measured per row; $(date -u +%Y-%m-%d)"
