@@ -8,9 +8,10 @@ set -euo pipefail
 # (the onion front), tor (the private Tor network of the onion tests and `fog testnet`), curl
 # (a C tor client's requests in those tests), iproute2 and nftables (the network lab's
 # namespaces, links, netem and NATs: tests/lab and scripts/lab.sh), etcd-server (the etcd members
-# the control plane's store tests and `fog control --store etcd://` run against) and
-# protobuf-compiler (protoc, which the etcd-client crate's build needs).
-APT_PACKAGES=(pkg-config libssl-dev libsqlite3-dev tor curl iproute2 nftables etcd-server protobuf-compiler)
+# the control plane's store tests and `fog control --store etcd://` run against),
+# protobuf-compiler (protoc, which the etcd-client crate's build needs) and chromium (the
+# headless browser the dashboard test renders `/dashboard` in).
+APT_PACKAGES=(pkg-config libssl-dev libsqlite3-dev tor curl iproute2 nftables etcd-server protobuf-compiler chromium)
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found. Install Rust with rustup (https://rustup.rs), then run this again." >&2

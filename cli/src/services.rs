@@ -15,6 +15,9 @@ use fog_host::harvest::sensors::{FileSensors, LinuxSensors, Sensors};
 use fog_host::harvest::{self, HarvesterConfig};
 use fog_host::server::{self, AppTable};
 use fog_host::{Runtime, RuntimeConfig};
+use fog_net::metrics::prometheus_client::metrics::counter::Counter;
+use fog_net::metrics::prometheus_client::metrics::family::Family;
+use fog_net::metrics::prometheus_client::registry::Registry;
 use fog_router::{Gateway, GatewayConfig};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -34,6 +37,26 @@ impl Stop {
     pub async fn wait(mut self) {
         let _ = self.0.wait_for(|stopped| *stopped).await;
     }
+}
+
+/// Serve `GET /metrics` from `exporter` on `listen`, if given: its address and task.
+async fn start_metrics(
+    listen: Option<SocketAddr>,
+    exporter: impl FnOnce() -> Arc<fog_net::metrics::Exporter>,
+    stop: &Stop,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> anyhow::Result<Option<SocketAddr>> {
+    let Some(listen) = listen else {
+        return Ok(None);
+    };
+    let listener = server::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    tasks.push(tokio::spawn(fog_net::metrics::serve(
+        listener,
+        exporter(),
+        stop.clone().wait(),
+    )));
+    Ok(Some(addr))
 }
 
 /// Start the control plane on `listen` with its registry at `store` (and in `data`), letting
@@ -124,6 +147,8 @@ pub struct RouterAddrs {
     pub betanet: Option<SocketAddr>,
     /// The attach endpoint hosts dial out to, if any.
     pub attach: Option<SocketAddr>,
+    /// Where Prometheus scrapes `/metrics`, if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// The router's identity (its key signs front registrations), kept in `data`.
@@ -132,9 +157,10 @@ pub fn router_identity(data: &Path) -> anyhow::Result<fog_proto::auth::Identity>
 }
 
 /// Start a router on `listen` for the control plane at `control_url`, its files (arti's) in
-/// `data`.
+/// `data`, with `/metrics` on `metrics` if given.
 pub async fn start_router(
     listen: SocketAddr,
+    metrics: Option<SocketAddr>,
     control_url: &str,
     args: &RouterArgs,
     identity: fog_proto::auth::Identity,
@@ -160,6 +186,13 @@ pub async fn start_router(
         gateway.clone(),
         stop.clone().wait(),
     ))];
+    let metrics = start_metrics(
+        metrics,
+        || fog_router::metrics::install(&gateway),
+        &stop,
+        &mut tasks,
+    )
+    .await?;
     let betanet = if args.betanet == "off" {
         None
     } else {
@@ -230,19 +263,22 @@ pub async fn start_router(
             http: addr,
             betanet,
             attach,
+            metrics,
         },
         tasks,
     ))
 }
 
 /// Start a mix relay on `listen` with its key in `data`, registering with the control plane at
-/// `control_url` every 10 s.
+/// `control_url` every 10 s, with `/metrics` on `metrics` if given: its address, the metrics'
+/// address, and its tasks.
 pub async fn start_relay(
     listen: SocketAddr,
+    metrics: Option<SocketAddr>,
     control_url: &str,
     data: &Path,
     stop: Stop,
-) -> anyhow::Result<(SocketAddr, Vec<JoinHandle<()>>)> {
+) -> anyhow::Result<(SocketAddr, Option<SocketAddr>, Vec<JoinHandle<()>>)> {
     let identity =
         agent::device_identity(data).with_context(|| format!("relay key in {}", data.display()))?;
     let key = fog_host::htx_server::static_key(&identity.secret_bytes());
@@ -254,7 +290,25 @@ pub async fn start_relay(
             key: None,
         })?,
         known: tokio::sync::Mutex::new(Listed::default()),
+        forwards: Family::default(),
     });
+    let mut tasks = Vec::new();
+    let metrics = start_metrics(
+        metrics,
+        || {
+            let mut registry = Registry::default();
+            registry.register(
+                "fog_relay_forwards",
+                "Hops asked of this relay, by result: allowed (a listed relay, front or host) \
+                 or refused",
+                destinations.forwards.clone(),
+            );
+            fog_net::metrics::Exporter::new(registry, || {})
+        },
+        &stop,
+        &mut tasks,
+    )
+    .await?;
     let relay = tokio::spawn(fog_htx::mix::serve_relay(
         listener,
         key.clone(),
@@ -291,7 +345,8 @@ pub async fn start_relay(
             }
         }
     });
-    Ok((addr, vec![relay, registration]))
+    tasks.extend([relay, registration]);
+    Ok((addr, metrics, tasks))
 }
 
 /// A relay's destinations: the relays, Betanet fronts and hosts (HTX endpoints of live replicas)
@@ -301,6 +356,8 @@ pub async fn start_relay(
 struct ListedDestinations {
     api: crate::client::Api,
     known: tokio::sync::Mutex<Listed>,
+    /// Hops asked for, by result (exported with `fog relay --metrics-listen`).
+    forwards: Family<Vec<(&'static str, &'static str)>, Counter>,
 }
 
 #[derive(Default)]
@@ -361,7 +418,14 @@ impl fog_htx::mix::Destinations for ListedDestinations {
                     Err(err) => tracing::warn!("relay destinations not refreshed: {err:#}"),
                 }
             }
-            if known.addrs.contains(addr) {
+            let allowed = known.addrs.contains(addr);
+            self.forwards
+                .get_or_create(&vec![(
+                    "result",
+                    if allowed { "allowed" } else { "refused" },
+                )])
+                .inc();
+            if allowed {
                 Ok(())
             } else {
                 Err(format!(
@@ -418,14 +482,17 @@ pub struct HostAddrs {
     pub http: Option<SocketAddr>,
     /// Its device id.
     pub device: String,
+    /// Where Prometheus scrapes `/metrics`, if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Start a host, agent talking to `control_url`, state in `data`. With `listen`, it also
 /// accepts connections there (plain HTTP) and on the same address's port 0 (HTX), and routers
 /// dial it; without, it needs no inbound port: it dials out to the routers the control plane
-/// names.
+/// names. With `metrics`, `/metrics` is served there.
 pub async fn start_host(
     listen: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
     control_url: &str,
     data: &Path,
     args: &HostArgs,
@@ -502,6 +569,13 @@ pub async fn start_host(
         tasks.push(task);
         Some(handle)
     };
+    let metrics = start_metrics(
+        metrics,
+        || fog_host::metrics::install(&apps, harvest.as_ref().map(|h| h.status.clone())),
+        &stop,
+        &mut tasks,
+    )
+    .await?;
     // The data plane routers use: HTX (Noise XK to a key derived from the device identity),
     // over the connections the host dials out to routers, and on a listener if it has one.
     let htx_key = fog_host::htx_server::static_key(&identity.secret_bytes());
@@ -542,7 +616,14 @@ pub async fn start_host(
         }
     });
     tasks.push(agent);
-    Ok((HostAddrs { http: addr, device }, tasks))
+    Ok((
+        HostAddrs {
+            http: addr,
+            device,
+            metrics,
+        },
+        tasks,
+    ))
 }
 
 /// Wait for Ctrl-C or SIGTERM, fire `stop`, and wait for `tasks` to finish.

@@ -58,6 +58,14 @@ impl Control {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let path = request.uri().path().to_string();
+        if request.method() == http::Method::GET {
+            if path == fog_net::metrics::PATH {
+                return Ok(self.scrape()?);
+            }
+            if let Some(page) = crate::dashboard::page(&path, request.uri().query()) {
+                return page;
+            }
+        }
         let Some(rest) = path.strip_prefix(api::PREFIX) else {
             return Err(ApiError::NotFound(format!(
                 "unknown path {path}: the API lives under {}",

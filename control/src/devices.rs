@@ -23,6 +23,9 @@ fn digest(assignments: &[Assignment], attach: &[api::AttachPoint]) -> String {
     auth::sha256_hex(&serde_json::to_vec(&both).expect("API types always serialise"))
 }
 
+/// Longest harvest reason a heartbeat may carry, bytes.
+const MAX_HARVEST_REASON: usize = 512;
+
 impl Control {
     /// The device (id, record) that signed a request, if registered.
     pub(crate) fn signing_device(&self, signer: &str) -> Result<String, ApiError> {
@@ -91,6 +94,7 @@ impl Control {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        self.metrics.heartbeats.inc();
         let (signer, body, _) = self.signed(request, 8 * api::MAX_JSON_BYTES).await?;
         let device: DeviceRecord = match self.store.get(Table::Devices, id)? {
             Some(bytes) => decode(Table::Devices, id, &bytes)?,
@@ -111,10 +115,14 @@ impl Control {
             || heartbeat.running.len() > api::MAX_RUNNING
             || heartbeat.periods.len() > api::MAX_PERIODS
             || heartbeat.attached.len() > api::MAX_ATTACHED
+            || heartbeat
+                .harvest
+                .as_ref()
+                .is_some_and(|h| h.len() > MAX_HARVEST_REASON)
         {
             return Err(ApiError::TooLarge(
-                "too many log lines, running apps, ledger periods or attach links in one \
-                 heartbeat"
+                "too many log lines, running apps, ledger periods or attach links, or a harvest \
+                 reason too long, in one heartbeat"
                     .into(),
             ));
         }

@@ -14,8 +14,10 @@
 pub mod api;
 mod apps;
 pub mod autoscale;
+mod dashboard;
 mod devices;
 pub mod error;
+mod metrics;
 pub mod names;
 mod reconcile;
 mod registry;
@@ -146,6 +148,8 @@ pub struct Control {
     key_limit: Option<RateLimit<String>>,
     /// A handover changed phase: assignments changed though placements did not.
     phase_changed: std::sync::atomic::AtomicBool,
+    /// Prometheus metrics (`GET /metrics`).
+    metrics: metrics::ControlMetrics,
     /// Apps and placements indexed by device, while the registry is unchanged.
     plan_index: Mutex<Option<Arc<registry::PlanIndex>>>,
     /// Smoothed CPU each replica burns, from heartbeats.
@@ -204,6 +208,7 @@ impl Control {
             replays: replay::ReplayGuard::default(),
             key_limit,
             phase_changed: std::sync::atomic::AtomicBool::new(false),
+            metrics: metrics::ControlMetrics::default(),
             plan_index: Mutex::new(None),
             usage: usage::Usage::default(),
             last_full_plan: Mutex::new(None),

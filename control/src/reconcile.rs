@@ -200,6 +200,7 @@ impl Control {
         } else {
             unplaced(&demands, &current, &fleet)
         };
+        let planning = Instant::now();
         let outcome = if full {
             let outcome = placement::plan(&fleet, &demands, &current, &self.config.placement);
             *self.last_full_plan.lock().expect("plan lock") = Some((Instant::now(), fleet_now));
@@ -207,6 +208,9 @@ impl Control {
         } else {
             placement::plan_some(&fleet, &demands, &current, &pending, &self.config.placement)
         };
+        self.metrics
+            .placement
+            .observe(planning.elapsed().as_secs_f64());
         let problems: HashMap<&str, &str> = outcome
             .unplaceable
             .iter()

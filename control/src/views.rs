@@ -130,6 +130,7 @@ impl Control {
                         .unwrap_or_default(),
                     alive,
                     harvestable: l.is_some_and(|l| l.heartbeat.harvestable),
+                    harvest: l.and_then(|l| l.heartbeat.harvest.clone()),
                     cpu_free: l.map_or(0.0, |l| l.heartbeat.cpu_free),
                     heartbeat_age_ms: l.map_or(u64::MAX, |l| l.at.elapsed().as_millis() as u64),
                     assigned: placements

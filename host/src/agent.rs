@@ -402,6 +402,7 @@ fn heartbeat(shared: &Shared, config: &AgentConfig) -> Heartbeat {
             .as_ref()
             .map(|a| a.links())
             .unwrap_or_default(),
+        harvest: None,
     };
     if let Some(harvest) = &config.harvest {
         let status = harvest.status.borrow().clone();
@@ -411,6 +412,7 @@ fn heartbeat(shared: &Shared, config: &AgentConfig) -> Heartbeat {
         heartbeat.battery = status.reading.battery;
         heartbeat.charging = status.reading.charging;
         heartbeat.temperature_c = status.reading.cpu_temp_c.unwrap_or(0.0);
+        heartbeat.harvest = Some(status.reason.clone());
         heartbeat.periods = harvest
             .ledger
             .lock()

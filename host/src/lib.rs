@@ -25,6 +25,7 @@ pub mod harvest;
 pub mod htx_server;
 pub mod kv;
 mod limits;
+pub mod metrics;
 pub mod peers;
 pub mod replica;
 mod runtime;

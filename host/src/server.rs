@@ -25,6 +25,8 @@ pub struct AppTable {
     default_app: RwLock<Option<String>>,
     log: std::sync::Mutex<VecDeque<fog_proto::api::LogLine>>,
     gate: crate::harvest::Gate,
+    /// Set once metrics are exported (`--metrics-listen`); nothing is recorded otherwise.
+    metrics: std::sync::OnceLock<Arc<crate::metrics::HostMetrics>>,
 }
 
 impl AppTable {
@@ -42,6 +44,11 @@ impl AppTable {
     /// Stop serving the app `name`; in-flight requests finish on the old instance.
     pub fn remove(&self, name: &str) -> Option<Arc<App>> {
         self.apps.write().expect("app table lock").remove(name)
+    }
+
+    /// Record every request in `metrics` from now on.
+    pub fn set_metrics(&self, metrics: Arc<crate::metrics::HostMetrics>) {
+        let _ = self.metrics.set(metrics);
     }
 
     /// What the host admits (set by the harvester; admits everything otherwise).
@@ -99,9 +106,30 @@ impl AppTable {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let Some(metrics) = self.metrics.get() else {
+            return self.serve(request).await.0;
+        };
+        let started = std::time::Instant::now();
+        let (response, app, fuel) = self.serve(request).await;
+        metrics.record(
+            app.as_ref().map_or("", |a| a.name()),
+            response.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+            fuel,
+        );
+        response
+    }
+
+    /// Serve one request: the response, the app that answered it (if the request named one of
+    /// this host's) and the fuel it burnt.
+    async fn serve<B>(&self, request: http::Request<B>) -> (HostResponse, Option<Arc<App>>, u64)
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         if request.uri().path().starts_with("/_fog/") {
             // Reserved for Fog's own traffic between devices (served over HTX only).
-            return plain(403, "paths under /_fog/ are reserved");
+            return (plain(403, "paths under /_fog/ are reserved"), None, 0);
         }
         match self.route(&request) {
             Ok(app) => {
@@ -118,7 +146,7 @@ impl AppTable {
                             http::header::RETRY_AFTER,
                             http::HeaderValue::from_static("1"),
                         );
-                        return response;
+                        return (response, Some(app), 0);
                     }
                 };
                 let method = request.method().to_string();
@@ -144,7 +172,7 @@ impl AppTable {
                     log.pop_front();
                 }
                 log.push_back(line);
-                response
+                (response, Some(app), report.fuel)
             }
             Err(reason) => {
                 // Not the app's answer: routers retry such a request on another replica.
@@ -153,7 +181,7 @@ impl AppTable {
                     fog_proto::ERROR_HEADER,
                     http::HeaderValue::from_static(ErrorKind::UnknownApp.as_str()),
                 );
-                response
+                (response, None, 0)
             }
         }
     }

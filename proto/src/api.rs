@@ -308,6 +308,9 @@ pub struct Heartbeat {
     /// time as the device measured it (HTX PING).
     #[serde(default)]
     pub attached: Vec<AttachedLink>,
+    /// Its harvest policy's last decision, for people (none: it ignores the policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub harvest: Option<String>,
 }
 
 /// A device's Noise static key and the HTX listener it answers on, if any.
@@ -620,6 +623,10 @@ pub struct DeviceInfo {
     pub assigned: Vec<String>,
     /// Apps it reports running.
     pub running: Vec<String>,
+    /// Its harvest policy's last decision, as its last heartbeat said (none: it ignores the
+    /// policy, or never said).
+    #[serde(default)]
+    pub harvest: Option<String>,
 }
 
 /// Where an app's live replicas are, for routers.

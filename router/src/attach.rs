@@ -145,6 +145,19 @@ impl Attach {
     async fn run(self: Arc<Self>, device: String, connection: Connection) {
         self.gateway.dialer().attach(&device, connection.clone());
         tracing::info!(device, "host attached");
+        if let Some(metrics) = self.gateway.metrics().cloned() {
+            // The host PINGs us for its own RTTs; we PING it for ours, while it stays.
+            let connection = connection.clone();
+            tokio::spawn(async move {
+                while let Ok(rtt) = connection.ping().await {
+                    metrics.attached_rtt.observe(rtt.as_secs_f64());
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    if connection.is_closed() {
+                        break;
+                    }
+                }
+            });
+        }
         while let Some(stream) = connection.accept().await {
             let this = self.clone();
             let device = device.clone();

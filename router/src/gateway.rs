@@ -103,6 +103,8 @@ pub struct Gateway {
     htx_client: Client<HtxConnector, Full<Bytes>>,
     /// Each visitor address's token bucket.
     visitors: Option<RateLimit<IpAddr>>,
+    /// Set once metrics are exported (`--metrics-listen`); nothing is recorded otherwise.
+    metrics: std::sync::OnceLock<Arc<crate::metrics::RouterMetrics>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -167,6 +169,7 @@ impl Gateway {
             client,
             dialer,
             htx_client,
+            metrics: std::sync::OnceLock::new(),
         })
     }
 
@@ -209,6 +212,22 @@ impl Gateway {
             return refusal;
         }
         self.handle(request).await
+    }
+
+    /// Record every visitor request in `metrics` from now on.
+    pub(crate) fn set_metrics(&self, metrics: Arc<crate::metrics::RouterMetrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    /// The metrics, if exported.
+    pub(crate) fn metrics(&self) -> Option<&Arc<crate::metrics::RouterMetrics>> {
+        self.metrics.get()
+    }
+
+    /// Apps routed and live replicas among them.
+    pub(crate) fn routed(&self) -> (usize, usize) {
+        let routes = self.routes.read().expect("routes lock");
+        (routes.len(), routes.values().map(|(_, r, _)| r.len()).sum())
     }
 
     /// The app whose Betanet id (hex sha256 of its key) is `id`.
@@ -550,6 +569,34 @@ impl Gateway {
 
     /// Forward one visitor request.
     pub async fn handle<B>(&self, request: http::Request<B>) -> http::Response<GatewayBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Some(metrics) = self.metrics.get() else {
+            return self.forward_request(request).await;
+        };
+        let started = Instant::now();
+        let app = Self::app_of(&request).map(|(app, _)| app);
+        let response = self.forward_request(request).await;
+        // Only an app in the routes is a label: the name a visitor typed is unbounded.
+        let app = app
+            .filter(|app| {
+                self.routes
+                    .read()
+                    .expect("routes lock")
+                    .contains_key(app.as_str())
+            })
+            .unwrap_or_default();
+        metrics.record(
+            &app,
+            response.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
+        response
+    }
+
+    async fn forward_request<B>(&self, request: http::Request<B>) -> http::Response<GatewayBody>
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,

@@ -19,6 +19,7 @@ pub mod attach;
 pub mod error;
 pub mod front;
 mod gateway;
+pub mod metrics;
 pub mod onion;
 pub mod visitor;
 

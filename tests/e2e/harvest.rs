@@ -4,13 +4,14 @@
 use std::time::Duration;
 
 use fog_host::Manifest;
-use fog_host::harvest::policy::{Decision, State};
+use fog_host::harvest::policy::{Cause, Decision, State};
 use fog_test_programs as programs;
 use fog_tests::{TestHost, get};
 
 fn decision(state: State, cpu: f64) -> Decision {
     Decision {
         state,
+        cause: Cause::RulesHold,
         reason: format!("{state:?}"),
         cpu_offered: cpu,
         mem_offered_mb: 512.0,

@@ -43,6 +43,9 @@ impl Devices {
                     rtt(&d),
                     d.running.join(",")
                 );
+                if let Some(harvest) = d.harvest.as_deref().filter(|_| d.alive) {
+                    println!("  harvest: {harvest}");
+                }
             }
             Ok(())
         })

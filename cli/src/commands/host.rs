@@ -23,6 +23,9 @@ pub struct HostCmd {
     /// Directory for the device key, compiled components and app state.
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off by default: nothing is recorded).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     host: HostArgs,
 }
@@ -51,15 +54,26 @@ impl HostCmd {
             .unwrap_or_else(|| fog_host::agent::default_data_dir().join("host"));
         crate::client::runtime()?.block_on(async {
             let (stop_tx, stop) = Stop::new();
-            let (addrs, tasks) =
-                services::start_host(self.listen, &self.control, &data, &self.host, stop).await?;
+            let (addrs, tasks) = services::start_host(
+                self.listen,
+                self.metrics_listen,
+                &self.control,
+                &data,
+                &self.host,
+                stop,
+            )
+            .await?;
+            let metrics = addrs
+                .metrics
+                .map(|m| format!(", metrics on http://{m}/metrics"))
+                .unwrap_or_default();
             match addrs.http {
                 Some(addr) => println!(
-                    "fog: host on http://{addr}, device {}, control plane {}",
+                    "fog: host on http://{addr}, device {}, control plane {}{metrics}",
                     addrs.device, self.control
                 ),
                 None => println!(
-                    "fog: host device {} dials out to the routers of control plane {}",
+                    "fog: host device {} dials out to the routers of control plane {}{metrics}",
                     addrs.device, self.control
                 ),
             }

@@ -18,6 +18,9 @@ pub struct RelayCmd {
     /// Directory of the relay's key.
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off by default: nothing is recorded).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 impl RelayCmd {
@@ -27,9 +30,15 @@ impl RelayCmd {
             .unwrap_or_else(|| fog_host::agent::default_data_dir().join("relay"));
         crate::client::runtime()?.block_on(async {
             let (stop_tx, stop) = Stop::new();
-            let (addr, tasks) =
-                services::start_relay(self.listen, &self.control, &data, stop).await?;
-            println!("fog: relay on {addr}");
+            let (addr, metrics, tasks) =
+                services::start_relay(self.listen, self.metrics_listen, &self.control, &data, stop)
+                    .await?;
+            match metrics {
+                Some(metrics) => {
+                    println!("fog: relay on {addr}, metrics on http://{metrics}/metrics")
+                }
+                None => println!("fog: relay on {addr}"),
+            }
             services::run_until_signal(stop_tx, tasks).await;
             Ok(())
         })

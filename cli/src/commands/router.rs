@@ -18,6 +18,9 @@ pub struct RouterCmd {
     /// Directory of the router's key (it signs the Betanet front's registration).
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off by default: nothing is recorded).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     router: RouterArgs,
 }
@@ -34,6 +37,7 @@ impl RouterCmd {
             let (addrs, tasks) =
                 services::start_router(
                     self.listen,
+                    self.metrics_listen,
                     &self.control,
                     &self.router,
                     identity,
@@ -41,7 +45,13 @@ impl RouterCmd {
                     stop,
                 )
                 .await?;
-            println!("fog: router on http://{}", addrs.http);
+            match addrs.metrics {
+                Some(metrics) => println!(
+                    "fog: router on http://{}, metrics on http://{metrics}/metrics",
+                    addrs.http
+                ),
+                None => println!("fog: router on http://{}", addrs.http),
+            }
             if let Some(attach) = addrs.attach {
                 println!("fog: hosts attach on {attach}");
             }

@@ -245,6 +245,7 @@ impl Sim {
                             key: public.clone(),
                         }),
                         attached: attacher.links(),
+                        harvest: None,
                     };
                     let path = format!("/v1/devices/{id}/heartbeat");
                     let sent = Instant::now();

@@ -48,6 +48,10 @@ pub struct Up {
     /// copies embedded in `fog`.
     #[arg(long, value_name = "DIR", env = "FOG_EXAMPLES")]
     examples: Option<PathBuf>,
+    /// Also serve the router's, each host's and each relay's Prometheus metrics, each on a
+    /// free loopback port (printed); the control plane's are always at /metrics.
+    #[arg(long)]
+    metrics: bool,
 }
 
 /// Most hosts `fog up` runs in one process.
@@ -109,10 +113,17 @@ impl Up {
             let trusted = vec![router_identity.public_hex()];
             let (control, mut tasks) = services::start_control(self.control_listen, &fog_control::store::StoreLocation::Sled, &data.join("control"), trusted, std::time::Duration::from_secs(5), fog_control::Rate::new(fog_control::DEFAULT_KEY_RATE, fog_control::DEFAULT_KEY_BURST), stop.clone()).await?;
             let control_url = format!("http://{control}");
+            let metrics: Option<SocketAddr> = if self.metrics { Some("127.0.0.1:0".parse()?) } else { None };
+            let print_metrics = |role: &str, addr: Option<SocketAddr>| {
+                if let Some(addr) = addr {
+                    println!("fog: {role} metrics on http://{addr}/metrics");
+                }
+            };
             for n in 1..=self.relays {
                 let dir = data.join("relays").join(n.to_string());
-                let (addr, more) = services::start_relay("127.0.0.1:0".parse()?, &control_url, &dir, stop.clone()).await?;
+                let (addr, relay_metrics, more) = services::start_relay("127.0.0.1:0".parse()?, metrics, &control_url, &dir, stop.clone()).await?;
                 println!("fog: relay {n} on {addr}");
+                print_metrics(&format!("relay {n}"), relay_metrics);
                 tasks.extend(more);
             }
             let mut router_args = self.router.clone();
@@ -136,7 +147,8 @@ impl Up {
             } else {
                 None
             };
-            let (router_addrs, more) = services::start_router(self.router_listen, &control_url, &router_args, router_identity, &data.join("router"), stop.clone()).await?;
+            let (router_addrs, more) = services::start_router(self.router_listen, metrics, &control_url, &router_args, router_identity, &data.join("router"), stop.clone()).await?;
+            print_metrics("router", router_addrs.metrics);
             let router = router_addrs.http;
             tasks.extend(more);
             let host_args = HostArgs {
@@ -156,10 +168,12 @@ impl Up {
             for n in 1..=self.hosts {
                 let dir = data.join("hosts").join(n.to_string());
                 let listen = if self.hosts_listen { Some("127.0.0.1:0".parse()?) } else { None };
-                let (_, more) = services::start_host(listen, &control_url, &dir, &host_args, stop.clone()).await?;
+                let (host_addrs, more) = services::start_host(listen, metrics, &control_url, &dir, &host_args, stop.clone()).await?;
+                print_metrics(&format!("host {n}"), host_addrs.metrics);
                 tasks.extend(more);
             }
             println!("fog: control plane http://{control}, router http://{router}, {} host(s), data in {}", self.hosts, data.display());
+            println!("fog: dashboard http://{control}/dashboard, metrics http://{control}/metrics");
             if let Some(front) = router_addrs.betanet {
                 println!("fog: Betanet front on {front} (fog fetch <betanet address>)");
             }

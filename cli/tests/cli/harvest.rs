@@ -94,6 +94,20 @@ async fn an_unplugged_host_drains_and_its_replicas_move_without_failed_requests(
     let devices = fog.devices();
     let unplugged = devices.iter().find(|d| d.id == primary).unwrap();
     assert!(unplugged.alive && !unplugged.harvestable, "{unplugged:?}");
+    // The control plane knows why from its heartbeats, and `fog devices` says it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, out, err) = fog.fog(&["devices"]);
+        assert_eq!(code, 0, "{err}");
+        if out.contains("harvest: off: drained")
+            || out.contains("harvest: cooling down")
+            || out.contains("harvest: not harvesting: not charging")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no harvest reason shown: {out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Signed ledger periods reached the control plane, verified, with the primary's fuel.
     let deadline = Instant::now() + Duration::from_secs(10);

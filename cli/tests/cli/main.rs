@@ -1,12 +1,14 @@
 //! The `fog` binary as people run it: real processes, real sockets.
 
 mod betanet;
+mod dashboard;
 mod dialout;
 mod etcd;
 mod flood;
 mod fog;
 mod harvest;
 mod lab;
+mod metrics;
 mod onion;
 pub mod publish;
 mod ratelimit;

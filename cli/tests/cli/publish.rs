@@ -93,6 +93,16 @@ impl Fog {
         control_args: &[&str],
         host_args: impl Fn(usize, &std::path::Path) -> Vec<String>,
     ) -> Fog {
+        Fog::start_with_roles(hosts, control_args, &[], host_args)
+    }
+
+    /// Like [`Fog::start_with`], with extra arguments for the control plane and the router.
+    pub fn start_with_roles(
+        hosts: usize,
+        control_args: &[&str],
+        router_extra: &[&str],
+        host_args: impl Fn(usize, &std::path::Path) -> Vec<String>,
+    ) -> Fog {
         let dir = tempfile::tempdir().unwrap();
         let path = |p: &str| dir.path().join(p).to_str().unwrap().to_string();
         // The routers' keys exist before the control plane starts, so they can be trusted.
@@ -121,7 +131,10 @@ impl Fog {
         args.extend_from_slice(control_args);
         let control = spawn(&args);
         let router_data = path("router");
-        let router = spawn(&router_args(&control.url(), &router_data));
+        let control_url = control.url();
+        let mut args = router_args(&control_url, &router_data);
+        args.extend_from_slice(router_extra);
+        let router = spawn(&args);
         let hosts = (0..hosts)
             .map(|i| {
                 let data = path(&format!("host{i}"));

@@ -140,6 +140,9 @@ impl Gate {
 pub struct HarvestStatus {
     /// The state.
     pub state: State,
+    /// Why, as a bounded set.
+    #[serde(default)]
+    pub cause: policy::Cause,
     /// Why.
     pub reason: String,
     /// CPU cores offered.
@@ -208,6 +211,7 @@ pub fn start(
     let first = sensors.read();
     let initial = HarvestStatus {
         state: State::Off,
+        cause: policy::Cause::Starting,
         reason: "starting".into(),
         cpu_offered: 0.0,
         mem_offered_mb: 0.0,
@@ -299,6 +303,7 @@ pub fn start(
             apps_usage.sort_by(|a, b| a.name.cmp(&b.name));
             let status = HarvestStatus {
                 state: decision.state,
+                cause: decision.cause,
                 reason: decision.reason.clone(),
                 cpu_offered: decision.cpu_offered,
                 mem_offered_mb: decision.mem_offered_mb,
@@ -336,6 +341,7 @@ mod tests {
     fn decision(state: State, cpu: f64) -> Decision {
         Decision {
             state,
+            cause: policy::Cause::RulesHold,
             reason: String::new(),
             cpu_offered: cpu,
             mem_offered_mb: 0.0,

@@ -145,11 +145,80 @@ pub enum State {
     Draining,
 }
 
+impl State {
+    /// The state as a lowercase word (a metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Off => "off",
+            State::Harvesting => "harvesting",
+            State::Draining => "draining",
+        }
+    }
+}
+
+/// Why the policy decided what it did, as a bounded set (a metric label); the reason text adds
+/// the readings and thresholds for people.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// The harvester has not decided yet.
+    #[default]
+    Starting,
+    /// Every rule holds.
+    RulesHold,
+    /// The device is not charging.
+    NotCharging,
+    /// The battery is below the minimum.
+    Battery,
+    /// The CPU is too hot.
+    Temperature,
+    /// The network is metered.
+    Metered,
+    /// The user is active.
+    UserActive,
+    /// Outside the daily harvest window.
+    Window,
+    /// Resting after a session.
+    Cooldown,
+    /// The session cap was reached.
+    SessionCap,
+    /// Waiting for replicas to move and requests to finish.
+    Draining,
+    /// Drained.
+    Drained,
+    /// The drain took too long.
+    DrainTimeout,
+}
+
+impl Cause {
+    /// The cause as a snake_case word (a metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Starting => "starting",
+            Cause::RulesHold => "rules_hold",
+            Cause::NotCharging => "not_charging",
+            Cause::Battery => "battery",
+            Cause::Temperature => "temperature",
+            Cause::Metered => "metered",
+            Cause::UserActive => "user_active",
+            Cause::Window => "window",
+            Cause::Cooldown => "cooldown",
+            Cause::SessionCap => "session_cap",
+            Cause::Draining => "draining",
+            Cause::Drained => "drained",
+            Cause::DrainTimeout => "drain_timeout",
+        }
+    }
+}
+
 /// One decision of the policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
     /// The state after this step.
     pub state: State,
+    /// Why, as a bounded set.
+    #[serde(default)]
+    pub cause: Cause,
     /// Why, for people.
     pub reason: String,
     /// CPU cores offered (0 unless harvesting).
@@ -186,29 +255,40 @@ impl Policy {
     }
 
     /// The first rule that `reading` breaks, with stricter thresholds when `entering`.
-    fn broken_rule(&self, r: &Reading, minute_of_day: u32, entering: bool) -> Option<String> {
+    fn broken_rule(
+        &self,
+        r: &Reading,
+        minute_of_day: u32,
+        entering: bool,
+    ) -> Option<(Cause, String)> {
         let c = &self.config;
         if c.require_charging && !r.charging {
-            return Some("not charging".into());
+            return Some((Cause::NotCharging, "not charging".into()));
         }
         let min_battery = c.min_battery + if entering { c.battery_margin } else { 0.0 };
         if let Some(battery) = r.battery
             && battery < min_battery
         {
-            return Some(format!(
-                "battery {:.0}% below {:.0}%",
-                battery * 100.0,
-                min_battery * 100.0
+            return Some((
+                Cause::Battery,
+                format!(
+                    "battery {:.0}% below {:.0}%",
+                    battery * 100.0,
+                    min_battery * 100.0
+                ),
             ));
         }
         let max_temp = c.max_temp_c - if entering { c.temp_margin_c } else { 0.0 };
         if let Some(temp) = r.cpu_temp_c
             && temp > max_temp
         {
-            return Some(format!("CPU at {temp:.0} °C above {max_temp:.0} °C"));
+            return Some((
+                Cause::Temperature,
+                format!("CPU at {temp:.0} °C above {max_temp:.0} °C"),
+            ));
         }
         if r.metered && !c.allow_metered {
-            return Some("network is metered".into());
+            return Some((Cause::Metered, "network is metered".into()));
         }
         let idle = r.user_idle_s.unwrap_or(if c.assume_idle_when_unknown {
             f64::INFINITY
@@ -216,17 +296,17 @@ impl Policy {
             0.0
         });
         if idle < c.min_idle_s {
-            return Some(format!(
-                "user active (idle {idle:.0} s of {:.0} s)",
-                c.min_idle_s
+            return Some((
+                Cause::UserActive,
+                format!("user active (idle {idle:.0} s of {:.0} s)", c.min_idle_s),
             ));
         }
         if let Some(window) = &c.window
             && !window.contains(minute_of_day)
         {
-            return Some(format!(
-                "outside the harvest window {}–{}",
-                window.start, window.end
+            return Some((
+                Cause::Window,
+                format!("outside the harvest window {}–{}", window.start, window.end),
             ));
         }
         None
@@ -242,19 +322,22 @@ impl Policy {
         busy: bool,
     ) -> Decision {
         let c = self.config.clone();
-        let reason = match self.state {
+        let (cause, reason) = match self.state {
             State::Off => {
                 let cooling = self
                     .off_since
                     .map(|off| c.cooldown_s - (now_s - off))
                     .filter(|left| *left > 0.0);
                 match (cooling, self.broken_rule(reading, minute_of_day, true)) {
-                    (Some(left), _) => format!("cooling down after a session ({left:.0} s left)"),
-                    (None, Some(rule)) => format!("not harvesting: {rule}"),
+                    (Some(left), _) => (
+                        Cause::Cooldown,
+                        format!("cooling down after a session ({left:.0} s left)"),
+                    ),
+                    (None, Some((cause, rule))) => (cause, format!("not harvesting: {rule}")),
                     (None, None) => {
                         self.state = State::Harvesting;
                         self.session_start = now_s;
-                        "harvesting: every rule holds".to_string()
+                        (Cause::RulesHold, "harvesting: every rule holds".to_string())
                     }
                 }
             }
@@ -262,32 +345,43 @@ impl Policy {
                 if now_s - self.session_start >= c.max_session_s {
                     self.state = State::Draining;
                     self.drain_start = now_s;
-                    format!("draining: session cap of {:.0} s reached", c.max_session_s)
-                } else if let Some(rule) = self.broken_rule(reading, minute_of_day, false) {
+                    (
+                        Cause::SessionCap,
+                        format!("draining: session cap of {:.0} s reached", c.max_session_s),
+                    )
+                } else if let Some((cause, rule)) = self.broken_rule(reading, minute_of_day, false)
+                {
                     self.state = State::Draining;
                     self.drain_start = now_s;
-                    format!("draining: {rule}")
+                    (cause, format!("draining: {rule}"))
                 } else {
-                    "harvesting: every rule holds".to_string()
+                    (Cause::RulesHold, "harvesting: every rule holds".to_string())
                 }
             }
             State::Draining => {
                 if !busy {
                     self.state = State::Off;
                     self.off_since = Some(now_s);
-                    "off: drained".to_string()
+                    (Cause::Drained, "off: drained".to_string())
                 } else if now_s - self.drain_start >= c.drain_timeout_s {
                     self.state = State::Off;
                     self.off_since = Some(now_s);
-                    format!("off: drain timeout of {:.0} s", c.drain_timeout_s)
+                    (
+                        Cause::DrainTimeout,
+                        format!("off: drain timeout of {:.0} s", c.drain_timeout_s),
+                    )
                 } else {
-                    "draining: waiting for replicas to move and requests to finish".to_string()
+                    (
+                        Cause::Draining,
+                        "draining: waiting for replicas to move and requests to finish".to_string(),
+                    )
                 }
             }
         };
         let harvesting = self.state == State::Harvesting;
         Decision {
             state: self.state,
+            cause,
             reason,
             cpu_offered: if harvesting {
                 reading.cpus as f64 * c.max_cpu_share
