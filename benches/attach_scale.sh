@@ -41,8 +41,9 @@ wait_for() { # what, command...
 FOG_LOG=warn "$FOG" control --listen 127.0.0.1:17370 --data "$data/control" --trust-router "$router_key" \
   >"$data/control.log" 2>&1 & pids+=($!)
 wait_for "the control plane" curl -sf "$CONTROL/v1/apps"
+# One load generator on one address: the router's per-visitor rate limit is off (--visitor-rate 0).
 FOG_LOG=warn "$FOG" router --control "$CONTROL" --listen 127.0.0.1:17380 --data "$data/router" \
-  --betanet off --attach 127.0.0.1:17384 >"$data/router.log" 2>&1 & pids+=($!)
+  --betanet off --attach 127.0.0.1:17384 --visitor-rate 0 >"$data/router.log" 2>&1 & pids+=($!)
 router_pid=$!
 FOG_LOG=warn "$FOG" host --control "$CONTROL" --data "$data/host" --always-on >"$data/host.log" 2>&1 & pids+=($!)
 "$FOG" publish "$HELLO" --name hello --tier B --control "$CONTROL" --key "$data/developer.key" >/dev/null

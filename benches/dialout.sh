@@ -28,8 +28,9 @@ pid=""
 trap 'kill $pid 2>/dev/null || true; rm -rf "$data"' EXIT
 start_up() { # extra flags for fog up
   rm -rf "$data/fog"; mkdir -p "$data/fog"
+  # --visitor-rate 0: the load comes from one address, which the per-visitor limit would refuse.
   FOG_LOG=warn "$FOG" up --hosts 1 --data "$data/fog" --demo --examples "$CARGO_TARGET_DIR/guests/wasm32-wasip2/release" \
-    --control-listen 127.0.0.1:17270 --router-listen 127.0.0.1:17280 --betanet off "$@" >"$data/up.log" 2>&1 &
+    --control-listen 127.0.0.1:17270 --router-listen 127.0.0.1:17280 --betanet off --visitor-rate 0 "$@" >"$data/up.log" 2>&1 &
   pid=$!
   for _ in $(seq 1 600); do grep -q "fog: up" "$data/up.log" && break; sleep 0.1; done
   grep -q "fog: up" "$data/up.log" || { cat "$data/up.log"; exit 1; }

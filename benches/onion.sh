@@ -21,8 +21,9 @@ trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 1; rm
 export FOG_LOG=warn,tor_netdir=error
 
 # The fog first (its router's HTTP port is the C tor service's target).
+# --visitor-rate 0: the load comes from one address, which the per-visitor limit would refuse.
 "$FOG" up --hosts 1 --data "$work/fog" --demo --examples "$CARGO_TARGET_DIR/guests/wasm32-wasip2/release" \
-  --control-listen 127.0.0.1:17370 --router-listen 127.0.0.1:17380 --betanet off >"$work/up.log" 2>&1 &
+  --control-listen 127.0.0.1:17370 --router-listen 127.0.0.1:17380 --betanet off --visitor-rate 0 >"$work/up.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 600); do grep -q "fog: up" "$work/up.log" && break; sleep 0.1; done
 grep -q "fog: up" "$work/up.log" || { cat "$work/up.log"; exit 1; }

@@ -46,8 +46,9 @@ for devices in $DEVICES; do
         >"$run/etcd.log" 2>&1 & pids+=($!)
       store_args=(--store etcd://127.0.0.1:17579)
     fi
+    # --key-rate 0: the simulator publishes its apps with one key as fast as it can.
     FOG_LOG=warn "$FOG" control --listen 127.0.0.1:17570 --data "$run/control" "${store_args[@]}" \
-      >"$run/control.log" 2>&1 & pids+=($!)
+      --key-rate 0 >"$run/control.log" 2>&1 & pids+=($!)
     control_pid=$!
     for _ in $(seq 1 300); do curl -sf "$CONTROL/v1/apps" >/dev/null && break; sleep 0.1; done
     "$FOG" sim --control "$CONTROL" --devices "$devices" --apps "$apps" --for "$SECONDS_EACH" --json \

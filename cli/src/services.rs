@@ -60,13 +60,15 @@ async fn start_metrics(
 }
 
 /// Start the control plane on `listen` with its registry at `store` (and in `data`), letting
-/// the routers with keys `trusted_routers` (hex) register Betanet fronts.
+/// the routers with keys `trusted_routers` (hex) register Betanet fronts, each signing key
+/// limited to `key_rate`.
 pub async fn start_control(
     listen: SocketAddr,
     store: &StoreLocation,
     data: &Path,
     trusted_routers: Vec<String>,
     snapshot_every: std::time::Duration,
+    key_rate: Option<control::Rate>,
     stop: Stop,
 ) -> anyhow::Result<(SocketAddr, Vec<JoinHandle<()>>)> {
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
@@ -76,6 +78,7 @@ pub async fn start_control(
         ControlConfig {
             trusted_routers,
             snapshot_every,
+            key_rate,
             ..ControlConfig::default()
         },
     );
@@ -118,6 +121,14 @@ pub struct RouterArgs {
     /// Seed of the relay paths (hex; default: random per start).
     #[arg(long, value_name = "HEX")]
     pub mix_seed: Option<String>,
+    /// Requests per second each visitor address may make, sustained (beyond: 429 with
+    /// Retry-After); 0 for no limit (e.g. behind a local proxy, where every visitor has its
+    /// address, or for a load generator).
+    #[arg(long, default_value_t = fog_router::DEFAULT_VISITOR_RATE, value_name = "N")]
+    pub visitor_rate: u32,
+    /// Requests a visitor address may make at once on top of --visitor-rate.
+    #[arg(long, default_value_t = fog_router::DEFAULT_VISITOR_BURST, value_name = "N")]
+    pub visitor_burst: u32,
     /// Serve every app as an onion service on the public Tor network (arti).
     #[arg(long)]
     pub onion: bool,
@@ -165,6 +176,7 @@ pub async fn start_router(
         htx_data_plane: !args.plain,
         mix: args.mix,
         mix_seed,
+        visitor_rate: fog_router::Rate::new(args.visitor_rate, args.visitor_burst),
         ..GatewayConfig::new(control_url)
     });
     let listener = server::bind(listen).await?;

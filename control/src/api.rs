@@ -273,6 +273,14 @@ impl Control {
             now_s,
         )
         .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+        // Limited before the replay check, so a request refused here may be sent again.
+        if let Some(limit) = &self.key_limit
+            && let Err(wait) = limit.check(&signed.key)
+        {
+            return Err(ApiError::RateLimited {
+                retry_after_s: fog_net::limit::retry_after_secs(wait),
+            });
+        }
         self.replays.admit(&signed, now_s).map_err(|e| match e {
             ReplayError::Replayed | ReplayError::Superseded => {
                 ApiError::Unauthorized(e.to_string())

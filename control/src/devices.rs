@@ -124,7 +124,7 @@ impl Control {
         // a refused one costs the device trust.
         match self.accept_periods(id, &device, &mut heartbeat) {
             Ok(()) => {}
-            Err(refused @ ApiError::BadRequest(_)) => {
+            Err(refused @ ApiError::LedgerPeriod(_)) => {
                 self.observed
                     .update_evidence(self.store.as_ref(), id, |e| {
                         e.refused_period(now_ms(), &self.config.trust)
@@ -236,7 +236,7 @@ impl Control {
     ) -> Result<(), ApiError> {
         for period in std::mem::take(&mut heartbeat.periods) {
             let rejected = |e: String| {
-                ApiError::BadRequest(format!(
+                ApiError::LedgerPeriod(format!(
                     "ledger period {} rejected: {e}",
                     period.period.start_ms
                 ))

@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use fog_net::limit::RateLimit;
 use fog_proto::api::{Heartbeat, LogLine};
 use fog_scheduler::placement::PlacementConfig;
 use http_body_util::Full;
@@ -43,6 +44,8 @@ use tokio::sync::{Notify, watch};
 pub use apps::check_component;
 pub use error::ApiError;
 use store::Store;
+
+pub use fog_net::limit::Rate;
 
 /// The response type of the API.
 pub type ApiResponse = http::Response<Full<Bytes>>;
@@ -67,11 +70,20 @@ pub struct ControlConfig {
     pub snapshot_every: Duration,
     /// How devices earn trust (see [`trust`]).
     pub trust: trust::TrustConfig,
+    /// Signed (mutating) requests each key may make (beyond: 429 with `Retry-After`); `None`
+    /// for no limit.
+    pub key_rate: Option<Rate>,
     /// How often every app is placed again from scratch (NSGA-II over the whole fleet) when
     /// the fleet has not changed; in between, a reconcile places only the apps that need it
     /// (new, scaled, short of replicas).
     pub replan_every: Duration,
 }
+
+/// The default per-key limit: ten heartbeats a second (the most a host sends) and a developer's
+/// publishes fit well inside it; a script hammering the API with one key does not.
+pub const DEFAULT_KEY_RATE: u32 = 20;
+/// The default burst on top of [`DEFAULT_KEY_RATE`].
+pub const DEFAULT_KEY_BURST: u32 = 100;
 
 impl Default for ControlConfig {
     fn default() -> Self {
@@ -88,6 +100,7 @@ impl Default for ControlConfig {
             trusted_routers: Vec::new(),
             snapshot_every: Duration::from_secs(5),
             trust: trust::TrustConfig::default(),
+            key_rate: Rate::new(DEFAULT_KEY_RATE, DEFAULT_KEY_BURST),
             replan_every: Duration::from_secs(30),
         }
     }
@@ -136,6 +149,8 @@ pub struct Control {
     parked: Mutex<HashMap<String, Vec<String>>>,
     /// Signed requests seen inside the skew window: each is accepted once.
     replays: replay::ReplayGuard,
+    /// Each signing key's token bucket.
+    key_limit: Option<RateLimit<String>>,
     /// A handover changed phase: assignments changed though placements did not.
     phase_changed: std::sync::atomic::AtomicBool,
     /// Prometheus metrics (`GET /metrics`).
@@ -178,6 +193,7 @@ fn now_ms() -> u64 {
 impl Control {
     /// A control plane over `store`.
     pub fn new(store: Arc<dyn Store>, config: ControlConfig) -> Arc<Control> {
+        let key_limit = config.key_rate.map(RateLimit::new);
         Arc::new(Control {
             store,
             config,
@@ -197,6 +213,7 @@ impl Control {
             loads: Mutex::new(HashMap::new()),
             parked: Mutex::new(HashMap::new()),
             replays: replay::ReplayGuard::default(),
+            key_limit,
             phase_changed: std::sync::atomic::AtomicBool::new(false),
             metrics: metrics::ControlMetrics::default(),
             plan_index: Mutex::new(None),

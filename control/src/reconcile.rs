@@ -357,10 +357,7 @@ impl Control {
                     return devices;
                 }
                 replicas::Step::Abort(reason) => {
-                    self.events.record(
-                        &app.name,
-                        format!("move to {} abandoned: {reason}", handover.to),
-                    );
+                    self.events.abandon(&app.name, &handover.to, &reason);
                     handovers.remove(&app.name);
                 }
             }

@@ -144,11 +144,15 @@ impl Handover {
 #[derive(Debug, Default)]
 pub struct Events {
     by_app: std::sync::Mutex<HashMap<String, VecDeque<String>>>,
+    /// Apps whose latest event is an abandoned move, and why: `fog move` waits on this, a
+    /// type, rather than on the words of the event.
+    abandoned: std::sync::Mutex<HashMap<String, String>>,
 }
 
 impl Events {
     /// Record `event` for `app`, stamped with the time.
     pub fn record(&self, app: &str, event: String) {
+        self.abandoned.lock().expect("events lock").remove(app);
         tracing::info!(app, "{event}");
         let stamp = chrono::Utc::now().format("%H:%M:%S");
         let mut by_app = self.by_app.lock().expect("events lock");
@@ -157,6 +161,25 @@ impl Events {
         while kept.len() > EVENTS_KEPT {
             kept.pop_front();
         }
+    }
+
+    /// Record that `app`'s move to `to` was abandoned, and why.
+    pub fn abandon(&self, app: &str, to: &str, reason: &str) {
+        let event = format!("move to {to} abandoned: {reason}");
+        self.record(app, event.clone());
+        self.abandoned
+            .lock()
+            .expect("events lock")
+            .insert(app.to_string(), event);
+    }
+
+    /// Why `app`'s last move was abandoned, if that is its latest event.
+    pub fn abandoned(&self, app: &str) -> Option<String> {
+        self.abandoned
+            .lock()
+            .expect("events lock")
+            .get(app)
+            .cloned()
     }
 
     /// The events of `app`, oldest first.
@@ -172,6 +195,7 @@ impl Events {
     /// Forget `app`.
     pub fn forget(&self, app: &str) {
         self.by_app.lock().expect("events lock").remove(app);
+        self.abandoned.lock().expect("events lock").remove(app);
     }
 }
 

@@ -403,6 +403,58 @@ async fn a_name_belongs_to_its_first_owner(backend: Backend) {
     assert_eq!((info.owner, info.version), (first.public_hex(), 1));
 }
 
+#[tokio::test]
+async fn a_key_over_its_rate_gets_429_with_retry_after_while_another_key_is_served() {
+    let control = Control::new(
+        Arc::new(SledStore::temporary().unwrap()),
+        ControlConfig {
+            key_rate: fog_net::limit::Rate::new(1, 5),
+            ..ControlConfig::default()
+        },
+    );
+    let register = |key: &Identity, port: u16| {
+        let relay = api::RelayInfo {
+            addr: format!("127.0.0.1:{port}"),
+            key: hex::encode([7u8; 32]),
+        };
+        signed(
+            key,
+            "POST",
+            "/v1/relays",
+            serde_json::to_vec(&relay).unwrap(),
+            "",
+        )
+    };
+    let (flooder, other) = (Identity::generate(), Identity::generate());
+    let mut statuses = Vec::new();
+    let mut refusal = None;
+    for port in 0..8 {
+        let response = control.handle(register(&flooder, 9000 + port)).await;
+        statuses.push(response.status().as_u16());
+        if response.status() == 429 {
+            refusal = Some(response);
+        }
+    }
+    // The burst is served; the rest are refused (one more token at most refills meanwhile).
+    assert!(statuses[..5].iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(
+        statuses.iter().filter(|s| **s == 429).count() >= 2,
+        "{statuses:?}"
+    );
+    let refusal = refusal.unwrap();
+    let retry_after: u64 = refusal.headers()[http::header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(retry_after, 1);
+    let error: api::ErrorBody = serde_json::from_slice(&body(refusal).await).unwrap();
+    assert_eq!(error.code, Some(api::ErrorCode::RateLimited));
+    // Another key is not held back by the first one's flood.
+    let response = control.handle(register(&other, 9100)).await;
+    assert_eq!(response.status(), 200);
+}
+
 /// A signed request and an exact copy of it, as an eavesdropper who captured it would send.
 fn signed_twice(
     key: &Identity,

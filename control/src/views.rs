@@ -97,6 +97,7 @@ impl Control {
             updated_ms: app.updated_ms,
             betanet: self.public_names(app)?.names.clone(),
             events: self.events.of(&app.name),
+            move_abandoned: self.events.abandoned(&app.name),
             onion: Some(self.public_names(app)?.onion.clone()),
             autoscale: match self.store.get(Table::Scaling, &app.name)? {
                 Some(bytes) => Some(decode(Table::Scaling, &app.name, &bytes)?),

@@ -72,6 +72,8 @@ pub enum AgentError {
         status: u16,
         /// Its one-line reason.
         reason: String,
+        /// The kind of refusal, where the agent acts on it.
+        code: Option<api::ErrorCode>,
     },
 }
 
@@ -116,6 +118,7 @@ pub async fn call<T: serde::de::DeserializeOwned>(
         path: path.to_string(),
         status: 200,
         reason: format!("unreadable answer: {e}"),
+        code: None,
     })
 }
 
@@ -151,14 +154,15 @@ async fn call_raw(
             reason: e.to_string(),
         })?;
     if status >= 400 {
-        let reason = serde_json::from_slice::<api::ErrorBody>(&bytes).map_or_else(
-            |_| String::from_utf8_lossy(&bytes).into_owned(),
-            |e| e.error,
+        let (reason, code) = serde_json::from_slice::<api::ErrorBody>(&bytes).map_or_else(
+            |_| (String::from_utf8_lossy(&bytes).into_owned(), None),
+            |e| (e.error, e.code),
         );
         return Err(AgentError::Refused {
             path: path.to_string(),
             status,
             reason,
+            code,
         });
     }
     Ok(bytes)
@@ -306,13 +310,12 @@ pub async fn run(
                 // A period the control plane will never accept must not block the heartbeat.
                 if let (
                     AgentError::Refused {
-                        status: 400,
                         reason,
+                        code: Some(api::ErrorCode::LedgerPeriodRejected),
                         ..
                     },
                     Some(harvest),
                 ) = (&err, &config.harvest)
-                    && reason.starts_with("ledger period")
                 {
                     let ledger = harvest.ledger.lock().expect("ledger lock");
                     if let Some(last) = ledger.pending(api::MAX_PERIODS).last() {

@@ -203,7 +203,7 @@ impl App {
             Ok(response) => (response, None),
             Err(failure) => {
                 self.meter.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(app = %self.manifest.name, request_id, kind = failure.kind(), "{failure}");
+                tracing::warn!(app = %self.manifest.name, request_id, kind = failure.kind().as_str(), "{failure}");
                 (failure_response(&failure), Some(failure))
             }
         };
@@ -544,7 +544,7 @@ impl StreamTask {
                 timeout_ms: self.limits.timeout.as_millis() as u64,
             }));
         if let Some(failure) = cut {
-            tracing::warn!(app = %self.app, kind = failure.kind(), "streamed response cut: {failure}");
+            tracing::warn!(app = %self.app, kind = failure.kind().as_str(), "streamed response cut: {failure}");
             let _ = sender.send(Err(BodyCut(failure))).await;
         }
         drop(self.permit);
@@ -625,8 +625,8 @@ pub fn failure_response(failure: &Failure) -> HostResponse {
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     headers.insert(
-        "x-fog-error",
-        http::HeaderValue::from_static(failure.kind()),
+        fog_proto::ERROR_HEADER,
+        http::HeaderValue::from_static(failure.kind().as_str()),
     );
     if matches!(failure, Failure::Overloaded { .. }) {
         headers.insert(

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use fog_htx::HtxError;
 use fog_htx::attach::{ATTACH_PROLOGUE, HTTP_STREAM, SPLICE_STREAM, read_splice_device, read_tag};
 use fog_htx::conn::{self, Connection, HtxStream};
 use fog_htx::dial::{DATA_PLANE_PROLOGUE, Rendezvous, SpliceFuture, data_plane_config};
@@ -214,6 +215,26 @@ fn next_backoff(backoff: Duration) -> (Duration, Duration) {
     (backoff.mul_f64(0.5 + 0.5 * unit), next)
 }
 
+/// Why a link to a router is down; compared (as a type) to say each distinct failure once.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum LinkDown {
+    /// The TCP connection failed.
+    #[error("connect to {addr}: {kind}")]
+    Connect {
+        addr: String,
+        kind: std::io::ErrorKind,
+    },
+    /// The HTX handshake failed.
+    #[error("handshake with {addr}: {source}")]
+    Handshake { addr: String, source: HtxError },
+    /// Connecting took too long.
+    #[error("connecting to {addr} timed out")]
+    Timeout { addr: String },
+    /// An established connection ended (the router's CLOSE says why, with its code).
+    #[error("attach connection ended: {}", .0.as_ref().map_or_else(|| "closed".to_string(), |e| e.to_string()))]
+    Ended(Option<HtxError>),
+}
+
 /// Keep one router's connection up until aborted.
 async fn keep(
     point: AttachPoint,
@@ -224,13 +245,16 @@ async fn keep(
     state: Arc<LinkState>,
 ) {
     let mut backoff = BACKOFF_START;
-    let mut last_error: Option<String> = None;
+    let mut last_error: Option<LinkDown> = None;
     loop {
         let started = Instant::now();
         let connect = async {
             let socket = tokio::net::TcpStream::connect(&point.addr)
                 .await
-                .map_err(|e| format!("connect to {}: {e}", point.addr))?;
+                .map_err(|e| LinkDown::Connect {
+                    addr: point.addr.clone(),
+                    kind: e.kind(),
+                })?;
             let _ = socket.set_nodelay(true);
             conn::connect_with_hello(
                 socket,
@@ -241,11 +265,18 @@ async fn keep(
                 data_plane_config(),
             )
             .await
-            .map_err(|e| format!("handshake with {}: {e}", point.addr))
+            .map_err(|source| LinkDown::Handshake {
+                addr: point.addr.clone(),
+                source,
+            })
         };
         let connected = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
-            .unwrap_or_else(|_| Err(format!("connecting to {} timed out", point.addr)));
+            .unwrap_or_else(|_| {
+                Err(LinkDown::Timeout {
+                    addr: point.addr.clone(),
+                })
+            });
         match connected {
             Ok(connection) => {
                 tracing::debug!(router = point.router, addr = point.addr, "attached");
@@ -257,20 +288,18 @@ async fn keep(
                 pinger.abort();
                 state.connection.lock().expect("link lock").take();
                 state.rtt_us.store(0, Ordering::Relaxed);
-                let reason = connection
-                    .error()
-                    .map_or_else(|| "closed".to_string(), |e| e.to_string());
+                let ended = LinkDown::Ended(connection.error());
                 // A refusal comes right after the handshake; say it once.
-                if last_error.as_deref() != Some(reason.as_str()) {
-                    tracing::warn!(router = point.router, "attach connection ended: {reason}");
+                if last_error.as_ref() != Some(&ended) {
+                    tracing::warn!(router = point.router, "{ended}");
                 }
-                last_error = Some(reason);
+                last_error = Some(ended);
                 if started.elapsed() >= STABLE_AFTER {
                     backoff = BACKOFF_START;
                 }
             }
             Err(err) => {
-                if last_error.as_deref() != Some(err.as_str()) {
+                if last_error.as_ref() != Some(&err) {
                     tracing::warn!(router = point.router, "cannot attach: {err}");
                 }
                 last_error = Some(err);

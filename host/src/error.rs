@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use fog_proto::ErrorKind;
+
 /// Why a component could not be loaded as an app.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -179,22 +181,22 @@ impl Failure {
         }
     }
 
-    /// A short machine-readable kind, sent in the `x-fog-error` header and used in logs.
-    pub fn kind(&self) -> &'static str {
+    /// The kind sent in the `x-fog-error` header and used in logs.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            Failure::Overloaded { .. } => "overloaded",
-            Failure::RequestTooLarge { .. } => "request-too-large",
-            Failure::BadRequest(_) => "bad-request",
-            Failure::FuelExhausted { .. } => "fuel",
-            Failure::MemoryExceeded { .. } => "memory",
-            Failure::Timeout { .. } => "timeout",
-            Failure::StackOverflow => "stack-overflow",
-            Failure::Trap(_) => "trap",
-            Failure::ResponseTooLarge { .. } => "response-too-large",
-            Failure::NoResponse(_) => "no-response",
-            Failure::Host(_) => "host",
-            Failure::Follower => "follower",
-            Failure::Moved => "moved",
+            Failure::Overloaded { .. } => ErrorKind::Overloaded,
+            Failure::RequestTooLarge { .. } => ErrorKind::RequestTooLarge,
+            Failure::BadRequest(_) => ErrorKind::BadRequest,
+            Failure::FuelExhausted { .. } => ErrorKind::Fuel,
+            Failure::MemoryExceeded { .. } => ErrorKind::Memory,
+            Failure::Timeout { .. } => ErrorKind::Timeout,
+            Failure::StackOverflow => ErrorKind::StackOverflow,
+            Failure::Trap(_) => ErrorKind::Trap,
+            Failure::ResponseTooLarge { .. } => ErrorKind::ResponseTooLarge,
+            Failure::NoResponse(_) => ErrorKind::NoResponse,
+            Failure::Host(_) => ErrorKind::Host,
+            Failure::Follower => ErrorKind::Follower,
+            Failure::Moved => ErrorKind::Moved,
         }
     }
 }

@@ -749,3 +749,84 @@ mod tests {
         assert_eq!(ns.sync_followers(), 0);
     }
 }
+
+/// Property-based runs (proptest, part of the suite) over snapshot decoding: whatever bytes
+/// arrive, in whatever chunks, the reader answers without panicking, returns exactly what was
+/// written, and never accepts a snapshot with a changed byte.
+#[cfg(test)]
+mod snapshot_properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 128,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    fn snapshot(records: &[Record], seq: u64) -> Vec<u8> {
+        let mut writer = SnapshotWriter::new("app", seq);
+        for (key, value) in records {
+            writer.record(key, value);
+        }
+        writer.finish().to_vec()
+    }
+
+    /// Read `bytes` in chunks of `chunk`: the records and the sequence number, or the refusal.
+    fn read(bytes: &[u8], chunk: usize) -> Result<(Vec<Record>, u64), String> {
+        let mut reader = SnapshotReader::default();
+        let mut records = Vec::new();
+        for piece in bytes.chunks(chunk.max(1)) {
+            records.extend(reader.push(piece)?);
+        }
+        Ok((records, reader.finished()?))
+    }
+
+    fn records() -> impl Strategy<Value = Vec<Record>> {
+        prop::collection::vec(
+            (
+                prop::collection::vec(any::<u8>(), 0..24),
+                prop::collection::vec(any::<u8>(), 0..64),
+            ),
+            0..24,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn snapshots_read_back_exactly_in_any_chunking(
+            records in records(),
+            seq in any::<u64>(),
+            chunk in 1usize..300,
+        ) {
+            let bytes = snapshot(&records, seq);
+            prop_assert_eq!(read(&bytes, chunk), Ok((records, seq)));
+        }
+
+        #[test]
+        fn any_bytes_are_answered_without_panicking(
+            bytes in prop::collection::vec(any::<u8>(), 0..512),
+            chunk in 1usize..64,
+        ) {
+            let _ = read(&bytes, chunk);
+        }
+
+        #[test]
+        fn a_snapshot_with_a_changed_byte_is_refused(
+            records in records(),
+            at in any::<prop::sample::Index>(),
+            flip in 1u8..=255,
+            chunk in 1usize..300,
+        ) {
+            let mut bytes = snapshot(&records, 7);
+            let i = at.index(bytes.len());
+            bytes[i] ^= flip;
+            prop_assert!(read(&bytes, chunk).is_err(), "byte {} changed and accepted", i);
+        }
+    }
+}

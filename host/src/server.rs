@@ -7,6 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
+use fog_proto::ErrorKind;
 use tokio::net::TcpListener;
 
 use crate::app::{App, HostResponse};
@@ -137,7 +138,10 @@ impl AppTable {
                     Err(reason) => {
                         let mut response = plain(503, &reason);
                         let headers = response.headers_mut();
-                        headers.insert("x-fog-error", http::HeaderValue::from_static("harvest"));
+                        headers.insert(
+                            fog_proto::ERROR_HEADER,
+                            http::HeaderValue::from_static(ErrorKind::Harvest.as_str()),
+                        );
                         headers.insert(
                             http::header::RETRY_AFTER,
                             http::HeaderValue::from_static("1"),
@@ -173,9 +177,10 @@ impl AppTable {
             Err(reason) => {
                 // Not the app's answer: routers retry such a request on another replica.
                 let mut response = plain(404, &reason);
-                response
-                    .headers_mut()
-                    .insert("x-fog-error", http::HeaderValue::from_static("unknown-app"));
+                response.headers_mut().insert(
+                    fog_proto::ERROR_HEADER,
+                    http::HeaderValue::from_static(ErrorKind::UnknownApp.as_str()),
+                );
                 (response, None, 0)
             }
         }

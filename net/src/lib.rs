@@ -1,9 +1,11 @@
 //! HTTP plumbing shared by the host, the control plane and the router, so each serves with the
-//! same accept loop, reads app names from host names the same way and exports its Prometheus
-//! metrics ([`metrics`]) the same way.
+//! same accept loop, reads app names from host names the same way, exports its Prometheus
+//! metrics ([`metrics`]) the same way; [`limit`] holds the per-key rate limits routers and the
+//! control plane apply.
 
 #![deny(missing_docs)]
 
+pub mod limit;
 pub mod metrics;
 
 use std::net::SocketAddr;
@@ -61,13 +63,28 @@ pub async fn serve_http1<H, F, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    serve_http1_from(listener, move |request, _| handler(request), shutdown).await;
+}
+
+/// Like [`serve_http1`], telling `handler` the address each request's connection came from.
+pub async fn serve_http1_from<H, F, B>(
+    listener: TcpListener,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+) where
+    H: Fn(http::Request<Incoming>, SocketAddr) -> F + Clone + Send + 'static,
+    F: Future<Output = http::Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     accept_each(&listener, shutdown, |stream, peer| {
         let handler = handler.clone();
         let connection = http1::Builder::new().serve_connection(
             TokioIo::new(stream),
             service_fn(move |request| {
-                let response = handler(request);
+                let response = handler(request, peer);
                 async move { Ok::<_, std::convert::Infallible>(response.await) }
             }),
         );

@@ -230,6 +230,9 @@ pub struct AppInfo {
     /// A handover in progress, if any.
     #[serde(default)]
     pub moving: Option<String>,
+    /// Why the last move was abandoned, while that is the app's latest event.
+    #[serde(default)]
+    pub move_abandoned: Option<String>,
     /// Autoscaling bounds, if the app autoscales.
     #[serde(default)]
     pub autoscale: Option<Autoscale>,
@@ -868,6 +871,22 @@ pub struct Replica {
 pub struct ErrorBody {
     /// One line saying what is wrong.
     pub error: String,
+    /// What kind of refusal it is, where a caller acts on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ErrorCode>,
+}
+
+/// Refusals of the control plane that callers act on (the status says the rest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorCode {
+    /// A ledger period in a heartbeat was rejected: the device drops it rather than resend it.
+    LedgerPeriodRejected,
+    /// Too many requests from this key or address: wait for `Retry-After`.
+    RateLimited,
+    /// A code this version does not know.
+    #[serde(other)]
+    Unknown,
 }
 
 /// A mix relay (`fog relay`): where it listens and its Noise static key (hex). Relays register

@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fog_htx::CloseCode;
 use fog_htx::attach::{
     ATTACH_PROLOGUE, SPLICE_STREAM, read_hello, read_splice_device, read_tag, write_splice_answer,
     write_splice_header,
@@ -34,6 +35,7 @@ use sha2::Sha256;
 use tokio::net::TcpListener;
 
 use crate::Gateway;
+use crate::error::{ControlError, SpliceError};
 
 /// Longest a host may take to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -81,12 +83,12 @@ pub enum Refusal {
     #[error("this key is not the one device {0} announced: wrong key, or another device's id")]
     WrongKey(String),
     /// The control plane could not be asked.
-    #[error("cannot check device {device} with the control plane: {reason}")]
+    #[error("cannot check device {device} with the control plane: {source}")]
     Control {
         /// The device.
         device: String,
         /// What failed.
-        reason: String,
+        source: ControlError,
     },
 }
 
@@ -121,23 +123,27 @@ impl Attach {
             .gateway
             .control_get(&format!("/v1/devices/{device}"))
             .await
-            .map_err(|reason| Refusal::Control {
+            .map_err(|source| Refusal::Control {
                 device: device.to_string(),
-                reason,
+                source,
             })?;
+        let path = format!("/v1/devices/{device}");
         match status.as_u16() {
             200 => {}
             404 => return Err(Refusal::Unknown(device.to_string())),
-            other => {
+            _ => {
                 return Err(Refusal::Control {
                     device: device.to_string(),
-                    reason: format!("status {other}"),
+                    source: ControlError::status(&path, status, &body),
                 });
             }
         }
         let info: DeviceInfo = serde_json::from_slice(&body).map_err(|e| Refusal::Control {
             device: device.to_string(),
-            reason: format!("malformed device: {e}"),
+            source: ControlError::Malformed {
+                path,
+                reason: e.to_string(),
+            },
         })?;
         let announced = info.htx.ok_or_else(|| Refusal::NoKey(device.to_string()))?;
         if announced.key.eq_ignore_ascii_case(&hex::encode(key)) {
@@ -196,7 +202,7 @@ impl Attach {
         shutdown: impl Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
-        let mut last_error: Option<String> = None;
+        let mut last_error: Option<crate::error::ControlError> = None;
         loop {
             tokio::select! {
                 () = &mut shutdown => return,
@@ -225,7 +231,7 @@ impl Attach {
             {
                 Ok(_) => last_error = None,
                 Err(err) => {
-                    if last_error.as_deref() != Some(err.as_str()) {
+                    if last_error.as_ref() != Some(&err) {
                         tracing::warn!("cannot report attach RTTs: {err}");
                     }
                     last_error = Some(err);
@@ -235,58 +241,56 @@ impl Attach {
     }
 
     /// A stream the host opened: a splice request.
-    async fn stream(&self, from: &str, mut stream: HtxStream) -> Result<(), String> {
-        let tag = read_tag(&mut stream).await.map_err(|e| e.to_string())?;
+    async fn stream(&self, from: &str, mut stream: HtxStream) -> Result<(), SpliceError> {
+        let tag = read_tag(&mut stream).await?;
         if tag != SPLICE_STREAM {
-            return Err(format!("unknown stream tag {tag}"));
+            return Err(SpliceError::Tag(tag));
         }
-        let to = read_splice_device(&mut stream)
-            .await
-            .map_err(|e| e.to_string())?;
+        let to = read_splice_device(&mut stream).await?;
         let mut other = match self.splice_to(from, &to).await {
             Ok(other) => other,
-            Err(reason) => {
-                tracing::info!(from, to, "splice refused: {reason}");
-                let _ = write_splice_answer(&mut stream, Some(&reason)).await;
+            Err(refusal) => {
+                tracing::info!(from, to, "splice refused: {refusal}");
+                let _ = write_splice_answer(&mut stream, Some(&refusal.to_string())).await;
                 let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
                 return Ok(());
             }
         };
-        write_splice_answer(&mut stream, None)
-            .await
-            .map_err(|e| e.to_string())?;
+        write_splice_answer(&mut stream, None).await?;
         // Ciphertext both ways until both sides finish.
         tokio::io::copy_bidirectional(&mut stream, &mut other)
             .await
-            .map_err(|e| format!("splice {from} <-> {to} ended: {e}"))?;
+            .map_err(|e| SpliceError::Ended {
+                from: from.to_string(),
+                to: to.clone(),
+                reason: e.to_string(),
+            })?;
         Ok(())
     }
 
     /// A stream on `to`'s attached connection, announced as a splice from `from`, if an
     /// assignment pairs them.
-    async fn splice_to(&self, from: &str, to: &str) -> Result<HtxStream, String> {
+    async fn splice_to(&self, from: &str, to: &str) -> Result<HtxStream, SpliceError> {
         if from == to {
-            return Err("a device cannot be spliced to itself".into());
+            return Err(SpliceError::ToItself);
         }
         let (status, body) = self
             .gateway
             .control_get(&format!("/v1/devices/{from}/peers/{to}"))
             .await
-            .map_err(|e| format!("cannot check the pairing with the control plane: {e}"))?;
+            .map_err(SpliceError::Control)?;
         if !status.is_success() {
             let reason = serde_json::from_slice::<fog_proto::api::ErrorBody>(&body)
                 .map_or_else(|_| String::from_utf8_lossy(&body).into_owned(), |e| e.error);
-            return Err(reason);
+            return Err(SpliceError::NotPaired(reason));
         }
         let connection = self
             .gateway
             .dialer()
             .attached(to)
-            .ok_or_else(|| format!("device {to} is not attached to this router"))?;
-        let mut other = connection.open().map_err(|e| e.to_string())?;
-        write_splice_header(&mut other, from)
-            .await
-            .map_err(|e| e.to_string())?;
+            .ok_or_else(|| SpliceError::NotAttached(to.to_string()))?;
+        let mut other = connection.open()?;
+        write_splice_header(&mut other, from).await?;
         Ok(other)
     }
 }
@@ -352,7 +356,7 @@ pub async fn serve(listener: TcpListener, attach: Arc<Attach>, shutdown: impl Fu
                 Ok(device) => attach.run(device, connection).await,
                 Err(refusal) => {
                     tracing::info!(%peer, "host refused: {refusal}");
-                    connection.close(&refusal.to_string());
+                    connection.close_with(CloseCode::Refused, &refusal.to_string());
                 }
             }
         });

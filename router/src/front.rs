@@ -12,6 +12,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fog_htx::CloseCode;
 use fog_htx::conn::{self, Config};
 use fog_htx::handshake::StaticKey;
 use fog_htx::tickets::TicketVerifier;
@@ -22,6 +23,7 @@ use sha2::Sha256;
 use tokio::net::TcpListener;
 
 use crate::Gateway;
+use crate::error::VisitorRefusal;
 
 /// Noise prologue of visitor connections.
 pub const FRONT_PROLOGUE: &[u8] = b"fog-betanet-front-v1";
@@ -41,10 +43,13 @@ pub fn hello(app_id: &[u8; 32], ticket: &[u8; 32]) -> Vec<u8> {
 
 /// Windows of visitor connections: the spec's defaults would cap one page at 64 KiB in
 /// flight; a few MiB let an ordinary page arrive in one round trip.
+/// A visitor may hold 256 requests open at once (as HTTP/2 servers commonly allow); one more
+/// cuts the connection off.
 pub fn visitor_config() -> Config {
     Config {
         stream_window: 1 << 20,
         connection_window: 4 << 20,
+        max_streams: 256,
         ..Config::default()
     }
 }
@@ -110,11 +115,12 @@ impl Front {
     }
 
     /// Check a hello from the visitor with static key `client`: the app it names.
-    fn admit(&self, client: &[u8; 32], hello: &[u8]) -> Result<String, String> {
+    fn admit(&self, client: &[u8; 32], hello: &[u8]) -> Result<String, VisitorRefusal> {
         if hello.len() != HELLO_LEN || hello[0] != HELLO_VERSION {
-            return Err(format!(
-                "a visitor hello is {HELLO_LEN} bytes starting with version {HELLO_VERSION}"
-            ));
+            return Err(VisitorRefusal::Hello {
+                expected_len: HELLO_LEN,
+                version: HELLO_VERSION,
+            });
         }
         let app_id: [u8; 32] = hello[1..33].try_into().expect("32 bytes");
         let ticket: [u8; 32] = hello[33..].try_into().expect("32 bytes");
@@ -122,16 +128,19 @@ impl Front {
             .lock()
             .expect("tickets lock")
             .check(client, &ticket, fog_proto::auth::now_s())
-            .map_err(|e| format!("access ticket refused: {e}"))?;
+            .map_err(VisitorRefusal::Ticket)?;
         self.gateway
             .app_by_betanet_id(&hex::encode(app_id))
-            .ok_or_else(|| "no app with this Betanet name is routed here".to_string())
+            .ok_or(VisitorRefusal::UnknownApp)
     }
 }
 
 /// Accept visitors' HTX connections on `listener` until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, front: Arc<Front>, shutdown: impl Future<Output = ()>) {
-    fog_net::accept_each(&listener, shutdown, |socket, _| {
+    fog_net::accept_each(&listener, shutdown, |socket, peer_addr| {
+        // Requests are limited per address that connected (a visitor, or the last relay of its
+        // mix path).
+        let peer_ip = peer_addr.ip();
         let front = front.clone();
         tokio::spawn(async move {
             let handshake = tokio::time::timeout(Duration::from_secs(10), async {
@@ -156,14 +165,19 @@ pub async fn serve(listener: TcpListener, front: Arc<Front>, shutdown: impl Futu
             };
             let app = match front.admit(&peer.key, &peer.hello) {
                 Ok(app) => app,
-                Err(reason) => {
-                    tracing::info!("visitor refused: {reason}");
-                    connection.close(&reason);
+                Err(refusal) => {
+                    tracing::info!("visitor refused: {refusal}");
+                    connection.close_with(CloseCode::Refused, &refusal.to_string());
                     return;
                 }
             };
             while let Some(stream) = connection.accept().await {
-                tokio::spawn(front.gateway.clone().serve_app(stream, app.clone()));
+                tokio::spawn(
+                    front
+                        .gateway
+                        .clone()
+                        .serve_app(stream, app.clone(), Some(peer_ip)),
+                );
             }
         });
     })

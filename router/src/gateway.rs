@@ -1,12 +1,14 @@
 //! The plain-HTTP gateway: app lookup, least-loaded replica choice, retries, clear errors.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fog_htx::mix::{MixMode, Relay};
+use fog_proto::ErrorKind;
 use fog_proto::api::{HtxEndpoint, ROUTES_VERSION_HEADER, RelayInfo, Route, RouteMode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
@@ -15,6 +17,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use fog_htx::dial::{Dialer, HtxConnector};
+
+use fog_net::limit::{Rate, RateLimit, retry_after_secs, visitor_key};
+
+use crate::error::ControlError;
 
 /// The response body the gateway sends.
 pub type GatewayBody = BoxBody<Bytes, hyper::Error>;
@@ -42,7 +48,17 @@ pub struct GatewayConfig {
     pub mix: MixMode,
     /// Seed of the relay paths (the same seed picks the same paths).
     pub mix_seed: Vec<u8>,
+    /// Requests each visitor address may make (beyond it: 429 with `Retry-After`); `None`
+    /// (the library's default; `fog router` sets [`DEFAULT_VISITOR_RATE`]) for no limit.
+    /// Keyed by the TCP peer: visitors arriving through a local proxy share one bucket.
+    pub visitor_rate: Option<Rate>,
 }
+
+/// The default per-visitor limit: far above what a person's browser asks for (a page and its
+/// assets come in one burst), far below a flood.
+pub const DEFAULT_VISITOR_RATE: u32 = 100;
+/// The default burst on top of [`DEFAULT_VISITOR_RATE`].
+pub const DEFAULT_VISITOR_BURST: u32 = 200;
 
 impl GatewayConfig {
     /// Defaults for a control plane at `control`.
@@ -58,6 +74,7 @@ impl GatewayConfig {
             htx_data_plane: true,
             mix: MixMode::Performance,
             mix_seed: Vec::new(),
+            visitor_rate: None,
         }
     }
 }
@@ -84,6 +101,8 @@ pub struct Gateway {
     /// Hosts' HTX connections, and the pooled client whose connections are HTX streams.
     dialer: Arc<Dialer>,
     htx_client: Client<HtxConnector, Full<Bytes>>,
+    /// Each visitor address's token bucket.
+    visitors: Option<RateLimit<IpAddr>>,
     /// Set once metrics are exported (`--metrics-listen`); nothing is recorded otherwise.
     metrics: std::sync::OnceLock<Arc<crate::metrics::RouterMetrics>>,
 }
@@ -143,6 +162,7 @@ impl Gateway {
             .pool_idle_timeout(Duration::from_secs(30))
             .build(HtxConnector(dialer.clone()));
         Arc::new(Gateway {
+            visitors: config.visitor_rate.map(RateLimit::new),
             config,
             routes: RwLock::new(HashMap::new()),
             apps_changed: tokio::sync::watch::channel(0).0,
@@ -151,6 +171,47 @@ impl Gateway {
             htx_client,
             metrics: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Take a token from `visitor`'s bucket; the 429 (with `Retry-After`) to answer if it has
+    /// none.
+    fn refuse_visitor(&self, visitor: IpAddr) -> Option<http::Response<GatewayBody>> {
+        let visitors = self.visitors.as_ref()?;
+        visitors.check(&visitor_key(visitor)).err().map(|wait| {
+            let seconds = retry_after_secs(wait);
+            let mut response = plain(
+                429,
+                &format!("too many requests from your address: retry after {seconds} s"),
+            );
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
+            response
+        })
+    }
+
+    /// Visitor addresses the rate limit currently holds state for.
+    pub fn limited_visitors(&self) -> usize {
+        self.visitors.as_ref().map_or(0, RateLimit::keys)
+    }
+
+    /// Serve one request from `visitor` (its address, when it has one): the rate limit, then
+    /// [`Gateway::handle`].
+    pub async fn handle_from<B>(
+        &self,
+        request: http::Request<B>,
+        visitor: Option<IpAddr>,
+    ) -> http::Response<GatewayBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if let Some(visitor) = visitor
+            && let Some(refusal) = self.refuse_visitor(visitor)
+        {
+            return refusal;
+        }
+        self.handle(request).await
     }
 
     /// Record every visitor request in `metrics` from now on.
@@ -236,10 +297,13 @@ impl Gateway {
     pub(crate) async fn control_get(
         &self,
         path: &str,
-    ) -> Result<(http::StatusCode, Bytes), String> {
+    ) -> Result<(http::StatusCode, Bytes), ControlError> {
         let request = http::Request::get(format!("{}{path}", self.config.control))
             .body(Full::new(Bytes::new()))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ControlError::Request {
+                path: path.to_string(),
+                reason: e.to_string(),
+            })?;
         let (status, _, body) = self.call(request, Duration::from_secs(10)).await?;
         Ok((status, body))
     }
@@ -256,7 +320,7 @@ impl Gateway {
         shutdown: impl Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
-        let mut last_error: Option<String> = None;
+        let mut last_error: Option<ControlError> = None;
         loop {
             match self.post_signed(path, body.clone(), &identity).await {
                 Ok(_) => {
@@ -265,7 +329,7 @@ impl Gateway {
                     }
                 }
                 Err(err) => {
-                    if last_error.as_deref() != Some(err.as_str()) {
+                    if last_error.as_ref() != Some(&err) {
                         tracing::warn!("cannot register the {what}: {err}");
                     }
                     last_error = Some(err);
@@ -316,9 +380,12 @@ impl Gateway {
         &self,
         path: &str,
         identity: &fog_proto::auth::Identity,
-    ) -> Result<T, String> {
+    ) -> Result<T, ControlError> {
         let body = self.post_signed(path, b"{}".to_vec(), identity).await?;
-        serde_json::from_slice(&body).map_err(|e| format!("malformed answer from {path}: {e}"))
+        serde_json::from_slice(&body).map_err(|e| ControlError::Malformed {
+            path: path.to_string(),
+            reason: e.to_string(),
+        })
     }
 
     /// POST `body` to the control plane, signed with `identity`; the answer's body.
@@ -327,7 +394,7 @@ impl Gateway {
         path: &str,
         body: Vec<u8>,
         identity: &fog_proto::auth::Identity,
-    ) -> Result<Bytes, String> {
+    ) -> Result<Bytes, ControlError> {
         use fog_proto::auth::{self, AUTH_HEADER, META_HEADER};
         let signature = identity.sign("POST", path, auth::now_s(), &auth::sha256_hex(&body), "");
         let request = http::Request::post(format!("{}{path}", self.config.control))
@@ -335,33 +402,46 @@ impl Gateway {
             .header(META_HEADER, "")
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ControlError::Request {
+                path: path.to_string(),
+                reason: e.to_string(),
+            })?;
         let (status, _, body) = self.call(request, Duration::from_secs(10)).await?;
         if status.is_success() {
             return Ok(body);
         }
-        Err(format!(
-            "status {status}: {}",
-            String::from_utf8_lossy(&body).trim()
-        ))
+        Err(ControlError::status(path, status, &body))
     }
 
     /// GET `path` from the control plane: its headers and body, if the status is a success.
-    async fn get(&self, path: &str, timeout: Duration) -> Result<(http::HeaderMap, Bytes), String> {
+    async fn get(
+        &self,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<(http::HeaderMap, Bytes), ControlError> {
         let request = http::Request::get(format!("{}{path}", self.config.control))
             .body(Full::new(Bytes::new()))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ControlError::Request {
+                path: path.to_string(),
+                reason: e.to_string(),
+            })?;
         let (status, headers, body) = self.call(request, timeout).await?;
         if !status.is_success() {
-            return Err(format!("status {status}"));
+            return Err(ControlError::status(path, status, &body));
         }
         Ok((headers, body))
     }
 
     /// GET a JSON document from the control plane.
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, String> {
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<T, ControlError> {
         let (_, body) = self.get(path, Duration::from_secs(10)).await?;
-        serde_json::from_slice(&body).map_err(|e| e.to_string())
+        serde_json::from_slice(&body).map_err(|e| ControlError::Malformed {
+            path: path.to_string(),
+            reason: e.to_string(),
+        })
     }
 
     /// Send one request to the control plane within `timeout`; the whole answer (at most
@@ -370,16 +450,24 @@ impl Gateway {
         &self,
         request: http::Request<Full<Bytes>>,
         timeout: Duration,
-    ) -> Result<(http::StatusCode, http::HeaderMap, Bytes), String> {
+    ) -> Result<(http::StatusCode, http::HeaderMap, Bytes), ControlError> {
+        let path = request.uri().path().to_string();
+        let unreachable = |reason: String| ControlError::Unreachable {
+            path: path.clone(),
+            reason,
+        };
         let response = tokio::time::timeout(timeout, self.client.request(request))
             .await
-            .map_err(|_| "timed out".to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| ControlError::Timeout {
+                path: path.clone(),
+                after: timeout,
+            })?
+            .map_err(|e| unreachable(e.to_string()))?;
         let (parts, body) = response.into_parts();
         let body = Limited::new(body, 16 << 20)
             .collect()
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| unreachable(e.to_string()))?
             .to_bytes();
         Ok((parts.status, parts.headers, body))
     }
@@ -416,16 +504,21 @@ impl Gateway {
         }
     }
 
-    async fn fetch_routes(&self, after: Option<u64>) -> Result<(Vec<Route>, Option<u64>), String> {
+    async fn fetch_routes(
+        &self,
+        after: Option<u64>,
+    ) -> Result<(Vec<Route>, Option<u64>), ControlError> {
         let query = after.map(|v| format!("?after={v}")).unwrap_or_default();
-        let (headers, body) = self
-            .get(&format!("/v1/routes{query}"), Duration::from_secs(30))
-            .await?;
+        let path = format!("/v1/routes{query}");
+        let (headers, body) = self.get(&path, Duration::from_secs(30)).await?;
         let version = headers
             .get(ROUTES_VERSION_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
-        let routes = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        let routes = serde_json::from_slice(&body).map_err(|e| ControlError::Malformed {
+            path,
+            reason: e.to_string(),
+        })?;
         Ok((routes, version))
     }
 
@@ -538,6 +631,9 @@ impl Gateway {
         // or promoted, a replica starting), hold it and try again until the hold runs out.
         let held_until = Instant::now() + self.config.hold;
         let mut last_error = String::new();
+        // Whether the last failure was that no replica was live (503) rather than that one
+        // failed (502).
+        let mut none_live = false;
         let mut pause = Duration::from_millis(20);
         let mut woken = false;
         loop {
@@ -546,6 +642,7 @@ impl Gateway {
             };
             if replicas.is_empty() {
                 last_error = format!("app {app:?} has no live replica right now");
+                none_live = true;
                 // Perhaps parked at zero replicas: ask for one, and hold the request.
                 if !woken {
                     woken = true;
@@ -570,6 +667,7 @@ impl Gateway {
                     Forwarded::Follower => {
                         // Writes go to the primary: try it next if it is not next already.
                         last_error = format!("device {} only follows", replica.device);
+                        none_live = false;
                         let primary = self.primary(&app);
                         if let Some(primary) = primary
                             && let Some(at) = replicas[tried..]
@@ -583,6 +681,7 @@ impl Gateway {
                         *replica.suspect_until.lock().expect("suspect lock") =
                             Some(Instant::now() + self.config.suspect_for);
                         last_error = reason;
+                        none_live = false;
                     }
                 }
             }
@@ -593,11 +692,7 @@ impl Gateway {
             pause = (pause * 2).min(Duration::from_millis(250));
         }
         plain(
-            if last_error.contains("no live replica") {
-                503
-            } else {
-                502
-            },
+            if none_live { 503 } else { 502 },
             &format!("every replica of {app:?} failed: {last_error}"),
         )
     }
@@ -620,7 +715,7 @@ impl Gateway {
     /// Serve HTTP/1.1 on `io`, a connection bound to `app` (a Betanet or onion visitor's): every
     /// request goes to that app, whatever host it names. The visitor may half-close its side
     /// once a request is sent.
-    pub async fn serve_app<I>(self: Arc<Self>, io: I, app: String)
+    pub async fn serve_app<I>(self: Arc<Self>, io: I, app: String, visitor: Option<IpAddr>)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -633,7 +728,7 @@ impl Gateway {
             request
                 .headers_mut()
                 .insert(http::header::HOST, host.clone());
-            async move { Ok::<_, std::convert::Infallible>(gateway.handle(request).await) }
+            async move { Ok::<_, std::convert::Infallible>(gateway.handle_from(request, visitor).await) }
         });
         let _ = hyper::server::conn::http1::Builder::new()
             .half_close(true)
@@ -727,12 +822,12 @@ impl Gateway {
                 // this replica only follows): try elsewhere.
                 let kind = response
                     .headers()
-                    .get("x-fog-error")
+                    .get(fog_proto::ERROR_HEADER)
                     .and_then(|k| k.to_str().ok())
-                    .unwrap_or("");
+                    .and_then(|k| k.parse::<ErrorKind>().ok());
                 match kind {
-                    "follower" => Forwarded::Follower,
-                    "unknown-app" | "harvest" | "moved" => Forwarded::Elsewhere(format!(
+                    Some(ErrorKind::Follower) => Forwarded::Follower,
+                    Some(kind) if kind.retry_elsewhere() => Forwarded::Elsewhere(format!(
                         "device {} does not serve the app now ({kind})",
                         replica.device
                     )),
@@ -797,11 +892,11 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
 ) {
-    fog_net::serve_http1(
+    fog_net::serve_http1_from(
         listener,
-        move |request| {
+        move |request, peer: std::net::SocketAddr| {
             let gateway = gateway.clone();
-            async move { gateway.handle(request).await }
+            async move { gateway.handle_from(request, Some(peer.ip())).await }
         },
         shutdown,
     )

@@ -10,15 +10,19 @@
 //! way in for visitors: HTX connections addressed to an app's self-certifying Betanet name and
 //! gated by access tickets; [`visitor`] is the matching client (`fog fetch`). Hosts behind NAT
 //! reach the router instead: [`attach`] admits their outbound connections, sends requests back
-//! down them, and splices two attached hosts together for state transfer.
+//! down them, and splices two attached hosts together for state transfer. Errors are typed
+//! ([`error`]): callers decide by variant, never by a message's words.
 
 #![deny(missing_docs)]
 
 pub mod attach;
+pub mod error;
 pub mod front;
 mod gateway;
 pub mod metrics;
 pub mod onion;
 pub mod visitor;
 
-pub use gateway::{Gateway, GatewayConfig, serve};
+pub use error::{ControlError, FrontError, OnionError, SpliceError, VisitError, VisitorRefusal};
+pub use fog_net::limit::Rate;
+pub use gateway::{DEFAULT_VISITOR_BURST, DEFAULT_VISITOR_RATE, Gateway, GatewayConfig, serve};

@@ -28,6 +28,7 @@ use tor_proto::stream::IncomingStreamRequest;
 use tor_rtcompat::PreferredRuntime;
 
 use crate::Gateway;
+use crate::error::OnionError;
 
 /// How often the onion keys are read again while nothing changes in the routes.
 const KEYS_RECHECK: Duration = Duration::from_secs(30);
@@ -52,12 +53,17 @@ pub fn client_config(
     network: Option<&std::path::Path>,
     cache_dir: &std::path::Path,
     state_dir: &std::path::Path,
-) -> Result<TorClientConfig, String> {
+) -> Result<TorClientConfig, OnionError> {
     let mut builder: TorClientConfigBuilder = match network {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("reading {}: {e}", path.display()))?;
-            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+            let text = std::fs::read_to_string(path).map_err(|source| OnionError::ReadNetwork {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            toml::from_str(&text).map_err(|e| OnionError::Config {
+                path: Some(path.to_path_buf()),
+                reason: e.to_string(),
+            })?
         }
         None => TorClientConfigBuilder::default(),
     };
@@ -65,9 +71,10 @@ pub fn client_config(
         .storage()
         .cache_dir(CfgPath::new_literal(cache_dir))
         .state_dir(CfgPath::new_literal(state_dir));
-    builder
-        .build()
-        .map_err(|e| format!("arti configuration: {e}"))
+    builder.build().map_err(|e| OnionError::Config {
+        path: None,
+        reason: e.to_string(),
+    })
 }
 
 /// Create `dir` readable by its owner only, as arti requires of its state and cache.
@@ -210,29 +217,35 @@ fn launch(
     client: &Arc<TorClient<PreferredRuntime>>,
     gateway: &Arc<Gateway>,
     key: &OnionKey,
-) -> Result<Service, String> {
+) -> Result<Service, OnionError> {
     let secret: [u8; 32] = hex::decode(&key.secret)
         .ok()
         .and_then(|s| s.try_into().ok())
-        .ok_or("the onion key is not 32 bytes of hex")?;
+        .ok_or_else(|| OnionError::BadKey {
+            app: key.app.clone(),
+        })?;
     let address = address_of(&secret);
     if address != key.address {
-        return Err(format!(
-            "the control plane says {} but the key is {address}",
-            key.address
-        ));
+        return Err(OnionError::AddressMismatch {
+            claimed: key.address.clone(),
+            actual: address,
+        });
     }
+    let launch_error = |reason: String| OnionError::Launch {
+        app: key.app.clone(),
+        reason,
+    };
     let nickname: HsNickname = format!("fog-{}", key.app)
         .parse()
-        .map_err(|e| format!("nickname: {e}"))?;
+        .map_err(|e| launch_error(format!("nickname: {e}")))?;
     let service_config = OnionServiceConfigBuilder::default()
         .nickname(nickname)
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| launch_error(e.to_string()))?;
     let (service, requests) = client
         .launch_onion_service_with_hsid(service_config, keypair(&secret))
-        .map_err(|e| e.to_string())?
-        .ok_or("the onion service is disabled in the configuration")?;
+        .map_err(|e| launch_error(e.to_string()))?
+        .ok_or_else(|| launch_error("the onion service is disabled in the configuration".into()))?;
     let (gateway, app) = (gateway.clone(), key.app.clone());
     let status = service.status_events();
     let watched = (app.clone(), address.clone());
@@ -279,7 +292,8 @@ async fn serve_stream(gateway: Arc<Gateway>, app: String, request: StreamRequest
         return;
     }
     match request.accept(Connected::new_empty()).await {
-        Ok(stream) => gateway.serve_app(stream, app).await,
+        // Onion visitors have no address to limit by.
+        Ok(stream) => gateway.serve_app(stream, app, None).await,
         Err(err) => tracing::debug!(app, "onion stream not accepted: {err}"),
     }
 }

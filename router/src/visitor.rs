@@ -11,13 +11,14 @@ use fog_htx::handshake::StaticKey;
 use fog_htx::mix::{self, MixMode, Relay};
 use fog_htx::names;
 use fog_htx::tickets;
-use fog_proto::api::{ErrorBody, NameDescriptor, RelayInfo};
+use fog_proto::api::{NameDescriptor, RelayInfo};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use sha2::{Digest, Sha256};
 
+use crate::error::{ControlError, FrontError, VisitError};
 use crate::front::{FRONT_PROLOGUE, hello, visitor_config};
 
 /// A parsed Betanet URL: the name and the path.
@@ -32,14 +33,14 @@ pub struct BetanetUrl {
 }
 
 /// Parse `betanet://<64 hex>[/path]` or `bn1:<39 base32>[/path]`.
-pub fn parse_url(url: &str) -> Result<BetanetUrl, String> {
+pub fn parse_url(url: &str) -> Result<BetanetUrl, VisitError> {
     let (name, lookup, rest) = if let Some(rest) = url.strip_prefix("betanet://") {
         let end = rest.find(['/', '?']).unwrap_or(rest.len());
         let id = &rest[..end];
         if id.len() != 64 || hex::decode(id).is_err() {
-            return Err(format!(
-                "{url:?}: a betanet:// name is 64 hex digits (sha256 of the app's key)"
-            ));
+            return Err(VisitError::BadHexName {
+                url: url.to_string(),
+            });
         }
         (
             format!("betanet://{}", id.to_ascii_lowercase()),
@@ -49,12 +50,15 @@ pub fn parse_url(url: &str) -> Result<BetanetUrl, String> {
     } else if url.starts_with("bn1:") {
         let end = url.find(['/', '?']).unwrap_or(url.len());
         let name = &url[..end];
-        names::parse_bn1(name).map_err(|e| format!("{url:?}: {e}"))?;
+        names::parse_bn1(name).map_err(|source| VisitError::BadBn1 {
+            url: url.to_string(),
+            source,
+        })?;
         (name.to_string(), name.to_string(), &url[end..])
     } else {
-        return Err(format!(
-            "{url:?} is not a Betanet address: use betanet://<hex> or bn1:<name>"
-        ));
+        return Err(VisitError::NotBetanet {
+            url: url.to_string(),
+        });
     };
     let path = if rest.is_empty() || rest.starts_with('?') {
         format!("/{rest}")
@@ -79,47 +83,69 @@ pub struct Fetched {
     pub response: http::Response<Bytes>,
 }
 
-async fn get_json<T: serde::de::DeserializeOwned>(control: &str, path: &str) -> Result<T, String> {
+async fn get_json<T: serde::de::DeserializeOwned>(
+    control: &str,
+    path: &str,
+) -> Result<T, ControlError> {
     let client: Client<HttpConnector, Empty<Bytes>> =
         Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     let uri: http::Uri = format!("{control}{path}")
         .parse()
-        .map_err(|e| format!("bad control-plane URL {control:?}: {e}"))?;
-    let response = tokio::time::timeout(Duration::from_secs(10), client.get(uri))
+        .map_err(|e| ControlError::Request {
+            path: path.to_string(),
+            reason: format!("bad control-plane URL {control:?}: {e}"),
+        })?;
+    let after = Duration::from_secs(10);
+    let unreachable = |reason: String| ControlError::Unreachable {
+        path: path.to_string(),
+        reason,
+    };
+    let response = tokio::time::timeout(after, client.get(uri))
         .await
-        .map_err(|_| format!("the control plane at {control} did not answer"))?
-        .map_err(|e| format!("cannot reach the control plane at {control}: {e}"))?;
+        .map_err(|_| ControlError::Timeout {
+            path: path.to_string(),
+            after,
+        })?
+        .map_err(|e| unreachable(format!("{control}: {e}")))?;
     let status = response.status();
     let body = Limited::new(response.into_body(), 4 << 20)
         .collect()
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| unreachable(e.to_string()))?
         .to_bytes();
     if !status.is_success() {
-        let reason = serde_json::from_slice::<ErrorBody>(&body)
-            .map(|e| e.error)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-        return Err(reason);
+        return Err(ControlError::status(path, status, &body));
     }
-    serde_json::from_slice(&body).map_err(|e| format!("malformed answer from {path}: {e}"))
+    serde_json::from_slice(&body).map_err(|e| ControlError::Malformed {
+        path: path.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// Resolve `url`'s name with the control plane at `control` and check the descriptor.
-pub async fn resolve(control: &str, url: &BetanetUrl) -> Result<NameDescriptor, String> {
+pub async fn resolve(control: &str, url: &BetanetUrl) -> Result<NameDescriptor, VisitError> {
     let descriptor: NameDescriptor = get_json(control, &format!("/v1/names/{}", url.lookup))
         .await
-        .map_err(|e| format!("cannot resolve {}: {e}", url.name))?;
+        .map_err(|source| VisitError::Resolve {
+            name: url.name.clone(),
+            source,
+        })?;
+    let invalid = |reason: String| VisitError::Descriptor {
+        name: url.name.clone(),
+        reason,
+    };
     let app_key: [u8; 32] = hex::decode(&descriptor.app_key)
         .ok()
         .and_then(|k| k.try_into().ok())
-        .ok_or("the descriptor's app key is not 32 bytes of hex")?;
+        .ok_or_else(|| invalid("the app key is not 32 bytes of hex".into()))?;
     if !names::names_key(&url.name, &app_key) {
-        return Err(format!(
-            "the descriptor for {} is signed by a key that name does not belong to",
-            url.name
+        return Err(invalid(
+            "it is signed by a key that name does not belong to".into(),
         ));
     }
-    descriptor.verify(fog_proto::auth::now_s())?;
+    descriptor
+        .verify(fog_proto::auth::now_s())
+        .map_err(invalid)?;
     Ok(descriptor)
 }
 
@@ -130,17 +156,18 @@ pub async fn fetch(
     url: &str,
     mix: MixMode,
     front: Option<&str>,
-) -> Result<Fetched, String> {
+) -> Result<Fetched, VisitError> {
     let url = parse_url(url)?;
     let mut descriptor = resolve(control, &url).await?;
     if let Some(wanted) = front {
         let listed: Vec<String> = descriptor.fronts.iter().map(|f| f.addr.clone()).collect();
         descriptor.fronts.retain(|f| f.addr == wanted);
         if descriptor.fronts.is_empty() {
-            return Err(format!(
-                "{} is not a front of {}: its descriptor lists {listed:?}",
-                wanted, url.name
-            ));
+            return Err(VisitError::FrontNotListed {
+                wanted: wanted.to_string(),
+                name: url.name.clone(),
+                listed,
+            });
         }
     }
     let app_key: [u8; 32] = hex::decode(&descriptor.app_key)
@@ -153,7 +180,7 @@ pub async fn fetch(
     } else {
         get_json::<Vec<RelayInfo>>(control, "/v1/relays")
             .await
-            .map_err(|e| format!("cannot list relays: {e}"))?
+            .map_err(VisitError::Relays)?
             .into_iter()
             .filter_map(|r| {
                 Some(Relay {
@@ -175,10 +202,13 @@ pub async fn fetch(
                     response,
                 });
             }
-            Err(err) => failures.push(format!("front {}: {err}", front.addr)),
+            Err(err) => failures.push((front.addr.clone(), err)),
         }
     }
-    Err(failures.join("; "))
+    Err(VisitError::AllFrontsFailed {
+        name: url.name.clone(),
+        failures,
+    })
 }
 
 async fn visit(
@@ -188,21 +218,19 @@ async fn visit(
     app_id: &[u8; 32],
     mix: MixMode,
     relays: &[Relay],
-) -> Result<(http::Response<Bytes>, usize), String> {
-    let key = |hex_key: &str, what: &str| -> Result<[u8; 32], String> {
+) -> Result<(http::Response<Bytes>, usize), FrontError> {
+    let key = |hex_key: &str, what: &'static str| -> Result<[u8; 32], FrontError> {
         hex::decode(hex_key)
             .ok()
             .and_then(|k| k.try_into().ok())
-            .ok_or(format!("the front's {what} is not 32 bytes of hex"))
+            .ok_or(FrontError::BadKey { what })
     };
     let front_key = key(&front.key, "key")?;
     let ticket_key = key(&front.ticket_key, "ticket key")?;
     let mut seed = [0u8; 16];
-    getrandom::fill(&mut seed).map_err(|e| e.to_string())?;
-    let path = mix::choose_path(mix, &seed, &front_key, relays).map_err(|e| e.to_string())?;
-    let pipe = mix::dial(&path, &front.addr, Duration::from_secs(10))
-        .await
-        .map_err(|e| e.to_string())?;
+    getrandom::fill(&mut seed).map_err(|e| FrontError::Random(e.to_string()))?;
+    let path = mix::choose_path(mix, &seed, &front_key, relays)?;
+    let pipe = mix::dial(&path, &front.addr, Duration::from_secs(10)).await?;
     // A fresh key per visit: the ticket is bound to it, and visits cannot be linked by key.
     let client = StaticKey::generate();
     let ticket = tickets::ticket(
@@ -213,9 +241,7 @@ async fn visit(
     );
     let hello = hello(app_id, &ticket);
     let connection = if front.tls {
-        let (stream, exporter) = fog_htx::tls::connect(pipe)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (stream, exporter) = fog_htx::tls::connect(pipe).await?;
         let prologue = fog_htx::tls::bound_prologue(FRONT_PROLOGUE, &exporter);
         conn::connect_with_hello(
             stream,
@@ -236,12 +262,12 @@ async fn visit(
             visitor_config(),
         )
         .await
-    }
-    .map_err(|e| e.to_string())?;
-    let stream = connection.open().map_err(|e| e.to_string())?;
+    }?;
+    let stream = connection.open()?;
+    // The connection's own error (a front's typed CLOSE) says more than hyper's.
     let why = |fallback: String| match connection.error() {
-        Some(error) => error.to_string(),
-        None => fallback,
+        Some(error) => FrontError::Htx(error),
+        None => FrontError::Http(fallback),
     };
     let (mut sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -250,10 +276,11 @@ async fn visit(
     let request = http::Request::get(&url.path)
         .header(http::header::HOST, format!("{app}.localhost"))
         .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let response = tokio::time::timeout(Duration::from_secs(60), sender.send_request(request))
+        .map_err(|e| FrontError::Http(e.to_string()))?;
+    let patience = Duration::from_secs(60);
+    let response = tokio::time::timeout(patience, sender.send_request(request))
         .await
-        .map_err(|_| "no answer within 60 s".to_string())?
+        .map_err(|_| FrontError::Timeout(patience))?
         .map_err(|e| why(e.to_string()))?;
     let (parts, body) = response.into_parts();
     let body = Limited::new(body, 64 << 20)
@@ -282,12 +309,17 @@ mod tests {
             (url.lookup.as_str(), url.path.as_str()),
             (bn1.as_str(), "/style.css")
         );
-        assert!(parse_url("betanet://abc").unwrap_err().contains("64 hex"));
-        assert!(parse_url("bn1:zzz").is_err());
-        assert!(
-            parse_url("http://x.onion/")
-                .unwrap_err()
-                .contains("not a Betanet")
-        );
+        assert!(matches!(
+            parse_url("betanet://abc"),
+            Err(VisitError::BadHexName { .. })
+        ));
+        assert!(matches!(
+            parse_url("bn1:zzz"),
+            Err(VisitError::BadBn1 { .. })
+        ));
+        assert!(matches!(
+            parse_url("http://x.onion/"),
+            Err(VisitError::NotBetanet { .. })
+        ));
     }
 }

@@ -48,10 +48,31 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: impl Into<Bytes>,
 ) -> Result<Reply, String> {
+    request_from(None, addr, method, target, headers, body).await
+}
+
+/// Like [`request`], from the local address `from` when given (e.g. `127.0.0.2`, so a test
+/// has visitors with different addresses on loopback).
+pub async fn request_from(
+    from: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Result<Reply, String> {
     let started = Instant::now();
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let stream = match from {
+        None => TcpStream::connect(addr).await,
+        Some(from) => {
+            let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+            socket
+                .bind(SocketAddr::new(from, 0))
+                .map_err(|e| format!("bind {from}: {e}"))?;
+            socket.connect(addr).await
+        }
+    }
+    .map_err(|e| format!("connect {addr}: {e}"))?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("handshake: {e}"))?;

@@ -41,6 +41,13 @@ pub struct ControlCmd {
     /// can lose when its device dies.
     #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
     snapshot_every: f64,
+    /// Signed requests per second each key (developer, device, router, relay) may make,
+    /// sustained (beyond: 429 with Retry-After); 0 for no limit.
+    #[arg(long, default_value_t = fog_control::DEFAULT_KEY_RATE, value_name = "N")]
+    key_rate: u32,
+    /// Signed requests a key may make at once on top of --key-rate.
+    #[arg(long, default_value_t = fog_control::DEFAULT_KEY_BURST, value_name = "N")]
+    key_burst: u32,
 }
 
 impl ControlCmd {
@@ -56,6 +63,7 @@ impl ControlCmd {
                 &data,
                 self.trust_router,
                 std::time::Duration::from_secs_f64(self.snapshot_every.max(0.1)),
+                fog_control::Rate::new(self.key_rate, self.key_burst),
                 stop,
             )
             .await?;

@@ -52,10 +52,10 @@ impl Move {
                     break;
                 }
                 if info.moving.is_none()
-                    && info.events.last().is_some_and(|e| e.contains("abandoned"))
+                    && let Some(abandoned) = &info.move_abandoned
                 {
                     spinner.finish();
-                    bail!("{}", info.events.last().expect("checked"));
+                    bail!("{abandoned}");
                 }
                 if Instant::now() > deadline {
                     spinner.finish();

@@ -11,6 +11,7 @@ mod lab;
 mod metrics;
 mod onion;
 pub mod publish;
+mod ratelimit;
 mod run;
 mod sites;
 pub mod state;

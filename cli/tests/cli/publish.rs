@@ -24,7 +24,9 @@ pub struct Fog {
     pub router_key: String,
 }
 
-/// `fog router` arguments for a router with its key in `data`.
+/// `fog router` arguments for a router with its key in `data`. Every client of the tests comes
+/// from one loopback address (the load generators too), so the per-visitor limit is off unless
+/// a test sets one (`restart_router` with `--visitor-rate`).
 fn router_args<'a>(control: &'a str, data: &'a str) -> Vec<&'a str> {
     vec![
         "router",
@@ -38,6 +40,8 @@ fn router_args<'a>(control: &'a str, data: &'a str) -> Vec<&'a str> {
         "127.0.0.1:0",
         "--attach",
         "127.0.0.1:0",
+        "--visitor-rate",
+        "0",
     ]
 }
 
@@ -53,6 +57,9 @@ impl Fog {
         let data = self.dir.path().join("router");
         let control = self.control.url();
         let mut args = router_args(&control, data.to_str().unwrap());
+        if extra.contains(&"--visitor-rate") {
+            args.truncate(args.len() - 2);
+        }
         args.extend_from_slice(extra);
         self.router = spawn(&args);
     }

@@ -5,10 +5,17 @@
 //! odd, server streams even. A sender never has more unacknowledged bytes in flight than the
 //! stream window and the connection window allow; a receiver that sees more closes the
 //! connection.
+//!
+//! Every queue is bounded, so a peer cannot make this side hold memory it does not choose to:
+//! STREAM data waiting for the writer never exceeds the connection window (the peer may only
+//! return credit for data the writer has already taken), control frames (WINDOW_UPDATE, FIN,
+//! stream CLOSE) are capped in bytes, PING echoes in number, open streams in number, KEY_UPDATEs
+//! by how often the key schedule allows them, and the handshake by a deadline. A peer that
+//! breaks a bound is cut off with a CLOSE whose code ([`CloseCode`]) says which.
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
@@ -16,9 +23,11 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::HtxError;
+use tokio::sync::watch;
+
 use crate::frame::{DEFAULT_MAX_FRAME, FrameType, Opener, Sealer, decode_stream, encode_stream};
 use crate::handshake::{self, SessionKeys, StaticKey};
+use crate::{CloseCode, HtxError};
 
 /// Connection settings.
 #[derive(Debug, Clone)]
@@ -37,9 +46,40 @@ pub struct Config {
     pub rekey_after: Duration,
     /// A ping must be answered within this.
     pub ping_timeout: Duration,
-    /// Most streams the peer may have open at once.
+    /// Most streams the peer may have open at once; one more cuts it off
+    /// ([`CloseCode::TooManyStreams`]).
     pub max_streams: usize,
+    /// The handshake must complete within this ([`CloseCode::HandshakeTimeout`]).
+    pub handshake_timeout: Duration,
+    /// Most PING echoes waiting for the writer; a peer that pings faster than it reads is cut
+    /// off ([`CloseCode::PingFlood`]).
+    pub max_pending_pings: usize,
+    /// Most bytes of control frames (WINDOW_UPDATE, FIN, stream CLOSE) waiting for the writer
+    /// ([`CloseCode::NotReading`] beyond).
+    pub max_queued_control: usize,
+    /// How long a connection that was closed or cut off still tries to deliver its queued
+    /// frames (the CLOSE last) before the transport is dropped.
+    pub close_linger: Duration,
 }
+
+impl Config {
+    /// The most bytes of frames (payload and framing) that can wait for the writer at once:
+    /// STREAM data up to the connection window, plus the control and PING bounds. The writer's
+    /// own buffer adds at most [`WRITE_BATCH`] and one frame.
+    pub fn queue_bound(&self) -> usize {
+        self.connection_window as usize
+            + self.connection_window.div_ceil(16) as usize * FRAME_OVERHEAD
+            + self.max_queued_control
+            + self.max_pending_pings * (9 + FRAME_OVERHEAD)
+    }
+}
+
+/// Bytes a frame adds around its payload: the 10-byte header, the 16-byte tag, and the 11-byte
+/// STREAM prefix counted as framing.
+const FRAME_OVERHEAD: usize = 10 + 16 + 11;
+
+/// The writer coalesces queued frames into writes of up to this many bytes.
+pub const WRITE_BATCH: usize = 256 << 10;
 
 impl Default for Config {
     fn default() -> Self {
@@ -52,6 +92,10 @@ impl Default for Config {
             rekey_after: Duration::from_secs(3600),
             ping_timeout: Duration::from_secs(5),
             max_streams: 4096,
+            handshake_timeout: Duration::from_secs(10),
+            max_pending_pings: 64,
+            max_queued_control: 64 << 10,
+            close_linger: Duration::from_secs(5),
         }
     }
 }
@@ -96,18 +140,39 @@ impl Credit {
         waiting.into_iter().for_each(Waker::wake);
     }
 
+    fn available(&self) -> u64 {
+        self.state.lock().expect("credit lock").available
+    }
+
     fn wake_all(&self) {
         let waiting = std::mem::take(&mut self.state.lock().expect("credit lock").waiting);
         waiting.into_iter().for_each(Waker::wake);
     }
 }
 
-enum Outgoing {
-    Frame {
-        kind: FrameType,
-        stream: u32,
-        payload: Vec<u8>,
-    },
+/// A frame waiting for the writer.
+struct Outgoing {
+    kind: FrameType,
+    stream: u32,
+    payload: Vec<u8>,
+    class: Class,
+}
+
+/// Which bound a queued frame counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// STREAM data: this many bytes of flow-control credit (bounded by the connection window).
+    Data(u32),
+    /// The echo of a peer's PING (bounded in number).
+    Echo,
+    /// Any other frame (bounded in bytes).
+    Control,
+}
+
+impl Outgoing {
+    fn size(&self) -> usize {
+        self.payload.len() + FRAME_OVERHEAD
+    }
 }
 
 /// Data (and whether it ends the stream) delivered to a stream.
@@ -143,21 +208,115 @@ struct Shared {
     key_updates_sent: std::sync::atomic::AtomicU64,
     key_updates_received: std::sync::atomic::AtomicU64,
     closed: AtomicBool,
+    /// Set once the connection is closed: the writer then lingers at most `close_linger`.
+    closed_signal: watch::Sender<bool>,
     error: Mutex<Option<HtxError>>,
+    /// Bytes of frames waiting for the writer (all classes), and the most there ever were.
+    queued: AtomicUsize,
+    queued_peak: AtomicUsize,
+    /// Bytes of control frames waiting for the writer.
+    queued_control: AtomicUsize,
+    /// PING echoes waiting for the writer.
+    pending_echoes: AtomicUsize,
+    /// STREAM data bytes the writer has taken from the queue: the peer can have received no
+    /// more, so it may return no more connection credit than this.
+    data_taken: AtomicU64,
+    /// Connection credit the peer has returned.
+    credit_returned: AtomicU64,
 }
 
 impl Shared {
+    /// Queue a control frame (bounded in bytes).
     fn send(&self, kind: FrameType, stream: u32, payload: Vec<u8>) -> Result<(), HtxError> {
+        self.enqueue(Outgoing {
+            kind,
+            stream,
+            payload,
+            class: Class::Control,
+        })
+    }
+
+    /// Queue a frame, cutting the peer off if it would break its class's bound.
+    fn enqueue(&self, frame: Outgoing) -> Result<(), HtxError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(self.error());
         }
-        self.out
-            .send(Outgoing::Frame {
-                kind,
-                stream,
+        let size = frame.size();
+        match frame.class {
+            // Flow control bounds data: see `data_taken`.
+            Class::Data(_) => {}
+            Class::Echo => {
+                let pending = self.pending_echoes.fetch_add(1, Ordering::AcqRel);
+                if pending >= self.config.max_pending_pings {
+                    self.pending_echoes.fetch_sub(1, Ordering::AcqRel);
+                    return Err(self.cut_off(
+                        CloseCode::PingFlood,
+                        format!("{pending} PING echoes unsent: the peer pings without reading"),
+                    ));
+                }
+            }
+            Class::Control => {
+                let queued = self.queued_control.fetch_add(size, Ordering::AcqRel) + size;
+                if queued > self.config.max_queued_control {
+                    self.queued_control.fetch_sub(size, Ordering::AcqRel);
+                    return Err(self.cut_off(
+                        CloseCode::NotReading,
+                        format!("{queued} bytes of control frames unsent: the peer is not reading"),
+                    ));
+                }
+            }
+        }
+        let queued = self.queued.fetch_add(size, Ordering::AcqRel) + size;
+        self.queued_peak.fetch_max(queued, Ordering::AcqRel);
+        self.out.send(frame).map_err(|_| self.error())
+    }
+
+    /// The writer took `frame` from the queue.
+    fn taken(&self, frame: &Outgoing) {
+        let size = frame.size();
+        self.queued.fetch_sub(size, Ordering::AcqRel);
+        match frame.class {
+            Class::Data(credit) => {
+                self.data_taken.fetch_add(credit as u64, Ordering::AcqRel);
+            }
+            Class::Echo => {
+                self.pending_echoes.fetch_sub(1, Ordering::AcqRel);
+            }
+            Class::Control => {
+                self.queued_control.fetch_sub(size, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Cut the peer off: queue a CLOSE that says why (past every bound, once), then fail
+    /// locally. Returns the error, for the caller to pass on.
+    fn cut_off(&self, code: CloseCode, reason: String) -> HtxError {
+        let error = HtxError::CutOff { code, reason };
+        self.close_with(&error);
+        error
+    }
+
+    /// Queue the CLOSE for `error` unless the connection already ended, then fail with it.
+    fn close_with(&self, error: &HtxError) {
+        if !self.closed.load(Ordering::Acquire) {
+            let mut payload = error.close_code().code().to_be_bytes().to_vec();
+            let reason = match error {
+                HtxError::Closed(reason) | HtxError::CutOff { reason, .. } => reason.clone(),
+                other => other.to_string(),
+            };
+            payload.extend_from_slice(&reason.as_bytes()[..reason.len().min(1024)]);
+            let frame = Outgoing {
+                kind: FrameType::Close,
+                stream: 0,
                 payload,
-            })
-            .map_err(|_| self.error())
+                class: Class::Control,
+            };
+            self.queued.fetch_add(frame.size(), Ordering::AcqRel);
+            self.queued_control
+                .fetch_add(frame.size(), Ordering::AcqRel);
+            let _ = self.out.send(frame);
+        }
+        self.fail(error.clone());
     }
 
     fn error(&self) -> HtxError {
@@ -177,6 +336,7 @@ impl Shared {
             }
         }
         self.closed.store(true, Ordering::Release);
+        self.closed_signal.send_replace(true);
         for (_, entry) in self.streams.lock().expect("streams lock").drain() {
             let _ = entry.data.send(Err(error.clone()));
             entry.send_credit.wake_all();
@@ -224,16 +384,23 @@ impl Shared {
     fn send_stream(
         &self,
         stream: &mut HtxStream,
+        credit: u32,
         payload_of: impl FnOnce() -> Vec<u8>,
     ) -> Result<(), HtxError> {
+        let data = |stream, payload| Outgoing {
+            kind: FrameType::Stream,
+            stream,
+            payload,
+            class: Class::Data(credit),
+        };
         match stream.unregistered.take() {
-            None => self.send(FrameType::Stream, stream.id, payload_of()),
+            None => self.enqueue(data(stream.id, payload_of())),
             Some(entry) => {
                 let _order = self.open_order.lock().expect("open order lock");
                 let id = self.next_id.fetch_add(2, Ordering::Relaxed);
                 stream.id = id;
                 self.streams.lock().expect("streams lock").insert(id, entry);
-                self.send(FrameType::Stream, id, payload_of())
+                self.enqueue(data(id, payload_of()))
             }
         }
     }
@@ -280,7 +447,11 @@ pub async fn connect_with_hello<S>(
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let keys = handshake::initiate(&mut io, local, remote, prologue, hello).await?;
+    let keys = within_deadline(
+        &config,
+        handshake::initiate(&mut io, local, remote, prologue, hello),
+    )
+    .await?;
     Ok(Connection::start(io, keys, true, config))
 }
 
@@ -303,12 +474,26 @@ pub async fn accept<S>(
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let mut keys = handshake::respond(&mut io, local, prologue).await?;
+    let mut keys = within_deadline(&config, handshake::respond(&mut io, local, prologue)).await?;
     let peer = Peer {
         key: keys.remote_static,
         hello: std::mem::take(&mut keys.hello),
     };
     Ok((Connection::start(io, keys, false, config), peer))
+}
+
+/// Run a handshake within the configured deadline. A stalled handshake has no keys yet to
+/// seal a CLOSE with: the transport is simply dropped.
+async fn within_deadline(
+    config: &Config,
+    handshake: impl Future<Output = Result<SessionKeys, HtxError>>,
+) -> Result<SessionKeys, HtxError> {
+    tokio::time::timeout(config.handshake_timeout, handshake)
+        .await
+        .map_err(|_| HtxError::CutOff {
+            code: CloseCode::HandshakeTimeout,
+            reason: format!("no handshake within {:?}", config.handshake_timeout),
+        })?
 }
 
 impl Connection {
@@ -336,7 +521,14 @@ impl Connection {
             key_updates_sent: std::sync::atomic::AtomicU64::new(0),
             key_updates_received: std::sync::atomic::AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            closed_signal: watch::Sender::new(false),
             error: Mutex::new(None),
+            queued: AtomicUsize::new(0),
+            queued_peak: AtomicUsize::new(0),
+            queued_control: AtomicUsize::new(0),
+            pending_echoes: AtomicUsize::new(0),
+            data_taken: AtomicU64::new(0),
+            credit_returned: AtomicU64::new(0),
         });
         let sealer = Sealer::new(keys.send);
         let opener = Opener::new(
@@ -384,23 +576,36 @@ impl Connection {
         match tokio::time::timeout(self.shared.config.ping_timeout, rx).await {
             Ok(Ok(())) => Ok(started.elapsed()),
             Ok(Err(_)) => Err(self.shared.error()),
-            Err(_) => {
-                let error = HtxError::Closed(format!(
-                    "no PING echo within {:?}",
-                    self.shared.config.ping_timeout
-                ));
-                self.shared.fail(error.clone());
-                Err(error)
-            }
+            Err(_) => Err(self.shared.cut_off(
+                CloseCode::PingTimeout,
+                format!("no PING echo within {:?}", self.shared.config.ping_timeout),
+            )),
         }
     }
 
     /// Close the connection with a reason.
     pub fn close(&self, reason: &str) {
-        let mut payload = 0u16.to_be_bytes().to_vec();
-        payload.extend_from_slice(reason.as_bytes());
-        let _ = self.shared.send(FrameType::Close, 0, payload);
-        self.shared.fail(HtxError::Closed(reason.to_string()));
+        self.shared
+            .close_with(&HtxError::Closed(reason.to_string()));
+    }
+
+    /// Close the connection with a typed reason the peer can act on (e.g. a refusal).
+    pub fn close_with(&self, code: CloseCode, reason: &str) {
+        self.shared.close_with(&HtxError::CutOff {
+            code,
+            reason: reason.to_string(),
+        });
+    }
+
+    /// Bytes of frames waiting for this side's writer now.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.queued.load(Ordering::Acquire)
+    }
+
+    /// The most bytes of frames that ever waited for this side's writer at once: what a peer
+    /// that stops reading made this connection hold (see [`Config::queue_bound`]).
+    pub fn queued_peak(&self) -> usize {
+        self.shared.queued_peak.load(Ordering::Acquire)
     }
 
     /// Streams open on this side of the connection (opened or accepted, not yet dropped).
@@ -441,18 +646,23 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     let mut buffer = Vec::with_capacity(64 << 10);
     let mut bytes_under_key = 0u64;
     let mut keyed_at = Instant::now();
+    // Once the connection is closed, queued frames (the CLOSE last) get `close_linger` to reach
+    // a peer that may not be reading at all; then the transport is dropped.
+    let mut closed = shared.closed_signal.subscribe();
+    let linger = shared.config.close_linger;
+    let lingered = async move {
+        let _ = closed.wait_for(|closed| *closed).await;
+        tokio::time::sleep(linger).await;
+    };
+    tokio::pin!(lingered);
     while let Some(first) = out.recv().await {
         buffer.clear();
         let mut next = Some(first);
         // Coalesce whatever is already queued into one write.
-        while let Some(Outgoing::Frame {
-            kind,
-            stream,
-            payload,
-        }) = next.take()
-        {
+        while let Some(frame) = next.take() {
+            shared.taken(&frame);
             let before = buffer.len();
-            sealer.seal(kind, stream, 0, &payload, &mut buffer);
+            sealer.seal(frame.kind, frame.stream, 0, &frame.payload, &mut buffer);
             bytes_under_key += (buffer.len() - before) as u64;
             let config = &shared.config;
             if sealer.counter() >= config.rekey_frames
@@ -465,15 +675,19 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 bytes_under_key = 0;
                 keyed_at = Instant::now();
             }
-            if buffer.len() < 256 << 10 {
+            if buffer.len() < WRITE_BATCH {
                 next = out.try_recv().ok();
             }
         }
-        if let Err(err) = writer.write_all(&buffer).await {
-            shared.fail(HtxError::Io(err.to_string()));
-            return;
-        }
-        if let Err(err) = writer.flush().await {
+        let write = async {
+            writer.write_all(&buffer).await?;
+            writer.flush().await
+        };
+        let written = tokio::select! {
+            written = write => written,
+            () = &mut lingered => return,
+        };
+        if let Err(err) = written {
             shared.fail(HtxError::Io(err.to_string()));
             return;
         }
@@ -487,6 +701,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut reader: R, mut opener: Opener) {
     let result: Result<(), HtxError> = async {
         let mut frame = Vec::with_capacity(DEFAULT_MAX_FRAME);
+        // What the peer sent under its current key: a KEY_UPDATE before it reached half of any
+        // rekey threshold is a flood (each one costs a key derivation here).
+        let (mut frames_under_key, mut bytes_under_key) = (0u64, 0u64);
+        let mut keyed_at = Instant::now();
         loop {
             let mut len = [0u8; 3];
             match reader.read_exact(&mut len).await {
@@ -512,6 +730,10 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut reader: R, mut
                     },
                 })?;
             let opened = opener.open(&frame)?;
+            if opened.kind != FrameType::KeyUpdate {
+                frames_under_key += 1;
+                bytes_under_key += total as u64;
+            }
             match opened.kind {
                 FrameType::Stream => on_stream(&shared, opened.stream, &opened.payload)?,
                 FrameType::WindowUpdate => {
@@ -525,7 +747,22 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut reader: R, mut
                         u32::from_be_bytes(opened.payload[1..5].try_into().expect("4 bytes"))
                             as u64;
                     match opened.payload[0] {
-                        0 => shared.connection_credit.add(credit),
+                        0 => {
+                            // The peer can only have consumed data the writer took from the
+                            // queue; more credit would let the queue outgrow the window.
+                            let returned =
+                                shared.credit_returned.fetch_add(credit, Ordering::AcqRel) + credit;
+                            let taken = shared.data_taken.load(Ordering::Acquire);
+                            if returned > taken {
+                                return Err(HtxError::CutOff {
+                                    code: CloseCode::FlowControl,
+                                    reason: format!(
+                                        "{returned} bytes of credit returned for {taken} sent"
+                                    ),
+                                });
+                            }
+                            shared.connection_credit.add(credit)
+                        }
                         1 => {
                             let credit_target = shared
                                 .streams
@@ -534,6 +771,16 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut reader: R, mut
                                 .get(&opened.stream)
                                 .map(|s| s.send_credit.clone());
                             if let Some(target) = credit_target {
+                                let window = shared.config.stream_window as u64;
+                                if target.available() + credit > window {
+                                    return Err(HtxError::CutOff {
+                                        code: CloseCode::FlowControl,
+                                        reason: format!(
+                                            "stream {} credit beyond its {window}-byte window",
+                                            opened.stream
+                                        ),
+                                    });
+                                }
                                 target.add(credit);
                             }
                         }
@@ -556,7 +803,12 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut reader: R, mut
                     if opened.payload[0] == 0 {
                         let mut echo = vec![1u8];
                         echo.extend_from_slice(&token);
-                        shared.send(FrameType::Ping, 0, echo)?;
+                        shared.enqueue(Outgoing {
+                            kind: FrameType::Ping,
+                            stream: 0,
+                            payload: echo,
+                            class: Class::Echo,
+                        })?;
                     } else if let Some(waiter) =
                         shared.pings.lock().expect("pings lock").remove(&token)
                     {
@@ -564,6 +816,21 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut reader: R, mut
                     }
                 }
                 FrameType::KeyUpdate => {
+                    let config = &shared.config;
+                    if frames_under_key * 2 < config.rekey_frames
+                        && bytes_under_key * 2 < config.rekey_bytes
+                        && keyed_at.elapsed() * 2 < config.rekey_after
+                    {
+                        return Err(HtxError::CutOff {
+                            code: CloseCode::KeyUpdateFlood,
+                            reason: format!(
+                                "KEY_UPDATE after {frames_under_key} frames and {bytes_under_key} \
+                                 bytes"
+                            ),
+                        });
+                    }
+                    (frames_under_key, bytes_under_key) = (0, 0);
+                    keyed_at = Instant::now();
                     opener.rekey();
                     shared.key_updates_received.fetch_add(1, Ordering::Relaxed);
                 }
@@ -572,7 +839,14 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut reader: R, mut
                         String::from_utf8_lossy(opened.payload.get(2..).unwrap_or_default())
                             .into_owned();
                     if opened.stream == 0 {
-                        return Err(HtxError::Closed(reason));
+                        let code = match opened.payload.get(..2) {
+                            Some(&[a, b]) => CloseCode::from_code(u16::from_be_bytes([a, b])),
+                            _ => CloseCode::Protocol,
+                        };
+                        return Err(match code {
+                            CloseCode::Normal => HtxError::Closed(reason),
+                            code => HtxError::ClosedByPeer { code, reason },
+                        });
                     }
                     if let Some(entry) = shared
                         .streams
@@ -591,15 +865,16 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut reader: R, mut
     .await;
     if let Err(error) = result {
         // Tell the peer why, best effort, before failing locally.
-        let mut payload = 1u16.to_be_bytes().to_vec();
-        payload.extend_from_slice(error.to_string().as_bytes());
-        let _ = shared.out.send(Outgoing::Frame {
-            kind: FrameType::Close,
-            stream: 0,
-            payload,
-        });
-        shared.fail(error);
+        shared.close_with(&error);
     }
+    // Keep reading (and discarding) until the peer ends its side or the linger passes: a
+    // socket closed with unread input sends a reset, which would destroy the CLOSE (and
+    // anything else queued) before the peer could read it.
+    let mut sink = vec![0u8; 16 << 10];
+    let _ = tokio::time::timeout(shared.config.close_linger, async {
+        while let Ok(1..) = reader.read(&mut sink).await {}
+    })
+    .await;
 }
 
 fn on_stream(shared: &Arc<Shared>, id: u32, payload: &[u8]) -> Result<(), HtxError> {
@@ -629,9 +904,12 @@ fn on_stream(shared: &Arc<Shared>, id: u32, payload: &[u8]) -> Result<(), HtxErr
             return Ok(());
         }
         if streams.len() >= shared.config.max_streams {
-            return Err(HtxError::Malformed {
-                what: "STREAM frame",
-                reason: "too many open streams".into(),
+            return Err(HtxError::CutOff {
+                code: CloseCode::TooManyStreams,
+                reason: format!(
+                    "more than {} streams open: the peer opens streams without finishing them",
+                    shared.config.max_streams
+                ),
             });
         }
         *highest = id;
@@ -654,8 +932,8 @@ fn on_stream(shared: &Arc<Shared>, id: u32, payload: &[u8]) -> Result<(), HtxErr
     entry.next_offset += data.len() as u64;
     entry.outstanding += data.len() as u64;
     if entry.outstanding > shared.config.stream_window as u64 {
-        return Err(HtxError::Malformed {
-            what: "STREAM frame",
+        return Err(HtxError::CutOff {
+            code: CloseCode::FlowControl,
             reason: format!("stream {id} exceeded its window"),
         });
     }
@@ -663,8 +941,8 @@ fn on_stream(shared: &Arc<Shared>, id: u32, payload: &[u8]) -> Result<(), HtxErr
         let mut connection = shared.connection_outstanding.lock().expect("window lock");
         *connection += data.len() as u64;
         if *connection > shared.config.connection_window as u64 {
-            return Err(HtxError::Malformed {
-                what: "STREAM frame",
+            return Err(HtxError::CutOff {
+                code: CloseCode::FlowControl,
                 reason: "connection window exceeded".into(),
             });
         }
@@ -757,7 +1035,7 @@ impl HtxStream {
         let n = ready!(self.poll_reserve(cx, data.len().min(self.shared.config.max_chunk)))?;
         let offset = self.send_offset;
         let shared = self.shared.clone();
-        shared.send_stream(self, || encode_stream(false, offset, &data[..n]))?;
+        shared.send_stream(self, n as u32, || encode_stream(false, offset, &data[..n]))?;
         self.send_offset += n as u64;
         Poll::Ready(Ok(n))
     }
@@ -780,7 +1058,7 @@ impl HtxStream {
             self.finished = true;
             let offset = self.send_offset;
             let shared = self.shared.clone();
-            shared.send_stream(self, || encode_stream(true, offset, &[]))?;
+            shared.send_stream(self, 0, || encode_stream(true, offset, &[]))?;
         }
         Ok(())
     }
@@ -889,8 +1167,9 @@ impl Drop for HtxStream {
             let fin = encode_stream(true, self.send_offset, &[]);
             let _ = self.shared.send(FrameType::Stream, self.id, fin);
         }
-        // Return the credit of data received but never read, so the connection window does not
-        // shrink for good, then forget the stream.
+        // Return the credit of data received but never read (what was read went back through
+        // `acknowledge`), so the connection window does not shrink for good, then forget the
+        // stream.
         let removed = self
             .shared
             .streams
@@ -898,14 +1177,16 @@ impl Drop for HtxStream {
             .expect("streams lock")
             .remove(&self.id);
         if let Some(entry) = removed {
-            let _ = self.shared.consumed(entry.outstanding);
+            let unread = entry.outstanding.saturating_sub(self.unacknowledged);
+            let _ = self.shared.consumed(unread);
         }
     }
 }
 
 fn io_error(error: HtxError) -> std::io::Error {
     let kind = match error {
-        HtxError::Closed(_) => std::io::ErrorKind::ConnectionReset,
+        HtxError::Closed(_) | HtxError::ClosedByPeer { .. } => std::io::ErrorKind::ConnectionReset,
+        HtxError::CutOff { .. } => std::io::ErrorKind::ConnectionAborted,
         HtxError::Io(_) => std::io::ErrorKind::BrokenPipe,
         _ => std::io::ErrorKind::InvalidData,
     };

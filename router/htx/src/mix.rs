@@ -236,11 +236,13 @@ impl AsyncWrite for RelayedPipe {
 }
 
 /// Settings of hop connections: windows large enough that a relay never throttles a single
-/// request, the spec's other defaults.
+/// request, one stream (a circuit carries exactly one: a client opening more is cut off), the
+/// spec's other defaults.
 fn hop_config() -> Config {
     Config {
         stream_window: 1 << 20,
         connection_window: 4 << 20,
+        max_streams: 1,
         ..Config::default()
     }
 }

@@ -1,6 +1,9 @@
 //! HTX connections over real loopback TCP: data integrity, many streams, flow control, key
 //! updates, pings, and failures that close the connection cleanly.
 
+#[path = "htx/flood.rs"]
+mod flood;
+
 use std::time::Duration;
 
 use fog_htx::HtxError;
