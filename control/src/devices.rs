@@ -292,8 +292,26 @@ impl Control {
         let Some(names) = index.by_device.get(device) else {
             return Ok(Vec::new());
         };
-        let handovers = self.handovers.lock().expect("handovers lock").clone();
-        let restores = self.restores.lock().expect("restores lock").clone();
+        // Which of this device's apps it must fence or restore: looked up per app under short
+        // locks, not copied whole on every heartbeat.
+        let fenced: Vec<bool> = {
+            let handovers = self.handovers.lock().expect("handovers lock");
+            names
+                .iter()
+                .map(|name| {
+                    handovers
+                        .get(name)
+                        .is_some_and(|h| h.from == device && h.phase == replicas::Phase::Fencing)
+                })
+                .collect()
+        };
+        let restore: Vec<bool> = {
+            let restores = self.restores.lock().expect("restores lock");
+            names
+                .iter()
+                .map(|name| restores.get(name).is_some_and(|d| d == device))
+                .collect()
+        };
         // Only the peers this device's assignments name, under one short lock: a heartbeat's
         // cost must not grow with the number of devices in the fog.
         let live = self.live.lock().expect("live lock");
@@ -306,7 +324,7 @@ impl Control {
                 })
         };
         let mut out = Vec::new();
-        for name in names {
+        for (n, name) in names.iter().enumerate() {
             let (Some(app), Some(placement)) = (index.apps.get(name), index.placements.get(name))
             else {
                 continue;
@@ -318,14 +336,12 @@ impl Control {
                 api::Replication {
                     role: api::ReplicaRole::Primary,
                     peers: placement.devices[1..].iter().filter_map(peer).collect(),
-                    fenced: handovers
-                        .get(&app.name)
-                        .is_some_and(|h| h.from == device && h.phase == replicas::Phase::Fencing),
+                    fenced: fenced[n],
                     snapshot_every_ms: match app.tier {
                         Tier::B => self.config.snapshot_every.as_millis() as u64,
                         Tier::A | Tier::S => 0,
                     },
-                    restore: restores.get(&app.name).is_some_and(|d| d == device),
+                    restore: restore[n],
                 }
             } else {
                 api::Replication {

@@ -143,6 +143,7 @@ const REWATCH_PAUSE: Duration = Duration::from_millis(500);
 /// Count the changes under `prefix` into `changes`, for as long as the store lives, watching
 /// again whenever the watch breaks (a member went away, the stream was cancelled).
 async fn watch_changes(mut client: Client, prefix: String, changes: Arc<Changes>) {
+    let leader_key = format!("{prefix}/{LEADER_KEY}");
     loop {
         let watched = async {
             let mut stream = client
@@ -167,7 +168,6 @@ async fn watch_changes(mut client: Client, prefix: String, changes: Arc<Changes>
                         .and_then(|key| key.strip_prefix(&prefix)?.strip_prefix('/'))
                         .and_then(|rest| rest.split('/').next())
                         .and_then(|name| Table::ALL.into_iter().find(|t| t.name() == name));
-                    let leader_key = format!("{prefix}/{LEADER_KEY}");
                     match table {
                         Some(table) => changes.saw(table),
                         // The election changes no table.
