@@ -7,6 +7,7 @@ mod etcd;
 mod flood;
 mod fog;
 mod harvest;
+mod jspy;
 mod lab;
 mod metrics;
 mod onion;

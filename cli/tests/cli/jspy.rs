@@ -1,0 +1,164 @@
+//! Apps in JavaScript: the `counter-js` example built from source with componentize-js (npm),
+//! published to a fog of separate processes, and its count kept in `wasi:keyvalue` across
+//! requests and replicas.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use fog_proto::api::{AppInfo, LogLine};
+
+use crate::publish::Fog;
+
+/// Panic with the reason when `tool` does not run: these tests need it and never skip.
+pub fn require(tool: &str) {
+    let runs = Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        runs,
+        "`{tool}` is not installed or does not run; scripts/setup.sh installs Node.js and npm"
+    );
+}
+
+/// `sh -c command` in `dir` → (success, stdout and stderr together).
+pub fn shell(dir: &Path, command: &str) -> (bool, String) {
+    let output = Command::new("sh")
+        .args(["-c", command])
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("running `{command}`: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// Copy the file tree at `from` to `to`, leaving out build outputs and installed packages.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if ["node_modules", "app.wasm", "__pycache__"].contains(&name.to_str().unwrap()) {
+            continue;
+        }
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &to.join(&name));
+        } else {
+            std::fs::copy(entry.path(), to.join(&name)).unwrap();
+        }
+    }
+}
+
+/// Copy `guest-examples/<example>` and the WIT beside it into `dest` (the repository's layout,
+/// so the example's `../wit` resolves) and return the example's copy.
+fn copy_example(example: &str, dest: &Path) -> PathBuf {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-examples");
+    copy_tree(&examples.join("wit"), &dest.join("wit"));
+    copy_tree(&examples.join(example), &dest.join(example));
+    dest.join(example)
+}
+
+/// Build `command` in `dir` and return the component it writes, `dir/app.wasm`.
+fn build(dir: &Path, command: &str) -> PathBuf {
+    let (ok, output) = shell(dir, command);
+    assert!(ok, "`{command}` failed:\n{output}");
+    let wasm = dir.join("app.wasm");
+    assert!(wasm.is_file(), "`{command}` wrote no app.wasm:\n{output}");
+    wasm
+}
+
+/// The JavaScript example built from source: `npm install && npm run build`.
+pub fn build_js_example(dest: &Path) -> PathBuf {
+    require("npm");
+    let dir = copy_example("counter-js", dest);
+    build(&dir, "npm install --no-audit --no-fund && npm run build")
+}
+
+/// `METHOD /apps/<app><path>` through the router.
+async fn call(fog: &Fog, method: &str, app: &str, path: &str) -> fog_tests::Reply {
+    let target = format!("/apps/{app}{path}");
+    fog_tests::request(fog.router.addr, method, &target, &[], "")
+        .await
+        .unwrap_or_else(|e| panic!("{method} {target}: {e}"))
+}
+
+/// Publish `wasm` as `app` in tier S with two replicas and wait until both run.
+fn publish_two_replicas(fog: &Fog, wasm: &Path, app: &str) {
+    let (code, out, err) = fog.fog(&[
+        "publish",
+        wasm.to_str().unwrap(),
+        "--name",
+        app,
+        "--tier",
+        "S",
+        "--replicas",
+        "2",
+        "--wait",
+        "300",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let info: AppInfo = serde_json::from_str(&out).unwrap();
+    assert_eq!(info.running.len(), 2, "{info:?}");
+}
+
+/// The counter contract of both examples: `GET /` says `hello`; each `POST /count` adds one
+/// and returns the count; `GET /count` reads it, and both replicas read the same count.
+async fn keeps_its_count_across_requests_and_replicas(fog: &Fog, app: &str, hello: &str) {
+    let reply = call(fog, "GET", app, "/").await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, hello));
+    for n in 1..=3 {
+        let reply = call(fog, "POST", app, "/count").await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.text(), format!("count {n}\n"));
+    }
+    // Reads spread over both replicas. A follower still restoring may lag, so read until each
+    // replica has answered `count 3` (the request log names who served each read).
+    let app_info = fog.app(app);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let reply = call(fog, "GET", app, "/count").await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let (code, out, err) = fog.fog(&["logs", app, "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let lines: Vec<LogLine> = serde_json::from_str(&out).unwrap();
+        // Only after the last write does every read see 3; writes are POSTs.
+        let reads = lines
+            .iter()
+            .filter(|l| l.method == "GET" && l.path.ends_with("/count") && l.status == 200);
+        let served: std::collections::BTreeSet<&str> = reads.map(|l| l.device.as_str()).collect();
+        if served.len() == app_info.assigned.len() && reply.text() == "count 3\n" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reads came only from {served:?} of {:?}; last read {:?}",
+            app_info.assigned,
+            reply.text()
+        );
+    }
+    // Every replica now holds all three writes.
+    for _ in 0..6 {
+        let reply = call(fog, "GET", app, "/count").await;
+        assert_eq!(reply.text(), "count 3\n");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_javascript_counter_keeps_its_count_across_requests_and_replicas() {
+    let work = tempfile::tempdir().unwrap();
+    let wasm = build_js_example(work.path());
+    let fog = Fog::start(2);
+    publish_two_replicas(&fog, &wasm, "counter-js");
+    keeps_its_count_across_requests_and_replicas(
+        &fog,
+        "counter-js",
+        "Hello from JavaScript on Fog\n",
+    )
+    .await;
+}
