@@ -1,7 +1,8 @@
-//! Apps in JavaScript: the `counter-js` example built from source with componentize-js (npm),
-//! published to a fog of separate processes, and its count kept in `wasi:keyvalue` across
-//! requests and replicas.
+//! Apps in JavaScript and Python: the `counter-js` and `counter-py` examples built from source
+//! with componentize-js (npm) and componentize-py (PyPI), published to a fog of separate
+//! processes, and their count kept in `wasi:keyvalue` across requests and replicas.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -9,6 +10,9 @@ use std::time::{Duration, Instant};
 use fog_proto::api::{AppInfo, LogLine};
 
 use crate::publish::Fog;
+
+/// The pinned componentize-py, as `scripts/setup.sh` installs it.
+pub const COMPONENTIZE_PY: &str = "0.25.1";
 
 /// Panic with the reason when `tool` does not run: these tests need it and never skip.
 pub fn require(tool: &str) {
@@ -18,7 +22,8 @@ pub fn require(tool: &str) {
         .is_ok_and(|o| o.status.success());
     assert!(
         runs,
-        "`{tool}` is not installed or does not run; scripts/setup.sh installs Node.js and npm"
+        "`{tool}` is not installed or does not run; scripts/setup.sh installs Node.js, npm and \
+         componentize-py {COMPONENTIZE_PY}"
     );
 }
 
@@ -79,6 +84,16 @@ pub fn build_js_example(dest: &Path) -> PathBuf {
     build(&dir, "npm install --no-audit --no-fund && npm run build")
 }
 
+/// The Python example built from source with componentize-py.
+pub fn build_py_example(dest: &Path) -> PathBuf {
+    require("componentize-py");
+    let dir = copy_example("counter-py", dest);
+    build(
+        &dir,
+        "componentize-py -d ../wit -w http-app componentize app -o app.wasm",
+    )
+}
+
 /// `METHOD /apps/<app><path>` through the router.
 async fn call(fog: &Fog, method: &str, app: &str, path: &str) -> fog_tests::Reply {
     let target = format!("/apps/{app}{path}");
@@ -99,7 +114,7 @@ fn publish_two_replicas(fog: &Fog, wasm: &Path, app: &str) {
         "--replicas",
         "2",
         "--wait",
-        "300",
+        "600",
         "--json",
     ]);
     assert_eq!(code, 0, "{err}");
@@ -117,36 +132,56 @@ async fn keeps_its_count_across_requests_and_replicas(fog: &Fog, app: &str, hell
         assert_eq!(reply.status, 200, "{}", reply.text());
         assert_eq!(reply.text(), format!("count {n}\n"));
     }
-    // Reads spread over both replicas. A follower still restoring may lag, so read until each
-    // replica has answered `count 3` (the request log names who served each read).
-    let app_info = fog.app(app);
+    // The router sends each request to the least busy replica, so reads sent 8 at a time reach
+    // both. A follower still restoring may lag: read until every replica has served a read and
+    // a whole round answers `count 3` (the request log names who served each read).
+    let assigned = fog.app(app).assigned;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let reply = call(fog, "GET", app, "/count").await;
-        assert_eq!(reply.status, 200, "{}", reply.text());
+        let replies = reads(fog, app, 8).await;
         let (code, out, err) = fog.fog(&["logs", app, "--json"]);
         assert_eq!(code, 0, "{err}");
         let lines: Vec<LogLine> = serde_json::from_str(&out).unwrap();
-        // Only after the last write does every read see 3; writes are POSTs.
-        let reads = lines
+        let served: BTreeSet<&str> = lines
             .iter()
-            .filter(|l| l.method == "GET" && l.path.ends_with("/count") && l.status == 200);
-        let served: std::collections::BTreeSet<&str> = reads.map(|l| l.device.as_str()).collect();
-        if served.len() == app_info.assigned.len() && reply.text() == "count 3\n" {
+            .filter(|l| l.method == "GET" && l.path.ends_with("/count") && l.status == 200)
+            .map(|l| l.device.as_str())
+            .collect();
+        let all_three = replies.iter().all(|r| r == "count 3\n");
+        if served.len() == assigned.len() && all_three {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "reads came only from {served:?} of {:?}; last read {:?}",
-            app_info.assigned,
-            reply.text()
+            "reads came only from {served:?} of {assigned:?}; last round {replies:?}"
         );
     }
     // Every replica now holds all three writes.
-    for _ in 0..6 {
-        let reply = call(fog, "GET", app, "/count").await;
-        assert_eq!(reply.text(), "count 3\n");
+    assert!(
+        reads(fog, app, 8).await.iter().all(|r| r == "count 3\n"),
+        "a replica lost a write"
+    );
+}
+
+/// `n` concurrent `GET /count` of `app` through the router → their bodies, all status 200.
+async fn reads(fog: &Fog, app: &str, n: usize) -> Vec<String> {
+    let target = format!("/apps/{app}/count");
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (router, target) = (fog.router.addr, target.clone());
+            tokio::spawn(async move { fog_tests::request(router, "GET", &target, &[], "").await })
+        })
+        .collect();
+    let mut bodies = Vec::new();
+    for task in tasks {
+        let reply = task
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("GET {target}: {e}"));
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        bodies.push(reply.text());
     }
+    bodies
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,4 +196,14 @@ async fn the_javascript_counter_keeps_its_count_across_requests_and_replicas() {
         "Hello from JavaScript on Fog\n",
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_counter_keeps_its_count_across_requests_and_replicas() {
+    let work = tempfile::tempdir().unwrap();
+    let wasm = build_py_example(work.path());
+    let fog = Fog::start(2);
+    publish_two_replicas(&fog, &wasm, "counter-py");
+    keeps_its_count_across_requests_and_replicas(&fog, "counter-py", "Hello from Python on Fog\n")
+        .await;
 }
