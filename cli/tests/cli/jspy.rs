@@ -1,6 +1,7 @@
 //! Apps in JavaScript and Python: the `counter-js` and `counter-py` examples built from source
 //! with componentize-js (npm) and componentize-py (PyPI), published to a fog of separate
-//! processes, and their count kept in `wasi:keyvalue` across requests and replicas.
+//! processes, and their count kept in `wasi:keyvalue` across requests and replicas; broken
+//! projects and files that are no component refused.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use fog_proto::api::{AppInfo, LogLine};
 
+use crate::fog::run;
 use crate::publish::Fog;
 
 /// The pinned componentize-py, as `scripts/setup.sh` installs it.
@@ -206,4 +208,81 @@ async fn the_python_counter_keeps_its_count_across_requests_and_replicas() {
     publish_two_replicas(&fog, &wasm, "counter-py");
     keeps_its_count_across_requests_and_replicas(&fog, "counter-py", "Hello from Python on Fog\n")
         .await;
+}
+
+/// `fog new KIND NAME --dir DIR` → what it printed, asserting success.
+pub fn new_project(kind: &str, name: &str, dir: &Path) -> String {
+    let (code, out, err) = run(&["new", kind, name, "--dir", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    out
+}
+
+/// The line of `printed` that starts with `prefix`, trimmed.
+pub fn printed_line<'a>(printed: &'a str, prefix: &str) -> &'a str {
+    printed
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no `{prefix}` line in {printed:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_projects_and_files_that_are_no_component_are_refused_and_nothing_is_published() {
+    require("npm");
+    require("componentize-py");
+    let fog = Fog::start(1);
+    let home = tempfile::tempdir().unwrap();
+    for (kind, name, source, broken, reason) in [
+        (
+            "js",
+            "broken-js",
+            "app.js",
+            "addEventListener('fetch', (e) => {\n",
+            "failed to parse JS source",
+        ),
+        (
+            "python",
+            "broken-py",
+            "app.py",
+            "def handle(:\n    pass\n",
+            "SyntaxError",
+        ),
+    ] {
+        let printed = new_project(kind, name, home.path());
+        let root = home.path().join(name);
+        std::fs::write(root.join(source), broken).unwrap();
+        let (ok, output) = shell(home.path(), printed_line(&printed, "cd "));
+        assert!(!ok, "{kind}: a broken project built:\n{output}");
+        assert!(
+            output.contains(reason),
+            "{kind}: {reason:?} not in:\n{output}"
+        );
+        assert!(!root.join("app.wasm").exists(), "{kind}: app.wasm written");
+        // The printed publish command then fails with the reason, and publishes nothing.
+        let publish = printed_line(&printed, "fog publish ");
+        let args: Vec<&str> = publish.split_whitespace().skip(1).collect();
+        let (code, _, err) = fog.fog(&args);
+        assert_eq!(code, 1, "{kind}: {err}");
+        assert!(err.contains("cannot read"), "{kind}: {err}");
+    }
+    // A file that is not a component, and one over the size limit (sparse: the CLI refuses it
+    // before reading it).
+    let script = home.path().join("broken-js/app.js");
+    let big = home.path().join("big.wasm");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(fog_proto::api::MAX_COMPONENT_BYTES + 1)
+        .unwrap();
+    for (file, reason) in [
+        (&script, "not a WebAssembly binary"),
+        (&big, "over the component size limit of 64 MiB"),
+    ] {
+        let (code, _, err) = fog.fog(&["publish", file.to_str().unwrap(), "--name", "bad"]);
+        assert_eq!(code, 1, "{}: {err}", file.display());
+        assert!(err.contains(reason), "{}: {err}", file.display());
+    }
+    let (code, out, err) = fog.fog(&["ps", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let apps: Vec<AppInfo> = serde_json::from_str(&out).unwrap();
+    assert!(apps.is_empty(), "{apps:?}");
 }
