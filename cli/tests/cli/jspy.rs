@@ -116,7 +116,7 @@ fn publish_two_replicas(fog: &Fog, wasm: &Path, app: &str) {
         "--replicas",
         "2",
         "--wait",
-        "600",
+        "900",
         "--json",
     ]);
     assert_eq!(code, 0, "{err}");

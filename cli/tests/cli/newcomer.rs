@@ -81,7 +81,9 @@ async fn a_newcomer_builds_and_publishes_every_template_with_the_printed_command
             .split_whitespace()
             .skip(1)
             .collect();
-        args.push("--json");
+        // Compiling a JS or Python engine takes a debug-build host minutes on a busy machine:
+        // wait longer for the replica than a person's default.
+        args.extend(["--wait", "900", "--json"]);
         let (code, json, err) = fog.fog(&args);
         assert_eq!(code, 0, "publishing {kind}: {err}");
         let info: AppInfo = serde_json::from_str(&json).unwrap();
