@@ -1,6 +1,7 @@
 //! Starting Fog's long-running roles (control plane, router, host) for `fog control`,
 //! `fog router`, `fog host` and `fog up`, each stopped by one shared signal.
 
+use fog_net::control_urls::ControlUrls;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -161,7 +162,7 @@ pub fn router_identity(data: &Path) -> anyhow::Result<fog_proto::auth::Identity>
 pub async fn start_router(
     listen: SocketAddr,
     metrics: Option<SocketAddr>,
-    control_url: &str,
+    control_url: &ControlUrls,
     args: &RouterArgs,
     identity: fog_proto::auth::Identity,
     data: &Path,
@@ -177,7 +178,7 @@ pub async fn start_router(
         mix: args.mix,
         mix_seed,
         visitor_rate: fog_router::Rate::new(args.visitor_rate, args.visitor_burst),
-        ..GatewayConfig::new(control_url)
+        ..GatewayConfig::new(control_url.clone())
     });
     let listener = server::bind(listen).await?;
     let addr = listener.local_addr()?;
@@ -279,7 +280,7 @@ pub async fn start_router(
 pub async fn start_relay(
     listen: SocketAddr,
     metrics: Option<SocketAddr>,
-    control_url: &str,
+    control_url: &ControlUrls,
     data: &Path,
     stop: Stop,
 ) -> anyhow::Result<(SocketAddr, Option<SocketAddr>, Vec<JoinHandle<()>>)> {
@@ -290,7 +291,7 @@ pub async fn start_relay(
     let addr = listener.local_addr()?;
     let destinations = Arc::new(ListedDestinations {
         api: crate::client::Api::new(&crate::client::ControlArgs {
-            control: control_url.to_string(),
+            control: control_url.clone(),
             key: None,
         })?,
         known: tokio::sync::Mutex::new(Listed::default()),
@@ -509,7 +510,7 @@ pub struct HostAddrs {
 pub async fn start_host(
     listen: Option<SocketAddr>,
     metrics: Option<SocketAddr>,
-    control_url: &str,
+    control_url: &ControlUrls,
     data: &Path,
     args: &HostArgs,
     stop: Stop,
@@ -532,7 +533,7 @@ pub async fn start_host(
         .cpu
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64));
     let config = AgentConfig {
-        control: control_url.trim_end_matches('/').to_string(),
+        control: control_url.clone(),
         advertise: addr,
         region: args.region.clone(),
         cpu,
