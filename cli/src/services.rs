@@ -70,28 +70,35 @@ pub async fn start_control(
     trusted_routers: Vec<String>,
     snapshot_every: std::time::Duration,
     key_rate: Option<control::Rate>,
+    advertise: Option<String>,
     stop: Stop,
 ) -> anyhow::Result<(SocketAddr, Vec<JoinHandle<()>>)> {
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
     let store = store.open(data).context("opening the registry")?;
+    let listener = server::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    // Without --advertise, the address it listens on (right for loopback and for one machine).
+    let advertise = advertise
+        .map(|url| url.trim_end_matches('/').to_string())
+        .unwrap_or_else(|| format!("http://{addr}"));
     let control = Control::new(
         store,
         ControlConfig {
             trusted_routers,
             snapshot_every,
             key_rate,
+            advertise: Some(advertise),
             ..ControlConfig::default()
         },
     );
-    let listener = server::bind(listen).await?;
-    let addr = listener.local_addr()?;
     let api = tokio::spawn(control::serve(
         listener,
         control.clone(),
         stop.clone().wait(),
     ));
+    let presence = tokio::spawn(control.clone().run_presence(stop.clone().wait()));
     let reconciler = tokio::spawn(control.run_reconciler(stop.wait()));
-    Ok((addr, vec![api, reconciler]))
+    Ok((addr, vec![api, presence, reconciler]))
 }
 
 /// How a router runs.
