@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Control-plane failover: three etcd members and three `fog control` processes on loopback; each
 # round kills the leading control plane with kill -9 and measures the time to (a) a new leader
-# (polling every control plane's GET /v1/plane) and (b) the first successful `fog publish`
+# (polling every control plane's GET /v1/plane) and (b) the first acknowledged `fog publish`
 # through the list of all three URLs (the dead one first), then starts the killed one again.
 # Uses whatever fog build exists (release if built, else debug; it builds nothing).
 #
@@ -58,7 +58,7 @@ leader() {
 HELLO="$CARGO_TARGET_DIR/guests/wasm32-wasip2/release/hello.wasm"
 [ -f "$HELLO" ] || { echo "no $HELLO: cargo build -p fog-test-programs builds it" >&2; exit 1; }
 publish() {
-  "$FOG" publish "$HELLO" --name hello --tier A --json --control "$1" --key "$data/dev.key" \
+  "$FOG" publish "$HELLO" --name hello --tier A --wait 0 --control "$1" --key "$data/dev.key" \
     >/dev/null 2>&1
 }
 until leader >/dev/null; do sleep 0.1; done
