@@ -60,35 +60,30 @@ async fn start_metrics(
     Ok(Some(addr))
 }
 
-/// Start the control plane on `listen` with its registry at `store` (and in `data`), letting
-/// the routers with keys `trusted_routers` (hex) register Betanet fronts, each signing key
-/// limited to `key_rate`.
+/// Start the control plane on `listen` with its registry at `store` (and in `data`), set up by
+/// `config` (without `advertise`, it advertises the address it listens on: right for
+/// loopback and one machine).
 pub async fn start_control(
     listen: SocketAddr,
     store: &StoreLocation,
     data: &Path,
-    trusted_routers: Vec<String>,
-    snapshot_every: std::time::Duration,
-    key_rate: Option<control::Rate>,
-    advertise: Option<String>,
+    config: ControlConfig,
     stop: Stop,
 ) -> anyhow::Result<(SocketAddr, Vec<JoinHandle<()>>)> {
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
     let store = store.open(data).context("opening the registry")?;
     let listener = server::bind(listen).await?;
     let addr = listener.local_addr()?;
-    // Without --advertise, the address it listens on (right for loopback and for one machine).
-    let advertise = advertise
+    let advertise = config
+        .advertise
+        .as_deref()
         .map(|url| url.trim_end_matches('/').to_string())
         .unwrap_or_else(|| format!("http://{addr}"));
     let control = Control::new(
         store,
         ControlConfig {
-            trusted_routers,
-            snapshot_every,
-            key_rate,
             advertise: Some(advertise),
-            ..ControlConfig::default()
+            ..config
         },
     );
     let api = tokio::spawn(control::serve(

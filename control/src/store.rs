@@ -263,6 +263,9 @@ pub trait Store: Send + Sync {
 /// Seconds a control plane's announcement lives (see [`Store::announce`]).
 pub const PLANE_TTL_S: i64 = 3;
 
+/// A control plane's id and what it announced (see [`Store::announce`]).
+type Announcement = (String, Vec<u8>);
+
 /// The embedded default: sled.
 #[derive(Debug, Clone)]
 pub struct SledStore {
@@ -272,7 +275,7 @@ pub struct SledStore {
     generations: std::sync::Arc<[std::sync::atomic::AtomicU64; Table::ALL.len()]>,
     /// The one control plane on this store (sled locks its directory): this process's own
     /// announcement, in memory.
-    announced: std::sync::Arc<std::sync::Mutex<Option<(String, Vec<u8>)>>>,
+    announced: std::sync::Arc<std::sync::Mutex<Option<Announcement>>>,
 }
 
 impl SledStore {

@@ -65,10 +65,15 @@ impl ControlCmd {
                 self.listen,
                 &self.store,
                 &data,
-                self.trust_router,
-                std::time::Duration::from_secs_f64(self.snapshot_every.max(0.1)),
-                fog_control::Rate::new(self.key_rate, self.key_burst),
-                self.advertise,
+                fog_control::ControlConfig {
+                    trusted_routers: self.trust_router,
+                    snapshot_every: std::time::Duration::from_secs_f64(
+                        self.snapshot_every.max(0.1),
+                    ),
+                    key_rate: fog_control::Rate::new(self.key_rate, self.key_burst),
+                    advertise: self.advertise,
+                    ..fog_control::ControlConfig::default()
+                },
                 stop,
             )
             .await?;
