@@ -6,6 +6,7 @@ mod dialout;
 mod etcd;
 mod flood;
 mod fog;
+mod ha;
 mod harvest;
 pub mod jspy;
 mod lab;
