@@ -522,7 +522,14 @@ pub async fn start_host(
         code_budget: usize::try_from(args.code_budget_mb << 20).unwrap_or(usize::MAX),
         ..RuntimeConfig::default()
     })?;
-    let apps = AppTable::new();
+    // Requests served are logged under the data directory, so a restart loses none the control
+    // plane has not taken yet.
+    let log = fog_host::reqlog::RequestLog::open(
+        &data.join("logs"),
+        fog_host::reqlog::DEFAULT_FILE_BYTES,
+        fog_host::reqlog::DEFAULT_FILES,
+    )?;
+    let apps = AppTable::with_request_log(log);
     let listener = match listen {
         Some(listen) => Some(server::bind(listen).await?),
         None => None,

@@ -38,11 +38,13 @@ pub enum Table {
     /// The behaviour each device earned its trust with ([`crate::trust::Evidence`]), by
     /// device id.
     Trust,
+    /// Request lines for `fog logs`, by `app/id` (the last 1,000 of each app).
+    Logs,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 11] = [
+    pub const ALL: [Table; 12] = [
         Table::Apps,
         Table::Devices,
         Table::Placements,
@@ -54,6 +56,7 @@ impl Table {
         Table::Sites,
         Table::Terms,
         Table::Trust,
+        Table::Logs,
     ];
 
     /// The table's position in [`Table::ALL`].
@@ -62,10 +65,11 @@ impl Table {
     }
 
     /// Tables whose values can be large (components up to 64 MiB, tier-B snapshots up to
-    /// 256 MiB): a distributed store keeps them on the control plane's own disk, since etcd
-    /// refuses requests over 1.5 MiB.
+    /// 256 MiB) or many (request logs, a write per request): a distributed store keeps them on
+    /// the control plane's own disk, since etcd refuses requests over 1.5 MiB and is no place
+    /// for a write per request.
     pub fn is_bulk(self) -> bool {
-        matches!(self, Table::Blobs | Table::Snapshots)
+        matches!(self, Table::Blobs | Table::Snapshots | Table::Logs)
     }
 
     /// The table's name (also its key prefix in etcd and its sled tree).
@@ -82,6 +86,7 @@ impl Table {
             Table::Sites => "sites",
             Table::Terms => "terms",
             Table::Trust => "trust",
+            Table::Logs => "logs",
         }
     }
 }

@@ -28,6 +28,7 @@ mod limits;
 pub mod metrics;
 pub mod peers;
 pub mod replica;
+pub mod reqlog;
 mod runtime;
 pub mod server;
 mod state;

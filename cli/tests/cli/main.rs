@@ -8,6 +8,7 @@ mod flood;
 mod fog;
 mod harvest;
 mod lab;
+mod logs;
 mod metrics;
 mod onion;
 pub mod publish;
