@@ -26,6 +26,7 @@ pub mod htx_server;
 pub mod kv;
 mod limits;
 pub mod metrics;
+pub mod owner;
 pub mod peers;
 pub mod replica;
 pub mod reqlog;
