@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use fog_proto::ErrorKind;
 use tokio::net::TcpListener;
+use tracing::Instrument;
 
 use crate::app::{App, HostResponse};
 
@@ -110,8 +111,40 @@ impl AppTable {
         }
     }
 
-    /// Serve one request from whichever app it is for.
+    /// Serve one request from whichever app it is for (in a span of its own when traces are
+    /// exported, the child of the router's span whose context came in `traceparent`).
     pub async fn handle<B>(&self, request: http::Request<B>) -> HostResponse
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if !fog_net::trace::enabled() {
+            return self.handle_counted(request).await;
+        }
+        let span = tracing::info_span!(
+            target: fog_net::trace::TARGET,
+            "host.request",
+            otel.kind = "server",
+            http.request.method = %request.method(),
+            fog.app = tracing::field::Empty,
+            fog.request_id = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+        );
+        fog_net::trace::set_parent(&span, request.headers());
+        let response = self.handle_counted(request).instrument(span.clone()).await;
+        span.record("http.response.status_code", response.status().as_u16());
+        if let Some(id) = response
+            .headers()
+            .get("x-fog-request-id")
+            .and_then(|v| v.to_str().ok())
+        {
+            span.record("fog.request_id", id);
+        }
+        response
+    }
+
+    /// Serve one request, counted in the metrics if they are on.
+    async fn handle_counted<B>(&self, request: http::Request<B>) -> HostResponse
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -143,6 +176,7 @@ impl AppTable {
         }
         match self.route(&request) {
             Ok(app) => {
+                tracing::Span::current().record("fog.app", app.name());
                 let admission = match self.gate.admit() {
                     Ok(admission) => admission,
                     Err(reason) => {

@@ -1,12 +1,13 @@
 //! HTTP plumbing shared by the host, the control plane and the router, so each serves with the
 //! same accept loop, reads app names from host names the same way, exports its Prometheus
 //! metrics ([`metrics`]) the same way; [`limit`] holds the per-key rate limits routers and the
-//! control plane apply.
+//! control plane apply, and [`trace`] the trace context routers pass hosts.
 
 #![deny(missing_docs)]
 
 pub mod limit;
 pub mod metrics;
+pub mod trace;
 
 use std::net::SocketAddr;
 use std::time::Duration;

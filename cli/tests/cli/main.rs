@@ -16,4 +16,5 @@ mod ratelimit;
 mod run;
 mod sites;
 pub mod state;
+mod traces;
 mod up;
