@@ -21,6 +21,7 @@ pub(crate) mod logs;
 mod metrics;
 pub mod names;
 mod observe;
+mod planes;
 mod reconcile;
 mod registry;
 pub mod replay;
@@ -78,6 +79,9 @@ pub struct ControlConfig {
     /// the fleet has not changed; in between, a reconcile places only the apps that need it
     /// (new, scaled, short of replicas).
     pub replan_every: Duration,
+    /// Where the other control planes reach this one's API (`fog control --advertise`): it
+    /// is announced in the store, and peers pull components from it.
+    pub advertise: Option<String>,
 }
 
 /// The default per-key limit: ten heartbeats a second (the most a host sends) and a developer's
@@ -103,6 +107,7 @@ impl Default for ControlConfig {
             trust: trust::TrustConfig::default(),
             key_rate: Rate::new(DEFAULT_KEY_RATE, DEFAULT_KEY_BURST),
             replan_every: Duration::from_secs(30),
+            advertise: None,
         }
     }
 }
@@ -110,6 +115,9 @@ impl Default for ControlConfig {
 pub(crate) struct Live {
     at: Instant,
     heartbeat: Heartbeat,
+    /// Received by this control plane (not learnt from another's announcement): only these
+    /// are announced, so a heartbeat is never echoed back and forth.
+    local: bool,
 }
 
 /// The control plane.
@@ -136,8 +144,6 @@ pub struct Control {
     registrations: names::Registrations,
     /// Primaries moving between devices, by app.
     handovers: Mutex<HashMap<String, replicas::Handover>>,
-    /// Moves asked for with `fog move` and not started yet: app → device.
-    moves: Mutex<HashMap<String, String>>,
     /// New primaries that must restore the control plane's snapshot first: app → device.
     restores: Mutex<HashMap<String, String>>,
     /// Recent events per app.
@@ -166,6 +172,8 @@ pub struct Control {
     id: String,
     /// Whether this control plane led at its last reconcile tick.
     leading: std::sync::atomic::AtomicBool,
+    /// The other control planes, and the client to reach them.
+    planes: planes::Planes,
 }
 
 /// Largest snapshot the control plane keeps for an app.
@@ -206,7 +214,6 @@ impl Control {
             public_names: Mutex::new(HashMap::new()),
             registrations: names::Registrations::default(),
             handovers: Mutex::new(HashMap::new()),
-            moves: Mutex::new(HashMap::new()),
             restores: Mutex::new(HashMap::new()),
             events: replicas::Events::default(),
             loads: Mutex::new(HashMap::new()),
@@ -225,6 +232,7 @@ impl Control {
                 hex::encode(id)
             },
             leading: std::sync::atomic::AtomicBool::new(false),
+            planes: planes::Planes::default(),
         })
     }
 }

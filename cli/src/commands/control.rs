@@ -48,6 +48,10 @@ pub struct ControlCmd {
     /// Signed requests a key may make at once on top of --key-rate.
     #[arg(long, default_value_t = fog_control::DEFAULT_KEY_BURST, value_name = "N")]
     key_burst: u32,
+    /// The URL other control planes on the same store reach this one's API at (they copy
+    /// components from it); default http://<the --listen address>.
+    #[arg(long, value_name = "URL")]
+    advertise: Option<String>,
 }
 
 impl ControlCmd {
@@ -61,9 +65,15 @@ impl ControlCmd {
                 self.listen,
                 &self.store,
                 &data,
-                self.trust_router,
-                std::time::Duration::from_secs_f64(self.snapshot_every.max(0.1)),
-                fog_control::Rate::new(self.key_rate, self.key_burst),
+                fog_control::ControlConfig {
+                    trusted_routers: self.trust_router,
+                    snapshot_every: std::time::Duration::from_secs_f64(
+                        self.snapshot_every.max(0.1),
+                    ),
+                    key_rate: fog_control::Rate::new(self.key_rate, self.key_burst),
+                    advertise: self.advertise,
+                    ..fog_control::ControlConfig::default()
+                },
                 stop,
             )
             .await?;
