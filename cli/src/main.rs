@@ -5,6 +5,7 @@ mod commands;
 mod progress;
 mod services;
 mod site;
+mod telemetry;
 mod testnet;
 
 use std::process::ExitCode;
@@ -25,8 +26,15 @@ pub mod exit {
 
 fn main() -> ExitCode {
     let cli = commands::Cli::parse();
-    init_logging();
-    match cli.execute() {
+    let traces = init_logging();
+    let result = cli.execute();
+    if let Some(provider) = traces {
+        // Send the spans still batched before the process ends.
+        if let Err(err) = provider.shutdown() {
+            eprintln!("warning: exporting the last spans: {err}");
+        }
+    }
+    match result {
         Ok(()) => ExitCode::from(exit::OK),
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -40,15 +48,33 @@ fn main() -> ExitCode {
 }
 
 /// Logs go to stderr, filtered by `FOG_LOG` (e.g. `FOG_LOG=debug`, `FOG_LOG=fog_host=trace`);
-/// the default shows informational messages from Fog and warnings from everything else.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FOG_LOG").unwrap_or_else(|_| {
+/// the default shows informational messages from Fog and warnings from everything else. With
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` set, request spans also go there (OTLP over HTTP/protobuf); the
+/// returned provider must be shut down at exit to send the last of them.
+fn init_logging() -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{Layer, filter};
+
+    let env_filter = tracing_subscriber::EnvFilter::try_from_env("FOG_LOG").unwrap_or_else(|_| {
         // arti's path selection warns on every pick in a small network; its errors matter.
         tracing_subscriber::EnvFilter::new("warn,fog=info,fog_host=info,tor_netdir=error")
     });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        // Request spans are for the exporter; the log shows them only when FOG_LOG names them.
+        .with_filter(env_filter);
+    let provider = telemetry::provider();
+    let otel = provider.as_ref().map(|provider| {
+        use opentelemetry::trace::TracerProvider as _;
+        fog_net::trace::enable();
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("fog"))
+            .with_filter(
+                filter::Targets::new().with_target(fog_net::trace::TARGET, tracing::Level::INFO),
+            )
+    });
+    tracing_subscriber::registry().with(fmt).with(otel).init();
+    provider
 }

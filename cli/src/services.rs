@@ -481,6 +481,16 @@ pub struct HostArgs {
     /// Length of a rewards-ledger period, seconds.
     #[arg(long, default_value_t = 60)]
     pub ledger_period: u64,
+    /// Serve the device owner's page (what runs here, harvest state and reason, fuel and
+    /// credits over time) at http://ADDR/; alone, on 127.0.0.1:7072. Keep it on loopback: it
+    /// is the owner's, not the fog's.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        num_args = 0..=1,
+        default_missing_value = "127.0.0.1:7072"
+    )]
+    pub status_listen: Option<SocketAddr>,
 }
 
 /// A price per CPU-hour from the command line: a finite number in [0, 1000], so a typo never
@@ -503,6 +513,8 @@ pub struct HostAddrs {
     pub device: String,
     /// Where Prometheus scrapes `/metrics`, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// Where the owner's page is, if anywhere.
+    pub status: Option<SocketAddr>,
 }
 
 /// Start a host, agent talking to `control_url`, state in `data`. With `listen`, it also
@@ -525,7 +537,14 @@ pub async fn start_host(
         code_budget: usize::try_from(args.code_budget_mb << 20).unwrap_or(usize::MAX),
         ..RuntimeConfig::default()
     })?;
-    let apps = AppTable::new();
+    // Requests served are logged under the data directory, so a restart loses none the control
+    // plane has not taken yet.
+    let log = fog_host::reqlog::RequestLog::open(
+        &data.join("logs"),
+        fog_host::reqlog::DEFAULT_FILE_BYTES,
+        fog_host::reqlog::DEFAULT_FILES,
+    )?;
+    let apps = AppTable::with_request_log(log);
     let listener = match listen {
         Some(listen) => Some(server::bind(listen).await?),
         None => None,
@@ -629,6 +648,26 @@ pub async fn start_host(
         ..config
     };
     let device = fog_proto::auth::device_id(&identity.public_hex());
+    let status = match args.status_listen {
+        Some(listen) => {
+            let listener = server::bind(listen)
+                .await
+                .with_context(|| format!("device page on {listen}"))?;
+            let addr = listener.local_addr()?;
+            let page = fog_host::owner::OwnerPage::new(
+                device.clone(),
+                apps.clone(),
+                config.harvest.as_ref().map(|h| h.status.clone()),
+            );
+            tasks.push(tokio::spawn(fog_host::owner::serve(
+                listener,
+                page,
+                stop.clone().wait(),
+            )));
+            Some(addr)
+        }
+        None => None,
+    };
     let agent = tokio::spawn(async move {
         agent::run(runtime, apps, identity, config, stop.wait()).await;
         if let Err(err) = flush.flush() {
@@ -641,6 +680,7 @@ pub async fn start_host(
             http: addr,
             device,
             metrics,
+            status,
         },
         tasks,
     ))

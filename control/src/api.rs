@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use fog_proto::api::{self, LogLine};
+use fog_proto::api;
 use fog_proto::auth::{self, AUTH_HEADER, META_HEADER};
 use http_body_util::{BodyExt, Full, Limited};
 use serde::Serialize;
@@ -33,6 +33,20 @@ pub(crate) fn bytes_response(content_type: &'static str, bytes: impl Into<Bytes>
         http::HeaderValue::from_static(content_type),
     );
     response
+}
+
+/// The `after=ID` of a logs request's query (none: every kept line at once); anything else in
+/// the query is refused.
+fn logs_after(query: Option<&str>) -> Result<Option<u64>, ApiError> {
+    let Some(query) = query.filter(|q| !q.is_empty()) else {
+        return Ok(None);
+    };
+    match query.strip_prefix("after=").map(str::parse::<u64>) {
+        Some(Ok(after)) => Ok(Some(after)),
+        _ => Err(ApiError::BadRequest(format!(
+            "bad logs query {query:?}: expected after=ID (a line id, digits)"
+        ))),
+    }
 }
 
 impl Control {
@@ -88,12 +102,13 @@ impl Control {
                 self.latest_snapshot(name, request).await
             }
             ("GET", ["apps", name, "logs"]) => {
+                fog_proto::validate_app_name(name).map_err(ApiError::BadRequest)?;
                 self.app(name)?;
-                let logs = self.logs.lock().expect("logs lock");
-                let lines: Vec<&LogLine> = logs
-                    .get(*name)
-                    .map(|l| l.iter().collect())
-                    .unwrap_or_default();
+                let after = logs_after(request.uri().query())?;
+                let lines = self
+                    .logs
+                    .read(self.store.as_ref(), name, after, crate::logs::LOGS_HOLD)
+                    .await?;
                 Ok(json(200, &lines))
             }
             ("POST", ["devices"]) => self.register(request).await,

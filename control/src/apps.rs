@@ -401,7 +401,7 @@ impl Control {
             }
             self.store.flush()?;
         }
-        self.logs.lock().expect("logs lock").remove(name);
+        self.logs.forget(self.store.as_ref(), name)?;
         self.events.forget(name);
         self.public_names
             .lock()

@@ -14,7 +14,7 @@ use fog_proto::{Manifest, Permissions};
 use crate::api::{Answer, json};
 use crate::error::ApiError;
 use crate::store::{DeviceRecord, StoreError, Table, decode, encode};
-use crate::{Control, LOG_LINES_KEPT, Live, now_ms, replicas};
+use crate::{Control, Live, now_ms, replicas};
 
 /// A digest of a device's assignments and the routers it is told to attach to: a device that
 /// already has them is held.
@@ -136,17 +136,7 @@ impl Control {
             Err(other) => return Err(other),
         }
         let lines = std::mem::take(&mut heartbeat.logs);
-        {
-            let mut logs = self.logs.lock().expect("logs lock");
-            for mut line in lines {
-                line.device = id.to_string();
-                let kept = logs.entry(line.app.clone()).or_default();
-                kept.push_back(line);
-                while kept.len() > LOG_LINES_KEPT {
-                    kept.pop_front();
-                }
-            }
-        }
+        self.logs.add(self.store.as_ref(), id, lines)?;
         let running: Vec<String> = heartbeat
             .running
             .iter()

@@ -17,6 +17,7 @@ pub mod autoscale;
 mod dashboard;
 mod devices;
 pub mod error;
+pub(crate) mod logs;
 mod metrics;
 pub mod names;
 mod observe;
@@ -31,13 +32,13 @@ pub mod trust;
 pub mod usage;
 mod views;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use fog_net::limit::RateLimit;
-use fog_proto::api::{Heartbeat, LogLine};
+use fog_proto::api::Heartbeat;
 use fog_scheduler::placement::PlacementConfig;
 use http_body_util::Full;
 use tokio::sync::{Notify, watch};
@@ -111,9 +112,6 @@ impl Default for ControlConfig {
     }
 }
 
-/// Lines of `fog logs` kept per app.
-pub(crate) const LOG_LINES_KEPT: usize = 1000;
-
 pub(crate) struct Live {
     at: Instant,
     heartbeat: Heartbeat,
@@ -127,7 +125,8 @@ pub struct Control {
     store: Arc<dyn Store>,
     config: ControlConfig,
     live: Mutex<HashMap<String, Live>>,
-    logs: Mutex<HashMap<String, VecDeque<LogLine>>>,
+    /// Request lines for `fog logs`.
+    logs: logs::Logs,
     /// Serialises read-modify-write of app records.
     writes: Mutex<()>,
     /// Wakes the reconcile loop.
@@ -206,7 +205,7 @@ impl Control {
             store,
             config,
             live: Mutex::new(HashMap::new()),
-            logs: Mutex::new(HashMap::new()),
+            logs: logs::Logs::default(),
             writes: Mutex::new(()),
             changed: Notify::new(),
             version: watch::channel(0).0,

@@ -41,11 +41,13 @@ pub enum Table {
     /// Moves asked for with `fog move` and not started yet: the target device id, by app
     /// name. In the store, so a move asked of any control plane reaches the leader.
     Moves,
+    /// Request lines for `fog logs`, by `app/id` (the last 1,000 of each app).
+    Logs,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 12] = [
+    pub const ALL: [Table; 13] = [
         Table::Apps,
         Table::Devices,
         Table::Placements,
@@ -58,6 +60,7 @@ impl Table {
         Table::Terms,
         Table::Trust,
         Table::Moves,
+        Table::Logs,
     ];
 
     /// The table's position in [`Table::ALL`].
@@ -66,10 +69,11 @@ impl Table {
     }
 
     /// Tables whose values can be large (components up to 64 MiB, tier-B snapshots up to
-    /// 256 MiB): a distributed store keeps them on the control plane's own disk, since etcd
-    /// refuses requests over 1.5 MiB.
+    /// 256 MiB) or many (request logs, a write per request): a distributed store keeps them on
+    /// the control plane's own disk, since etcd refuses requests over 1.5 MiB and is no place
+    /// for a write per request.
     pub fn is_bulk(self) -> bool {
-        matches!(self, Table::Blobs | Table::Snapshots)
+        matches!(self, Table::Blobs | Table::Snapshots | Table::Logs)
     }
 
     /// The table's name (also its key prefix in etcd and its sled tree).
@@ -87,6 +91,7 @@ impl Table {
             Table::Terms => "terms",
             Table::Trust => "trust",
             Table::Moves => "moves",
+            Table::Logs => "logs",
         }
     }
 }

@@ -332,8 +332,12 @@ pub async fn run(
             let mut heartbeat = heartbeat(&shared, &config);
             heartbeat.known = known.clone();
             let path = format!("/v1/devices/{id}/heartbeat");
+            let logged = heartbeat.logs.last().map(|l| l.seq);
             let reply: HeartbeatReply =
                 call(&client, &identity, &config.control, &path, &heartbeat).await?;
+            if let Some(seq) = logged {
+                shared.apps.request_log().acknowledge(seq);
+            }
             Ok::<_, AgentError>((id, reply))
         };
         // The control plane holds a heartbeat until assignments change (at most one interval);
@@ -440,10 +444,9 @@ fn heartbeat(shared: &Shared, config: &AgentConfig) -> Heartbeat {
         })
         .collect();
     drop(tasks);
-    let mut logs = shared.apps.drain_log();
-    if logs.len() > api::MAX_LOG_LINES {
-        logs.drain(..logs.len() - api::MAX_LOG_LINES);
-    }
+    // Lines stay pending until a reply acknowledges them: a lost heartbeat or a restart sends
+    // them again.
+    let logs = shared.apps.request_log().pending(api::MAX_LOG_LINES);
     let mut heartbeat = Heartbeat {
         harvestable: true,
         cpu_free: config.cpu,

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -191,6 +192,21 @@ impl App {
             // Being moved away: nothing new starts here (routers retry on the new device).
             Ok(_) if fenced => Err(Failure::Moved),
             // A streamed response keeps its permit until its last byte.
+            Ok(permit) if fog_net::trace::enabled() => {
+                let span = tracing::info_span!(
+                    target: fog_net::trace::TARGET,
+                    "guest",
+                    fog.app = %self.manifest.name,
+                    fog.request_id = %request_id,
+                    fog.fuel = tracing::field::Empty,
+                );
+                let outcome = self
+                    .run(request, started, fuel_used.clone(), permit)
+                    .instrument(span.clone())
+                    .await;
+                span.record("fog.fuel", fuel_used.load(Ordering::Relaxed));
+                outcome
+            }
             Ok(permit) => self.run(request, started, fuel_used.clone(), permit).await,
             Err(_) => Err(Failure::Overloaded {
                 limit: self.manifest.limits.max_concurrency,

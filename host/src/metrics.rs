@@ -1,6 +1,7 @@
 //! The host's Prometheus metrics (`fog host --metrics-listen ADDR`): requests by app and status,
 //! latency, fuel burnt per app on the request path; apps loaded and resident, requests in
-//! flight, the process's memory, and the harvest state with its cause read at scrape time.
+//! flight, the process's memory, the harvest state with its cause, and each replica's log
+//! sequence number and (followers) replication lag, read at scrape time.
 //!
 //! Without `--metrics-listen` nothing is recorded: the request path only checks that no
 //! [`HostMetrics`] was installed.
@@ -127,6 +128,19 @@ pub fn install(
         "Credits earned since the host started (closed ledger periods and the open one)",
         credits.clone(),
     );
+    let lag = Family::<AppLabel, Gauge>::default();
+    registry.register(
+        "fog_host_replication_lag_entries",
+        "Log entries this follower replica lacks of what its primary held at its last pull, by \
+         app (followers only)",
+        lag.clone(),
+    );
+    let state_seq = Family::<AppLabel, Gauge>::default();
+    registry.register(
+        "fog_host_replication_seq",
+        "The last log sequence number each app's state holds here, by app",
+        state_seq.clone(),
+    );
     apps.set_metrics(metrics);
     let table = apps.clone();
     Exporter::new(registry, move || {
@@ -134,6 +148,22 @@ pub fn install(
         loaded.set(listed.len() as i64);
         resident.set(listed.iter().filter(|a| a.is_resident()).count() as i64);
         in_flight.set(listed.iter().map(|a| i64::from(a.in_flight())).sum());
+        // Only apps served here now: a removed app's series goes with it.
+        lag.clear();
+        state_seq.clear();
+        for app in &listed {
+            let label = AppLabel {
+                app: app.name().to_string(),
+            };
+            let namespace = app.namespace();
+            state_seq
+                .get_or_create(&label)
+                .set(i64::try_from(namespace.head()).unwrap_or(i64::MAX));
+            if let Some(behind) = namespace.lag() {
+                lag.get_or_create(&label)
+                    .set(i64::try_from(behind).unwrap_or(i64::MAX));
+            }
+        }
         if let Some(bytes) = resident_memory_bytes() {
             memory.set(bytes as i64);
         }

@@ -233,6 +233,9 @@ pub async fn follow(
                 .map_err(|e| e.to_string())?
                 .to_bytes();
             let primary_head = response_head;
+            if primary_head != u64::MAX {
+                namespace.set_primary_head(primary_head);
+            }
             let (entries, _): (Vec<crate::replica::Entry>, _) =
                 bincode::serde::decode_from_slice(&body, bincode::config::standard())
                     .map_err(|e| e.to_string())?;

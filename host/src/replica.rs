@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -115,6 +115,8 @@ pub struct Replication {
     mode_changed: Notify,
     /// Keys of peers allowed to pull state (the primary's followers, from the assignment).
     allowed: Mutex<Vec<[u8; 32]>>,
+    /// A follower's latest word of its primary's head (from its last log pull), for the lag.
+    primary_head: AtomicU64,
 }
 
 impl Replication {
@@ -127,6 +129,7 @@ impl Replication {
             acked: Notify::new(),
             mode_changed: Notify::new(),
             allowed: Mutex::new(Vec::new()),
+            primary_head: AtomicU64::new(head),
         }
     }
 }
@@ -169,6 +172,22 @@ impl Namespace {
     /// The last sequence number the state holds.
     pub fn head(&self) -> u64 {
         *self.repl.head.borrow()
+    }
+
+    /// A follower heard that its primary's head is `seq`.
+    pub fn set_primary_head(&self, seq: u64) {
+        self.repl.primary_head.store(seq, Ordering::Release);
+    }
+
+    /// A follower's replication lag: log entries its primary held at its last pull that this
+    /// replica does not hold yet (`None` unless it is a follower).
+    pub fn lag(&self) -> Option<u64> {
+        (self.mode() == Mode::Follower).then(|| {
+            self.repl
+                .primary_head
+                .load(Ordering::Acquire)
+                .saturating_sub(self.head())
+        })
     }
 
     /// Peers (Noise static keys) allowed to pull this app's state.

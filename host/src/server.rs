@@ -3,27 +3,25 @@
 //! Owning the listener (rather than sitting behind a container runtime's proxy) is what keeps a
 //! request's cost down to one fresh store; see `benches/RESULTS.md`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use fog_proto::ErrorKind;
 use tokio::net::TcpListener;
+use tracing::Instrument;
 
 use crate::app::{App, HostResponse};
 
 /// Header that names the app a request is for (set by routers).
 pub const APP_HEADER: &str = "x-fog-app";
 
-/// Request lines kept for `fog logs` until the agent ships them.
-const LOG_LINES_KEPT: usize = 1000;
-
 /// The apps a host serves, by name, and which one answers requests that name none.
 #[derive(Debug, Default)]
 pub struct AppTable {
     apps: RwLock<HashMap<String, Arc<App>>>,
     default_app: RwLock<Option<String>>,
-    log: std::sync::Mutex<VecDeque<fog_proto::api::LogLine>>,
+    log: crate::reqlog::RequestLog,
     gate: crate::harvest::Gate,
     /// Set once metrics are exported (`--metrics-listen`); nothing is recorded otherwise.
     metrics: std::sync::OnceLock<Arc<crate::metrics::HostMetrics>>,
@@ -33,6 +31,19 @@ impl AppTable {
     /// An empty table.
     pub fn new() -> Arc<AppTable> {
         Arc::new(AppTable::default())
+    }
+
+    /// An empty table that logs requests to `log`.
+    pub fn with_request_log(log: crate::reqlog::RequestLog) -> Arc<AppTable> {
+        Arc::new(AppTable {
+            log,
+            ..AppTable::default()
+        })
+    }
+
+    /// Every request served, for `fog logs` (the agent ships it to the control plane).
+    pub fn request_log(&self) -> &crate::reqlog::RequestLog {
+        &self.log
     }
 
     /// Serve `app` under its name, replacing an app of the same name.
@@ -100,8 +111,40 @@ impl AppTable {
         }
     }
 
-    /// Serve one request from whichever app it is for.
+    /// Serve one request from whichever app it is for (in a span of its own when traces are
+    /// exported, the child of the router's span whose context came in `traceparent`).
     pub async fn handle<B>(&self, request: http::Request<B>) -> HostResponse
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if !fog_net::trace::enabled() {
+            return self.handle_counted(request).await;
+        }
+        let span = tracing::info_span!(
+            target: fog_net::trace::TARGET,
+            "host.request",
+            otel.kind = "server",
+            http.request.method = %request.method(),
+            fog.app = tracing::field::Empty,
+            fog.request_id = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+        );
+        fog_net::trace::set_parent(&span, request.headers());
+        let response = self.handle_counted(request).instrument(span.clone()).await;
+        span.record("http.response.status_code", response.status().as_u16());
+        if let Some(id) = response
+            .headers()
+            .get("x-fog-request-id")
+            .and_then(|v| v.to_str().ok())
+        {
+            span.record("fog.request_id", id);
+        }
+        response
+    }
+
+    /// Serve one request, counted in the metrics if they are on.
+    async fn handle_counted<B>(&self, request: http::Request<B>) -> HostResponse
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -133,6 +176,7 @@ impl AppTable {
         }
         match self.route(&request) {
             Ok(app) => {
+                tracing::Span::current().record("fog.app", app.name());
                 let admission = match self.gate.admit() {
                     Ok(admission) => admission,
                     Err(reason) => {
@@ -156,6 +200,8 @@ impl AppTable {
                 let line = fog_proto::api::LogLine {
                     app: app.name().to_string(),
                     device: String::new(),
+                    seq: 0,
+                    id: 0,
                     ts_ms: std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| d.as_millis() as u64),
@@ -167,11 +213,7 @@ impl AppTable {
                     micros: report.elapsed.as_micros() as u64,
                     error: report.failure.map(|f| f.kind().to_string()),
                 };
-                let mut log = self.log.lock().expect("log lock");
-                if log.len() == LOG_LINES_KEPT {
-                    log.pop_front();
-                }
-                log.push_back(line);
+                self.log.record(line);
                 (response, Some(app), report.fuel)
             }
             Err(reason) => {
@@ -184,11 +226,6 @@ impl AppTable {
                 (response, None, 0)
             }
         }
-    }
-
-    /// Take the request lines logged since the last call (at most the last 1,000).
-    pub fn drain_log(&self) -> Vec<fog_proto::api::LogLine> {
-        self.log.lock().expect("log lock").drain(..).collect()
     }
 }
 

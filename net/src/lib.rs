@@ -2,13 +2,14 @@
 //! same accept loop, reads app names from host names the same way, exports its Prometheus
 //! metrics ([`metrics`]) the same way and fail over between control planes the same way
 //! ([`control_urls`]); [`limit`] holds the per-key rate limits routers and the
-//! control plane apply.
+//! control plane apply, and [`trace`] the trace context routers pass hosts.
 
 #![deny(missing_docs)]
 
 pub mod control_urls;
 pub mod limit;
 pub mod metrics;
+pub mod trace;
 
 use std::net::SocketAddr;
 use std::time::Duration;

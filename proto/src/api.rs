@@ -6,7 +6,7 @@
 //! | GET | `/v1/apps`, `/v1/apps/{name}` | anyone | → [`AppInfo`] |
 //! | POST | `/v1/apps/{name}/scale` | owner (signed) | [`ScaleRequest`] |
 //! | DELETE | `/v1/apps/{name}` | owner (signed) | — |
-//! | GET | `/v1/apps/{name}/logs` | anyone | → [`LogLine`]s |
+//! | GET | `/v1/apps/{name}/logs[?after=ID]` | anyone | → [`LogLine`]s (long-poll past line ID) |
 //! | POST | `/v1/devices` | device (signed) | [`DeviceRegistration`] → [`DeviceRegistered`] |
 //! | POST | `/v1/devices/{id}/heartbeat` | device (signed) | [`Heartbeat`] → [`HeartbeatReply`] |
 //! | GET | `/v1/devices` | anyone | → [`DeviceInfo`]s |
@@ -726,6 +726,14 @@ pub struct LogLine {
     /// Device that served it (filled in by the control plane).
     #[serde(default)]
     pub device: String,
+    /// The serving host's sequence number of the line (per device, from 1, kept across
+    /// restarts): the control plane takes each line of a device once.
+    #[serde(default)]
+    pub seq: u64,
+    /// Position in the control plane's log of the app (filled in by the control plane, from 1):
+    /// `GET /v1/apps/{name}/logs?after=ID` waits for lines past it.
+    #[serde(default)]
+    pub id: u64,
     /// Unix milliseconds.
     pub ts_ms: u64,
     /// The host's request id.

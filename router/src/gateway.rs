@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use tracing::Instrument;
 
 use fog_htx::dial::{Dialer, HtxConnector};
 
@@ -633,8 +634,43 @@ impl Gateway {
         Some(replicas)
     }
 
-    /// Forward one visitor request.
+    /// Forward one visitor request (in a span of its own when traces are exported: its
+    /// context goes to the host in `traceparent`).
     pub async fn handle<B>(&self, request: http::Request<B>) -> http::Response<GatewayBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if !fog_net::trace::enabled() {
+            return self.handle_counted(request).await;
+        }
+        // The root of the request's trace: a visitor's own trace context is not trusted.
+        let span = tracing::info_span!(
+            target: fog_net::trace::TARGET,
+            "router.request",
+            otel.kind = "server",
+            http.request.method = %request.method(),
+            fog.app = tracing::field::Empty,
+            fog.request_id = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+        );
+        if let Some((app, _)) = Self::app_of(&request) {
+            span.record("fog.app", app.as_str());
+        }
+        let response = self.handle_counted(request).instrument(span.clone()).await;
+        span.record("http.response.status_code", response.status().as_u16());
+        if let Some(id) = response
+            .headers()
+            .get("x-fog-request-id")
+            .and_then(|v| v.to_str().ok())
+        {
+            span.record("fog.request_id", id);
+        }
+        response
+    }
+
+    /// Forward one visitor request, counted in the metrics if they are on.
+    async fn handle_counted<B>(&self, request: http::Request<B>) -> http::Response<GatewayBody>
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -866,10 +902,11 @@ impl Gateway {
             .header(http::header::HOST, format!("{app}.localhost"))
             .header("x-fog-app", app)
             .body(Full::new(body.clone()));
-        let forward = match forward {
+        let mut forward = match forward {
             Ok(forward) => forward,
             Err(err) => return Forwarded::Answer(plain(400, &format!("bad request: {err}"))),
         };
+        fog_net::trace::inject(&tracing::Span::current(), forward.headers_mut());
         replica.in_flight.fetch_add(1, Ordering::Relaxed);
         let sent = async {
             match htx {

@@ -70,10 +70,13 @@ impl HostCmd {
                 stop,
             )
             .await?;
-            let metrics = addrs
+            let mut metrics = addrs
                 .metrics
                 .map(|m| format!(", metrics on http://{m}/metrics"))
                 .unwrap_or_default();
+            if let Some(page) = addrs.status {
+                metrics.push_str(&format!(", device page on http://{page}/"));
+            }
             match addrs.http {
                 Some(addr) => println!(
                     "fog: host on http://{addr}, device {}, control plane {}{metrics}",

@@ -165,6 +165,8 @@ impl Up {
                 sensors: None,
                 price: 0.15,
                 ledger_period: 60,
+                // `fog up` is the operator's: the dashboard shows its hosts.
+                status_listen: None,
             };
             for n in 1..=self.hosts {
                 let dir = data.join("hosts").join(n.to_string());

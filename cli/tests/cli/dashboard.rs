@@ -1,7 +1,9 @@
-//! The control plane's dashboard in a real browser: headless Chromium (Debian's `chromium`)
-//! loads `/dashboard` from a running fog with an app, traffic and a move, runs its script, and
-//! the DOM it leaves shows the devices, the app and the event; a screenshot is kept as a test
-//! artefact. Bad dashboard requests get a clear 4xx, and app names cannot carry HTML.
+//! The control plane's dashboard and a host's device page in a real browser: headless Chromium
+//! (Debian's `chromium`) loads `/dashboard` from a running fog with an app, traffic and a move,
+//! runs its script, and the DOM it leaves shows the devices, the app and the event; then the
+//! device page of the host the app moved to, whose DOM shows the app and the harvest state;
+//! a screenshot of each is kept as a test artefact. Bad dashboard and device-page requests get
+//! a clear 4xx, and app names cannot carry HTML.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -53,9 +55,32 @@ fn chromium(url: &str, profile: &std::path::Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// Sensors of a plugged-in, idle device: the default harvest policy harvests.
+const PLUGGED: &str =
+    r#"{"charging": true, "battery": 0.9, "cpus": 2, "mem_total_mb": 4096, "user_idle_s": 3600}"#;
+
+/// Where a host's device page is, from the first line it printed.
+fn device_page(line: &str) -> std::net::SocketAddr {
+    line.split("device page on http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no device page in {line:?}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_shows_devices_apps_and_events_in_headless_chromium() {
-    let fog = Fog::start(2);
+async fn the_dashboard_and_the_device_page_show_devices_apps_and_events_in_headless_chromium() {
+    // Hosts under a real harvest policy (sensors from a file), each with its owner's page.
+    let fog = Fog::start_with(2, |i, dir| {
+        let sensors = dir.join(format!("sensors{i}.json"));
+        std::fs::write(&sensors, PLUGGED).unwrap();
+        vec![
+            "--sensors".into(),
+            sensors.to_str().unwrap().into(),
+            "--status-listen".into(),
+            "127.0.0.1:0".into(),
+        ]
+    });
     let (code, _, err) = fog.fog(&[
         "publish",
         programs::HELLO,
@@ -125,6 +150,50 @@ async fn the_dashboard_shows_devices_apps_and_events_in_headless_chromium() {
     );
 
     let shot = artefacts().join("dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    chromium(
+        &url,
+        profile.path(),
+        &[&format!("--screenshot={}", shot.display())],
+    );
+    let png = std::fs::read(&shot).expect("chromium wrote the screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG: {}", shot.display());
+
+    // The owner's page of the device hello moved to: the app, its harvest state, a chart.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fog.app("hello").running != [to.clone()] {
+        assert!(Instant::now() < deadline, "{:?}", fog.app("hello"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Some traffic on it, so its counters and fuel chart move.
+    for _ in 0..5 {
+        let reply = fog_tests::request(fog.router.addr, "GET", "/apps/hello/", &[], "")
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200);
+    }
+    let page = device_page(&fog.hosts[fog.host_of(&to)].line);
+    for (target, status) in [("/?app=%3Cscript%3E", 400), ("/nope", 404)] {
+        let reply = fog_tests::request(page, "GET", target, &[], "")
+            .await
+            .unwrap();
+        assert_eq!(reply.status, status, "{target}: {}", reply.text());
+        assert!(reply.text().contains("device page"), "{}", reply.text());
+    }
+    let url = format!("http://{page}/");
+    let dom = chromium(&url, profile.path(), &["--dump-dom"]);
+    assert!(dom.contains("updated "), "the script never drew: {dom}");
+    assert!(dom.contains(&to), "the device id: {dom}");
+    assert!(
+        dom.contains("<tr data-app=\"hello\"><td>hello</td><td>primary</td>"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("<span id=\"harvest-state\" class=\"state ok\">harvesting</span>"),
+        "{dom}"
+    );
+    assert!(dom.contains("<polyline class=\"line\""), "no chart: {dom}");
+    let shot = artefacts().join("device.png");
     let _ = std::fs::remove_file(&shot);
     chromium(
         &url,

@@ -44,9 +44,15 @@ impl Running {
 
 /// Start `fog ARGS` and wait for its first line, which names its address as `http://ADDR`.
 pub fn spawn(args: &[&str]) -> Running {
+    spawn_with_env(args, &[])
+}
+
+/// [`spawn`] with extra environment variables.
+pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
     let mut child = Command::new(FOG)
         .args(args)
         .env("FOG_LOG", "warn,tor_netdir=error")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

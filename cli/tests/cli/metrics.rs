@@ -355,3 +355,64 @@ async fn every_role_exports_metrics_that_move_with_traffic_and_name_no_visitor()
         .unwrap();
     assert_eq!(other.status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_exports_its_replication_lag_and_sequence() {
+    let fog = Fog::start_with(2, |_, _| {
+        ["--always-on", "--metrics-listen", "127.0.0.1:0"]
+            .map(String::from)
+            .to_vec()
+    });
+    let info = fog.publish_counter("A");
+    assert_eq!(info.running.len(), 2, "{info:?}");
+    let app = fog.app("counter");
+    let primary = metrics_addr(&fog.hosts[fog.host_of(&app.assigned[0])]);
+    let follower = metrics_addr(&fog.hosts[fog.host_of(&app.assigned[1])]);
+    let counter = [("app", "counter")];
+
+    // Writes on the primary.
+    const WRITES: usize = 10;
+    for _ in 0..WRITES {
+        let reply = fog_tests::request(
+            fog.router.addr,
+            "POST",
+            "/apps/counter/api/increment",
+            &[],
+            "",
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    let (_, at_primary) = scrape(primary).await;
+    let head = value(&at_primary, "fog_host_replication_seq", &counter);
+    assert!(head >= WRITES as f64, "primary's head {head}");
+    assert!(
+        !at_primary
+            .iter()
+            .any(|s| s.metric == "fog_host_replication_lag_entries"),
+        "a primary has no lag"
+    );
+    // The follower: a lag series for the app, and it holds the primary's head (lag 0) once
+    // caught up. (Semi-synchronous writes wait for a caught-up follower, so it is soon.)
+    let (text, samples) = scrape_until(
+        follower,
+        Duration::from_secs(15),
+        "the follower never caught up",
+        |s| value(s, "fog_host_replication_seq", &counter) >= head,
+    )
+    .await;
+    assert!(
+        samples
+            .iter()
+            .any(|s| s.metric == "fog_host_replication_lag_entries"
+                && s.labels.get("app") == Some("counter")),
+        "no lag series on the follower:\n{text}"
+    );
+    assert_eq!(
+        value(&samples, "fog_host_replication_lag_entries", &counter),
+        0.0,
+        "{text}"
+    );
+    assert_bounded_labels("follower", &text, &samples, &HashSet::new());
+}
