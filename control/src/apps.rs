@@ -10,7 +10,7 @@ use fog_proto::auth;
 
 use crate::api::{Answer, bytes_response, json};
 use crate::error::ApiError;
-use crate::store::{AppRecord, AppTerms, StoreError, Table, decode, encode};
+use crate::store::{AppRecord, AppSettings, AppTerms, StoreError, Table, decode, encode};
 use crate::{Control, MAX_SNAPSHOT_BYTES, now_ms};
 
 /// Check that `bytes` is a component exporting `wasi:http/incoming-handler@0.2.*`, with
@@ -256,6 +256,7 @@ impl Control {
                 bid: meta.bid.unwrap_or_default(),
             };
             self.store.put(Table::Terms, &meta.name, &encode(&terms))?;
+            self.put_settings(&meta)?;
             let record = self.update_app(&meta.name, |existing| {
                 // Again: another control plane may have taken the name since.
                 taken(&existing)?;
@@ -282,6 +283,25 @@ impl Control {
         };
         self.changed.notify_one();
         Ok(json(201, &self.app_info(&info)?))
+    }
+
+    /// Write what a publish says the app may reach and is given. Written before the app record,
+    /// so no host ever runs a version without them.
+    fn put_settings(&self, meta: &PublishMeta) -> Result<(), ApiError> {
+        let settings = AppSettings {
+            allow_outbound: meta.allow_outbound.clone(),
+        };
+        self.store
+            .put(Table::Settings, &meta.name, &encode(&settings))?;
+        Ok(())
+    }
+
+    /// The settings of `name` (none written: the defaults, which grant nothing).
+    pub(crate) fn settings(&self, name: &str) -> Result<AppSettings, StoreError> {
+        match self.store.get(Table::Settings, name)? {
+            Some(bytes) => decode(Table::Settings, name, &bytes),
+            None => Ok(AppSettings::default()),
+        }
     }
 
     pub(crate) async fn scale<B>(self: &Arc<Self>, name: &str, request: http::Request<B>) -> Answer
@@ -389,6 +409,7 @@ impl Control {
             self.store.delete(Table::Snapshots, name)?;
             self.store.delete(Table::Scaling, name)?;
             self.store.delete(Table::Terms, name)?;
+            self.store.delete(Table::Settings, name)?;
             self.link_site(name, None)?;
             let still_used = self.store.list(Table::Apps)?.iter().any(|(k, v)| {
                 decode::<AppRecord>(Table::Apps, k, v).is_ok_and(|a| a.sha256 == record.sha256)

@@ -38,11 +38,13 @@ pub enum Table {
     /// The behaviour each device earned its trust with ([`crate::trust::Evidence`]), by
     /// device id.
     Trust,
+    /// What each app may reach and is given beyond its code ([`AppSettings`]), by app name.
+    Settings,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 11] = [
+    pub const ALL: [Table; 12] = [
         Table::Apps,
         Table::Devices,
         Table::Placements,
@@ -54,6 +56,7 @@ impl Table {
         Table::Sites,
         Table::Terms,
         Table::Trust,
+        Table::Settings,
     ];
 
     /// The table's position in [`Table::ALL`].
@@ -82,6 +85,7 @@ impl Table {
             Table::Sites => "sites",
             Table::Terms => "terms",
             Table::Trust => "trust",
+            Table::Settings => "settings",
         }
     }
 }
@@ -482,6 +486,15 @@ pub struct AppTerms {
     pub max_price: Option<f64>,
     /// How the developer buys capacity.
     pub bid: fog_proto::api::Bid,
+}
+
+/// What an app may reach and is given beyond its code; kept beside the app record (by app
+/// name), so records written before it existed still decode, and changing it needs no new
+/// version of the app.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AppSettings {
+    /// The origins its outbound HTTP requests may go to (`fog publish --allow-outbound`).
+    pub allow_outbound: Vec<fog_proto::Origin>,
 }
 
 /// A registered device.

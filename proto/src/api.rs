@@ -112,6 +112,10 @@ pub struct PublishMeta {
     /// How the developer buys capacity (`fog publish --bid`); on-demand if not said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bid: Option<Bid>,
+    /// The origins the app may send HTTP requests to (`fog publish --allow-outbound`); none
+    /// if empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_outbound: Vec<crate::Origin>,
 }
 
 /// How a developer buys CPU time for an app (the market's pricing classes).
@@ -190,6 +194,13 @@ impl PublishMeta {
         if let Some(max) = self.max_price {
             validate_price("max price", max)?;
         }
+        if self.allow_outbound.len() > crate::origin::MAX_ORIGINS {
+            return Err(format!(
+                "at most {} outbound origins, got {}",
+                crate::origin::MAX_ORIGINS,
+                self.allow_outbound.len()
+            ));
+        }
         self.limits.validate()
     }
 }
@@ -245,6 +256,9 @@ pub struct AppInfo {
     /// How the developer buys capacity.
     #[serde(default)]
     pub bid: Bid,
+    /// The origins the app may send HTTP requests to.
+    #[serde(default)]
+    pub allow_outbound: Vec<crate::Origin>,
 }
 
 /// An app's onion-service key, for a trusted router to run the service.

@@ -66,8 +66,13 @@ impl Limits {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Permissions {
-    /// Outgoing HTTP requests through `wasi:http/outgoing-handler`.
+    /// Outgoing HTTP requests through `wasi:http/outgoing-handler`, to any destination (local
+    /// manifests only: the control plane never grants it).
     pub outbound_http: bool,
+    /// The origins outgoing HTTP requests may go to when `outbound_http` is off
+    /// (`fog publish --allow-outbound`); every other destination is refused.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_outbound: Vec<crate::Origin>,
     /// TCP and UDP sockets and name lookups through `wasi:sockets`.
     pub sockets: bool,
     /// A host directory the app may read, seen by the guest as `/`.

@@ -34,6 +34,11 @@ pub struct Publish {
     /// How you buy capacity: spot, on-demand or reserved.
     #[arg(long)]
     bid: Option<Bid>,
+    /// An origin the app may send HTTP requests to, as `https://api.example.com` or
+    /// `http://127.0.0.1:8080` (scheme, host and port must match; repeat for more). Every other
+    /// destination is refused.
+    #[arg(long = "allow-outbound", value_name = "URL")]
+    allow_outbound: Vec<fog_proto::Origin>,
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
@@ -65,6 +70,7 @@ impl Publish {
                 bundle: None,
                 max_price: self.max_price,
                 bid: self.bid,
+                allow_outbound: self.allow_outbound.clone(),
             };
             let wait = Duration::from_secs(self.wait);
             let info = if self.app.is_dir() {

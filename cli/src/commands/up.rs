@@ -213,6 +213,7 @@ async fn demo(
             bundle: None,
             max_price: None,
             bid: None,
+            allow_outbound: Vec::new(),
         };
         let wait = Duration::from_secs(60);
         let info = match examples {
@@ -247,6 +248,7 @@ async fn demo(
         bundle: None,
         max_price: None,
         bid: None,
+        allow_outbound: Vec::new(),
     };
     let info = super::publish::publish_site(&api, &site, meta, Duration::from_secs(60)).await?;
     super::publish::print_app(&info, router);

@@ -10,6 +10,7 @@ mod harvest;
 mod lab;
 mod metrics;
 mod onion;
+mod outbound;
 pub mod publish;
 mod ratelimit;
 mod run;
