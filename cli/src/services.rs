@@ -2,7 +2,7 @@
 //! `fog router`, `fog host` and `fog up`, each stopped by one shared signal.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -61,7 +61,10 @@ async fn start_metrics(
 
 /// Start the control plane on `listen` with its registry at `store` (and in `data`), letting
 /// the routers with keys `trusted_routers` (hex) register Betanet fronts, each signing key
-/// limited to `key_rate`.
+/// limited to `key_rate`, app secrets sealed with the key in `secrets_key` (default:
+/// `secrets.key` in `data`, created on first use).
+// One argument per `fog control` setting the two callers (`fog control`, `fog up`) pass.
+#[allow(clippy::too_many_arguments)]
 pub async fn start_control(
     listen: SocketAddr,
     store: &StoreLocation,
@@ -69,6 +72,7 @@ pub async fn start_control(
     trusted_routers: Vec<String>,
     snapshot_every: std::time::Duration,
     key_rate: Option<control::Rate>,
+    secrets_key: Option<PathBuf>,
     stop: Stop,
 ) -> anyhow::Result<(SocketAddr, Vec<JoinHandle<()>>)> {
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
@@ -79,6 +83,7 @@ pub async fn start_control(
             trusted_routers,
             snapshot_every,
             key_rate,
+            secrets_key: Some(secrets_key.unwrap_or_else(|| data.join("secrets.key"))),
             ..ControlConfig::default()
         },
     );

@@ -228,6 +228,8 @@ impl Control {
         let meta: PublishMeta = serde_json::from_str(&meta)
             .map_err(|e| ApiError::BadRequest(format!("malformed x-fog-meta JSON: {e}")))?;
         meta.validate().map_err(ApiError::BadRequest)?;
+        // Checked (and secrets sealed) before anything is written.
+        let settings = self.published_settings(&meta)?;
         let component = body.clone();
         tokio::task::spawn_blocking(move || check_component(&component))
             .await
@@ -256,7 +258,8 @@ impl Control {
                 bid: meta.bid.unwrap_or_default(),
             };
             self.store.put(Table::Terms, &meta.name, &encode(&terms))?;
-            self.put_settings(&meta)?;
+            self.store
+                .put(Table::Settings, &meta.name, &encode(&settings))?;
             let record = self.update_app(&meta.name, |existing| {
                 // Again: another control plane may have taken the name since.
                 taken(&existing)?;
@@ -285,15 +288,26 @@ impl Control {
         Ok(json(201, &self.app_info(&info)?))
     }
 
-    /// Write what a publish says the app may reach and is given. Written before the app record,
-    /// so no host ever runs a version without them.
-    fn put_settings(&self, meta: &PublishMeta) -> Result<(), ApiError> {
-        let settings = AppSettings {
-            allow_outbound: meta.allow_outbound.clone(),
-        };
-        self.store
-            .put(Table::Settings, &meta.name, &encode(&settings))?;
-        Ok(())
+    /// What a publish makes of the app's settings: its outbound origins replaced, the
+    /// variables and secrets it names set (sealed), the others the app had kept. Written before
+    /// the app record, so no host ever runs a version without them.
+    fn published_settings(&self, meta: &PublishMeta) -> Result<AppSettings, ApiError> {
+        let mut settings = self.settings(&meta.name)?;
+        settings.allow_outbound = meta.allow_outbound.clone();
+        for (key, value) in &meta.vars {
+            settings.secrets.remove(key);
+            settings.vars.insert(key.clone(), value.clone());
+        }
+        for (key, value) in &meta.secrets {
+            let sealed = self
+                .secrets
+                .seal(&meta.name, key, value.expose())
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            settings.vars.remove(key);
+            settings.secrets.insert(key.clone(), sealed);
+        }
+        crate::config::check_count(&settings)?;
+        Ok(settings)
     }
 
     /// The settings of `name` (none written: the defaults, which grant nothing).

@@ -362,6 +362,9 @@ impl Control {
                             .unwrap_or_default(),
                         ..Permissions::default()
                     },
+                    config: settings
+                        .map(|s| self.config_values(name, s))
+                        .unwrap_or_default(),
                 },
                 replication,
                 bundle: index.sites.get(&app.name).cloned(),

@@ -14,6 +14,7 @@
 pub mod api;
 mod apps;
 pub mod autoscale;
+mod config;
 mod dashboard;
 mod devices;
 pub mod error;
@@ -24,6 +25,7 @@ mod reconcile;
 mod registry;
 pub mod replay;
 pub mod replicas;
+mod secrets;
 mod sites;
 pub mod store;
 pub mod trust;
@@ -77,6 +79,10 @@ pub struct ControlConfig {
     /// the fleet has not changed; in between, a reconcile places only the apps that need it
     /// (new, scaled, short of replicas).
     pub replan_every: Duration,
+    /// The file holding the key app secrets are sealed with (created, 0600, on first use);
+    /// control planes sharing a registry must be given the same file. `None`: a key for this
+    /// process only (secrets sealed under it do not survive a restart).
+    pub secrets_key: Option<std::path::PathBuf>,
 }
 
 /// The default per-key limit: ten heartbeats a second (the most a host sends) and a developer's
@@ -102,6 +108,7 @@ impl Default for ControlConfig {
             trust: trust::TrustConfig::default(),
             key_rate: Rate::new(DEFAULT_KEY_RATE, DEFAULT_KEY_BURST),
             replan_every: Duration::from_secs(30),
+            secrets_key: None,
         }
     }
 }
@@ -167,6 +174,8 @@ pub struct Control {
     id: String,
     /// Whether this control plane led at its last reconcile tick.
     leading: std::sync::atomic::AtomicBool,
+    /// The key app secrets are sealed with in the registry.
+    secrets: secrets::SecretsKey,
 }
 
 /// Largest snapshot the control plane keeps for an app.
@@ -194,7 +203,9 @@ impl Control {
     /// A control plane over `store`.
     pub fn new(store: Arc<dyn Store>, config: ControlConfig) -> Arc<Control> {
         let key_limit = config.key_rate.map(RateLimit::new);
+        let secrets = secrets::SecretsKey::new(config.secrets_key.clone());
         Arc::new(Control {
+            secrets,
             store,
             config,
             live: Mutex::new(HashMap::new()),

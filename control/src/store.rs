@@ -495,6 +495,10 @@ pub struct AppTerms {
 pub struct AppSettings {
     /// The origins its outbound HTTP requests may go to (`fog publish --allow-outbound`).
     pub allow_outbound: Vec<fog_proto::Origin>,
+    /// Config variables, by name.
+    pub vars: std::collections::BTreeMap<String, String>,
+    /// Secrets by name, sealed (`crate::secrets`): never stored in the clear.
+    pub secrets: std::collections::BTreeMap<String, Vec<u8>>,
 }
 
 /// A registered device.

@@ -619,6 +619,8 @@ async fn a_site_must_name_an_uploaded_bundle_and_removing_it_drops_the_bundle(ba
             max_price: None,
             bid: None,
             allow_outbound: Vec::new(),
+            vars: Default::default(),
+            secrets: Default::default(),
         })
         .unwrap()
     };

@@ -8,17 +8,29 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use crate::kv::{KvView, Namespace};
 use fog_proto::{Limits, Manifest, Origin, Permissions};
 
 /// What an app is granted that may change while it runs (without a new version): the origins
-/// it may call. Each request takes the grants current when it starts.
-#[derive(Debug, Default)]
+/// it may call and its config. Each request takes the grants current when it starts.
+#[derive(Default)]
 pub struct Grants {
     /// Origins outbound HTTP may go to.
     pub(crate) allow_outbound: Vec<Origin>,
+    /// What `wasi:config/store` answers (variables and secrets).
+    config: WasiConfigVariables,
+}
+
+impl std::fmt::Debug for Grants {
+    // Config values are secrets: only their count is ever printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grants")
+            .field("allow_outbound", &self.allow_outbound)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Grants {
@@ -26,6 +38,11 @@ impl Grants {
     pub fn of(manifest: &Manifest) -> Grants {
         Grants {
             allow_outbound: manifest.permissions.allow_outbound.clone(),
+            config: manifest
+                .config
+                .iter()
+                .map(|(key, value)| (key.as_str(), value.expose()))
+                .collect(),
         }
     }
 }
@@ -39,6 +56,7 @@ pub struct RequestState {
     http: WasiHttpCtx,
     table: ResourceTable,
     hooks: FogHttpHooks,
+    grants: std::sync::Arc<Grants>,
     namespace: Namespace,
     /// The highest change-log sequence number this request wrote.
     written: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -79,8 +97,9 @@ impl RequestState {
             table: ResourceTable::new(),
             hooks: FogHttpHooks {
                 any_destination: permissions.outbound_http,
-                grants,
+                grants: grants.clone(),
             },
+            grants,
             namespace,
             written,
             limiter: MemoryLimiter {
@@ -89,6 +108,11 @@ impl RequestState {
             },
             stderr,
         }
+    }
+
+    /// The app's config, as `wasi:config/store` reads it.
+    pub(crate) fn config(&mut self) -> WasiConfig<'_> {
+        WasiConfig::new(&self.grants.config)
     }
 
     pub(crate) fn kv(&mut self) -> KvView<'_> {

@@ -91,6 +91,9 @@ pub struct Manifest {
     /// What the app may reach outside its sandbox.
     #[serde(default)]
     pub permissions: Permissions,
+    /// What `wasi:config/store` gives the app: its variables and (opened) secrets.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub config: crate::config::ConfigValues,
 }
 
 impl Manifest {
@@ -100,6 +103,7 @@ impl Manifest {
             name: name.into(),
             limits: Limits::default(),
             permissions: Permissions::default(),
+            config: Default::default(),
         }
     }
 

@@ -48,6 +48,11 @@ pub struct ControlCmd {
     /// Signed requests a key may make at once on top of --key-rate.
     #[arg(long, default_value_t = fog_control::DEFAULT_KEY_BURST, value_name = "N")]
     key_burst: u32,
+    /// The key app secrets are encrypted with in the registry (created, 0600, if missing;
+    /// default: secrets.key in --data). Control planes sharing an etcd registry must all be
+    /// given the same key file.
+    #[arg(long, value_name = "FILE", env = "FOG_SECRETS_KEY")]
+    secrets_key: Option<PathBuf>,
 }
 
 impl ControlCmd {
@@ -64,6 +69,7 @@ impl ControlCmd {
                 self.trust_router,
                 std::time::Duration::from_secs_f64(self.snapshot_every.max(0.1)),
                 fog_control::Rate::new(self.key_rate, self.key_burst),
+                self.secrets_key,
                 stop,
             )
             .await?;

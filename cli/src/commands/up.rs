@@ -111,7 +111,7 @@ impl Up {
             let (stop_tx, stop) = Stop::new();
             let router_identity = services::router_identity(&data.join("router"))?;
             let trusted = vec![router_identity.public_hex()];
-            let (control, mut tasks) = services::start_control(self.control_listen, &fog_control::store::StoreLocation::Sled, &data.join("control"), trusted, std::time::Duration::from_secs(5), fog_control::Rate::new(fog_control::DEFAULT_KEY_RATE, fog_control::DEFAULT_KEY_BURST), stop.clone()).await?;
+            let (control, mut tasks) = services::start_control(self.control_listen, &fog_control::store::StoreLocation::Sled, &data.join("control"), trusted, std::time::Duration::from_secs(5), fog_control::Rate::new(fog_control::DEFAULT_KEY_RATE, fog_control::DEFAULT_KEY_BURST), None, stop.clone()).await?;
             let control_url = format!("http://{control}");
             let metrics: Option<SocketAddr> = if self.metrics { Some("127.0.0.1:0".parse()?) } else { None };
             let print_metrics = |role: &str, addr: Option<SocketAddr>| {
@@ -214,6 +214,8 @@ async fn demo(
             max_price: None,
             bid: None,
             allow_outbound: Vec::new(),
+            vars: Default::default(),
+            secrets: Default::default(),
         };
         let wait = Duration::from_secs(60);
         let info = match examples {
@@ -249,6 +251,8 @@ async fn demo(
         max_price: None,
         bid: None,
         allow_outbound: Vec::new(),
+        vars: Default::default(),
+        secrets: Default::default(),
     };
     let info = super::publish::publish_site(&api, &site, meta, Duration::from_secs(60)).await?;
     super::publish::print_app(&info, router);
