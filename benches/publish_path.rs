@@ -57,7 +57,7 @@ fn main() {
         let host_addr = listener.local_addr().unwrap();
         tokio::spawn(server::serve(listener, apps.clone(), stop()));
         let config = AgentConfig {
-            control: control_url.clone(),
+            control: control_url.parse().expect("a control-plane URL"),
             advertise: Some(host_addr),
             region: "local".into(),
             cpu: 4.0,

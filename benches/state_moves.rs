@@ -51,7 +51,7 @@ async fn start_host(dir: &std::path::Path, control: &str, stop: &Stop) {
         stopped(stop),
     ));
     let config = AgentConfig {
-        control: control.to_string(),
+        control: control.parse().expect("a control-plane URL"),
         advertise: Some(addr),
         region: "local".into(),
         cpu: 4.0,

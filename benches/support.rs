@@ -38,7 +38,9 @@ pub async fn control_and_router(dir: &std::path::Path, stop: &Stop) -> (String, 
     let control_url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(control::serve(listener, control.clone(), stopped(stop)));
     tokio::spawn(control.run_reconciler(stopped(stop)));
-    let gateway = Gateway::new(GatewayConfig::new(&control_url));
+    let gateway = Gateway::new(GatewayConfig::new(
+        control_url.parse().expect("a control-plane URL"),
+    ));
     let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let router_url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(fog_router::serve(listener, gateway.clone(), stopped(stop)));

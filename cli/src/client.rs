@@ -1,5 +1,6 @@
 //! Talking to the control plane from the CLI: the developer's key, signed requests, errors.
 
+use fog_net::control_urls::{ControlUrls, Failover};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -10,9 +11,15 @@ use fog_proto::auth::{self, AUTH_HEADER, Identity, META_HEADER};
 /// Where the control plane is, for every subcommand that talks to it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ControlArgs {
-    /// Base URL of the control plane.
-    #[arg(long, env = "FOG_CONTROL", default_value = "http://127.0.0.1:7070")]
-    pub control: String,
+    /// The control planes' base URLs, comma-separated: requests go to the one that answered
+    /// last and fail over to the next on connection errors, timeouts and 503.
+    #[arg(
+        long,
+        env = "FOG_CONTROL",
+        default_value = "http://127.0.0.1:7070",
+        value_name = "URL[,URL...]"
+    )]
+    pub control: ControlUrls,
     /// The developer key (made by `fog keygen`).
     #[arg(long, env = "FOG_KEY", value_name = "FILE")]
     pub key: Option<PathBuf>,
@@ -28,10 +35,11 @@ pub fn default_key_path() -> PathBuf {
         .join("key")
 }
 
-/// A client for one control plane, signing with the developer's key when asked.
+/// A client for the control planes, signing with the developer's key when asked; each request
+/// goes to the one that answered last and fails over to the others.
 #[derive(Debug)]
 pub struct Api {
-    base: String,
+    control: ControlUrls,
     key: PathBuf,
     /// A key held in memory (a relay's identity) instead of the key file.
     fixed: Option<Identity>,
@@ -41,7 +49,7 @@ pub struct Api {
 impl Api {
     pub fn new(args: &ControlArgs) -> anyhow::Result<Api> {
         Ok(Api {
-            base: args.control.trim_end_matches('/').to_string(),
+            control: args.control.clone(),
             key: args.key.clone().unwrap_or_else(default_key_path),
             fixed: None,
             http: reqwest::Client::builder()
@@ -52,9 +60,9 @@ impl Api {
     }
 
     /// A client that signs with `identity` (a service's own key).
-    pub fn with_identity(control: &str, identity: Identity) -> anyhow::Result<Api> {
+    pub fn with_identity(control: &ControlUrls, identity: Identity) -> anyhow::Result<Api> {
         let mut api = Api::new(&ControlArgs {
-            control: control.to_string(),
+            control: control.clone(),
             key: None,
         })?;
         api.fixed = Some(identity);
@@ -88,14 +96,11 @@ impl Api {
 
     /// GET `path` and decode its JSON.
     pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        let url = format!("{}{path}", self.base);
-        let response = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {url}"))?;
-        decode(response).await
+        let answer = self
+            .control
+            .try_each(|base| Sent::answer(self.http.get(format!("{base}{path}"))))
+            .await;
+        decode(path, answer)
     }
 
     /// A signed request with `body` and `meta`; decodes the JSON answer.
@@ -114,26 +119,71 @@ impl Api {
             &auth::sha256_hex(&body),
             meta,
         );
-        let url = format!("{}{path}", self.base);
-        let response = self
-            .http
-            .request(method, &url)
-            .header(AUTH_HEADER, header)
-            .header(META_HEADER, meta)
-            .body(body)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {url}"))?;
-        decode(response).await
+        let body = bytes::Bytes::from(body);
+        let answer = self
+            .control
+            .try_each(|base| {
+                Sent::answer(
+                    self.http
+                        .request(method.clone(), format!("{base}{path}"))
+                        .header(AUTH_HEADER, &header)
+                        .header(META_HEADER, meta)
+                        .body(body.clone()),
+                )
+            })
+            .await;
+        decode(path, answer)
     }
 }
 
-async fn decode<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> anyhow::Result<T> {
-    let status = response.status();
-    let bytes = response
-        .bytes()
-        .await
-        .context("reading the control plane's answer")?;
+/// A request to one control plane that another may answer instead.
+#[derive(Debug)]
+enum Sent {
+    /// No answer: the connection failed or timed out.
+    Unreachable { url: String, source: reqwest::Error },
+    /// The control plane answered 503 (it cannot reach its store, or is stopping).
+    Unavailable(bytes::Bytes),
+}
+
+impl Failover for Sent {
+    fn fail_over(&self) -> bool {
+        true
+    }
+}
+
+impl Sent {
+    /// Send `request`: the status and body, unless the answer is one to fail over on.
+    async fn answer(
+        request: reqwest::RequestBuilder,
+    ) -> Result<(reqwest::StatusCode, bytes::Bytes), Sent> {
+        let url = |e: &reqwest::Error| e.url().map(|u| u.to_string()).unwrap_or_default();
+        let response = request.send().await.map_err(|source| Sent::Unreachable {
+            url: url(&source),
+            source,
+        })?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|source| Sent::Unreachable {
+            url: url(&source),
+            source,
+        })?;
+        if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+            return Err(Sent::Unavailable(bytes));
+        }
+        Ok((status, bytes))
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    path: &str,
+    answer: Result<(reqwest::StatusCode, bytes::Bytes), Sent>,
+) -> anyhow::Result<T> {
+    let (status, bytes) = match answer {
+        Ok(answer) => answer,
+        Err(Sent::Unavailable(bytes)) => (reqwest::StatusCode::SERVICE_UNAVAILABLE, bytes),
+        Err(Sent::Unreachable { url, source }) => {
+            return Err(anyhow::Error::new(source).context(format!("cannot reach {url} ({path})")));
+        }
+    };
     if !status.is_success() {
         match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(body) => bail!("{} ({})", body.error, status.as_u16()),

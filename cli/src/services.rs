@@ -1,8 +1,9 @@
 //! Starting Fog's long-running roles (control plane, router, host) for `fog control`,
 //! `fog router`, `fog host` and `fog up`, each stopped by one shared signal.
 
+use fog_net::control_urls::ControlUrls;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -59,43 +60,40 @@ async fn start_metrics(
     Ok(Some(addr))
 }
 
-/// Start the control plane on `listen` with its registry at `store` (and in `data`), letting
-/// the routers with keys `trusted_routers` (hex) register Betanet fronts, each signing key
-/// limited to `key_rate`, app secrets sealed with the key in `secrets_key` (default:
-/// `secrets.key` in `data`, created on first use).
-// One argument per `fog control` setting the two callers (`fog control`, `fog up`) pass.
-#[allow(clippy::too_many_arguments)]
+/// Start the control plane on `listen` with its registry at `store` (and in `data`), set up by
+/// `config` (without `advertise`, it advertises the address it listens on: right for
+/// loopback and one machine).
 pub async fn start_control(
     listen: SocketAddr,
     store: &StoreLocation,
     data: &Path,
-    trusted_routers: Vec<String>,
-    snapshot_every: std::time::Duration,
-    key_rate: Option<control::Rate>,
-    secrets_key: Option<PathBuf>,
+    config: ControlConfig,
     stop: Stop,
 ) -> anyhow::Result<(SocketAddr, Vec<JoinHandle<()>>)> {
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
     let store = store.open(data).context("opening the registry")?;
+    let listener = server::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let advertise = config
+        .advertise
+        .as_deref()
+        .map(|url| url.trim_end_matches('/').to_string())
+        .unwrap_or_else(|| format!("http://{addr}"));
     let control = Control::new(
         store,
         ControlConfig {
-            trusted_routers,
-            snapshot_every,
-            key_rate,
-            secrets_key: Some(secrets_key.unwrap_or_else(|| data.join("secrets.key"))),
-            ..ControlConfig::default()
+            advertise: Some(advertise),
+            ..config
         },
     );
-    let listener = server::bind(listen).await?;
-    let addr = listener.local_addr()?;
     let api = tokio::spawn(control::serve(
         listener,
         control.clone(),
         stop.clone().wait(),
     ));
+    let presence = tokio::spawn(control.clone().run_presence(stop.clone().wait()));
     let reconciler = tokio::spawn(control.run_reconciler(stop.wait()));
-    Ok((addr, vec![api, reconciler]))
+    Ok((addr, vec![api, presence, reconciler]))
 }
 
 /// How a router runs.
@@ -166,7 +164,7 @@ pub fn router_identity(data: &Path) -> anyhow::Result<fog_proto::auth::Identity>
 pub async fn start_router(
     listen: SocketAddr,
     metrics: Option<SocketAddr>,
-    control_url: &str,
+    control_url: &ControlUrls,
     args: &RouterArgs,
     identity: fog_proto::auth::Identity,
     data: &Path,
@@ -182,7 +180,7 @@ pub async fn start_router(
         mix: args.mix,
         mix_seed,
         visitor_rate: fog_router::Rate::new(args.visitor_rate, args.visitor_burst),
-        ..GatewayConfig::new(control_url)
+        ..GatewayConfig::new(control_url.clone())
     });
     let listener = server::bind(listen).await?;
     let addr = listener.local_addr()?;
@@ -284,7 +282,7 @@ pub async fn start_router(
 pub async fn start_relay(
     listen: SocketAddr,
     metrics: Option<SocketAddr>,
-    control_url: &str,
+    control_url: &ControlUrls,
     data: &Path,
     stop: Stop,
 ) -> anyhow::Result<(SocketAddr, Option<SocketAddr>, Vec<JoinHandle<()>>)> {
@@ -295,7 +293,7 @@ pub async fn start_relay(
     let addr = listener.local_addr()?;
     let destinations = Arc::new(ListedDestinations {
         api: crate::client::Api::new(&crate::client::ControlArgs {
-            control: control_url.to_string(),
+            control: control_url.clone(),
             key: None,
         })?,
         known: tokio::sync::Mutex::new(Listed::default()),
@@ -514,7 +512,7 @@ pub struct HostAddrs {
 pub async fn start_host(
     listen: Option<SocketAddr>,
     metrics: Option<SocketAddr>,
-    control_url: &str,
+    control_url: &ControlUrls,
     data: &Path,
     args: &HostArgs,
     stop: Stop,
@@ -537,7 +535,7 @@ pub async fn start_host(
         .cpu
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64));
     let config = AgentConfig {
-        control: control_url.trim_end_matches('/').to_string(),
+        control: control_url.clone(),
         advertise: addr,
         region: args.region.clone(),
         cpu,

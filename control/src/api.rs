@@ -26,8 +26,8 @@ pub(crate) fn json<T: Serialize>(status: u16, value: &T) -> ApiResponse {
 }
 
 /// A 200 carrying `bytes` as `content_type`.
-pub(crate) fn bytes_response(content_type: &'static str, bytes: Vec<u8>) -> ApiResponse {
-    let mut response = http::Response::new(Full::new(Bytes::from(bytes)));
+pub(crate) fn bytes_response(content_type: &'static str, bytes: impl Into<Bytes>) -> ApiResponse {
+    let mut response = http::Response::new(Full::new(bytes.into()));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static(content_type),
@@ -119,10 +119,43 @@ impl Control {
                     .collect::<Result<_, _>>()?;
                 Ok(json(200, &periods))
             }
-            ("GET", ["blobs", sha]) => match self.store.get(Table::Blobs, sha)? {
-                Some(bytes) => Ok(bytes_response("application/wasm", bytes)),
-                None => Err(ApiError::NotFound(format!("no blob {sha}"))),
-            },
+            ("GET", ["blobs", sha]) => {
+                // `local=1`: a peer pulling; answer from this disk only (no pull in turn).
+                let local = request
+                    .uri()
+                    .query()
+                    .is_some_and(|q| q.split('&').any(|kv| kv == "local=1"));
+                let found = if local {
+                    self.store.get(Table::Blobs, sha)?.map(Bytes::from)
+                } else {
+                    self.blob(sha).await?
+                };
+                match found {
+                    Some(bytes) => Ok(bytes_response("application/wasm", bytes)),
+                    None => Err(ApiError::NotFound(format!("no blob {sha}"))),
+                }
+            }
+            ("POST", ["blobs", sha, "pull"]) => {
+                let from = request
+                    .uri()
+                    .query()
+                    .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("from=")))
+                    .ok_or_else(|| {
+                        ApiError::BadRequest("pull needs ?from=<control plane id>".into())
+                    })?
+                    .to_string();
+                self.pull_blob(sha, &from).await?;
+                Ok(json(200, &serde_json::json!({ "sha256": sha })))
+            }
+            ("GET", ["plane"]) => Ok(json(
+                200,
+                &api::PlaneInfo {
+                    id: self.id.clone(),
+                    leading: self.is_leading(),
+                    advertise: self.config.advertise.clone(),
+                    peers: self.planes.peers().into_iter().map(|p| p.url).collect(),
+                },
+            )),
             ("GET", ["routes"]) => {
                 let after = request
                     .uri()

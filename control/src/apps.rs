@@ -157,10 +157,7 @@ impl Control {
         {
             return Err(ApiError::Conflict(format!("{name:?} is already moving")));
         }
-        self.moves
-            .lock()
-            .expect("moves lock")
-            .insert(name.to_string(), wanted.to.clone());
+        self.store.put(Table::Moves, name, wanted.to.as_bytes())?;
         self.changed.notify_one();
         Ok(json(202, &self.app_info(&record)?))
     }
@@ -236,21 +233,27 @@ impl Control {
             .map_err(|e| ApiError::Internal(format!("validation failed: {e}")))?
             .map_err(ApiError::BadRequest)?;
         let sha256 = auth::sha256_hex(&body);
+        let taken = |existing: &Option<AppRecord>| match existing {
+            Some(existing) if existing.owner != signer => Err(ApiError::Conflict(format!(
+                "the name {:?} is taken by another key",
+                meta.name
+            ))),
+            _ => Ok(()),
+        };
+        // Checked before the component is stored, so a refused publish leaves nothing.
+        taken(&match self.store.get(Table::Apps, &meta.name)? {
+            Some(bytes) => Some(decode::<AppRecord>(Table::Apps, &meta.name, &bytes)?),
+            None => None,
+        })?;
+        self.store.put(Table::Blobs, &sha256, &body)?;
+        // On a second control plane before the publish is acknowledged (when there is one).
+        self.replicate_blob(&sha256).await?;
+        if let Some(bundle) = &meta.bundle {
+            // Uploaded through another control plane: pulled here before it is linked.
+            self.blob(bundle).await?;
+        }
         let info = {
             let _guard = self.writes.lock().expect("writes lock");
-            let taken = |existing: &Option<AppRecord>| match existing {
-                Some(existing) if existing.owner != signer => Err(ApiError::Conflict(format!(
-                    "the name {:?} is taken by another key",
-                    meta.name
-                ))),
-                _ => Ok(()),
-            };
-            // Checked before the component is stored, so a refused publish leaves nothing.
-            taken(&match self.store.get(Table::Apps, &meta.name)? {
-                Some(bytes) => Some(decode::<AppRecord>(Table::Apps, &meta.name, &bytes)?),
-                None => None,
-            })?;
-            self.store.put(Table::Blobs, &sha256, &body)?;
             self.link_site(&meta.name, meta.bundle.as_deref())?;
             // Written before the app record, so placement never sees the app without its terms.
             let terms = AppTerms {
@@ -440,7 +443,7 @@ impl Control {
             .expect("names lock")
             .retain(|(_, app), _| app != name);
         self.handovers.lock().expect("handovers lock").remove(name);
-        self.moves.lock().expect("moves lock").remove(name);
+        self.store.delete(Table::Moves, name)?;
         self.restores.lock().expect("restores lock").remove(name);
         self.loads.lock().expect("loads lock").remove(name);
         self.parked.lock().expect("parked lock").remove(name);

@@ -170,6 +170,7 @@ impl Control {
                 Live {
                     at: Instant::now(),
                     heartbeat: heartbeat.clone(),
+                    local: true,
                 },
             );
             was
@@ -294,22 +295,29 @@ impl Control {
         };
         // Which of this device's apps it must fence or restore: looked up per app under short
         // locks, not copied whole on every heartbeat.
+        // The leader's own decisions, or those it announced (when this control plane follows).
         let fenced: Vec<bool> = {
             let handovers = self.handovers.lock().expect("handovers lock");
+            let says = self.planes.leader_says.lock().expect("leader says lock");
             names
                 .iter()
                 .map(|name| {
                     handovers
                         .get(name)
                         .is_some_and(|h| h.from == device && h.phase == replicas::Phase::Fencing)
+                        || says.fencing.get(name).is_some_and(|d| d == device)
                 })
                 .collect()
         };
         let restore: Vec<bool> = {
             let restores = self.restores.lock().expect("restores lock");
+            let says = self.planes.leader_says.lock().expect("leader says lock");
             names
                 .iter()
-                .map(|name| restores.get(name).is_some_and(|d| d == device))
+                .map(|name| {
+                    restores.get(name).is_some_and(|d| d == device)
+                        || says.restores.get(name).is_some_and(|d| d == device)
+                })
                 .collect()
         };
         // Only the peers this device's assignments name, under one short lock: a heartbeat's

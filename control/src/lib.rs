@@ -21,6 +21,7 @@ pub mod error;
 mod metrics;
 pub mod names;
 mod observe;
+mod planes;
 mod reconcile;
 mod registry;
 pub mod replay;
@@ -83,6 +84,9 @@ pub struct ControlConfig {
     /// control planes sharing a registry must be given the same file. `None`: a key for this
     /// process only (secrets sealed under it do not survive a restart).
     pub secrets_key: Option<std::path::PathBuf>,
+    /// Where the other control planes reach this one's API (`fog control --advertise`): it
+    /// is announced in the store, and peers pull components from it.
+    pub advertise: Option<String>,
 }
 
 /// The default per-key limit: ten heartbeats a second (the most a host sends) and a developer's
@@ -109,6 +113,7 @@ impl Default for ControlConfig {
             key_rate: Rate::new(DEFAULT_KEY_RATE, DEFAULT_KEY_BURST),
             replan_every: Duration::from_secs(30),
             secrets_key: None,
+            advertise: None,
         }
     }
 }
@@ -119,6 +124,9 @@ pub(crate) const LOG_LINES_KEPT: usize = 1000;
 pub(crate) struct Live {
     at: Instant,
     heartbeat: Heartbeat,
+    /// Received by this control plane (not learnt from another's announcement): only these
+    /// are announced, so a heartbeat is never echoed back and forth.
+    local: bool,
 }
 
 /// The control plane.
@@ -144,8 +152,6 @@ pub struct Control {
     registrations: names::Registrations,
     /// Primaries moving between devices, by app.
     handovers: Mutex<HashMap<String, replicas::Handover>>,
-    /// Moves asked for with `fog move` and not started yet: app → device.
-    moves: Mutex<HashMap<String, String>>,
     /// New primaries that must restore the control plane's snapshot first: app → device.
     restores: Mutex<HashMap<String, String>>,
     /// Recent events per app.
@@ -176,6 +182,8 @@ pub struct Control {
     leading: std::sync::atomic::AtomicBool,
     /// The key app secrets are sealed with in the registry.
     secrets: secrets::SecretsKey,
+    /// The other control planes, and the client to reach them.
+    planes: planes::Planes,
 }
 
 /// Largest snapshot the control plane keeps for an app.
@@ -218,7 +226,6 @@ impl Control {
             public_names: Mutex::new(HashMap::new()),
             registrations: names::Registrations::default(),
             handovers: Mutex::new(HashMap::new()),
-            moves: Mutex::new(HashMap::new()),
             restores: Mutex::new(HashMap::new()),
             events: replicas::Events::default(),
             loads: Mutex::new(HashMap::new()),
@@ -237,6 +244,7 @@ impl Control {
                 hex::encode(id)
             },
             leading: std::sync::atomic::AtomicBool::new(false),
+            planes: planes::Planes::default(),
         })
     }
 }

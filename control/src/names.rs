@@ -157,6 +157,82 @@ pub struct Registrations {
     attach: Mutex<HashMap<String, (AttachPoint, Instant)>>,
 }
 
+/// Every registration one control plane holds, with when each was made (Unix ms): what it
+/// announces to the other control planes, so a router or relay registered with one is known
+/// to all (see `crate::planes`).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct SharedRegistrations {
+    fronts: Vec<(String, FrontInfo, u64)>,
+    relays: Vec<(String, RelayInfo, u64)>,
+    attach: Vec<(String, AttachPoint, u64)>,
+}
+
+/// Entries of `table` registered within the TTL, with their Unix ms.
+fn export<T: Clone>(
+    table: &Mutex<HashMap<String, (T, Instant)>>,
+    now_ms: u64,
+) -> Vec<(String, T, u64)> {
+    let ttl = Duration::from_millis(REGISTRATION_TTL_MS);
+    table
+        .lock()
+        .expect("registrations lock")
+        .iter()
+        .filter(|(_, (_, at))| at.elapsed() < ttl)
+        .map(|(k, (v, at))| {
+            (
+                k.clone(),
+                v.clone(),
+                now_ms.saturating_sub(at.elapsed().as_millis() as u64),
+            )
+        })
+        .collect()
+}
+
+/// Take each entry of `from` registered later than ours (keeping when it was made, so an
+/// entry passed on never looks fresher than it is); true if one was new or changed.
+fn import<T: Clone + PartialEq>(
+    table: &Mutex<HashMap<String, (T, Instant)>>,
+    from: Vec<(String, T, u64)>,
+    now_ms: u64,
+) -> bool {
+    let mut table = table.lock().expect("registrations lock");
+    let mut changed = false;
+    for (key, value, at_ms) in from {
+        let Some(at) =
+            Instant::now().checked_sub(Duration::from_millis(now_ms.saturating_sub(at_ms)))
+        else {
+            continue;
+        };
+        match table.get(&key) {
+            Some((_, ours)) if *ours >= at => {}
+            previous => {
+                changed |= previous.is_none_or(|(old, _)| *old != value);
+                table.insert(key, (value, at));
+            }
+        }
+    }
+    changed
+}
+
+impl Registrations {
+    /// What this control plane announces of its registrations.
+    pub(crate) fn export(&self, now_ms: u64) -> SharedRegistrations {
+        SharedRegistrations {
+            fronts: export(&self.fronts, now_ms),
+            relays: export(&self.relays, now_ms),
+            attach: export(&self.attach, now_ms),
+        }
+    }
+
+    /// Take in another control plane's registrations; true if an attach endpoint is new or
+    /// moved (hosts must be told).
+    pub(crate) fn import(&self, shared: SharedRegistrations, now_ms: u64) -> bool {
+        import(&self.fronts, shared.fronts, now_ms);
+        import(&self.relays, shared.relays, now_ms);
+        import(&self.attach, shared.attach, now_ms)
+    }
+}
+
 fn fresh<T: Clone>(table: &Mutex<HashMap<String, (T, Instant)>>) -> Vec<T> {
     let ttl = Duration::from_millis(REGISTRATION_TTL_MS);
     let mut table = table.lock().expect("registrations lock");

@@ -197,6 +197,30 @@ impl Observations {
         Ok(evidence)
     }
 
+    /// Replace the cached evidence of every device `heard_elsewhere` says another control
+    /// plane hears from (and whose evidence this one has not changed since saving) with what
+    /// the store holds: that control plane observes it and saves its evidence.
+    pub fn reload_evidence(
+        &self,
+        store: &dyn Store,
+        heard_elsewhere: impl Fn(&str) -> bool,
+    ) -> Result<(), StoreError> {
+        let saved = store.list(Table::Trust)?;
+        let dirty = self.dirty.lock().expect("dirty lock").clone();
+        let mut trust = self.trust.lock().expect("trust lock");
+        for (device, bytes) in saved {
+            if heard_elsewhere(&device) && !dirty.contains(&device) {
+                let evidence: Evidence = decode(Table::Trust, &device, &bytes)?;
+                self.written
+                    .lock()
+                    .expect("written lock")
+                    .insert(device.clone(), evidence.clone());
+                trust.insert(device, evidence);
+            }
+        }
+        Ok(())
+    }
+
     /// Write changed evidence to the store, looking at most every [`SAVE_EVERY`] unless `now`:
     /// a device's record is written when its trust moved by a placement step (0.05), a count
     /// changed (heartbeats missed, periods refused), or its uptime grew by

@@ -364,7 +364,23 @@ impl Control {
         }
         let primary = old.first().filter(|p| alive(p.as_str()));
         // A requested move, or the planner dropping a live primary: hand over.
-        let requested = self.moves.lock().expect("moves lock").remove(&app.name);
+        let requested = match self.store.get(Table::Moves, &app.name) {
+            Ok(Some(to)) => {
+                // Taken once (fenced: a deposed leader takes nothing).
+                match self.store.delete(Table::Moves, &app.name) {
+                    Ok(()) => Some(String::from_utf8_lossy(&to).into_owned()),
+                    Err(err) => {
+                        tracing::warn!(app = app.name, "cannot take the requested move: {err}");
+                        None
+                    }
+                }
+            }
+            Ok(None) => None,
+            Err(err) => {
+                tracing::warn!(app = app.name, "cannot read requested moves: {err}");
+                None
+            }
+        };
         if let Some(primary) = primary {
             let target = match requested {
                 Some(to) if alive(&to) && to != *primary => Some((to, "requested".to_string())),

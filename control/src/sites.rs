@@ -36,6 +36,7 @@ impl Control {
         let sha256 = auth::sha256_hex(&body);
         self.store.put(Table::Blobs, &sha256, &body)?;
         self.store.flush()?;
+        self.replicate_blob(&sha256).await?;
         tracing::info!(
             sha256,
             files = manifest.files.len(),

@@ -38,13 +38,16 @@ pub enum Table {
     /// The behaviour each device earned its trust with ([`crate::trust::Evidence`]), by
     /// device id.
     Trust,
+    /// Moves asked for with `fog move` and not started yet: the target device id, by app
+    /// name. In the store, so a move asked of any control plane reaches the leader.
+    Moves,
     /// What each app may reach and is given beyond its code ([`AppSettings`]), by app name.
     Settings,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 12] = [
+    pub const ALL: [Table; 13] = [
         Table::Apps,
         Table::Devices,
         Table::Placements,
@@ -56,6 +59,7 @@ impl Table {
         Table::Sites,
         Table::Terms,
         Table::Trust,
+        Table::Moves,
         Table::Settings,
     ];
 
@@ -85,6 +89,7 @@ impl Table {
             Table::Sites => "sites",
             Table::Terms => "terms",
             Table::Trust => "trust",
+            Table::Moves => "moves",
             Table::Settings => "settings",
         }
     }
@@ -250,7 +255,20 @@ pub trait Store: Send + Sync {
         let _ = id;
         Ok(Leadership::Leader)
     }
+    /// Say that control plane `id` is up, with `record` (what it tells the others: its URL,
+    /// the devices heartbeating to it), for [`PLANE_TTL_S`] seconds; called about twice a
+    /// second. On a shared store (etcd) the record lives under a lease, so a control plane that
+    /// stops disappears from [`Store::planes`] within the TTL.
+    fn announce(&self, id: &str, record: &[u8]) -> Result<(), StoreError>;
+    /// Every control plane announced and not expired, as (id, record).
+    fn planes(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 }
+
+/// Seconds a control plane's announcement lives (see [`Store::announce`]).
+pub const PLANE_TTL_S: i64 = 3;
+
+/// A control plane's id and what it announced (see [`Store::announce`]).
+type Announcement = (String, Vec<u8>);
 
 /// The embedded default: sled.
 #[derive(Debug, Clone)]
@@ -259,6 +277,9 @@ pub struct SledStore {
     /// Writes so far, per table (see [`Store::generation`]): sled locks its directory, so this
     /// process is the only writer and sees every change.
     generations: std::sync::Arc<[std::sync::atomic::AtomicU64; Table::ALL.len()]>,
+    /// The one control plane on this store (sled locks its directory): this process's own
+    /// announcement, in memory.
+    announced: std::sync::Arc<std::sync::Mutex<Option<Announcement>>>,
 }
 
 impl SledStore {
@@ -282,6 +303,7 @@ impl SledStore {
         SledStore {
             db,
             generations: std::sync::Arc::new(Default::default()),
+            announced: Default::default(),
         }
     }
 
@@ -380,6 +402,21 @@ impl Store for SledStore {
 
     fn generation(&self, table: Table) -> Option<u64> {
         Some(self.generations[table.index()].load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    fn announce(&self, id: &str, record: &[u8]) -> Result<(), StoreError> {
+        *self.announced.lock().expect("announced lock") = Some((id.to_string(), record.to_vec()));
+        Ok(())
+    }
+
+    fn planes(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Ok(self
+            .announced
+            .lock()
+            .expect("announced lock")
+            .iter()
+            .cloned()
+            .collect())
     }
 }
 

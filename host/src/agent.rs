@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fog_net::control_urls::{ControlUrls, Failover};
 use fog_proto::api::{
     self, Assignment, DeviceRegistered, DeviceRegistration, Heartbeat, HeartbeatReply, ReplicaRole,
     Replication, RunningApp,
@@ -27,8 +28,9 @@ use crate::server::AppTable;
 /// How the agent reaches the control plane and what it says about the device.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// Base URL of the control plane, e.g. `http://127.0.0.1:7070`.
-    pub control: String,
+    /// The control planes, e.g. `http://127.0.0.1:7070`: each call goes to the one that
+    /// answered last and fails over to the others (see [`ControlUrls`]).
+    pub control: ControlUrls,
     /// Where `--plain` routers reach this host's plain-HTTP data plane, if it listens.
     pub advertise: Option<SocketAddr>,
     /// Region name.
@@ -77,6 +79,15 @@ pub enum AgentError {
     },
 }
 
+impl Failover for AgentError {
+    fn fail_over(&self) -> bool {
+        match self {
+            AgentError::Unreachable { .. } => true,
+            AgentError::Refused { status, .. } => *status == 503,
+        }
+    }
+}
+
 /// Load or create the device key in `data_dir/device.key` (mode 0600).
 pub fn device_identity(data_dir: &std::path::Path) -> std::io::Result<Identity> {
     let path = data_dir.join("device.key");
@@ -104,11 +115,12 @@ pub fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> 
     file.write_all(text.as_bytes())
 }
 
-/// A signed JSON call to the control plane.
+/// A signed JSON call to the control plane (failing over to the next one in `control` if it
+/// cannot answer).
 pub async fn call<T: serde::de::DeserializeOwned>(
     client: &reqwest::Client,
     identity: &Identity,
-    control: &str,
+    control: &ControlUrls,
     path: &str,
     body: &impl serde::Serialize,
 ) -> Result<T, AgentError> {
@@ -122,16 +134,32 @@ pub async fn call<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// A signed POST with any body; the answer's bytes on success.
+/// A signed POST with any body; the answer's bytes on success, from the first control plane
+/// in `control` that answers.
 async fn call_raw(
     client: &reqwest::Client,
     identity: &Identity,
-    control: &str,
+    control: &ControlUrls,
     path: &str,
     body: Vec<u8>,
     content_type: &str,
 ) -> Result<bytes::Bytes, AgentError> {
     let auth = identity.sign("POST", path, auth::now_s(), &auth::sha256_hex(&body), "");
+    let body = bytes::Bytes::from(body);
+    control
+        .try_each(|base| call_one(client, &auth, base, path, body.clone(), content_type))
+        .await
+}
+
+/// [`call_raw`] to one control plane.
+async fn call_one(
+    client: &reqwest::Client,
+    auth: &str,
+    control: String,
+    path: &str,
+    body: bytes::Bytes,
+    content_type: &str,
+) -> Result<bytes::Bytes, AgentError> {
     let url = format!("{control}{path}");
     let response = client
         .post(&url)
@@ -168,6 +196,35 @@ async fn call_raw(
     Ok(bytes)
 }
 
+/// A component by hash, from the first control plane that has it.
+async fn fetch_blob(shared: &Shared, sha256: &str) -> Result<bytes::Bytes, AgentError> {
+    let path = format!("/v1/blobs/{sha256}");
+    shared
+        .control
+        .try_each(|base| {
+            let (url, path) = (format!("{base}{path}"), path.clone());
+            async move {
+                let unreachable = |e: reqwest::Error| AgentError::Unreachable {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                };
+                let response = shared.client.get(&url).send().await.map_err(unreachable)?;
+                let status = response.status().as_u16();
+                let bytes = response.bytes().await.map_err(unreachable)?;
+                if status >= 400 {
+                    return Err(AgentError::Refused {
+                        path: path.clone(),
+                        status,
+                        reason: String::from_utf8_lossy(&bytes).into_owned(),
+                        code: None,
+                    });
+                }
+                Ok(bytes)
+            }
+        })
+        .await
+}
+
 /// The replication tasks of one app on this device.
 #[derive(Debug, Default)]
 struct AppTasks {
@@ -195,7 +252,7 @@ struct Shared {
     runtime: Arc<Runtime>,
     apps: Arc<AppTable>,
     client: reqwest::Client,
-    control: String,
+    control: ControlUrls,
     identity: Arc<Identity>,
     peers: PeerClient,
     loaded: Loaded,
@@ -270,7 +327,7 @@ pub async fn run(
                     .await?;
                     tracing::info!(
                         device = registered.device_id,
-                        control = config.control,
+                        control = %config.control,
                         "registered"
                     );
                     registered.device_id
@@ -479,17 +536,11 @@ fn apply(shared: &Shared, assignments: Vec<Assignment>) {
             loaded.insert(name.clone(), version.clone());
         }
         let shared = shared.clone();
-        let url = format!("{}/v1/blobs/{}", shared.control, assignment.sha256);
         tokio::spawn(async move {
             let result = async {
-                let bytes = shared
-                    .client
-                    .get(&url)
-                    .send()
+                let bytes = fetch_blob(&shared, &assignment.sha256)
                     .await
-                    .and_then(|r| r.error_for_status())
                     .map_err(|e| e.to_string())?;
-                let bytes = bytes.bytes().await.map_err(|e| e.to_string())?;
                 let actual = auth::sha256_hex(&bytes);
                 if actual != assignment.sha256 {
                     return Err(format!(

@@ -6,6 +6,7 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use fog_net::control_urls::{ControlUrls, Failover};
 use fog_proto::bundle::{self, BundleError, HEADER_BYTES, MAX_BUNDLE_BYTES};
 use sha2::{Digest, Sha256};
 
@@ -57,6 +58,14 @@ pub enum BundleFetchError {
     },
 }
 
+impl Failover for BundleFetchError {
+    /// Another control plane may serve what this one could not send (unreachable, timed out,
+    /// refused); bytes that arrived wrong or a local disk failure are final.
+    fn fail_over(&self) -> bool {
+        matches!(self, BundleFetchError::Fetch { .. })
+    }
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BundleFetchError + '_ {
     move |source| BundleFetchError::Io {
         path: path.to_path_buf(),
@@ -68,7 +77,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BundleFetchError + '_ {
 /// if this device has not yet.
 pub async fn ensure(
     client: &reqwest::Client,
-    control: &str,
+    control: &ControlUrls,
     root: &Path,
     sha256: &str,
 ) -> Result<PathBuf, BundleFetchError> {
@@ -86,7 +95,9 @@ pub async fn ensure(
     std::fs::create_dir_all(root).map_err(io(root))?;
     let download = root.join(format!(".{sha256}.{}.download", std::process::id()));
     let result = async {
-        fetch(client, control, sha256, &download).await?;
+        control
+            .try_each(|base| fetch(client, base, sha256, &download))
+            .await?;
         let (download, dir, sha) = (download.clone(), dir.clone(), sha256.to_string());
         tokio::task::spawn_blocking(move || unpack(&download, &dir, &sha))
             .await
@@ -114,7 +125,7 @@ pub fn version(assignment: &fog_proto::api::Assignment) -> String {
 /// the control plane sent).
 pub async fn manifest(
     client: &reqwest::Client,
-    control: &str,
+    control: &ControlUrls,
     runtime: &crate::Runtime,
     assignment: &fog_proto::api::Assignment,
 ) -> Result<fog_proto::Manifest, BundleFetchError> {
@@ -129,7 +140,7 @@ pub async fn manifest(
 /// Stream the bundle into `path`, checking its size and hash on the way.
 async fn fetch(
     client: &reqwest::Client,
-    control: &str,
+    control: String,
     sha256: &str,
     path: &Path,
 ) -> Result<(), BundleFetchError> {

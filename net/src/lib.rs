@@ -1,10 +1,12 @@
 //! HTTP plumbing shared by the host, the control plane and the router, so each serves with the
 //! same accept loop, reads app names from host names the same way, exports its Prometheus
-//! metrics ([`metrics`]) the same way; [`limit`] holds the per-key rate limits routers and the
+//! metrics ([`metrics`]) the same way and fail over between control planes the same way
+//! ([`control_urls`]); [`limit`] holds the per-key rate limits routers and the
 //! control plane apply.
 
 #![deny(missing_docs)]
 
+pub mod control_urls;
 pub mod limit;
 pub mod metrics;
 

@@ -914,6 +914,19 @@ pub enum ErrorCode {
     Unknown,
 }
 
+/// One control plane's view of the control planes sharing its store (`GET /v1/plane`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlaneInfo {
+    /// Its id in the election and the announcements.
+    pub id: String,
+    /// Whether it leads (runs reconcile) as of its last tick.
+    pub leading: bool,
+    /// The URL it advertises to the others, if any.
+    pub advertise: Option<String>,
+    /// The other live control planes' URLs, as announced.
+    pub peers: Vec<String>,
+}
+
 /// A mix relay (`fog relay`): where it listens and its Noise static key (hex). Relays register
 /// themselves (signed with their identity) and expire unless they register again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -67,6 +67,16 @@ impl ControlError {
     }
 }
 
+impl fog_net::control_urls::Failover for ControlError {
+    fn fail_over(&self) -> bool {
+        match self {
+            ControlError::Timeout { .. } | ControlError::Unreachable { .. } => true,
+            ControlError::Status { status, .. } => *status == http::StatusCode::SERVICE_UNAVAILABLE,
+            ControlError::Request { .. } | ControlError::Malformed { .. } => false,
+        }
+    }
+}
+
 /// Why a Betanet visit (`fog fetch bn1:…`) failed.
 #[derive(Debug, thiserror::Error)]
 pub enum VisitError {

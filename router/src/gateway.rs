@@ -18,6 +18,7 @@ use hyper_util::rt::TokioExecutor;
 
 use fog_htx::dial::{Dialer, HtxConnector};
 
+use fog_net::control_urls::ControlUrls;
 use fog_net::limit::{Rate, RateLimit, retry_after_secs, visitor_key};
 
 use crate::error::ControlError;
@@ -28,8 +29,9 @@ pub type GatewayBody = BoxBody<Bytes, hyper::Error>;
 /// Settings of a gateway.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
-    /// Base URL of the control plane.
-    pub control: String,
+    /// The control planes (each call goes to the one that answered last and fails over to
+    /// the others).
+    pub control: ControlUrls,
     /// How often routes are refreshed.
     pub refresh: Duration,
     /// Largest request body forwarded (it is buffered so a retry can resend it).
@@ -61,10 +63,10 @@ pub const DEFAULT_VISITOR_RATE: u32 = 100;
 pub const DEFAULT_VISITOR_BURST: u32 = 200;
 
 impl GatewayConfig {
-    /// Defaults for a control plane at `control`.
-    pub fn new(control: impl Into<String>) -> Self {
+    /// Defaults for the control planes at `control`.
+    pub fn new(control: ControlUrls) -> Self {
         GatewayConfig {
-            control: control.into(),
+            control,
             refresh: Duration::from_millis(500),
             max_request_body: 8 << 20,
             suspect_for: Duration::from_secs(3),
@@ -298,13 +300,15 @@ impl Gateway {
         &self,
         path: &str,
     ) -> Result<(http::StatusCode, Bytes), ControlError> {
-        let request = http::Request::get(format!("{}{path}", self.config.control))
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| ControlError::Request {
-                path: path.to_string(),
-                reason: e.to_string(),
-            })?;
-        let (status, _, body) = self.call(request, Duration::from_secs(10)).await?;
+        let (status, _, body) = self
+            .call(
+                http::Method::GET,
+                path,
+                http::HeaderMap::new(),
+                Bytes::new(),
+                Duration::from_secs(10),
+            )
+            .await?;
         Ok((status, body))
     }
 
@@ -397,16 +401,25 @@ impl Gateway {
     ) -> Result<Bytes, ControlError> {
         use fog_proto::auth::{self, AUTH_HEADER, META_HEADER};
         let signature = identity.sign("POST", path, auth::now_s(), &auth::sha256_hex(&body), "");
-        let request = http::Request::post(format!("{}{path}", self.config.control))
-            .header(AUTH_HEADER, signature)
-            .header(META_HEADER, "")
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| ControlError::Request {
+        let mut headers = http::HeaderMap::new();
+        let value = |v: &str| {
+            http::HeaderValue::from_str(v).map_err(|e| ControlError::Request {
                 path: path.to_string(),
                 reason: e.to_string(),
-            })?;
-        let (status, _, body) = self.call(request, Duration::from_secs(10)).await?;
+            })
+        };
+        headers.insert(AUTH_HEADER, value(&signature)?);
+        headers.insert(META_HEADER, value("")?);
+        headers.insert(http::header::CONTENT_TYPE, value("application/json")?);
+        let (status, _, body) = self
+            .call(
+                http::Method::POST,
+                path,
+                headers,
+                Bytes::from(body),
+                Duration::from_secs(10),
+            )
+            .await?;
         if status.is_success() {
             return Ok(body);
         }
@@ -419,13 +432,15 @@ impl Gateway {
         path: &str,
         timeout: Duration,
     ) -> Result<(http::HeaderMap, Bytes), ControlError> {
-        let request = http::Request::get(format!("{}{path}", self.config.control))
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| ControlError::Request {
-                path: path.to_string(),
-                reason: e.to_string(),
-            })?;
-        let (status, headers, body) = self.call(request, timeout).await?;
+        let (status, headers, body) = self
+            .call(
+                http::Method::GET,
+                path,
+                http::HeaderMap::new(),
+                Bytes::new(),
+                timeout,
+            )
+            .await?;
         if !status.is_success() {
             return Err(ControlError::status(path, status, &body));
         }
@@ -445,8 +460,59 @@ impl Gateway {
     }
 
     /// Send one request to the control plane within `timeout`; the whole answer (at most
-    /// 16 MiB).
+    /// 16 MiB), whatever its status, from the first control plane that neither fails nor
+    /// answers 503.
     async fn call(
+        &self,
+        method: http::Method,
+        path: &str,
+        headers: http::HeaderMap,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<(http::StatusCode, http::HeaderMap, Bytes), ControlError> {
+        let answer = self
+            .config
+            .control
+            .try_each(|base| {
+                let mut request = http::Request::builder()
+                    .method(method.clone())
+                    .uri(format!("{base}{path}"));
+                if let Some(h) = request.headers_mut() {
+                    h.extend(headers.clone());
+                }
+                let request =
+                    request
+                        .body(Full::new(body.clone()))
+                        .map_err(|e| ControlError::Request {
+                            path: path.to_string(),
+                            reason: e.to_string(),
+                        });
+                async move {
+                    let (status, headers, body) = self.call_one(request?, timeout).await?;
+                    if status == http::StatusCode::SERVICE_UNAVAILABLE {
+                        return Err(ControlError::status(path, status, &body));
+                    }
+                    Ok((status, headers, body))
+                }
+            })
+            .await;
+        match answer {
+            // The last control plane tried answered 503: that is its answer.
+            Err(ControlError::Status {
+                status: http::StatusCode::SERVICE_UNAVAILABLE,
+                reason,
+                ..
+            }) => Ok((
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                http::HeaderMap::new(),
+                Bytes::from(reason),
+            )),
+            other => other,
+        }
+    }
+
+    /// [`Gateway::call`] to one control plane.
+    async fn call_one(
         &self,
         request: http::Request<Full<Bytes>>,
         timeout: Duration,
@@ -699,11 +765,17 @@ impl Gateway {
 
     /// Ask the control plane to wake an app parked at zero replicas.
     async fn wake(&self, app: &str) {
-        let uri = format!("{}/v1/apps/{app}/wake", self.config.control);
-        let Ok(request) = http::Request::post(uri).body(Full::new(Bytes::new())) else {
-            return;
-        };
-        match self.call(request, Duration::from_secs(5)).await {
+        let path = format!("/v1/apps/{app}/wake");
+        let answer = self
+            .call(
+                http::Method::POST,
+                &path,
+                http::HeaderMap::new(),
+                Bytes::new(),
+                Duration::from_secs(5),
+            )
+            .await;
+        match answer {
             Ok((status, _, _)) if status.is_success() => {
                 tracing::info!(app, "asked the control plane to wake the app");
             }
@@ -941,7 +1013,7 @@ mod tests {
 
     #[tokio::test]
     async fn apps_changed_marks_apps_published_or_removed_only() {
-        let gateway = Gateway::new(GatewayConfig::new("http://127.0.0.1:9"));
+        let gateway = Gateway::new(GatewayConfig::new("http://127.0.0.1:9".parse().unwrap()));
         let mut changed = gateway.apps_changed();
         let route = |app: &str, device: &str| Route {
             app: app.into(),

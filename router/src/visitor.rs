@@ -11,6 +11,7 @@ use fog_htx::handshake::StaticKey;
 use fog_htx::mix::{self, MixMode, Relay};
 use fog_htx::names;
 use fog_htx::tickets;
+use fog_net::control_urls::ControlUrls;
 use fog_proto::api::{NameDescriptor, RelayInfo};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
@@ -84,7 +85,15 @@ pub struct Fetched {
 }
 
 async fn get_json<T: serde::de::DeserializeOwned>(
-    control: &str,
+    control: &ControlUrls,
+    path: &str,
+) -> Result<T, ControlError> {
+    control.try_each(|base| get_one(base, path)).await
+}
+
+/// [`get_json`] from one control plane.
+async fn get_one<T: serde::de::DeserializeOwned>(
+    control: String,
     path: &str,
 ) -> Result<T, ControlError> {
     let client: Client<HttpConnector, Empty<Bytes>> =
@@ -123,7 +132,10 @@ async fn get_json<T: serde::de::DeserializeOwned>(
 }
 
 /// Resolve `url`'s name with the control plane at `control` and check the descriptor.
-pub async fn resolve(control: &str, url: &BetanetUrl) -> Result<NameDescriptor, VisitError> {
+pub async fn resolve(
+    control: &ControlUrls,
+    url: &BetanetUrl,
+) -> Result<NameDescriptor, VisitError> {
     let descriptor: NameDescriptor = get_json(control, &format!("/v1/names/{}", url.lookup))
         .await
         .map_err(|source| VisitError::Resolve {
@@ -152,7 +164,7 @@ pub async fn resolve(control: &str, url: &BetanetUrl) -> Result<NameDescriptor, 
 /// Fetch `url` (GET), through `mix`'s relays (from the control plane) when not in performance
 /// mode. Fronts are tried in the descriptor's order; `front` (host:port) picks one of them.
 pub async fn fetch(
-    control: &str,
+    control: &ControlUrls,
     url: &str,
     mix: MixMode,
     front: Option<&str>,

@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 async fn start_front() -> (std::net::SocketAddr, [u8; 32], [u8; 32]) {
     // No control plane: the gateway has no routes, so any admitted visitor is told the app is
     // not routed here; refusals before that are the ticket's.
-    let gateway = Gateway::new(GatewayConfig::new("http://127.0.0.1:9"));
+    let gateway = Gateway::new(GatewayConfig::new("http://127.0.0.1:9".parse().unwrap()));
     let front = Front::new(gateway, &Identity::generate(), false).unwrap();
     let info = front.info("127.0.0.1:0");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -53,6 +53,10 @@ pub struct ControlCmd {
     /// given the same key file.
     #[arg(long, value_name = "FILE", env = "FOG_SECRETS_KEY")]
     secrets_key: Option<PathBuf>,
+    /// The URL other control planes on the same store reach this one's API at (they copy
+    /// components from it); default http://<the --listen address>.
+    #[arg(long, value_name = "URL")]
+    advertise: Option<String>,
 }
 
 impl ControlCmd {
@@ -66,10 +70,16 @@ impl ControlCmd {
                 self.listen,
                 &self.store,
                 &data,
-                self.trust_router,
-                std::time::Duration::from_secs_f64(self.snapshot_every.max(0.1)),
-                fog_control::Rate::new(self.key_rate, self.key_burst),
-                self.secrets_key,
+                fog_control::ControlConfig {
+                    trusted_routers: self.trust_router,
+                    snapshot_every: std::time::Duration::from_secs_f64(
+                        self.snapshot_every.max(0.1),
+                    ),
+                    key_rate: fog_control::Rate::new(self.key_rate, self.key_burst),
+                    advertise: self.advertise,
+                    secrets_key: Some(self.secrets_key.unwrap_or_else(|| data.join("secrets.key"))),
+                    ..fog_control::ControlConfig::default()
+                },
                 stop,
             )
             .await?;

@@ -14,8 +14,14 @@ pub struct Fetch {
     /// The address, e.g. bn1:…/api/count or betanet://<64 hex>/.
     url: String,
     /// Where names are resolved (and relays listed).
-    #[arg(long, env = "FOG_CONTROL", default_value = "http://127.0.0.1:7070")]
-    control: String,
+    /// (Comma-separated URLs fail over to the next.)
+    #[arg(
+        long,
+        env = "FOG_CONTROL",
+        default_value = "http://127.0.0.1:7070",
+        value_name = "URL[,URL...]"
+    )]
+    control: fog_net::control_urls::ControlUrls,
     /// Relays on the way: performance (0), balanced (2), strict (3, with delays) or strict:N.
     #[arg(long, default_value = "performance")]
     mix: MixMode,

@@ -1,5 +1,6 @@
 //! `fog host`: run this device's host and its agent.
 
+use fog_net::control_urls::ControlUrls;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -12,9 +13,15 @@ use crate::services::{self, HostArgs, Stop};
 pub struct HostCmd {
     #[command(subcommand)]
     action: Option<HostAction>,
-    /// Base URL of the control plane.
-    #[arg(long, env = "FOG_CONTROL", default_value = "http://127.0.0.1:7070")]
-    control: String,
+    /// The control planes' base URLs, comma-separated: requests go to the one that answered
+    /// last and fail over to the next on connection errors, timeouts and 503.
+    #[arg(
+        long,
+        env = "FOG_CONTROL",
+        default_value = "http://127.0.0.1:7070",
+        value_name = "URL[,URL...]"
+    )]
+    control: ControlUrls,
     /// Accept connections on this address (plain HTTP here, HTX on the same address's port 0)
     /// and let routers dial in: for a host with a public address. Without it the host needs no
     /// inbound port: it dials out to the routers the control plane names.

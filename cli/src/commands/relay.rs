@@ -1,5 +1,6 @@
 //! `fog relay`: run a mix relay for Betanet paths.
 
+use fog_net::control_urls::ControlUrls;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -9,9 +10,15 @@ use crate::services::{self, Stop};
 /// them, and registers itself with the control plane so routers and visitors can use it.
 #[derive(Debug, clap::Args)]
 pub struct RelayCmd {
-    /// Base URL of the control plane.
-    #[arg(long, env = "FOG_CONTROL", default_value = "http://127.0.0.1:7070")]
-    control: String,
+    /// The control planes' base URLs, comma-separated: requests go to the one that answered
+    /// last and fail over to the next on connection errors, timeouts and 503.
+    #[arg(
+        long,
+        env = "FOG_CONTROL",
+        default_value = "http://127.0.0.1:7070",
+        value_name = "URL[,URL...]"
+    )]
+    control: ControlUrls,
     /// Address the relay listens on (and registers).
     #[arg(long, default_value = "127.0.0.1:7600")]
     listen: SocketAddr,

@@ -1,5 +1,6 @@
 //! `fog router`: run the visitor-facing HTTP gateway and Betanet front.
 
+use fog_net::control_urls::ControlUrls;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -9,9 +10,15 @@ use crate::services::{self, RouterArgs, Stop};
 /// connections to apps' `betanet://` / `bn1:` names, reach a live replica.
 #[derive(Debug, clap::Args)]
 pub struct RouterCmd {
-    /// Base URL of the control plane.
-    #[arg(long, env = "FOG_CONTROL", default_value = "http://127.0.0.1:7070")]
-    control: String,
+    /// The control planes' base URLs, comma-separated: requests go to the one that answered
+    /// last and fail over to the next on connection errors, timeouts and 503.
+    #[arg(
+        long,
+        env = "FOG_CONTROL",
+        default_value = "http://127.0.0.1:7070",
+        value_name = "URL[,URL...]"
+    )]
+    control: ControlUrls,
     /// Address visitors connect to.
     #[arg(long, default_value = "127.0.0.1:7080")]
     listen: SocketAddr,

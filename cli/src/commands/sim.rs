@@ -8,6 +8,7 @@
 //! digest a real host sends to have its heartbeat held until something changes), so their round
 //! trip is the control plane's work for one heartbeat, assignments included.
 
+use fog_net::control_urls::ControlUrls;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -31,9 +32,15 @@ use serde::Serialize;
 /// running what they are assigned (they run no code). Prints the heartbeat latency seen.
 #[derive(Debug, clap::Args)]
 pub struct Sim {
-    /// Base URL of the control plane.
-    #[arg(long, env = "FOG_CONTROL", default_value = "http://127.0.0.1:7070")]
-    control: String,
+    /// The control planes' base URLs, comma-separated: requests go to the one that answered
+    /// last and fail over to the next on connection errors, timeouts and 503.
+    #[arg(
+        long,
+        env = "FOG_CONTROL",
+        default_value = "http://127.0.0.1:7070",
+        value_name = "URL[,URL...]"
+    )]
+    control: ControlUrls,
     /// How many devices.
     #[arg(long, default_value_t = 100)]
     devices: u32,

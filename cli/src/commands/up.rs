@@ -111,8 +111,9 @@ impl Up {
             let (stop_tx, stop) = Stop::new();
             let router_identity = services::router_identity(&data.join("router"))?;
             let trusted = vec![router_identity.public_hex()];
-            let (control, mut tasks) = services::start_control(self.control_listen, &fog_control::store::StoreLocation::Sled, &data.join("control"), trusted, std::time::Duration::from_secs(5), fog_control::Rate::new(fog_control::DEFAULT_KEY_RATE, fog_control::DEFAULT_KEY_BURST), None, stop.clone()).await?;
+            let (control, mut tasks) = services::start_control(self.control_listen, &fog_control::store::StoreLocation::Sled, &data.join("control"), fog_control::ControlConfig { trusted_routers: trusted, snapshot_every: std::time::Duration::from_secs(5), secrets_key: Some(data.join("control").join("secrets.key")), ..fog_control::ControlConfig::default() }, stop.clone()).await?;
             let control_url = format!("http://{control}");
+            let control_urls: fog_net::control_urls::ControlUrls = control_url.parse()?;
             let metrics: Option<SocketAddr> = if self.metrics { Some("127.0.0.1:0".parse()?) } else { None };
             let print_metrics = |role: &str, addr: Option<SocketAddr>| {
                 if let Some(addr) = addr {
@@ -121,7 +122,7 @@ impl Up {
             };
             for n in 1..=self.relays {
                 let dir = data.join("relays").join(n.to_string());
-                let (addr, relay_metrics, more) = services::start_relay("127.0.0.1:0".parse()?, metrics, &control_url, &dir, stop.clone()).await?;
+                let (addr, relay_metrics, more) = services::start_relay("127.0.0.1:0".parse()?, metrics, &control_urls, &dir, stop.clone()).await?;
                 println!("fog: relay {n} on {addr}");
                 print_metrics(&format!("relay {n}"), relay_metrics);
                 tasks.extend(more);
@@ -147,7 +148,7 @@ impl Up {
             } else {
                 None
             };
-            let (router_addrs, more) = services::start_router(self.router_listen, metrics, &control_url, &router_args, router_identity, &data.join("router"), stop.clone()).await?;
+            let (router_addrs, more) = services::start_router(self.router_listen, metrics, &control_urls, &router_args, router_identity, &data.join("router"), stop.clone()).await?;
             print_metrics("router", router_addrs.metrics);
             let router = router_addrs.http;
             tasks.extend(more);
@@ -168,7 +169,7 @@ impl Up {
             for n in 1..=self.hosts {
                 let dir = data.join("hosts").join(n.to_string());
                 let listen = if self.hosts_listen { Some("127.0.0.1:0".parse()?) } else { None };
-                let (host_addrs, more) = services::start_host(listen, metrics, &control_url, &dir, &host_args, stop.clone()).await?;
+                let (host_addrs, more) = services::start_host(listen, metrics, &control_urls, &dir, &host_args, stop.clone()).await?;
                 print_metrics(&format!("host {n}"), host_addrs.metrics);
                 tasks.extend(more);
             }
@@ -200,7 +201,7 @@ async fn demo(
         super::keygen::make_key(&key, false)?;
     }
     let api = Api::new(&ControlArgs {
-        control: control.to_string(),
+        control: control.parse()?,
         key: Some(key),
     })?;
     use fog_test_programs::shipped;

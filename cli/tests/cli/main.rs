@@ -7,6 +7,7 @@ mod dialout;
 mod etcd;
 mod flood;
 mod fog;
+mod ha;
 mod harvest;
 mod lab;
 mod metrics;

@@ -4,8 +4,10 @@
 //! Records live under `<prefix>/<table>/<key>` with their format version byte, as in sled.
 //! Conditional writes compare the key's `mod_revision` in a transaction. Bulk tables
 //! ([`Table::is_bulk`]: components and tier-B snapshots) never go to etcd, whose requests are
-//! limited to 1.5 MiB: they stay content-addressed in a sled store on this control plane's disk
-//! (not yet replicated to the other control planes).
+//! limited to 1.5 MiB: they stay content-addressed in a sled store on this control plane's disk,
+//! components and bundles copied to a second control plane before a publish is acknowledged
+//! (see `crate::planes`). Control planes announce themselves under `<prefix>/planes/<id>`,
+//! each under a short lease.
 //!
 //! The [`Store`] trait is synchronous and the control plane calls it both from async handlers
 //! and from `spawn_blocking`, so the store owns a small tokio runtime of its own that runs the
@@ -38,6 +40,9 @@ pub const LEADER_LEASE_TTL_S: i64 = 3;
 
 /// The election key under the prefix.
 const LEADER_KEY: &str = "leader";
+
+/// Where control planes announce themselves (see [`Store::announce`]), under the prefix.
+const PLANES: &str = "planes";
 
 /// This control plane's standing in the election.
 #[derive(Debug, Default)]
@@ -144,6 +149,7 @@ const REWATCH_PAUSE: Duration = Duration::from_millis(500);
 /// again whenever the watch breaks (a member went away, the stream was cancelled).
 async fn watch_changes(mut client: Client, prefix: String, changes: Arc<Changes>) {
     let leader_key = format!("{prefix}/{LEADER_KEY}");
+    let planes = format!("{prefix}/{PLANES}/");
     loop {
         let watched = async {
             let mut stream = client
@@ -170,10 +176,11 @@ async fn watch_changes(mut client: Client, prefix: String, changes: Arc<Changes>
                         .and_then(|name| Table::ALL.into_iter().find(|t| t.name() == name));
                     match table {
                         Some(table) => changes.saw(table),
-                        // The election changes no table.
-                        None if event
-                            .kv()
-                            .is_some_and(|kv| kv.key() == leader_key.as_bytes()) => {}
+                        // The election and the announcements change no table.
+                        None if event.kv().is_some_and(|kv| {
+                            kv.key() == leader_key.as_bytes()
+                                || kv.key().starts_with(planes.as_bytes())
+                        }) => {}
                         None => changes.saw_everything(),
                     }
                 }
@@ -686,6 +693,49 @@ impl Store for EtcdStore {
                 }
             }
         })
+    }
+
+    fn announce(&self, id: &str, record: &[u8]) -> Result<(), StoreError> {
+        // A fresh lease each time: the previous one expires on its own once nothing renews
+        // it, and the key moves to the new one.
+        let granted = self.run(move |mut client| async move {
+            client.lease_grant(super::PLANE_TTL_S, None).await
+        })?;
+        let key = format!("{}/{PLANES}/{id}", self.config.prefix);
+        let (record, lease) = (record.to_vec(), granted.id());
+        self.run(move |mut client| {
+            let (key, record) = (key.clone(), record.clone());
+            async move {
+                client
+                    .put(key, record, Some(PutOptions::new().with_lease(lease)))
+                    .await
+            }
+        })?;
+        Ok(())
+    }
+
+    fn planes(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let prefix = format!("{}/{PLANES}/", self.config.prefix);
+        let start = prefix.clone();
+        let mut response = self.run(move |mut client| {
+            let start = start.clone();
+            async move {
+                client
+                    .get(start, Some(GetOptions::new().with_prefix()))
+                    .await
+            }
+        })?;
+        Ok(response
+            .take_kvs()
+            .into_iter()
+            .map(|kv| {
+                let (key, value) = kv.into_key_value();
+                (
+                    String::from_utf8_lossy(&key[prefix.len()..]).into_owned(),
+                    value,
+                )
+            })
+            .collect())
     }
 
     fn generation(&self, table: Table) -> Option<u64> {

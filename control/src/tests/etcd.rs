@@ -386,3 +386,128 @@ async fn a_deposed_leaders_fenced_writes_fail_and_change_nothing() {
     as_leader(|| second.put(Table::Placements, "app", b"second")).unwrap();
     first.put(Table::Apps, "published", b"1").unwrap();
 }
+
+/// `n` control planes on one etcd prefix, each serving its API on loopback, advertising it and
+/// announcing itself, every one seeing the others before this returns.
+async fn planes(
+    backend: &Backend,
+    n: usize,
+) -> (Vec<Arc<Control>>, tokio::sync::watch::Sender<bool>) {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut controls = Vec::new();
+    for _ in 0..n {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let control = Control::new(
+            backend.store_at("planes"),
+            ControlConfig {
+                advertise: Some(url),
+                ..ControlConfig::default()
+            },
+        );
+        let until = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        tokio::spawn(crate::serve(
+            listener,
+            control.clone(),
+            until(stopped.clone()),
+        ));
+        tokio::spawn(control.clone().run_presence(until(stopped.clone())));
+        controls.push(control);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while controls.iter().any(|c| c.planes.peers().len() < n - 1) {
+        assert!(
+            Instant::now() < deadline,
+            "control planes never saw each other"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (controls, stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_is_acknowledged_once_a_second_control_plane_holds_the_component() {
+    let backend = Backend::etcd();
+    let (controls, _stop) = planes(&backend, 3).await;
+    let hello = std::fs::read(fog_test_programs::HELLO).unwrap();
+    let sha = fog_proto::auth::sha256_hex(&hello);
+    let published = controls[0]
+        .handle(signed(
+            &Identity::generate(),
+            "POST",
+            "/v1/apps",
+            hello.clone(),
+            r#"{"name":"hello","tier":"A"}"#,
+        ))
+        .await;
+    assert_eq!(published.status(), 201);
+    let holding = |c: &Arc<Control>| c.store.get(Table::Blobs, &sha).unwrap().is_some();
+    let copies = controls.iter().filter(|c| holding(c)).count();
+    assert_eq!(
+        copies, 2,
+        "on the receiving control plane and one peer when acknowledged"
+    );
+    // The one without it pulls it from a peer when asked, checked, and keeps it.
+    let lacking = controls.iter().find(|c| !holding(c)).unwrap();
+    let fetched = lacking
+        .handle(request("GET", &format!("/v1/blobs/{sha}"), &[], vec![]))
+        .await;
+    assert_eq!(fetched.status(), 200);
+    assert_eq!(body(fetched).await, hello);
+    assert!(holding(lacking));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_names_an_announced_control_plane_never_a_url() {
+    let backend = Backend::etcd();
+    let (controls, _stop) = planes(&backend, 2).await;
+    let sha = "ab".repeat(32);
+    for from in ["http://127.0.0.1:1", "0123456789abcdef"] {
+        let asked = controls[0]
+            .handle(request(
+                "POST",
+                &format!("/v1/blobs/{sha}/pull?from={from}"),
+                &[],
+                vec![],
+            ))
+            .await;
+        assert_eq!(asked.status(), 503, "{from}");
+    }
+    assert!(controls[0].store.get(Table::Blobs, &sha).unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_heartbeating_to_one_control_plane_is_alive_on_the_others() {
+    let backend = Backend::etcd();
+    let (controls, _stop) = planes(&backend, 2).await;
+    let device = Identity::generate();
+    let registration = br#"{"region":"r","cpu":1,"mem_mb":1024,"disk_mb":1024}"#.to_vec();
+    let registered = controls[0]
+        .handle(signed(&device, "POST", "/v1/devices", registration, ""))
+        .await;
+    assert_eq!(registered.status(), 200);
+    let id = fog_proto::auth::device_id(&device.public_hex());
+    let heartbeat = br#"{"harvestable":true,"cpu_free":1.0,"mem_free_mb":1024.0}"#.to_vec();
+    let path = format!("/v1/devices/{id}/heartbeat");
+    let answered = controls[0]
+        .handle(signed(&device, "POST", &path, heartbeat, ""))
+        .await;
+    assert_eq!(answered.status(), 200);
+    let alive_on_second = || {
+        controls[1]
+            .device_infos()
+            .unwrap()
+            .iter()
+            .any(|d| d.id == id && d.alive)
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !alive_on_second() {
+        assert!(
+            Instant::now() < deadline,
+            "the second control plane never saw it alive"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

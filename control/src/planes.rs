@@ -1,0 +1,433 @@
+//! Control planes knowing each other: each announces itself in the store about twice a second
+//! ([`Store::announce`]; on etcd under a short lease, so a dead one disappears) with its
+//! advertised URL and the devices heartbeating to it, and reads the others' announcements.
+//!
+//! Two things follow. Liveness is shared: a device heartbeats to one control plane, and every
+//! other control plane (the leader that places replicas, a follower answering routes) learns it
+//! is alive from that control plane's announcement; so are the routers' fronts and attach
+//! endpoints and the relays registered with it. And components and site bundles, which stay
+//! off etcd on each control plane's disk, are copied between control planes by hash: a publish
+//! is acknowledged only once a second control plane (when there is one) pulled the blob from
+//! the one that received it, and a control plane asked for a blob it lacks pulls it from a peer
+//! first. Only announced control planes are pulled from, named by id, never by a URL given in a
+//! request; every pulled blob is checked against its sha256.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fog_proto::api::Heartbeat;
+use fog_proto::auth;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::store::{StoreError, Table};
+use crate::{Control, Live, now_ms};
+
+/// How often a control plane announces itself and reads the others.
+pub const ANNOUNCE_EVERY: Duration = Duration::from_millis(500);
+
+/// Largest blob pulled from a peer: a component or a site bundle.
+const MAX_BLOB_BYTES: usize = {
+    let (c, b) = (
+        fog_proto::api::MAX_COMPONENT_BYTES as usize,
+        fog_proto::bundle::MAX_BUNDLE_BYTES as usize
+            + fog_proto::bundle::MAX_MANIFEST_BYTES as usize
+            + fog_proto::bundle::HEADER_BYTES,
+    );
+    if c > b { c } else { b }
+};
+
+/// What one control plane tells the others (JSON: heartbeats are API types).
+#[derive(Debug, Serialize, Deserialize)]
+struct PlaneRecord {
+    /// Where the others reach its API, if it advertises one.
+    url: Option<String>,
+    /// Devices whose heartbeats it received itself, with when (Unix ms).
+    devices: Vec<SeenDevice>,
+    /// The fronts, relays and attach endpoints registered with it.
+    #[serde(default)]
+    registrations: crate::names::SharedRegistrations,
+    /// Apps whose primary it (as leader) is fencing for a handover: (app, device).
+    #[serde(default)]
+    fencing: Vec<(String, String)>,
+    /// New primaries it (as leader) has restore a snapshot first: (app, device).
+    #[serde(default)]
+    restores: Vec<(String, String)>,
+}
+
+/// What the leader decided that devices must hear whichever control plane they talk to.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct LeaderSays {
+    /// App → the primary device that must fence itself.
+    pub(crate) fencing: HashMap<String, String>,
+    /// App → the new primary that must restore the snapshot first.
+    pub(crate) restores: HashMap<String, String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SeenDevice {
+    id: String,
+    seen_ms: u64,
+    heartbeat: Heartbeat,
+}
+
+/// Another control plane that announced a URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Peer {
+    pub(crate) id: String,
+    pub(crate) url: String,
+}
+
+/// Why a peer could not give or take a blob.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PeerError {
+    /// The request failed on the way.
+    #[error("control plane {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    /// The peer answered with an error status.
+    #[error("control plane {url} answered {status}: {reason}")]
+    Refused {
+        url: String,
+        status: u16,
+        reason: String,
+    },
+    /// The bytes it sent are not the blob asked for.
+    #[error("control plane {url} sent bytes with sha256 {actual}, not {expected}")]
+    Hash {
+        url: String,
+        expected: String,
+        actual: String,
+    },
+}
+
+/// The HTTP client control planes use with each other, and who the others are.
+pub(crate) struct Planes {
+    client: Client<HttpConnector, Full<Bytes>>,
+    /// Live peers, from the latest announcements read.
+    peers: std::sync::Mutex<Vec<Peer>>,
+    /// The trust table's generation when its evidence was last reloaded.
+    trust_generation: std::sync::Mutex<Option<u64>>,
+    /// Fences and restores other control planes (the leader) announced.
+    pub(crate) leader_says: std::sync::Mutex<LeaderSays>,
+}
+
+impl Default for Planes {
+    fn default() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        Planes {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            peers: std::sync::Mutex::new(Vec::new()),
+            trust_generation: std::sync::Mutex::new(None),
+            leader_says: std::sync::Mutex::new(LeaderSays::default()),
+        }
+    }
+}
+
+impl Planes {
+    pub(crate) fn peers(&self) -> Vec<Peer> {
+        self.peers.lock().expect("peers lock").clone()
+    }
+
+    /// Send `request` within `timeout`: the status and body.
+    async fn send(
+        &self,
+        url: &str,
+        request: http::Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<(u16, Bytes), PeerError> {
+        let unreachable = |reason: String| PeerError::Unreachable {
+            url: url.to_string(),
+            reason,
+        };
+        let response = tokio::time::timeout(timeout, self.client.request(request))
+            .await
+            .map_err(|_| unreachable(format!("no answer within {timeout:?}")))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        let status = response.status().as_u16();
+        let body = tokio::time::timeout(
+            timeout,
+            Limited::new(response.into_body(), MAX_BLOB_BYTES).collect(),
+        )
+        .await
+        .map_err(|_| unreachable(format!("body not read within {timeout:?}")))?
+        .map_err(|e| unreachable(e.to_string()))?
+        .to_bytes();
+        if status >= 400 {
+            return Err(PeerError::Refused {
+                url: url.to_string(),
+                status,
+                reason: String::from_utf8_lossy(&body).into_owned(),
+            });
+        }
+        Ok((status, body))
+    }
+
+    /// Blob `sha256` from the control plane at `url` (its own copy only), checked.
+    async fn fetch(&self, url: &str, sha256: &str) -> Result<Bytes, PeerError> {
+        let request = http::Request::get(format!("{url}/v1/blobs/{sha256}?local=1"))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| PeerError::Unreachable {
+                url: url.to_string(),
+                reason: e.to_string(),
+            })?;
+        let (_, body) = self.send(url, request, Duration::from_secs(60)).await?;
+        let actual = auth::sha256_hex(&body);
+        if actual != sha256 {
+            return Err(PeerError::Hash {
+                url: url.to_string(),
+                expected: sha256.to_string(),
+                actual,
+            });
+        }
+        Ok(body)
+    }
+
+    /// Ask the control plane at `url` to pull blob `sha256` from control plane `from`.
+    async fn ask_pull(&self, url: &str, sha256: &str, from: &str) -> Result<(), PeerError> {
+        let request = http::Request::post(format!("{url}/v1/blobs/{sha256}/pull?from={from}"))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| PeerError::Unreachable {
+                url: url.to_string(),
+                reason: e.to_string(),
+            })?;
+        self.send(url, request, Duration::from_secs(90)).await?;
+        Ok(())
+    }
+}
+
+fn is_sha256(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+impl Control {
+    /// Announce this control plane and read the others every [`ANNOUNCE_EVERY`] until
+    /// `shutdown` resolves.
+    pub async fn run_presence(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut failing = false;
+        loop {
+            let control = self.clone();
+            match tokio::task::spawn_blocking(move || control.exchange_presence()).await {
+                Ok(Ok(())) => failing = false,
+                Ok(Err(err)) if !failing => {
+                    tracing::warn!("cannot announce this control plane: {err}");
+                    failing = true;
+                }
+                Ok(Err(_)) => {}
+                Err(err) => tracing::error!("announcing panicked: {err}"),
+            }
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(ANNOUNCE_EVERY) => {}
+            }
+        }
+    }
+
+    /// One round: write our announcement, read everyone's, take in the devices others saw.
+    fn exchange_presence(&self) -> Result<(), StoreError> {
+        let devices: Vec<SeenDevice> = {
+            let live = self.live.lock().expect("live lock");
+            let now = now_ms();
+            live.iter()
+                .filter(|(_, l)| l.local && self.is_alive(l))
+                .map(|(id, l)| SeenDevice {
+                    id: id.clone(),
+                    seen_ms: now.saturating_sub(l.at.elapsed().as_millis() as u64),
+                    heartbeat: l.heartbeat.clone(),
+                })
+                .collect()
+        };
+        let fencing = self
+            .handovers
+            .lock()
+            .expect("handovers lock")
+            .iter()
+            .filter(|(_, h)| h.phase == crate::replicas::Phase::Fencing)
+            .map(|(app, h)| (app.clone(), h.from.clone()))
+            .collect();
+        let restores = self
+            .restores
+            .lock()
+            .expect("restores lock")
+            .iter()
+            .map(|(app, device)| (app.clone(), device.clone()))
+            .collect();
+        let record = PlaneRecord {
+            url: self.config.advertise.clone(),
+            devices,
+            registrations: self.registrations.export(now_ms()),
+            fencing,
+            restores,
+        };
+        let bytes = serde_json::to_vec(&record).expect("announcements always serialise");
+        self.store.announce(&self.id, &bytes)?;
+        let mut peers = Vec::new();
+        let mut seen: HashMap<String, (u64, Heartbeat)> = HashMap::new();
+        let mut attach_changed = false;
+        let mut says = LeaderSays::default();
+        for (id, bytes) in self.store.planes()? {
+            if id == self.id {
+                continue;
+            }
+            let Ok(record) = serde_json::from_slice::<PlaneRecord>(&bytes) else {
+                tracing::warn!(plane = id, "unreadable announcement");
+                continue;
+            };
+            if let Some(url) = record.url {
+                peers.push(Peer { id, url });
+            }
+            attach_changed |= self.registrations.import(record.registrations, now_ms());
+            says.fencing.extend(record.fencing);
+            says.restores.extend(record.restores);
+            for device in record.devices {
+                match seen.get(&device.id) {
+                    Some((at, _)) if *at >= device.seen_ms => {}
+                    _ => {
+                        seen.insert(device.id, (device.seen_ms, device.heartbeat));
+                    }
+                }
+            }
+        }
+        peers.sort_by(|a, b| a.id.cmp(&b.id));
+        let says_changed = {
+            let mut held = self.planes.leader_says.lock().expect("leader says lock");
+            let changed = *held != says;
+            *held = says;
+            changed
+        };
+        *self.planes.peers.lock().expect("peers lock") = peers;
+        // A device another control plane heard from more recently than we did: take its
+        // heartbeat (clocks of control planes are assumed in step to well under a heartbeat
+        // interval).
+        let now = now_ms();
+        let mut revived = false;
+        {
+            let mut live = self.live.lock().expect("live lock");
+            for (id, (seen_ms, heartbeat)) in seen {
+                let age = Duration::from_millis(now.saturating_sub(seen_ms));
+                let Some(at) = Instant::now().checked_sub(age) else {
+                    continue;
+                };
+                match live.get(&id) {
+                    Some(l) if l.at >= at => {}
+                    previous => {
+                        let was_alive = previous.is_some_and(|l| self.is_alive(l));
+                        let entry = Live {
+                            at,
+                            heartbeat,
+                            local: false,
+                        };
+                        revived |= !was_alive && self.is_alive(&entry);
+                        live.insert(id, entry);
+                    }
+                }
+            }
+        }
+        // Trust is earned where a device heartbeats: every control plane saves what it
+        // observed, and takes the saved evidence of the devices others hear from whenever
+        // that table changed.
+        self.save_evidence(false)?;
+        let trust_now = self.store.generation(Table::Trust);
+        let mut trust_seen = self.planes.trust_generation.lock().expect("trust lock");
+        if trust_now.is_none() || *trust_seen != trust_now {
+            let elsewhere: std::collections::HashSet<String> = {
+                let live = self.live.lock().expect("live lock");
+                live.iter()
+                    .filter(|(_, l)| !l.local)
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            };
+            self.observed
+                .reload_evidence(self.store.as_ref(), |d| elsewhere.contains(d))?;
+            *trust_seen = trust_now;
+        }
+        drop(trust_seen);
+        if revived || attach_changed || says_changed {
+            self.bump();
+            self.changed.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Blob `sha256` from this control plane's disk, or else pulled from a peer (checked,
+    /// then kept): `None` if no control plane has it.
+    pub(crate) async fn blob(&self, sha256: &str) -> Result<Option<Bytes>, ApiError> {
+        if let Some(bytes) = self.store.get(Table::Blobs, sha256)? {
+            return Ok(Some(Bytes::from(bytes)));
+        }
+        if !is_sha256(sha256) {
+            return Ok(None);
+        }
+        for peer in self.planes.peers() {
+            match self.planes.fetch(&peer.url, sha256).await {
+                Ok(bytes) => {
+                    self.store.put(Table::Blobs, sha256, &bytes)?;
+                    tracing::info!(
+                        sha256,
+                        from = peer.url,
+                        "pulled a blob this control plane lacked"
+                    );
+                    return Ok(Some(bytes));
+                }
+                Err(PeerError::Refused { status: 404, .. }) => {}
+                Err(err) => tracing::warn!(sha256, "cannot pull the blob: {err}"),
+            }
+        }
+        Ok(None)
+    }
+
+    /// `POST /v1/blobs/<sha256>/pull?from=<id>`: copy the blob from the announced control plane
+    /// `from` (never from a URL the request names), checked against its hash.
+    pub(crate) async fn pull_blob(&self, sha256: &str, from: &str) -> Result<(), ApiError> {
+        if !is_sha256(sha256) {
+            return Err(ApiError::BadRequest(format!("{sha256:?} is not a sha256")));
+        }
+        if self.store.get(Table::Blobs, sha256)?.is_some() {
+            return Ok(());
+        }
+        let Some(peer) = self.planes.peers().into_iter().find(|p| p.id == from) else {
+            return Err(ApiError::Unavailable(format!(
+                "no live control plane {from:?} to pull from"
+            )));
+        };
+        let bytes = self
+            .planes
+            .fetch(&peer.url, sha256)
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        self.store.put(Table::Blobs, sha256, &bytes)?;
+        self.store.flush()?;
+        Ok(())
+    }
+
+    /// Have blob `sha256` (stored here) copied to one other control plane, when there are
+    /// others: the publish that stored it is acknowledged only after. 503 if every peer
+    /// failed.
+    pub(crate) async fn replicate_blob(&self, sha256: &str) -> Result<(), ApiError> {
+        let peers = self.planes.peers();
+        if peers.is_empty() {
+            return Ok(());
+        }
+        let mut failures = Vec::new();
+        for peer in peers {
+            match self.planes.ask_pull(&peer.url, sha256, &self.id).await {
+                Ok(()) => {
+                    tracing::debug!(sha256, to = peer.url, "blob copied");
+                    return Ok(());
+                }
+                Err(err) => failures.push(err.to_string()),
+            }
+        }
+        Err(ApiError::Unavailable(format!(
+            "blob {sha256} is stored on this control plane only; no other could take a copy: {}",
+            failures.join("; ")
+        )))
+    }
+}
