@@ -28,8 +28,8 @@ pub const DEFAULT_KEEP_RESIDENT: usize = 2 << 20;
 /// Pooled slots kept warm while unused (each holds at most `keep_resident` dirty bytes).
 const MAX_WARM_SLOTS: u32 = 64;
 
-/// Largest component accepted, in bytes.
-pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
+/// Largest component accepted, in bytes: what the control plane accepts.
+pub const MAX_COMPONENT_BYTES: usize = fog_proto::api::MAX_COMPONENT_BYTES as usize;
 
 /// How to build a [`Runtime`].
 #[derive(Debug, Clone)]

@@ -33,8 +33,10 @@ use crate::limits::Limits;
 
 /// Prefix of every path of this API version.
 pub const PREFIX: &str = "/v1";
-/// Largest component the control plane accepts, in bytes.
-pub const MAX_COMPONENT_BYTES: u64 = 32 << 20;
+/// Largest component the control plane accepts, in bytes. A Python app built with
+/// componentize-py carries the interpreter and its standard library (20 to 40 MiB); 64 MiB
+/// leaves room for its packages.
+pub const MAX_COMPONENT_BYTES: u64 = 64 << 20;
 /// Largest JSON body accepted, in bytes.
 pub const MAX_JSON_BYTES: u64 = 1 << 20;
 

@@ -1,5 +1,5 @@
-//! `fog new rust|static NAME`: write a project that builds with one printed command and
-//! publishes with `fog publish`.
+//! `fog new rust|js|python|static NAME`: write a project that builds with one printed command
+//! and publishes with `fog publish`.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +10,10 @@ use anyhow::{Context, bail};
 enum Kind {
     /// A Rust component (wasm32-wasip2), built with cargo.
     Rust,
+    /// A JavaScript app, built into a component with componentize-js (npm).
+    Js,
+    /// A Python app, built into a component with componentize-py (PyPI).
+    Python,
     /// A folder of HTML, CSS and other files; nothing to build.
     Static,
 }
@@ -36,6 +40,8 @@ impl New {
         }
         let files = match self.kind {
             Kind::Rust => rust(&self.name),
+            Kind::Js => js(&self.name),
+            Kind::Python => python(&self.name),
             Kind::Static => site(&self.name),
         };
         for (path, contents) in &files {
@@ -63,6 +69,29 @@ impl New {
                         .display()
                 );
             }
+            Kind::Js => {
+                println!("build it (needs Node.js 18 or later and npm):");
+                println!("  cd {shown} && npm install && npm run build",);
+                println!("publish it:");
+                println!(
+                    "  fog publish {} --name {name}",
+                    root.join("app.wasm").display()
+                );
+            }
+            Kind::Python => {
+                println!(
+                    "build it (needs componentize-py {COMPONENTIZE_PY}: \
+                     `pip install componentize-py=={COMPONENTIZE_PY}`):"
+                );
+                println!(
+                    "  cd {shown} && componentize-py -d wit -w http-app componentize app -o app.wasm"
+                );
+                println!("publish it:");
+                println!(
+                    "  fog publish {} --name {name}",
+                    root.join("app.wasm").display()
+                );
+            }
             Kind::Static => {
                 println!(
                     "nothing to build; edit the files in {}, then publish:",
@@ -73,6 +102,114 @@ impl New {
         }
         Ok(())
     }
+}
+
+/// The componentize-js the JavaScript template pins (npm).
+const COMPONENTIZE_JS: &str = "0.23.0";
+/// The preview2-shim componentize-js 0.23 loads at build time without depending on it (npm).
+const PREVIEW2_SHIM: &str = "0.25.0";
+/// The componentize-py the Python template is built with (PyPI).
+const COMPONENTIZE_PY: &str = "0.25.1";
+
+/// The WIT of a JavaScript or Python app, from `guest-examples/wit`: the world (serve
+/// `wasi:http`, keep state in `wasi:keyvalue`) and every package it names, so the project builds
+/// with nothing fetched but the build tool.
+const WIT: &[(&str, &str)] = &[
+    (
+        "world.wit",
+        include_str!("../../../guest-examples/wit/world.wit"),
+    ),
+    (
+        "deps/cli/package.wit",
+        include_str!("../../../guest-examples/wit/deps/cli/package.wit"),
+    ),
+    (
+        "deps/clocks/package.wit",
+        include_str!("../../../guest-examples/wit/deps/clocks/package.wit"),
+    ),
+    (
+        "deps/filesystem/package.wit",
+        include_str!("../../../guest-examples/wit/deps/filesystem/package.wit"),
+    ),
+    (
+        "deps/http/package.wit",
+        include_str!("../../../guest-examples/wit/deps/http/package.wit"),
+    ),
+    (
+        "deps/io/package.wit",
+        include_str!("../../../guest-examples/wit/deps/io/package.wit"),
+    ),
+    (
+        "deps/random/package.wit",
+        include_str!("../../../guest-examples/wit/deps/random/package.wit"),
+    ),
+    (
+        "deps/sockets/package.wit",
+        include_str!("../../../guest-examples/wit/deps/sockets/package.wit"),
+    ),
+    (
+        "deps/keyvalue/world.wit",
+        include_str!("../../../guest-examples/wit/deps/keyvalue/world.wit"),
+    ),
+    (
+        "deps/keyvalue/store.wit",
+        include_str!("../../../guest-examples/wit/deps/keyvalue/store.wit"),
+    ),
+    (
+        "deps/keyvalue/atomic.wit",
+        include_str!("../../../guest-examples/wit/deps/keyvalue/atomic.wit"),
+    ),
+    (
+        "deps/keyvalue/batch.wit",
+        include_str!("../../../guest-examples/wit/deps/keyvalue/batch.wit"),
+    ),
+];
+
+/// `files` plus the WIT under `wit/`.
+fn with_wit(mut files: Vec<(String, String)>) -> Vec<(String, String)> {
+    files.extend(
+        WIT.iter()
+            .map(|(path, text)| (format!("wit/{path}"), text.to_string())),
+    );
+    files
+}
+
+/// The JavaScript template: the `counter-js` example under the app's name.
+fn js(name: &str) -> Vec<(String, String)> {
+    let app = include_str!("../../../guest-examples/counter-js/app.js")
+        .replace("counter-js", name)
+        .replace("JavaScript on Fog", name);
+    let manifest = format!(
+        r#"{{
+  "name": "{name}",
+  "private": true,
+  "type": "module",
+  "scripts": {{
+    "build": "componentize-js app.js --wit wit --world-name http-app --out app.wasm"
+  }},
+  "devDependencies": {{
+    "@bytecodealliance/componentize-js": "{COMPONENTIZE_JS}",
+    "@bytecodealliance/preview2-shim": "{PREVIEW2_SHIM}"
+  }}
+}}
+"#
+    );
+    with_wit(vec![
+        ("package.json".into(), manifest),
+        ("app.js".into(), app),
+        (".gitignore".into(), "/node_modules\n/app.wasm\n".into()),
+    ])
+}
+
+/// The Python template: the `counter-py` example under the app's name.
+fn python(name: &str) -> Vec<(String, String)> {
+    let app = include_str!("../../../guest-examples/counter-py/app.py")
+        .replace("counter-py", name)
+        .replace("Python on Fog", name);
+    with_wit(vec![
+        ("app.py".into(), app),
+        (".gitignore".into(), "/app.wasm\n/__pycache__\n".into()),
+    ])
 }
 
 fn public(root: &Path) -> PathBuf {
@@ -164,4 +301,47 @@ wasip2::http::proxy::export!(App);
         ("src/lib.rs".into(), lib),
         (".gitignore".into(), "/target\n".into()),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The template builds with the tool versions the example is tested with.
+    #[test]
+    fn the_js_template_pins_the_packages_the_example_pins() {
+        let deps = |text: &str| {
+            serde_json::from_str::<serde_json::Value>(text).unwrap()["devDependencies"].clone()
+        };
+        let template = js("my-app");
+        let manifest = &template
+            .iter()
+            .find(|(p, _)| p == "package.json")
+            .unwrap()
+            .1;
+        let example = include_str!("../../../guest-examples/counter-js/package.json");
+        assert_eq!(deps(manifest), deps(example));
+    }
+
+    /// Every file of `guest-examples/wit` is in the templates (a new one needs adding to `WIT`).
+    #[test]
+    fn the_templates_carry_all_of_the_wit() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-examples/wit");
+        let mut on_disk = Vec::new();
+        let mut dirs = vec![root.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else {
+                    on_disk.push(path.strip_prefix(&root).unwrap().display().to_string());
+                }
+            }
+        }
+        on_disk.sort();
+        let mut embedded: Vec<String> = WIT.iter().map(|(p, _)| p.to_string()).collect();
+        embedded.sort();
+        assert_eq!(on_disk, embedded);
+    }
 }

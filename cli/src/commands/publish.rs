@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use fog_host::LimitArgs;
 use fog_proto::api::{AppInfo, Bid, PublishMeta, Tier};
 
@@ -105,6 +105,19 @@ pub async fn publish(
     wait: Duration,
 ) -> anyhow::Result<AppInfo> {
     meta.validate().map_err(anyhow::Error::msg)?;
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
+    // Refuse before reading and uploading what the control plane would refuse anyway.
+    let limit = fog_proto::api::MAX_COMPONENT_BYTES;
+    if size > limit {
+        bail!(
+            "{} is {} MiB, over the component size limit of {} MiB",
+            path.display(),
+            size.div_ceil(1 << 20),
+            limit >> 20
+        );
+    }
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     publish_bytes(api, bytes, meta, wait).await
 }
