@@ -94,6 +94,8 @@ impl Control {
             ("GET", ["apps"]) => Ok(json(200, &self.app_infos()?)),
             ("GET", ["apps", name]) => Ok(json(200, &self.app_info(&self.app(name)?)?)),
             ("POST", ["apps", name, "scale"]) => self.scale(name, request).await,
+            ("GET", ["apps", name, "config"]) => self.list_config(name, request).await,
+            ("POST", ["apps", name, "config"]) => self.change_config(name, request).await,
             ("DELETE", ["apps", name]) => self.remove(name, request).await,
             ("POST", ["apps", name, "move"]) => self.request_move(name, request).await,
             ("POST", ["apps", name, "wake"]) => self.wake(name),

@@ -10,7 +10,7 @@ use fog_proto::auth;
 
 use crate::api::{Answer, bytes_response, json};
 use crate::error::ApiError;
-use crate::store::{AppRecord, AppTerms, StoreError, Table, decode, encode};
+use crate::store::{AppRecord, AppSettings, AppTerms, StoreError, Table, decode, encode};
 use crate::{Control, MAX_SNAPSHOT_BYTES, now_ms};
 
 /// Check that `bytes` is a component exporting `wasi:http/incoming-handler@0.2.*`, with
@@ -225,6 +225,8 @@ impl Control {
         let meta: PublishMeta = serde_json::from_str(&meta)
             .map_err(|e| ApiError::BadRequest(format!("malformed x-fog-meta JSON: {e}")))?;
         meta.validate().map_err(ApiError::BadRequest)?;
+        // Checked (and secrets sealed) before anything is written.
+        let settings = self.published_settings(&meta)?;
         let component = body.clone();
         tokio::task::spawn_blocking(move || check_component(&component))
             .await
@@ -259,6 +261,8 @@ impl Control {
                 bid: meta.bid.unwrap_or_default(),
             };
             self.store.put(Table::Terms, &meta.name, &encode(&terms))?;
+            self.store
+                .put(Table::Settings, &meta.name, &encode(&settings))?;
             let record = self.update_app(&meta.name, |existing| {
                 // Again: another control plane may have taken the name since.
                 taken(&existing)?;
@@ -285,6 +289,36 @@ impl Control {
         };
         self.changed.notify_one();
         Ok(json(201, &self.app_info(&info)?))
+    }
+
+    /// What a publish makes of the app's settings: its outbound origins replaced, the
+    /// variables and secrets it names set (sealed), the others the app had kept. Written before
+    /// the app record, so no host ever runs a version without them.
+    fn published_settings(&self, meta: &PublishMeta) -> Result<AppSettings, ApiError> {
+        let mut settings = self.settings(&meta.name)?;
+        settings.allow_outbound = meta.allow_outbound.clone();
+        for (key, value) in &meta.vars {
+            settings.secrets.remove(key);
+            settings.vars.insert(key.clone(), value.clone());
+        }
+        for (key, value) in &meta.secrets {
+            let sealed = self
+                .secrets
+                .seal(&meta.name, key, value.expose())
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            settings.vars.remove(key);
+            settings.secrets.insert(key.clone(), sealed);
+        }
+        crate::config::check_count(&settings)?;
+        Ok(settings)
+    }
+
+    /// The settings of `name` (none written: the defaults, which grant nothing).
+    pub(crate) fn settings(&self, name: &str) -> Result<AppSettings, StoreError> {
+        match self.store.get(Table::Settings, name)? {
+            Some(bytes) => decode(Table::Settings, name, &bytes),
+            None => Ok(AppSettings::default()),
+        }
     }
 
     pub(crate) async fn scale<B>(self: &Arc<Self>, name: &str, request: http::Request<B>) -> Answer
@@ -392,6 +426,7 @@ impl Control {
             self.store.delete(Table::Snapshots, name)?;
             self.store.delete(Table::Scaling, name)?;
             self.store.delete(Table::Terms, name)?;
+            self.store.delete(Table::Settings, name)?;
             self.link_site(name, None)?;
             let still_used = self.store.list(Table::Apps)?.iter().any(|(k, v)| {
                 decode::<AppRecord>(Table::Apps, k, v).is_ok_and(|a| a.sha256 == record.sha256)

@@ -348,12 +348,21 @@ impl Control {
                     ..api::Replication::default()
                 }
             };
+            let settings = index.settings.get(name);
             out.push(Assignment {
                 sha256: app.sha256.clone(),
                 manifest: Manifest {
                     name: app.name.clone(),
                     limits: app.limits,
-                    permissions: Permissions::default(),
+                    permissions: Permissions {
+                        allow_outbound: settings
+                            .map(|s| s.allow_outbound.clone())
+                            .unwrap_or_default(),
+                        ..Permissions::default()
+                    },
+                    config: settings
+                        .map(|s| self.config_values(name, s))
+                        .unwrap_or_default(),
                 },
                 replication,
                 bundle: index.sites.get(&app.name).cloned(),

@@ -14,6 +14,7 @@
 pub mod api;
 mod apps;
 pub mod autoscale;
+mod config;
 mod dashboard;
 mod devices;
 pub mod error;
@@ -26,6 +27,7 @@ mod reconcile;
 mod registry;
 pub mod replay;
 pub mod replicas;
+mod secrets;
 mod sites;
 pub mod store;
 pub mod trust;
@@ -79,6 +81,10 @@ pub struct ControlConfig {
     /// the fleet has not changed; in between, a reconcile places only the apps that need it
     /// (new, scaled, short of replicas).
     pub replan_every: Duration,
+    /// The file holding the key app secrets are sealed with (created, 0600, on first use);
+    /// control planes sharing a registry must be given the same file. `None`: a key for this
+    /// process only (secrets sealed under it do not survive a restart).
+    pub secrets_key: Option<std::path::PathBuf>,
     /// Where the other control planes reach this one's API (`fog control --advertise`): it
     /// is announced in the store, and peers pull components from it.
     pub advertise: Option<String>,
@@ -107,6 +113,7 @@ impl Default for ControlConfig {
             trust: trust::TrustConfig::default(),
             key_rate: Rate::new(DEFAULT_KEY_RATE, DEFAULT_KEY_BURST),
             replan_every: Duration::from_secs(30),
+            secrets_key: None,
             advertise: None,
         }
     }
@@ -172,6 +179,8 @@ pub struct Control {
     id: String,
     /// Whether this control plane led at its last reconcile tick.
     leading: std::sync::atomic::AtomicBool,
+    /// The key app secrets are sealed with in the registry.
+    secrets: secrets::SecretsKey,
     /// The other control planes, and the client to reach them.
     planes: planes::Planes,
 }
@@ -201,7 +210,9 @@ impl Control {
     /// A control plane over `store`.
     pub fn new(store: Arc<dyn Store>, config: ControlConfig) -> Arc<Control> {
         let key_limit = config.key_rate.map(RateLimit::new);
+        let secrets = secrets::SecretsKey::new(config.secrets_key.clone());
         Arc::new(Control {
+            secrets,
             store,
             config,
             live: Mutex::new(HashMap::new()),

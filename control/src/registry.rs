@@ -7,7 +7,9 @@ use std::sync::Arc;
 use fog_proto::auth;
 
 use crate::error::ApiError;
-use crate::store::{AppRecord, DeviceRecord, PlacementRecord, StoreError, Table, decode};
+use crate::store::{
+    AppRecord, AppSettings, DeviceRecord, PlacementRecord, StoreError, Table, decode,
+};
 use crate::{Control, names};
 
 impl Control {
@@ -83,7 +85,7 @@ impl Control {
     }
 }
 
-/// Apps, their placements and site bundles, indexed by device: what every heartbeat needs to
+/// Apps, their placements, site bundles and settings, indexed by device: what every heartbeat needs to
 /// compute a device's assignments. Rebuilt only when one of the three tables changed (see
 /// [`crate::store::Store::generation`]), so a heartbeat costs the device's own assignments, not
 /// a read of the whole registry.
@@ -91,11 +93,13 @@ impl Control {
 pub(crate) struct PlanIndex {
     /// The tables' generations this index was built from; `None` for a store that cannot say
     /// (the index is then rebuilt on every use).
-    stamp: Option<[u64; 3]>,
+    stamp: Option<[u64; 4]>,
     pub(crate) apps: BTreeMap<String, AppRecord>,
     pub(crate) placements: BTreeMap<String, PlacementRecord>,
     /// App name → site bundle sha256.
     pub(crate) sites: HashMap<String, String>,
+    /// App name → what it may reach and is given (apps with none written are absent).
+    pub(crate) settings: HashMap<String, AppSettings>,
     /// Device id → the apps placed on it, in app-name order.
     pub(crate) by_device: HashMap<String, Vec<String>>,
 }
@@ -104,12 +108,17 @@ impl Control {
     /// The registry's apps and placements indexed by device, from the cache while the store
     /// says nothing changed.
     pub(crate) fn plan_index(&self) -> Result<Arc<PlanIndex>, StoreError> {
-        let stamp = [Table::Apps, Table::Placements, Table::Sites]
-            .map(|table| self.store.generation(table))
-            .iter()
-            .copied()
-            .collect::<Option<Vec<u64>>>()
-            .map(|g| [g[0], g[1], g[2]]);
+        let stamp = [
+            Table::Apps,
+            Table::Placements,
+            Table::Sites,
+            Table::Settings,
+        ]
+        .map(|table| self.store.generation(table))
+        .iter()
+        .copied()
+        .collect::<Option<Vec<u64>>>()
+        .map(|g| [g[0], g[1], g[2], g[3]]);
         if let Some(stamp) = stamp {
             let cached = self.plan_index.lock().expect("plan index lock").clone();
             if let Some(index) = cached.filter(|index| index.stamp == Some(stamp)) {
@@ -128,6 +137,12 @@ impl Control {
             .into_iter()
             .map(|(app, sha)| (app, String::from_utf8_lossy(&sha).into_owned()))
             .collect();
+        let settings = self
+            .store
+            .list(Table::Settings)?
+            .iter()
+            .map(|(app, bytes)| Ok((app.clone(), decode(Table::Settings, app, bytes)?)))
+            .collect::<Result<_, StoreError>>()?;
         let mut by_device: HashMap<String, Vec<String>> = HashMap::new();
         for name in apps.keys() {
             for device in placements.get(name).map(|p| &p.devices[..]).unwrap_or(&[]) {
@@ -142,6 +157,7 @@ impl Control {
             apps,
             placements,
             sites,
+            settings,
             by_device,
         });
         if stamp.is_some() {

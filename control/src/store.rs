@@ -43,11 +43,13 @@ pub enum Table {
     Moves,
     /// Request lines for `fog logs`, by `app/id` (the last 1,000 of each app).
     Logs,
+    /// What each app may reach and is given beyond its code ([`AppSettings`]), by app name.
+    Settings,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 13] = [
+    pub const ALL: [Table; 14] = [
         Table::Apps,
         Table::Devices,
         Table::Placements,
@@ -61,6 +63,7 @@ impl Table {
         Table::Trust,
         Table::Moves,
         Table::Logs,
+        Table::Settings,
     ];
 
     /// The table's position in [`Table::ALL`].
@@ -92,6 +95,7 @@ impl Table {
             Table::Trust => "trust",
             Table::Moves => "moves",
             Table::Logs => "logs",
+            Table::Settings => "settings",
         }
     }
 }
@@ -524,6 +528,19 @@ pub struct AppTerms {
     pub max_price: Option<f64>,
     /// How the developer buys capacity.
     pub bid: fog_proto::api::Bid,
+}
+
+/// What an app may reach and is given beyond its code; kept beside the app record (by app
+/// name), so records written before it existed still decode, and changing it needs no new
+/// version of the app.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AppSettings {
+    /// The origins its outbound HTTP requests may go to (`fog publish --allow-outbound`).
+    pub allow_outbound: Vec<fog_proto::Origin>,
+    /// Config variables, by name.
+    pub vars: std::collections::BTreeMap<String, String>,
+    /// Secrets by name, sealed (`crate::secrets`): never stored in the clear.
+    pub secrets: std::collections::BTreeMap<String, Vec<u8>>,
 }
 
 /// A registered device.

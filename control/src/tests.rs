@@ -3,6 +3,7 @@
 
 mod etcd;
 mod market;
+mod settings;
 mod store;
 
 use std::sync::Arc;
@@ -617,6 +618,9 @@ async fn a_site_must_name_an_uploaded_bundle_and_removing_it_drops_the_bundle(ba
             bundle: Some(bundle.into()),
             max_price: None,
             bid: None,
+            allow_outbound: Vec::new(),
+            vars: Default::default(),
+            secrets: Default::default(),
         })
         .unwrap()
     };

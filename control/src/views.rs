@@ -105,6 +105,7 @@ impl Control {
             },
             max_price: terms.as_ref().and_then(|t| t.max_price),
             bid: terms.map(|t| t.bid).unwrap_or_default(),
+            allow_outbound: self.settings(&app.name)?.allow_outbound,
             moving: self
                 .handovers
                 .lock()

@@ -256,6 +256,9 @@ struct Shared {
     identity: Arc<Identity>,
     peers: PeerClient,
     loaded: Loaded,
+    /// Each assigned app's latest manifest: what may change without a new version (outbound
+    /// origins) is regranted from it to the app serving and to a version still loading.
+    granted: Arc<Mutex<HashMap<String, fog_proto::Manifest>>>,
     tasks: Arc<Mutex<HashMap<String, AppTasks>>>,
     wake: Arc<tokio::sync::Notify>,
 }
@@ -291,6 +294,7 @@ pub async fn run(
                 .map(|a| a as Arc<dyn fog_htx::dial::Rendezvous>),
         ),
         loaded: loaded.clone(),
+        granted: Arc::new(Mutex::new(HashMap::new())),
         tasks: Arc::new(Mutex::new(HashMap::new())),
         wake: wake.clone(),
     };
@@ -507,9 +511,25 @@ fn apply(shared: &Shared, assignments: Vec<Assignment>) {
         .lock()
         .expect("tasks lock")
         .retain(|app, _| wanted.contains(app.as_str()));
+    shared
+        .granted
+        .lock()
+        .expect("granted lock")
+        .retain(|app, _| wanted.contains(app.as_str()));
     for assignment in assignments {
         let name = assignment.manifest.name.clone();
         configure(shared, &name, &assignment.replication);
+        {
+            // Under the lock a finished load also takes it under, so no app starts serving
+            // with grants older than the latest assignment's.
+            let mut granted = shared.granted.lock().expect("granted lock");
+            if granted.get(&name) != Some(&assignment.manifest) {
+                if let Some(app) = shared.apps.get(&name) {
+                    app.regrant(&assignment.manifest);
+                }
+                granted.insert(name.clone(), assignment.manifest.clone());
+            }
+        }
         let version = crate::bundle::version(&assignment);
         {
             let mut loaded = shared.loaded.lock().expect("loaded lock");
@@ -555,7 +575,12 @@ fn apply(shared: &Shared, assignments: Vec<Assignment>) {
                     // Still wanted at this version? (A newer assignment may have replaced it.)
                     if shared.loaded.lock().expect("loaded lock").get(&name) == Some(&version) {
                         tracing::info!(app = name, sha256 = assignment.sha256, "serving");
+                        let granted = shared.granted.lock().expect("granted lock");
+                        if let Some(latest) = granted.get(&name) {
+                            app.regrant(latest);
+                        }
                         shared.apps.insert(Arc::new(app));
+                        drop(granted);
                         shared.wake.notify_one();
                     }
                 }

@@ -19,7 +19,7 @@ use crate::code::Compiled;
 use crate::error::{Failure, first_line};
 use crate::kv::Namespace;
 use crate::runtime::Runtime;
-use crate::state::{MemoryLimitReached, RequestState};
+use crate::state::{Grants, MemoryLimitReached, RequestState};
 use fog_proto::{Limits, Manifest};
 
 /// The response type the host produces.
@@ -72,6 +72,8 @@ pub struct App {
     namespace: Namespace,
     permits: Arc<Semaphore>,
     meter: Meter,
+    /// What the app is granted now; swapped when the control plane changes it.
+    grants: std::sync::RwLock<Arc<Grants>>,
 }
 
 impl std::fmt::Debug for App {
@@ -108,6 +110,7 @@ impl App {
         let permits = Arc::new(Semaphore::new(manifest.limits.max_concurrency as usize));
         App {
             runtime,
+            grants: std::sync::RwLock::new(Arc::new(Grants::of(&manifest))),
             manifest,
             sha256,
             compiled: std::sync::Mutex::new(Weak::new()),
@@ -130,6 +133,12 @@ impl App {
     /// The app's manifest.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// Give the app the grants `manifest` carries (its outbound origins): requests that start
+    /// from now on see them, requests in flight keep the ones they started with.
+    pub fn regrant(&self, manifest: &Manifest) {
+        *self.grants.write().expect("grants lock") = Arc::new(Grants::of(manifest));
     }
 
     /// The app's key-value state, for host-side inspection.
@@ -288,6 +297,7 @@ impl App {
             RequestState::new(
                 &limits,
                 &self.manifest.permissions,
+                self.grants.read().expect("grants lock").clone(),
                 self.namespace.clone(),
                 written.clone(),
             ),

@@ -113,6 +113,10 @@ impl Runtime {
             &mut linker,
         ))?;
         link(crate::kv::add_to_linker(&mut linker, RequestState::kv))?;
+        link(wasmtime_wasi_config::add_to_linker(
+            &mut linker,
+            RequestState::config,
+        ))?;
 
         // Without a data directory, compiled components still go to (temporary) files: an app
         // keeps only its component's hash, and its code is mapped from there when needed.

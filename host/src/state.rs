@@ -1,5 +1,5 @@
 //! What one request's store holds: WASI and wasi:http contexts built from the app's permissions,
-//! its key-value namespace, and the memory limiter.
+//! what it is granted (outbound origins), its key-value namespace, and the memory limiter.
 
 use std::net::SocketAddr;
 
@@ -8,10 +8,44 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use crate::kv::{KvView, Namespace};
-use fog_proto::{Limits, Permissions};
+use fog_proto::{Limits, Manifest, Origin, Permissions};
+
+/// What an app is granted that may change while it runs (without a new version): the origins
+/// it may call and its config. Each request takes the grants current when it starts.
+#[derive(Default)]
+pub struct Grants {
+    /// Origins outbound HTTP may go to.
+    pub(crate) allow_outbound: Vec<Origin>,
+    /// What `wasi:config/store` answers (variables and secrets).
+    config: WasiConfigVariables,
+}
+
+impl std::fmt::Debug for Grants {
+    // Config values are secrets: only their count is ever printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grants")
+            .field("allow_outbound", &self.allow_outbound)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Grants {
+    /// The grants a manifest carries.
+    pub fn of(manifest: &Manifest) -> Grants {
+        Grants {
+            allow_outbound: manifest.permissions.allow_outbound.clone(),
+            config: manifest
+                .config
+                .iter()
+                .map(|(key, value)| (key.as_str(), value.expose()))
+                .collect(),
+        }
+    }
+}
 
 /// Bytes of guest stderr kept per request (panic messages land there).
 const STDERR_CAPACITY: usize = 4096;
@@ -22,6 +56,7 @@ pub struct RequestState {
     http: WasiHttpCtx,
     table: ResourceTable,
     hooks: FogHttpHooks,
+    grants: std::sync::Arc<Grants>,
     namespace: Namespace,
     /// The highest change-log sequence number this request wrote.
     written: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -33,6 +68,7 @@ impl RequestState {
     pub(crate) fn new(
         limits: &Limits,
         permissions: &Permissions,
+        grants: std::sync::Arc<Grants>,
         namespace: Namespace,
         written: std::sync::Arc<std::sync::atomic::AtomicU64>,
     ) -> Self {
@@ -60,8 +96,10 @@ impl RequestState {
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             hooks: FogHttpHooks {
-                outbound_allowed: permissions.outbound_http,
+                any_destination: permissions.outbound_http,
+                grants: grants.clone(),
             },
+            grants,
             namespace,
             written,
             limiter: MemoryLimiter {
@@ -70,6 +108,11 @@ impl RequestState {
             },
             stderr,
         }
+    }
+
+    /// The app's config, as `wasi:config/store` reads it.
+    pub(crate) fn config(&mut self) -> WasiConfig<'_> {
+        WasiConfig::new(&self.grants.config)
     }
 
     pub(crate) fn kv(&mut self) -> KvView<'_> {
@@ -100,9 +143,29 @@ impl WasiHttpView for RequestState {
     }
 }
 
-/// wasi:http hooks: outgoing requests are refused unless the manifest allows them.
+/// wasi:http hooks: outgoing requests are refused unless they go to an origin the app was
+/// granted (or a local manifest allows any destination).
 struct FogHttpHooks {
-    outbound_allowed: bool,
+    any_destination: bool,
+    grants: std::sync::Arc<Grants>,
+}
+
+impl FogHttpHooks {
+    /// Whether `uri` goes to a destination the app may reach. The URI is what the connection is
+    /// made to (wasi:http builds it from the guest's scheme and authority), so checking it is
+    /// checking where the request goes.
+    fn allows(&self, uri: &http::Uri) -> bool {
+        if self.any_destination {
+            return true;
+        }
+        let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
+            return false;
+        };
+        self.grants
+            .allow_outbound
+            .iter()
+            .any(|origin| origin.matches(scheme, host, uri.port_u16()))
+    }
 }
 
 type SendFuture = Box<
@@ -121,8 +184,15 @@ impl WasiHttpHooks for FogHttpHooks {
         options: Option<wasmtime_wasi_http::RequestOptions>,
         fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> SendFuture {
-        if !self.outbound_allowed {
-            tracing::debug!(uri = %request.uri(), "outbound HTTP denied by the app's manifest");
+        if !self.allows(request.uri()) {
+            // Only scheme, host and port: a path or query may carry a token.
+            let uri = request.uri();
+            tracing::debug!(
+                scheme = uri.scheme_str().unwrap_or(""),
+                host = uri.host().unwrap_or(""),
+                port = uri.port_u16(),
+                "outbound HTTP refused: not an origin the app may call"
+            );
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         let _ = fut;

@@ -5,6 +5,8 @@
 //! | POST | `/v1/apps` | developer (signed) | the component; [`PublishMeta`] in `x-fog-meta` |
 //! | GET | `/v1/apps`, `/v1/apps/{name}` | anyone | → [`AppInfo`] |
 //! | POST | `/v1/apps/{name}/scale` | owner (signed) | [`ScaleRequest`] |
+//! | POST | `/v1/apps/{name}/config` | owner (signed) | [`crate::config::ConfigChange`] → [`crate::config::ConfigListing`] |
+//! | GET | `/v1/apps/{name}/config` | owner (signed) | → [`crate::config::ConfigListing`] |
 //! | DELETE | `/v1/apps/{name}` | owner (signed) | — |
 //! | GET | `/v1/apps/{name}/logs[?after=ID]` | anyone | → [`LogLine`]s (long-poll past line ID) |
 //! | POST | `/v1/devices` | device (signed) | [`DeviceRegistration`] → [`DeviceRegistered`] |
@@ -21,6 +23,8 @@
 //! | GET | `/v1/routes[?after=N]` | routers | → [`Route`]s (long-poll past version N) |
 //!
 //! Errors are `{"error": "..."}` with a 4xx or 5xx status.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -114,6 +118,16 @@ pub struct PublishMeta {
     /// How the developer buys capacity (`fog publish --bid`); on-demand if not said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bid: Option<Bid>,
+    /// The origins the app may send HTTP requests to (`fog publish --allow-outbound`); none
+    /// if empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_outbound: Vec<crate::Origin>,
+    /// Variables to set (`fog publish --var K=V`); others the app has are kept.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vars: BTreeMap<String, String>,
+    /// Secrets to set (`fog publish --secret K=@FILE`); others the app has are kept.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, crate::config::Secret>,
 }
 
 /// How a developer buys CPU time for an app (the market's pricing classes).
@@ -192,6 +206,14 @@ impl PublishMeta {
         if let Some(max) = self.max_price {
             validate_price("max price", max)?;
         }
+        crate::config::validate(&self.vars, &self.secrets)?;
+        if self.allow_outbound.len() > crate::origin::MAX_ORIGINS {
+            return Err(format!(
+                "at most {} outbound origins, got {}",
+                crate::origin::MAX_ORIGINS,
+                self.allow_outbound.len()
+            ));
+        }
         self.limits.validate()
     }
 }
@@ -247,6 +269,9 @@ pub struct AppInfo {
     /// How the developer buys capacity.
     #[serde(default)]
     pub bid: Bid,
+    /// The origins the app may send HTTP requests to.
+    #[serde(default)]
+    pub allow_outbound: Vec<crate::Origin>,
 }
 
 /// An app's onion-service key, for a trusted router to run the service.

@@ -9,8 +9,11 @@
 pub mod api;
 pub mod auth;
 pub mod bundle;
+pub mod config;
 pub mod errors;
 pub mod limits;
+pub mod origin;
 
 pub use errors::{ERROR_HEADER, ErrorKind};
 pub use limits::{Limits, Manifest, Permissions, validate_app_name};
+pub use origin::Origin;

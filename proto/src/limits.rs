@@ -66,8 +66,13 @@ impl Limits {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Permissions {
-    /// Outgoing HTTP requests through `wasi:http/outgoing-handler`.
+    /// Outgoing HTTP requests through `wasi:http/outgoing-handler`, to any destination (local
+    /// manifests only: the control plane never grants it).
     pub outbound_http: bool,
+    /// The origins outgoing HTTP requests may go to when `outbound_http` is off
+    /// (`fog publish --allow-outbound`); every other destination is refused.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_outbound: Vec<crate::Origin>,
     /// TCP and UDP sockets and name lookups through `wasi:sockets`.
     pub sockets: bool,
     /// A host directory the app may read, seen by the guest as `/`.
@@ -86,6 +91,9 @@ pub struct Manifest {
     /// What the app may reach outside its sandbox.
     #[serde(default)]
     pub permissions: Permissions,
+    /// What `wasi:config/store` gives the app: its variables and (opened) secrets.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub config: crate::config::ConfigValues,
 }
 
 impl Manifest {
@@ -95,6 +103,7 @@ impl Manifest {
             name: name.into(),
             limits: Limits::default(),
             permissions: Permissions::default(),
+            config: Default::default(),
         }
     }
 

@@ -38,10 +38,12 @@
 //!
 //! The host gives every request a fresh instance with a memory cap, a fuel (CPU) budget and a
 //! wall-clock deadline. Global variables do not survive between requests: keep state in a
-//! [`kv::Bucket`]. A request body larger than [`MAX_REQUEST_BODY`] is refused by the SDK with 413.
+//! [`kv::Bucket`]. Read variables and secrets with [`config::get`] (`wasi:config/store`). A
+//! request body larger than [`MAX_REQUEST_BODY`] is refused by the SDK with 413.
 
 #![deny(missing_docs)]
 
+pub mod config;
 pub mod kv;
 mod request;
 mod response;

@@ -48,6 +48,11 @@ pub struct ControlCmd {
     /// Signed requests a key may make at once on top of --key-rate.
     #[arg(long, default_value_t = fog_control::DEFAULT_KEY_BURST, value_name = "N")]
     key_burst: u32,
+    /// The key app secrets are encrypted with in the registry (created, 0600, if missing;
+    /// default: secrets.key in --data). Control planes sharing an etcd registry must all be
+    /// given the same key file.
+    #[arg(long, value_name = "FILE", env = "FOG_SECRETS_KEY")]
+    secrets_key: Option<PathBuf>,
     /// The URL other control planes on the same store reach this one's API at (they copy
     /// components from it); default http://<the --listen address>.
     #[arg(long, value_name = "URL")]
@@ -72,6 +77,7 @@ impl ControlCmd {
                     ),
                     key_rate: fog_control::Rate::new(self.key_rate, self.key_burst),
                     advertise: self.advertise,
+                    secrets_key: Some(self.secrets_key.unwrap_or_else(|| data.join("secrets.key"))),
                     ..fog_control::ControlConfig::default()
                 },
                 stop,

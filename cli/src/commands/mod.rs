@@ -1,5 +1,6 @@
 //! The `fog` subcommands, one file each, and the top-level parser.
 
+mod config;
 mod control;
 mod devices;
 mod fetch;
@@ -48,6 +49,7 @@ enum Command {
     Move(move_app::Move),
     Rm(rm::Rm),
     Logs(logs::Logs),
+    Config(config::Config),
     Control(control::ControlCmd),
     Host(host::HostCmd),
     Router(router::RouterCmd),
@@ -72,6 +74,7 @@ impl Cli {
             Command::Move(cmd) => cmd.execute(),
             Command::Rm(cmd) => cmd.execute(),
             Command::Logs(cmd) => cmd.execute(),
+            Command::Config(cmd) => cmd.execute(),
             Command::Control(cmd) => cmd.execute(),
             Command::Host(cmd) => cmd.execute(),
             Command::Router(cmd) => cmd.execute(),

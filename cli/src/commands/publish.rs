@@ -34,6 +34,19 @@ pub struct Publish {
     /// How you buy capacity: spot, on-demand or reserved.
     #[arg(long)]
     bid: Option<Bid>,
+    /// An origin the app may send HTTP requests to, as `https://api.example.com` or
+    /// `http://127.0.0.1:8080` (scheme, host and port must match; repeat for more). Every other
+    /// destination is refused.
+    #[arg(long = "allow-outbound", value_name = "URL")]
+    allow_outbound: Vec<fog_proto::Origin>,
+    /// A variable the app reads through wasi:config (repeat for more); variables and secrets
+    /// set before and not named here are kept.
+    #[arg(long = "var", value_name = "K=V", value_parser = super::config::parse_var)]
+    vars: Vec<(String, String)>,
+    /// A secret the app reads through wasi:config, from a file (repeat for more): stored
+    /// encrypted, never printed.
+    #[arg(long = "secret", value_name = "K=@FILE", value_parser = super::config::parse_secret)]
+    secrets: Vec<(String, fog_proto::config::Secret)>,
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
@@ -65,6 +78,9 @@ impl Publish {
                 bundle: None,
                 max_price: self.max_price,
                 bid: self.bid,
+                allow_outbound: self.allow_outbound.clone(),
+                vars: self.vars.iter().cloned().collect(),
+                secrets: self.secrets.iter().cloned().collect(),
             };
             let wait = Duration::from_secs(self.wait);
             let info = if self.app.is_dir() {
@@ -161,7 +177,7 @@ pub async fn publish_bytes(
         meta.name,
         bytes.len().div_ceil(1024)
     ));
-    let meta_json = serde_json::to_string(meta)?;
+    let meta_json = ascii_json(&serde_json::to_string(meta)?);
     let mut info: AppInfo = api
         .signed(reqwest::Method::POST, "/v1/apps", bytes, &meta_json)
         .await
@@ -179,6 +195,23 @@ pub async fn publish_bytes(
     }
     spinner.finish();
     Ok(info)
+}
+
+/// `json` with every non-ASCII character escaped (`\uXXXX`): the metadata travels in a header,
+/// where only ASCII is safe, and a variable may hold any text.
+fn ascii_json(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
 }
 
 /// What a default name comes from: the file, or for a directory its own name (`.` resolved).

@@ -111,7 +111,7 @@ impl Up {
             let (stop_tx, stop) = Stop::new();
             let router_identity = services::router_identity(&data.join("router"))?;
             let trusted = vec![router_identity.public_hex()];
-            let (control, mut tasks) = services::start_control(self.control_listen, &fog_control::store::StoreLocation::Sled, &data.join("control"), fog_control::ControlConfig { trusted_routers: trusted, snapshot_every: std::time::Duration::from_secs(5), ..fog_control::ControlConfig::default() }, stop.clone()).await?;
+            let (control, mut tasks) = services::start_control(self.control_listen, &fog_control::store::StoreLocation::Sled, &data.join("control"), fog_control::ControlConfig { trusted_routers: trusted, snapshot_every: std::time::Duration::from_secs(5), secrets_key: Some(data.join("control").join("secrets.key")), ..fog_control::ControlConfig::default() }, stop.clone()).await?;
             let control_url = format!("http://{control}");
             let control_urls: fog_net::control_urls::ControlUrls = control_url.parse()?;
             let metrics: Option<SocketAddr> = if self.metrics { Some("127.0.0.1:0".parse()?) } else { None };
@@ -216,6 +216,9 @@ async fn demo(
             bundle: None,
             max_price: None,
             bid: None,
+            allow_outbound: Vec::new(),
+            vars: Default::default(),
+            secrets: Default::default(),
         };
         let wait = Duration::from_secs(60);
         let info = match examples {
@@ -250,6 +253,9 @@ async fn demo(
         bundle: None,
         max_price: None,
         bid: None,
+        allow_outbound: Vec::new(),
+        vars: Default::default(),
+        secrets: Default::default(),
     };
     let info = super::publish::publish_site(&api, &site, meta, Duration::from_secs(60)).await?;
     super::publish::print_app(&info, router);

@@ -1,6 +1,7 @@
 //! The `fog` binary as people run it: real processes, real sockets.
 
 mod betanet;
+mod config;
 mod dashboard;
 mod dialout;
 mod etcd;
@@ -14,6 +15,7 @@ mod logs;
 mod metrics;
 mod newcomer;
 mod onion;
+mod outbound;
 pub mod publish;
 mod ratelimit;
 mod run;

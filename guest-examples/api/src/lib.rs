@@ -4,7 +4,9 @@
 //! - `GET /primes?n=N` counts the primes below N (a sieve: CPU and memory grow with N, N ≤ 50
 //!   million) and returns `{"n": N, "primes": count}`;
 //! - `GET /fib?n=N` computes the N-th Fibonacci number modulo 2^64 by naive iteration repeated
-//!   N times (pure CPU, no memory).
+//!   N times (pure CPU, no memory);
+//! - `GET /config/<key>` returns the app's config value `<key>` (`wasi:config/store`) as
+//!   text, or 404 when the app has none of that name.
 
 use fog_sdk::{Request, Response};
 use serde_json::{Value, json};
@@ -30,6 +32,13 @@ fn handle(req: Request) -> Response {
             Ok(n) => Response::json(&json!({ "n": n, "fib": fib_mod(n) })),
             Err(response) => response,
         },
+        ("GET", path) if path.starts_with("/config/") => {
+            match fog_sdk::config::get(&path["/config/".len()..]) {
+                Ok(Some(value)) => Response::text(value),
+                Ok(None) => Response::not_found(),
+                Err(err) => Response::error(500, &err.to_string()),
+            }
+        }
         _ => Response::not_found(),
     }
 }

@@ -1,4 +1,5 @@
-//! Hostile guest: tries an outbound HTTP request to `http://127.0.0.1:<port>/` (`?port=N`).
+//! Hostile guest: tries an outbound HTTP request to `http://127.0.0.1:<port>/` (`?port=N`;
+//! `&host=H` and `&scheme=https` change the host and scheme).
 //!
 //! Contract: answers 200 with a body starting `blocked:` when the host refused the request, or
 //! `reached:` followed by the status when the request went out. Without permission in its
@@ -13,11 +14,16 @@ use wasip2::http::types::{
 
 struct OutboundHttp;
 
-fn attempt(port: &str) -> String {
+fn attempt(scheme: &str, host: &str, port: &str) -> String {
     let request = OutgoingRequest::new(Fields::new());
     let _ = request.set_method(&Method::Get);
-    let _ = request.set_scheme(Some(&Scheme::Http));
-    let _ = request.set_authority(Some(&format!("127.0.0.1:{port}")));
+    let scheme = if scheme == "https" {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    };
+    let _ = request.set_scheme(Some(&scheme));
+    let _ = request.set_authority(Some(&format!("{host}:{port}")));
     let _ = request.set_path_with_query(Some("/"));
     let future = match outgoing_handler::handle(request, None) {
         Ok(future) => future,
@@ -34,8 +40,18 @@ fn attempt(port: &str) -> String {
 impl Guest for OutboundHttp {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
         let query = request.path_with_query().unwrap_or_default();
-        let port = query.split("port=").nth(1).unwrap_or("9").to_string();
-        let message = attempt(&port);
+        let param = |name: &str, default: &str| {
+            query
+                .split(['?', '&'])
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                .unwrap_or(default)
+                .to_string()
+        };
+        let message = attempt(
+            &param("scheme", "http"),
+            &param("host", "127.0.0.1"),
+            &param("port", "9"),
+        );
         let response = OutgoingResponse::new(Fields::new());
         let body = response.body().expect("body taken once");
         ResponseOutparam::set(out, Ok(response));
