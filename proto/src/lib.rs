@@ -11,6 +11,7 @@ pub mod auth;
 pub mod bundle;
 pub mod errors;
 pub mod limits;
+pub mod snapshot;
 
 pub use errors::{ERROR_HEADER, ErrorKind};
 pub use limits::{Limits, Manifest, Permissions, validate_app_name};
