@@ -57,8 +57,11 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     bincode::serde::encode_to_vec(value, bincode::config::standard()).expect("always encodes")
 }
 
+/// Decoding is limited to the frame's own size: without the limit a length prefix of 2^64 in a
+/// 46-byte frame made bincode allocate that much and abort the host (found by the fuzz target).
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, SnapshotError> {
-    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+    let config = bincode::config::standard().with_limit::<MAX_FRAME>();
+    bincode::serde::decode_from_slice(bytes, config)
         .map(|(value, _)| value)
         .map_err(|e| SnapshotError::Decode(e.to_string()))
 }
@@ -216,6 +219,20 @@ impl SnapshotReader {
     /// The app the snapshot is of, once its header arrived.
     pub fn app(&self) -> Option<&str> {
         self.header.as_ref().map(|h| h.app.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fuzz crash `snapshot/crash-7a4ac657`: a header frame whose app name claims 2^64 bytes.
+    #[test]
+    fn fuzz_snapshot_huge_length_prefix_is_refused_not_allocated() {
+        let mut bytes = vec![0, 0, 0, 46, 0xf7, 0xfd];
+        bytes.extend([0xff; 44]);
+        let err = SnapshotReader::default().push(&bytes).unwrap_err();
+        assert!(matches!(err, SnapshotError::Decode(_)), "{err:?}");
     }
 }
 
