@@ -236,9 +236,11 @@ pub async fn follow(
             if primary_head != u64::MAX {
                 namespace.set_primary_head(primary_head);
             }
+            // Limited to the body's own bound: a length prefix from a broken or hostile primary
+            // must be refused, not allocated (the snapshot reader's fuzz finding, same class).
+            let config = bincode::config::standard().with_limit::<{ 64 << 20 }>();
             let (entries, _): (Vec<crate::replica::Entry>, _) =
-                bincode::serde::decode_from_slice(&body, bincode::config::standard())
-                    .map_err(|e| e.to_string())?;
+                bincode::serde::decode_from_slice(&body, config).map_err(|e| e.to_string())?;
             let held = match namespace.apply_entries(&entries) {
                 Ok(held) => held,
                 Err(err) => {

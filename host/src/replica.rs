@@ -29,23 +29,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use tokio::sync::{Notify, watch};
 
 use crate::kv::Namespace;
+pub use fog_proto::snapshot::{Record, SnapshotReader, SnapshotWriter};
 
 /// How long a write waits for synchronous followers before it is acknowledged without them.
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(2);
 /// Log entries kept behind the head; a follower further behind takes a new snapshot.
 pub const LOG_KEPT: u64 = 100_000;
-/// Largest snapshot frame (one key and its value).
-pub const MAX_FRAME: usize = 10 << 20;
-/// Snapshot format version.
-pub const SNAPSHOT_FORMAT: u8 = 1;
-/// Marks the end of a snapshot's records.
-const END: u32 = u32::MAX;
 
 /// One change to one key, with the key's resulting value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -428,7 +422,7 @@ impl Namespace {
         let outcome: Result<u64, String> = async {
             while let Some(chunk) = chunks.next().await {
                 let chunk = chunk.map_err(|e| format!("snapshot transfer: {e}"))?;
-                for record in reader.push(&chunk)? {
+                for record in reader.push(&chunk).map_err(|e| e.to_string())? {
                     batched += record.0.len() + record.1.len();
                     batch.insert(record.0, record.1);
                     if batched >= 4 << 20 {
@@ -438,7 +432,7 @@ impl Namespace {
                     }
                 }
             }
-            let seq = reader.finished()?;
+            let seq = reader.finished().map_err(|e| e.to_string())?;
             tree.apply_batch(std::mem::take(&mut batch))
                 .map_err(|e| e.to_string())?;
             Ok(seq)
@@ -481,162 +475,6 @@ impl Namespace {
             writer.record(&key, &value);
         }
         Ok((seq, writer.finish().to_vec()))
-    }
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct SnapshotHeader {
-    format: u8,
-    app: String,
-    seq: u64,
-}
-
-/// Writes snapshot frames, hashing as it goes.
-#[derive(Debug)]
-pub struct SnapshotWriter {
-    buffer: Vec<u8>,
-    hasher: Sha256,
-    count: u64,
-}
-
-impl SnapshotWriter {
-    /// A snapshot of `app` at `seq`.
-    pub fn new(app: &str, seq: u64) -> SnapshotWriter {
-        let mut writer = SnapshotWriter {
-            buffer: Vec::with_capacity(128 << 10),
-            hasher: Sha256::new(),
-            count: 0,
-        };
-        writer.frame(&encode(&SnapshotHeader {
-            format: SNAPSHOT_FORMAT,
-            app: app.to_string(),
-            seq,
-        }));
-        writer
-    }
-
-    fn frame(&mut self, body: &[u8]) {
-        let len = (body.len() as u32).to_be_bytes();
-        self.hasher.update(len);
-        self.hasher.update(body);
-        self.buffer.extend_from_slice(&len);
-        self.buffer.extend_from_slice(body);
-    }
-
-    /// Add one key.
-    pub fn record(&mut self, key: &[u8], value: &[u8]) {
-        self.frame(&encode(&(key, value)));
-        self.count += 1;
-    }
-
-    /// Bytes waiting to be taken.
-    pub fn buffered(&self) -> usize {
-        self.buffer.len()
-    }
-
-    /// Take what is buffered.
-    pub fn take(&mut self) -> Bytes {
-        Bytes::from(std::mem::take(&mut self.buffer))
-    }
-
-    /// The end marker, count and checksum, with anything still buffered.
-    pub fn finish(mut self) -> Bytes {
-        self.buffer.extend_from_slice(&END.to_be_bytes());
-        self.buffer.extend_from_slice(&self.count.to_be_bytes());
-        let digest = self.hasher.clone().finalize();
-        self.buffer.extend_from_slice(&digest);
-        self.take()
-    }
-}
-
-/// One key and its value, as a snapshot carries it.
-pub type Record = (Vec<u8>, Vec<u8>);
-
-/// Reads snapshot frames from chunks of any size, one record in memory at a time.
-#[derive(Debug, Default)]
-pub struct SnapshotReader {
-    pending: Vec<u8>,
-    hasher: Sha256,
-    header: Option<SnapshotHeader>,
-    count: u64,
-    /// (count, checksum) once the end marker and trailer arrived.
-    end: Option<(u64, [u8; 32])>,
-}
-
-impl SnapshotReader {
-    /// Feed bytes; returns the complete records they finish.
-    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Record>, String> {
-        if self.end.is_some() && !chunk.is_empty() {
-            return Err("bytes after the snapshot's end".into());
-        }
-        self.pending.extend_from_slice(chunk);
-        let mut records = Vec::new();
-        let mut at = 0usize;
-        loop {
-            let rest = &self.pending[at..];
-            if rest.len() < 4 {
-                break;
-            }
-            let len = u32::from_be_bytes(rest[..4].try_into().expect("4 bytes"));
-            if len == END {
-                if rest.len() < 4 + 8 + 32 {
-                    break;
-                }
-                let count = u64::from_be_bytes(rest[4..12].try_into().expect("8 bytes"));
-                let sum: [u8; 32] = rest[12..44].try_into().expect("32 bytes");
-                if rest.len() > 44 {
-                    return Err("bytes after the snapshot's end".into());
-                }
-                self.end = Some((count, sum));
-                at += 44;
-                break;
-            }
-            let len = len as usize;
-            if len > MAX_FRAME {
-                return Err(format!("snapshot frame of {len} bytes is over the limit"));
-            }
-            if rest.len() < 4 + len {
-                break;
-            }
-            let body = &rest[4..4 + len];
-            self.hasher.update(&rest[..4]);
-            self.hasher.update(body);
-            if self.header.is_none() {
-                let header: SnapshotHeader = decode(body)?;
-                if header.format != SNAPSHOT_FORMAT {
-                    return Err(format!("unknown snapshot format {}", header.format));
-                }
-                self.header = Some(header);
-            } else {
-                let (key, value): (Vec<u8>, Vec<u8>) = decode(body)?;
-                records.push((key, value));
-                self.count += 1;
-            }
-            at += 4 + len;
-        }
-        self.pending.drain(..at);
-        Ok(records)
-    }
-
-    /// Check the end: the count and checksum; returns the snapshot's sequence number.
-    pub fn finished(&self) -> Result<u64, String> {
-        let header = self.header.as_ref().ok_or("the snapshot has no header")?;
-        let (count, sum) = self.end.ok_or("the snapshot is truncated")?;
-        if count != self.count {
-            return Err(format!(
-                "the snapshot says {count} records, {} arrived",
-                self.count
-            ));
-        }
-        if sum[..] != self.hasher.clone().finalize()[..] {
-            return Err("the snapshot's checksum does not match".into());
-        }
-        Ok(header.seq)
-    }
-
-    /// The app the snapshot is of, once its header arrived.
-    pub fn app(&self) -> Option<&str> {
-        self.header.as_ref().map(|h| h.app.as_str())
     }
 }
 
@@ -766,86 +604,5 @@ mod tests {
         ns.wait_replicated(seq).await;
         assert!(started.elapsed() >= SYNC_TIMEOUT);
         assert_eq!(ns.sync_followers(), 0);
-    }
-}
-
-/// Property-based runs (proptest, part of the suite) over snapshot decoding: whatever bytes
-/// arrive, in whatever chunks, the reader answers without panicking, returns exactly what was
-/// written, and never accepts a snapshot with a changed byte.
-#[cfg(test)]
-mod snapshot_properties {
-    use proptest::prelude::*;
-
-    use super::*;
-
-    fn config() -> ProptestConfig {
-        ProptestConfig {
-            cases: 128,
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        }
-    }
-
-    fn snapshot(records: &[Record], seq: u64) -> Vec<u8> {
-        let mut writer = SnapshotWriter::new("app", seq);
-        for (key, value) in records {
-            writer.record(key, value);
-        }
-        writer.finish().to_vec()
-    }
-
-    /// Read `bytes` in chunks of `chunk`: the records and the sequence number, or the refusal.
-    fn read(bytes: &[u8], chunk: usize) -> Result<(Vec<Record>, u64), String> {
-        let mut reader = SnapshotReader::default();
-        let mut records = Vec::new();
-        for piece in bytes.chunks(chunk.max(1)) {
-            records.extend(reader.push(piece)?);
-        }
-        Ok((records, reader.finished()?))
-    }
-
-    fn records() -> impl Strategy<Value = Vec<Record>> {
-        prop::collection::vec(
-            (
-                prop::collection::vec(any::<u8>(), 0..24),
-                prop::collection::vec(any::<u8>(), 0..64),
-            ),
-            0..24,
-        )
-    }
-
-    proptest! {
-        #![proptest_config(config())]
-
-        #[test]
-        fn snapshots_read_back_exactly_in_any_chunking(
-            records in records(),
-            seq in any::<u64>(),
-            chunk in 1usize..300,
-        ) {
-            let bytes = snapshot(&records, seq);
-            prop_assert_eq!(read(&bytes, chunk), Ok((records, seq)));
-        }
-
-        #[test]
-        fn any_bytes_are_answered_without_panicking(
-            bytes in prop::collection::vec(any::<u8>(), 0..512),
-            chunk in 1usize..64,
-        ) {
-            let _ = read(&bytes, chunk);
-        }
-
-        #[test]
-        fn a_snapshot_with_a_changed_byte_is_refused(
-            records in records(),
-            at in any::<prop::sample::Index>(),
-            flip in 1u8..=255,
-            chunk in 1usize..300,
-        ) {
-            let mut bytes = snapshot(&records, 7);
-            let i = at.index(bytes.len());
-            bytes[i] ^= flip;
-            prop_assert!(read(&bytes, chunk).is_err(), "byte {} changed and accepted", i);
-        }
     }
 }

@@ -13,6 +13,7 @@ pub mod config;
 pub mod errors;
 pub mod limits;
 pub mod origin;
+pub mod snapshot;
 
 pub use errors::{ERROR_HEADER, ErrorKind};
 pub use limits::{Limits, Manifest, Permissions, validate_app_name};
