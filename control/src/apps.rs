@@ -76,30 +76,51 @@ impl Control {
     pub(crate) fn update_app(
         &self,
         name: &str,
-        mut change: impl FnMut(Option<AppRecord>) -> Result<Option<AppRecord>, ApiError>,
+        change: impl FnMut(Option<AppRecord>) -> Result<Option<AppRecord>, ApiError>,
     ) -> Result<AppRecord, ApiError> {
+        self.update_record(Table::Apps, name, "app record", change)?
+            .ok_or_else(|| ApiError::NotFound(format!("no app named {name:?}")))
+    }
+
+    /// Compare-and-swap read-modify-write of the record `name` in `table` (what [`update_app`]
+    /// and the config's settings use): `change` gets the current record (or `None`) and returns
+    /// the one to write (`None`: write nothing); on a conflict it runs again on the new record.
+    /// Returns the record as it now stands. `what` names the record in the 503 when it kept
+    /// changing.
+    ///
+    /// [`update_app`]: Control::update_app
+    pub(crate) fn update_record<T>(
+        &self,
+        table: Table,
+        name: &str,
+        what: &str,
+        mut change: impl FnMut(Option<T>) -> Result<Option<T>, ApiError>,
+    ) -> Result<Option<T>, ApiError>
+    where
+        T: Clone + serde::Serialize + serde::de::DeserializeOwned,
+    {
         for _ in 0..UPDATE_ATTEMPTS {
-            let read = self.store.get_versioned(Table::Apps, name)?;
+            let read = self.store.get_versioned(table, name)?;
             let current = match &read.value {
-                Some(bytes) => Some(decode::<AppRecord>(Table::Apps, name, bytes)?),
+                Some(bytes) => Some(decode::<T>(table, name, bytes)?),
                 None => None,
             };
             let Some(record) = change(current.clone())? else {
-                return current.ok_or_else(|| ApiError::NotFound(format!("no app named {name:?}")));
+                return Ok(current);
             };
             match self
                 .store
-                .put_if(Table::Apps, name, &encode(&record), &read.revision)
+                .put_if(table, name, &encode(&record), &read.revision)
             {
-                Ok(()) => return Ok(record),
+                Ok(()) => return Ok(Some(record)),
                 Err(StoreError::Conflict { .. }) => {
-                    tracing::debug!(app = name, "app record changed under us: again");
+                    tracing::debug!(app = name, what, "record changed under us: again");
                 }
                 Err(err) => return Err(err.into()),
             }
         }
         Err(ApiError::Unavailable(format!(
-            "app {name:?} kept changing under {UPDATE_ATTEMPTS} attempts to update it: retry"
+            "{what} {name:?} kept changing under {UPDATE_ATTEMPTS} attempts to update it: retry"
         )))
     }
 

@@ -11,11 +11,7 @@ use fog_proto::config::{ConfigChange, ConfigListing, ConfigValues, MAX_CONFIG_EN
 use crate::Control;
 use crate::api::{Answer, json};
 use crate::error::ApiError;
-use crate::store::{AppSettings, StoreError, Table, decode, encode};
-
-/// How often a read-modify-write of one app's settings is retried when other writers keep
-/// changing them between the read and the write.
-const UPDATE_ATTEMPTS: usize = 16;
+use crate::store::{AppSettings, Table};
 
 /// Refuse settings with more variables and secrets than an app may have.
 pub(crate) fn check_count(settings: &AppSettings) -> Result<(), ApiError> {
@@ -116,27 +112,12 @@ impl Control {
         name: &str,
         mut change: impl FnMut(&mut AppSettings) -> Result<(), ApiError>,
     ) -> Result<AppSettings, ApiError> {
-        for _ in 0..UPDATE_ATTEMPTS {
-            let read = self.store.get_versioned(Table::Settings, name)?;
-            let mut settings = match &read.value {
-                Some(bytes) => decode::<AppSettings>(Table::Settings, name, bytes)?,
-                None => AppSettings::default(),
-            };
+        let settings = self.update_record(Table::Settings, name, "the config of", |current| {
+            let mut settings: AppSettings = current.unwrap_or_default();
             change(&mut settings)?;
-            match self
-                .store
-                .put_if(Table::Settings, name, &encode(&settings), &read.revision)
-            {
-                Ok(()) => return Ok(settings),
-                Err(StoreError::Conflict { .. }) => {
-                    tracing::debug!(app = name, "settings changed under us: again");
-                }
-                Err(err) => return Err(err.into()),
-            }
-        }
-        Err(ApiError::Unavailable(format!(
-            "the config of {name:?} kept changing under {UPDATE_ATTEMPTS} attempts: retry"
-        )))
+            Ok(Some(settings))
+        })?;
+        Ok(settings.expect("a settings record was just written"))
     }
 
     /// What `wasi:config/store` gives `app` on the hosts that run it: its variables and its
