@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::error::ApiError;
 use crate::replay::ReplayError;
 use crate::store::{Table, decode};
-use crate::{ApiResponse, Control, ROUTES_HOLD, names, now_ms};
+use crate::{ApiResponse, Control, ROUTES_HOLD, now_ms};
 
 /// What a handler returns: a response, or the error the visitor of the API is told.
 pub(crate) type Answer = Result<ApiResponse, ApiError>;
@@ -227,30 +227,18 @@ impl Control {
                 Ok(json(200, &self.registrations.relays()))
             }
             ("GET", ["relays"]) => Ok(json(200, &self.registrations.relays())),
-            ("POST", ["onion-keys"]) => {
+            ("POST", ["onion-leases"]) => {
                 let (signer, _, _) = self.signed(request, api::MAX_JSON_BYTES).await?;
-                self.trusted_router(&signer, "with onion keys")?;
-                let master = self.master()?;
-                let keys: Vec<api::OnionKey> = self
-                    .apps()?
-                    .iter()
-                    .map(|app| {
-                        let identity = names::onion_identity(&master, &app.owner, &app.name);
-                        api::OnionKey {
-                            app: app.name.clone(),
-                            address: fog_htx::names::onion_address(&identity.public_bytes()),
-                            secret: hex::encode(identity.secret_bytes()),
-                        }
-                    })
-                    .collect();
-                Ok(json(200, &keys))
+                self.trusted_router(&signer, "with onion leases")?;
+                Ok(json(200, &self.onion_leases_for(&signer)?))
             }
+            ("GET", ["onion-leases"]) => Ok(json(200, &self.onion_lease_infos()?)),
             ("GET", ["names", name]) => self.resolve(name),
             (
                 _,
                 [
                     "apps" | "bundles" | "devices" | "blobs" | "routes" | "fronts" | "relays"
-                    | "names" | "onion-keys" | "attach",
+                    | "names" | "onion-leases" | "attach",
                     ..,
                 ],
             ) => Err(ApiError::MethodNotAllowed(format!(

@@ -22,6 +22,7 @@ pub(crate) mod logs;
 mod metrics;
 pub mod names;
 mod observe;
+pub mod onion;
 mod planes;
 mod reconcile;
 mod registry;
@@ -88,6 +89,13 @@ pub struct ControlConfig {
     /// Where the other control planes reach this one's API (`fog control --advertise`): it
     /// is announced in the store, and peers pull components from it.
     pub advertise: Option<String>,
+    /// How long an app's onion lease lasts without renewal (see [`onion`]): routers renew
+    /// every few seconds, and a dead router's apps pass to another after this plus
+    /// [`ControlConfig::onion_lease_grace`].
+    pub onion_lease: Duration,
+    /// How long after a lease's expiry another router may take it: room for the control
+    /// planes' clocks to differ.
+    pub onion_lease_grace: Duration,
 }
 
 /// The default per-key limit: ten heartbeats a second (the most a host sends) and a developer's
@@ -115,6 +123,8 @@ impl Default for ControlConfig {
             replan_every: Duration::from_secs(30),
             secrets_key: None,
             advertise: None,
+            onion_lease: Duration::from_secs(10),
+            onion_lease_grace: Duration::from_secs(2),
         }
     }
 }

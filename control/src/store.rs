@@ -45,11 +45,17 @@ pub enum Table {
     Logs,
     /// What each app may reach and is given beyond its code ([`AppSettings`]), by app name.
     Settings,
+    /// Which router publishes each app's onion service, until when, and who did before
+    /// ([`crate::onion::LeaseRecord`]), by app name.
+    OnionLeases,
+    /// When each router with an onion front last asked for its leases (unix ms), by router
+    /// key: the live routers leases are balanced across.
+    OnionRouters,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 14] = [
+    pub const ALL: [Table; 16] = [
         Table::Apps,
         Table::Devices,
         Table::Placements,
@@ -64,6 +70,8 @@ impl Table {
         Table::Moves,
         Table::Logs,
         Table::Settings,
+        Table::OnionLeases,
+        Table::OnionRouters,
     ];
 
     /// The table's position in [`Table::ALL`].
@@ -96,6 +104,8 @@ impl Table {
             Table::Moves => "moves",
             Table::Logs => "logs",
             Table::Settings => "settings",
+            Table::OnionLeases => "onion-leases",
+            Table::OnionRouters => "onion-routers",
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod etcd;
 mod market;
+mod onion;
 mod settings;
 mod store;
 
@@ -90,7 +91,7 @@ macro_rules! on_both_backends {
 pub(crate) use on_both_backends;
 
 on_both_backends!(
-    only_trusted_routers_register_fronts_or_get_onion_keys,
+    only_trusted_routers_register_fronts_or_get_onion_leases,
     the_api_answers_without_sockets,
     scale_and_remove_change_only_the_owners_app,
     a_name_belongs_to_its_first_owner,
@@ -171,7 +172,7 @@ fn components_are_checked_without_running_them() {
     );
 }
 
-async fn only_trusted_routers_register_fronts_or_get_onion_keys(backend: Backend) {
+async fn only_trusted_routers_register_fronts_or_get_onion_leases(backend: Backend) {
     let router = Identity::generate();
     let stranger = Identity::generate();
     let control = Control::new(
@@ -190,7 +191,7 @@ async fn only_trusted_routers_register_fronts_or_get_onion_keys(backend: Backend
     .unwrap();
     for (path, body, what) in [
         ("/v1/fronts", front.clone(), "to register a Betanet front"),
-        ("/v1/onion-keys", b"{}".to_vec(), "with onion keys"),
+        ("/v1/onion-leases", b"{}".to_vec(), "with onion leases"),
     ] {
         let refused = control
             .handle(signed(&stranger, "POST", path, body.clone(), ""))

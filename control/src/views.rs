@@ -99,6 +99,7 @@ impl Control {
             events: self.events.of(&app.name),
             move_abandoned: self.events.abandoned(&app.name),
             onion: Some(self.public_names(app)?.onion.clone()),
+            onion_router: self.onion_router(&app.name)?,
             autoscale: match self.store.get(Table::Scaling, &app.name)? {
                 Some(bytes) => Some(decode(Table::Scaling, &app.name, &bytes)?),
                 None => None,

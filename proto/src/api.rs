@@ -21,6 +21,8 @@
 //! | POST | `/v1/bundles` | developer (signed) | a static site's bundle ([`crate::bundle`]) |
 //! | GET | `/v1/blobs/{sha256}` | anyone | the component or bundle |
 //! | GET | `/v1/routes[?after=N]` | routers | → [`Route`]s (long-poll past version N) |
+//! | POST | `/v1/onion-leases` | trusted router (signed) | → the [`OnionLease`]s it holds (renewed, or newly granted) |
+//! | GET | `/v1/onion-leases` | anyone | → [`OnionLeaseInfo`]s: which router publishes each app's onion service |
 //!
 //! Errors are `{"error": "..."}` with a 4xx or 5xx status.
 
@@ -263,6 +265,9 @@ pub struct AppInfo {
     /// The app's onion-service address (`<56 characters>.onion`).
     #[serde(default)]
     pub onion: Option<String>,
+    /// The router publishing that onion service now (its key, hex), if one holds the lease.
+    #[serde(default)]
+    pub onion_router: Option<String>,
     /// Highest price per CPU-hour the developer pays, if capped.
     #[serde(default)]
     pub max_price: Option<f64>,
@@ -274,16 +279,44 @@ pub struct AppInfo {
     pub allow_outbound: Vec<crate::Origin>,
 }
 
-/// An app's onion-service key, for a trusted router to run the service.
+/// An app's onion-service lease granted to a trusted router (`POST /v1/onion-leases`): the key
+/// to run the service with, and how long the router may run it without renewing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct OnionKey {
+pub struct OnionLease {
     /// App name.
     pub app: String,
     /// Its `.onion` address.
     pub address: String,
     /// The ed25519 secret key (32-byte seed, hex).
     pub secret: String,
+    /// Milliseconds the lease has left, counted from when the control plane answered: the
+    /// router stops the service this long after it sent the request unless renewed.
+    pub ttl_ms: u64,
+}
+
+/// One router's unbroken hold on an app's onion lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnionLeaseTerm {
+    /// The router's public key (hex).
+    pub router: String,
+    /// Unix ms it was granted.
+    pub from_ms: u64,
+    /// Unix ms it expires (or expired) at: its last renewal's expiry.
+    pub until_ms: u64,
+}
+
+/// Who publishes an app's onion service (`GET /v1/onion-leases`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnionLeaseInfo {
+    /// App name.
+    pub app: String,
+    /// The router holding the lease now, if one does.
+    pub router: Option<String>,
+    /// The latest holders, oldest first (the last few terms).
+    pub terms: Vec<OnionLeaseTerm>,
 }
 
 /// Move an app's primary to another device (`fog move`).

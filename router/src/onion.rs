@@ -1,23 +1,33 @@
-//! The onion front: one arti onion service per app, each serving HTTP/1.1 on port 80 through the
-//! gateway (the same routing, retries and errors as the plain front).
+//! The onion front: one arti onion service per app whose onion lease this router holds, each
+//! serving HTTP/1.1 on port 80 through the gateway (the same routing, retries and errors as the
+//! plain front).
+//!
+//! Leases: the control plane decides which one router publishes each app's service (see
+//! `fog_control::onion`). Every [`LEASE_RENEW`] (and whenever an app is published or removed)
+//! the router asks for its leases (`POST /v1/onion-leases`, signed with the router's key); the
+//! answer renews what it holds, may grant it more, and carries the keys of exactly those apps.
+//! A service runs only while its lease does: it is stopped when the answer no longer lists the
+//! app, and when the lease's time runs out unrenewed (counted from when the request was sent,
+//! so the router stops no later than the control plane's record says the lease ends, whatever
+//! the clocks) — a router cut off from every control plane stops publishing rather than risk
+//! publishing beside the router that took over.
 //!
 //! Keys: the control plane derives each app's onion key from its master secret, the owner and
-//! the name (so an app keeps its `.onion` address across publishes and router restarts) and
-//! hands the keys only to routers it trusts (`POST /v1/onion-keys`, signed with the router's
-//! key). The router gives each key to arti for that service only, in a keystore that lives in a
-//! fresh directory per run: nothing stale survives a restart, and nothing is lost either, since
-//! the key comes from the control plane again. Developers never hold onion keys; whoever holds
-//! the control plane's master secret, and every trusted router, can serve an app's address.
+//! the name (so an app keeps its `.onion` address across publishes, routers and restarts). The
+//! router gives each key to arti for that service only, in a keystore that lives in a fresh
+//! directory per run: nothing stale survives a restart, and nothing is lost either, since the
+//! key comes from the control plane again. Developers never hold onion keys; a router holds
+//! only those of the apps it publishes (and, until it restarts, of apps it published before).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arti_client::config::onion_service::OnionServiceConfigBuilder;
 use arti_client::config::{CfgPath, TorClientConfigBuilder};
 use arti_client::{TorClient, TorClientConfig};
-use fog_proto::api::OnionKey;
+use fog_proto::api::OnionLease;
 use fog_proto::auth::Identity;
 use futures::StreamExt;
 use safelog::DisplayRedacted;
@@ -30,10 +40,9 @@ use tor_rtcompat::PreferredRuntime;
 use crate::Gateway;
 use crate::error::OnionError;
 
-/// How often the onion keys are read again while nothing changes in the routes.
-const KEYS_RECHECK: Duration = Duration::from_secs(30);
-/// How soon after a failure they are read again.
-const KEYS_RETRY: Duration = Duration::from_secs(2);
+/// How often the router asks for its onion leases, renewing those it holds: a few times per
+/// lease (the control plane's default lease is 10 s), so one lost answer costs nothing.
+pub const LEASE_RENEW: Duration = Duration::from_secs(3);
 
 /// Where the onion front's arti keeps its files, and which network it joins.
 #[derive(Debug, Clone)]
@@ -104,6 +113,8 @@ struct Service {
     address: String,
     _service: Arc<RunningOnionService>,
     task: tokio::task::JoinHandle<()>,
+    /// When its lease runs out unless renewed.
+    deadline: Instant,
 }
 
 impl Drop for Service {
@@ -113,7 +124,7 @@ impl Drop for Service {
 }
 
 /// Run the onion front until `shutdown` resolves: bootstrap arti, then keep one onion service
-/// per app the control plane has keys for, withdrawing the services of removed apps.
+/// per app whose lease this router holds, stopping each when its lease is lost or runs out.
 pub async fn run(
     gateway: Arc<Gateway>,
     identity: Identity,
@@ -158,38 +169,76 @@ pub async fn run(
     let mut apps_changed = gateway.apps_changed();
     loop {
         apps_changed.borrow_and_update();
-        match gateway
-            .post_json::<Vec<OnionKey>>("/v1/onion-keys", &identity)
-            .await
-        {
-            Ok(keys) => {
-                warned = false;
-                reconcile(&client, &gateway, &mut services, keys);
+        let sent = Instant::now();
+        let call = gateway.post_json::<Vec<OnionLease>>("/v1/onion-leases", &identity);
+        tokio::pin!(call);
+        // A slow answer must not keep a service running past its lease.
+        let answer = loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                answer = &mut call => break answer,
+                () = tokio::time::sleep_until(earliest(&services)) => expire(&mut services),
             }
-            Err(err) if !warned => {
-                tracing::warn!("onion front: cannot fetch onion keys: {err}");
+        };
+        match answer {
+            Ok(leases) => {
+                warned = false;
+                reconcile(&client, &gateway, &mut services, leases, sent);
+            }
+            Err(err) => {
+                if !warned {
+                    tracing::warn!("onion front: cannot renew onion leases: {err}");
+                }
                 warned = true;
             }
-            Err(_) => {}
         }
-        // Keys change only when an app is published or removed, which changes the routes; the
-        // timer covers a control plane that was unreachable.
-        let wait = if warned { KEYS_RETRY } else { KEYS_RECHECK };
-        tokio::select! {
-            () = &mut shutdown => return,
-            _ = apps_changed.changed() => {}
-            () = tokio::time::sleep(wait) => {}
+        let next = tokio::time::Instant::now() + LEASE_RENEW;
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                _ = apps_changed.changed() => break,
+                () = tokio::time::sleep_until(next) => break,
+                () = tokio::time::sleep_until(earliest(&services)) => expire(&mut services),
+            }
         }
     }
 }
 
+/// The earliest lease deadline among `services` (an hour away if none).
+fn earliest(services: &HashMap<String, Service>) -> tokio::time::Instant {
+    let earliest = services
+        .values()
+        .map(|s| s.deadline)
+        .min()
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+    tokio::time::Instant::from_std(earliest)
+}
+
+/// Stop every service whose lease ran out unrenewed.
+fn expire(services: &mut HashMap<String, Service>) {
+    let now = Instant::now();
+    services.retain(|app, service| {
+        let keep = service.deadline > now;
+        if !keep {
+            tracing::warn!(
+                app,
+                address = service.address,
+                "onion lease ran out unrenewed: service stopped"
+            );
+        }
+        keep
+    });
+}
+
+/// Run exactly the services of `leases` (granted to a request sent at `sent`).
 fn reconcile(
     client: &Arc<TorClient<PreferredRuntime>>,
     gateway: &Arc<Gateway>,
     services: &mut HashMap<String, Service>,
-    keys: Vec<OnionKey>,
+    leases: Vec<OnionLease>,
+    sent: Instant,
 ) {
-    let wanted: HashMap<&str, &OnionKey> = keys.iter().map(|k| (k.app.as_str(), k)).collect();
+    let wanted: HashMap<&str, &OnionLease> = leases.iter().map(|k| (k.app.as_str(), k)).collect();
     services.retain(|app, service| {
         let keep = wanted
             .get(app.as_str())
@@ -199,24 +248,35 @@ fn reconcile(
         }
         keep
     });
-    for (app, key) in wanted {
-        if services.contains_key(app) {
+    for (app, lease) in wanted {
+        let deadline = sent + Duration::from_millis(lease.ttl_ms);
+        if deadline <= Instant::now() {
             continue;
         }
-        match launch(client, gateway, key) {
+        if let Some(service) = services.get_mut(app) {
+            service.deadline = deadline;
+            continue;
+        }
+        match launch(client, gateway, lease, deadline) {
             Ok(service) => {
-                tracing::info!(app, address = service.address, "onion service started");
+                tracing::info!(
+                    app,
+                    address = service.address,
+                    "onion lease held: service started"
+                );
                 services.insert(app.to_string(), service);
             }
             Err(err) => tracing::warn!(app, "cannot start the onion service: {err}"),
         }
     }
+    expire(services);
 }
 
 fn launch(
     client: &Arc<TorClient<PreferredRuntime>>,
     gateway: &Arc<Gateway>,
-    key: &OnionKey,
+    key: &OnionLease,
+    deadline: Instant,
 ) -> Result<Service, OnionError> {
     let secret: [u8; 32] = hex::decode(&key.secret)
         .ok()
@@ -273,6 +333,7 @@ fn launch(
         address,
         _service: service,
         task,
+        deadline,
     })
 }
 

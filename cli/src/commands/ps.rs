@@ -49,7 +49,14 @@ impl Ps {
             // Onion addresses, moves in progress and the latest events.
             for app in &apps {
                 if let Some(onion) = &app.onion {
-                    println!("{}: http://{onion}/", app.name);
+                    // Which router's onion front publishes it (one at a time, by lease).
+                    let by = match &app.onion_router {
+                        Some(router) => {
+                            format!("published by router {}…", &router[..router.len().min(16)])
+                        }
+                        None => "no router publishes it now".to_string(),
+                    };
+                    println!("{}: http://{onion}/  ({by})", app.name);
                 }
                 if let Some(moving) = &app.moving {
                     println!("{}: moving {moving}", app.name);

@@ -3,7 +3,9 @@
 //! two visitors — a C tor client (curl through its SOCKS port) and arti (`fog fetch`).
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fog_proto::api::OnionLeaseInfo;
 
 use fog_test_programs as programs;
 
@@ -17,13 +19,19 @@ fn arti_fetch(arti: &str, url: &str) -> (i32, String, String) {
 
 /// curl through the C tor client → (status line and headers, body) or the error.
 fn curl(socks: &str, url: &str) -> Result<(String, String), String> {
+    curl_within(socks, url, 60)
+}
+
+/// [`curl`], giving up after `seconds`.
+fn curl_within(socks: &str, url: &str, seconds: u32) -> Result<(String, String), String> {
+    let seconds = seconds.to_string();
     let output = Command::new("curl")
         .args([
             "-s",
             "-S",
             "-i",
             "-m",
-            "60",
+            &seconds,
             "--socks5-hostname",
             socks,
             url,
@@ -161,5 +169,121 @@ async fn apps_answer_at_their_onion_addresses_on_a_private_tor_network() {
         "{head}\n{body}"
     );
     assert!(body.contains("counter"), "{body}");
+    drop(testnet);
+}
+
+/// Who holds `app`'s onion lease, and who did before (`GET /v1/onion-leases`).
+fn lease_of(fog: &Fog, app: &str) -> OnionLeaseInfo {
+    let url = format!("{}/v1/onion-leases", fog.control.url());
+    let output = Command::new("curl")
+        .args(["-s", "-S", "-f", &url])
+        .output()
+        .expect("running curl");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let leases: Vec<OnionLeaseInfo> = serde_json::from_slice(&output.stdout).unwrap();
+    leases
+        .into_iter()
+        .find(|l| l.app == app)
+        .unwrap_or_else(|| panic!("no onion lease for {app}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_router_takes_over_the_onion_service_of_a_killed_router() {
+    assert!(
+        Command::new("tor").arg("--version").output().is_ok(),
+        "this test needs Debian's tor: run scripts/setup.sh (apt-get install tor)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let testnet_dir = dir.path().join("testnet");
+    let testnet: Running = spawn(&["testnet", "--dir", testnet_dir.to_str().unwrap()]);
+    let socks = testnet.addr.to_string();
+    let arti = testnet_dir.join("arti.toml").to_str().unwrap().to_string();
+
+    // Two routers with onion fronts on the private network, one host.
+    let mut fog = Fog::start_with_roles(1, &[], &["--tor-network", &arti], |_, _| {
+        vec!["--always-on".to_string()]
+    });
+    let mut second = fog.second_router_with(&["--tor-network", &arti]);
+    let keys = [fog.router_key.clone(), fog.second_router_key()];
+    let (code, _, err) = fog.fog(&["publish", programs::HELLO, "--name", "hello", "--tier", "B"]);
+    assert_eq!(code, 0, "{err}");
+    let hello = onion_of(&fog, "hello");
+
+    // One router takes hello's lease; `fog ps` names it.
+    let holder = eventually(
+        Duration::from_secs(240),
+        "no router took hello's onion lease",
+        || {
+            fog.app("hello")
+                .onion_router
+                .ok_or("no holder yet".to_string())
+        },
+    );
+    assert!(keys.contains(&holder), "{holder} is not one of our routers");
+    let other = keys.iter().find(|k| **k != holder).unwrap().clone();
+    let (_, ps, _) = fog.fog(&["ps"]);
+    assert!(
+        ps.contains(&format!("published by router {}", &holder[..16])),
+        "{ps}"
+    );
+    let (head, _) = eventually(Duration::from_secs(240), "curl never reached hello", || {
+        curl(&socks, &format!("http://{hello}/"))
+    });
+    assert!(head.contains("200 OK"), "{head}");
+    assert!(
+        lease_of(&fog, "hello")
+            .terms
+            .iter()
+            .all(|t| t.router == holder),
+        "only the first holder ever held hello's lease before the kill"
+    );
+
+    // kill -9 the publisher; the address answers again through the other router.
+    let killed_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let killed = Instant::now();
+    if holder == fog.router_key {
+        fog.router.kill();
+    } else {
+        second.kill();
+    }
+    let (head, _) = eventually(
+        Duration::from_secs(240),
+        "hello never answered again after its router was killed",
+        || curl_within(&socks, &format!("http://{hello}/"), 20),
+    );
+    let took = killed.elapsed();
+    assert!(head.contains("200 OK"), "{head}");
+    let lease = lease_of(&fog, "hello");
+    println!(
+        "onion takeover: hello answered again through the other router {:.1} s after its \
+         publisher was killed (lease passed after {:.1} s)",
+        took.as_secs_f64(),
+        lease
+            .terms
+            .last()
+            .map_or(0.0, |t| t.from_ms.saturating_sub(killed_ms) as f64 / 1000.0)
+    );
+    assert_eq!(lease.router.as_deref(), Some(other.as_str()), "{lease:?}");
+    // The other router was first granted the lease (and so the key) after the kill, and no two
+    // terms of the lease ever overlapped.
+    for term in lease.terms.iter().filter(|t| t.router == other) {
+        assert!(
+            term.from_ms >= killed_ms,
+            "{other} held hello before the kill: {lease:?}"
+        );
+    }
+    for pair in lease.terms.windows(2) {
+        assert!(
+            pair[0].until_ms < pair[1].from_ms,
+            "overlapping terms: {lease:?}"
+        );
+    }
     drop(testnet);
 }

@@ -66,9 +66,22 @@ impl Fog {
 
     /// Start a second router (its key, in `router2/`, is trusted from the start).
     pub fn second_router(&self) -> Running {
+        self.second_router_with(&[])
+    }
+
+    /// [`Fog::second_router`] with `extra` arguments.
+    pub fn second_router_with(&self, extra: &[&str]) -> Running {
         let data = self.dir.path().join("router2");
         let control = self.control.url();
-        spawn(&router_args(&control, data.to_str().unwrap()))
+        let mut args = router_args(&control, data.to_str().unwrap());
+        args.extend_from_slice(extra);
+        spawn(&args)
+    }
+
+    /// The second router's key (hex).
+    pub fn second_router_key(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join("router2/device.key")).unwrap();
+        Identity::from_text(&text).unwrap().public_hex()
     }
 
     /// The index in `hosts` of the host running device `id`.
