@@ -21,6 +21,14 @@ pub struct DrainOnDrop<B: Body + Send + 'static> {
     ended: bool,
 }
 
+impl<B: Body + Send + 'static> std::fmt::Debug for DrainOnDrop<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DrainOnDrop")
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<B: Body + Send + 'static> DrainOnDrop<B> {
     /// Wrap `inner`.
     pub fn new(inner: B) -> Self {

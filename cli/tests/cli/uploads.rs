@@ -57,7 +57,7 @@ impl Body for Generated {
         if self.next == self.blocks {
             return Poll::Ready(None);
         }
-        if self.next % 4 == 0 {
+        if self.next.is_multiple_of(4) {
             let mut peaks = self.peaks.lock().unwrap();
             for (peak, pid) in peaks.iter_mut().zip(&self.pids) {
                 *peak = (*peak).max(rss(*pid));
