@@ -23,3 +23,4 @@ mod sites;
 pub mod state;
 mod traces;
 mod up;
+mod uploads;
