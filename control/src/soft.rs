@@ -125,6 +125,21 @@ impl Control {
     /// Load handovers and pending restores from the store, on becoming the leader.
     pub(crate) fn load_soft_state(&self) -> Result<(), StoreError> {
         let now = now_ms();
+        // An app removed while a leader still stepped its handover (removal is not fenced by
+        // the leadership) may have left a record behind: drop it rather than resume it.
+        let apps: std::collections::HashSet<String> = self
+            .store
+            .list(Table::Apps)?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        for table in [Table::Handovers, Table::Restores] {
+            for (app, _) in self.store.list(table)? {
+                if !apps.contains(&app) {
+                    self.store.delete(table, &app)?;
+                }
+            }
+        }
         let handovers: HashMap<String, Handover> = self
             .store
             .list(Table::Handovers)?

@@ -53,9 +53,15 @@ async fn what_one_leader_left_in_flight_is_loaded_by_the_next(backend: Backend) 
             crate::store::Leadership::Leader
         );
         as_leader(|| {
+            // Only the keys of app records matter here.
+            for app in ["counter", "stateful"] {
+                first.store.put(Table::Apps, app, b"app").unwrap();
+            }
             first
                 .save_handover("counter", &handover_for_writes)
                 .unwrap();
+            // A handover of an app removed meanwhile.
+            first.save_handover("gone", &handover_for_writes).unwrap();
             first.store.put(Table::Restores, "stateful", b"d4").unwrap();
             first
                 .store
@@ -74,6 +80,11 @@ async fn what_one_leader_left_in_flight_is_loaded_by_the_next(backend: Backend) 
         second.load_soft_state().unwrap();
         let loaded = second.handovers.lock().unwrap().get("counter").cloned();
         let loaded = loaded.expect("the handover in flight is loaded");
+        assert!(
+            second.stored_handover("gone").unwrap().is_none(),
+            "a removed app's handover is dropped, not resumed"
+        );
+        assert_eq!(second.handovers.lock().unwrap().len(), 1);
         assert_eq!(loaded.phase, Phase::Fencing);
         assert_eq!(loaded.devices(), handover.devices());
         assert!(
@@ -151,6 +162,7 @@ async fn a_removed_apps_soft_state_is_forgotten(backend: Backend) {
             fenced_at: None,
             others: Vec::new(),
         };
+        control.store.put(Table::Apps, "app", b"app").unwrap();
         control.save_handover("app", &handover).unwrap();
         control.store.put(Table::Restores, "app", b"d2").unwrap();
         control
@@ -159,6 +171,7 @@ async fn a_removed_apps_soft_state_is_forgotten(backend: Backend) {
             .unwrap();
         control.record_event("app", "something".into());
         control.load_soft_state().unwrap();
+        assert!(control.handovers.lock().unwrap().contains_key("app"));
         control.forget_soft_state("app").unwrap();
         for table in [
             Table::Handovers,
