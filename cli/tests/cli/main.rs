@@ -24,3 +24,4 @@ mod soft;
 pub mod state;
 mod traces;
 mod up;
+mod uploads;
