@@ -45,6 +45,16 @@ pub enum Table {
     Logs,
     /// What each app may reach and is given beyond its code ([`AppSettings`]), by app name.
     Settings,
+    /// Handovers in flight ([`crate::replicas::HandoverRecord`]), by app name: written by the
+    /// leader before each step takes effect, so the next leader resumes them.
+    Handovers,
+    /// Apps parked at zero replicas: the devices that last ran them and hold their state
+    /// (`Vec<String>`), by app name.
+    Parked,
+    /// New primaries that must restore the snapshot first: the device id, by app name.
+    Restores,
+    /// Each app's recent events ([`crate::soft::EventsRecord`]), by app name.
+    Events,
     /// Which router publishes each app's onion service, until when, and who did before
     /// ([`crate::onion::LeaseRecord`]), by app name.
     OnionLeases,
@@ -55,7 +65,7 @@ pub enum Table {
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 16] = [
+    pub const ALL: [Table; 20] = [
         Table::Apps,
         Table::Devices,
         Table::Placements,
@@ -70,6 +80,10 @@ impl Table {
         Table::Moves,
         Table::Logs,
         Table::Settings,
+        Table::Handovers,
+        Table::Parked,
+        Table::Restores,
+        Table::Events,
         Table::OnionLeases,
         Table::OnionRouters,
     ];
@@ -104,6 +118,10 @@ impl Table {
             Table::Moves => "moves",
             Table::Logs => "logs",
             Table::Settings => "settings",
+            Table::Handovers => "handovers",
+            Table::Parked => "parked",
+            Table::Restores => "restores",
+            Table::Events => "events",
             Table::OnionLeases => "onion-leases",
             Table::OnionRouters => "onion-routers",
         }

@@ -5,6 +5,7 @@ mod etcd;
 mod market;
 mod onion;
 mod settings;
+mod soft;
 mod store;
 
 use std::sync::Arc;

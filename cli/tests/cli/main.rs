@@ -20,6 +20,7 @@ pub mod publish;
 mod ratelimit;
 mod run;
 mod sites;
+mod soft;
 pub mod state;
 mod traces;
 mod up;
