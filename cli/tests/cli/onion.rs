@@ -269,9 +269,11 @@ async fn another_router_takes_over_the_onion_service_of_a_killed_router() {
             );
             killed.elapsed()
         });
+        // The C tor client keeps the dead router's descriptor and failed intro points for a
+        // while: it was seen taking 82 s and 184 s where new visitors took 14 s.
         let returning = scope.spawn(|| {
             eventually(
-                Duration::from_secs(240),
+                Duration::from_secs(420),
                 "hello never answered a returning visitor after its router was killed",
                 || {
                     let (head, _) = curl_within(&socks, &url, 20)?;
