@@ -58,6 +58,10 @@ impl Control {
             )));
         }
         registration.validate().map_err(ApiError::BadRequest)?;
+        // A wrong token is refused before anything is recorded.
+        if let Some(token) = &registration.admission_token {
+            self.check_admission_token(token)?;
+        }
         let id = auth::device_id(&signer);
         let record = DeviceRecord {
             id: id.clone(),
@@ -72,9 +76,24 @@ impl Control {
         };
         self.store.put(Table::Devices, &id, &encode(&record))?;
         self.store.flush()?;
-        tracing::info!(device = id, addr = record.addr, "device registered");
+        if registration.admission_token.is_some() {
+            self.admit(&record.public_key, crate::admission::AdmittedBy::Token)?;
+        }
+        let admitted = self.is_admitted(&record.public_key)?;
+        tracing::info!(
+            device = id,
+            addr = record.addr,
+            admitted,
+            "device registered"
+        );
         self.changed.notify_one();
-        Ok(json(200, &DeviceRegistered { device_id: id }))
+        Ok(json(
+            200,
+            &DeviceRegistered {
+                device_id: id,
+                admitted,
+            },
+        ))
     }
 
     pub(crate) async fn heartbeat<B>(

@@ -11,6 +11,7 @@
 //! places replicas and leads handovers, `views` answers `fog ps`, `fog devices`, routes and
 //! names; every refusal is an [`ApiError`].
 
+pub mod admission;
 pub mod api;
 mod apps;
 pub mod autoscale;

@@ -45,11 +45,15 @@ pub enum Table {
     Logs,
     /// What each app may reach and is given beyond its code ([`AppSettings`]), by app name.
     Settings,
+    /// Device and relay keys admitted to the fog ([`crate::admission::AdmissionRecord`]), by
+    /// public key (hex): only these are given work or listed. In the store, so every control
+    /// plane sharing it agrees.
+    Admitted,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 14] = [
+    pub const ALL: [Table; 15] = [
         Table::Apps,
         Table::Devices,
         Table::Placements,
@@ -64,6 +68,7 @@ impl Table {
         Table::Moves,
         Table::Logs,
         Table::Settings,
+        Table::Admitted,
     ];
 
     /// The table's position in [`Table::ALL`].
@@ -96,6 +101,7 @@ impl Table {
             Table::Moves => "moves",
             Table::Logs => "logs",
             Table::Settings => "settings",
+            Table::Admitted => "admitted",
         }
     }
 }

@@ -123,6 +123,13 @@ fn request(
     builder.body(Full::new(Bytes::from(body))).unwrap()
 }
 
+/// `registration` (a device's JSON) with the fog's admission token, so the device is admitted.
+fn admitted(control: &Control, registration: &[u8]) -> Vec<u8> {
+    let mut value: serde_json::Value = serde_json::from_slice(registration).unwrap();
+    value["admission_token"] = control.admission_token().unwrap().into();
+    serde_json::to_vec(&value).unwrap()
+}
+
 fn signed(
     key: &Identity,
     method: &str,
@@ -675,7 +682,10 @@ async fn publishing_between_full_plans_places_the_new_app_and_moves_no_other(bac
     );
     let devices: Vec<Identity> = (0..4).map(|_| Identity::generate()).collect();
     for device in &devices {
-        let registration = br#"{"region":"r","cpu":1,"mem_mb":1024,"disk_mb":1024}"#.to_vec();
+        let registration = admitted(
+            &control,
+            br#"{"region":"r","cpu":1,"mem_mb":1024,"disk_mb":1024}"#,
+        );
         let registered = control
             .handle(signed(device, "POST", "/v1/devices", registration, ""))
             .await;
@@ -751,7 +761,10 @@ async fn together_then_reconcile(backend: &Backend, busy_cores: f64) -> Vec<Stri
         .map(|d| auth::device_id(&d.public_hex()))
         .collect();
     for device in &devices {
-        let registration = br#"{"region":"r","cpu":1,"mem_mb":4096,"disk_mb":4096}"#.to_vec();
+        let registration = admitted(
+            &control,
+            br#"{"region":"r","cpu":1,"mem_mb":4096,"disk_mb":4096}"#,
+        );
         let registered = control
             .handle(signed(device, "POST", "/v1/devices", registration, ""))
             .await;
