@@ -158,6 +158,17 @@ impl Control {
         Ok(())
     }
 
+    /// Withdraw `key`'s admission: its device leaves placement's fleet (its replicas are placed
+    /// elsewhere) and routes; its relay leaves the lists.
+    pub(crate) fn revoke(&self, key: &str) -> Result<(), StoreError> {
+        self.store.delete(Table::Admitted, key)?;
+        self.store.flush()?;
+        tracing::info!(key, "admission revoked");
+        self.changed.notify_one();
+        self.bump();
+        Ok(())
+    }
+
     /// Registered devices that are admitted: the only ones placement is given.
     pub(crate) fn admitted_devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
         let admitted = self.admitted_keys()?;
@@ -182,7 +193,7 @@ impl Control {
     }
 
     /// `POST /v1/admissions`: the operator (proved by the token) admits a key, or the key of a
-    /// registered device named by its id.
+    /// registered device named by its id, or revokes it.
     pub(crate) async fn admit_request<B>(self: &Arc<Self>, request: http::Request<B>) -> Answer
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
@@ -202,12 +213,17 @@ impl Control {
                 wanted.key
             )));
         }
-        self.admit(&key, AdmittedBy::Operator)?;
+        if wanted.revoke {
+            self.revoke(&key)?;
+        } else {
+            self.admit(&key, AdmittedBy::Operator)?;
+        }
         Ok(json(
             200,
             &Admitted {
                 device_id: auth::device_id(&key),
                 key,
+                admitted: !wanted.revoke,
             },
         ))
     }

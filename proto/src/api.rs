@@ -989,15 +989,21 @@ pub struct AdmitRequest {
     pub key: String,
     /// The fog's admission token: proof the signer is the operator.
     pub admission_token: String,
+    /// Withdraw the key's admission instead: its device is given no new work and its replicas
+    /// are placed elsewhere at the next reconcile; its relay leaves every list.
+    #[serde(default)]
+    pub revoke: bool,
 }
 
-/// The answer to an admission: the key admitted.
+/// The answer to an admission: the key admitted (or revoked).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Admitted {
-    /// The public key (hex) now admitted.
+    /// The public key (hex).
     pub key: String,
     /// The device id of that key.
     pub device_id: String,
+    /// Whether the key is admitted now.
+    pub admitted: bool,
 }
 
 /// A device or relay that registered without being admitted (`GET /v1/pending`).

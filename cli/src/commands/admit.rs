@@ -41,6 +41,10 @@ pub struct Admit {
     /// The control plane's data directory, where it keeps the admission token.
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
+    /// Withdraw the admission instead: the device's replicas are placed elsewhere, the relay
+    /// leaves every path.
+    #[arg(long)]
+    revoke: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -92,12 +96,19 @@ impl Admit {
                     &AdmitRequest {
                         key,
                         admission_token: token,
+                        revoke: self.revoke,
                     },
                 )
                 .await?;
             println!(
-                "fog: admitted {} (device id {})",
-                admitted.key, admitted.device_id
+                "fog: {} {} (device id {})",
+                if admitted.admitted {
+                    "admitted"
+                } else {
+                    "revoked"
+                },
+                admitted.key,
+                admitted.device_id
             );
             Ok(())
         })

@@ -313,3 +313,37 @@ async fn a_wrong_admission_token_is_refused_and_nothing_is_registered() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), crate::fog::ADMISSION_TOKEN);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_device_loses_its_replicas_to_an_admitted_one() {
+    let fog = Fog::start(2);
+    let (code, _, err) = fog.fog(&["publish", programs::HELLO, "--name", "hello", "--tier", "B"]);
+    assert_eq!(code, 0, "{err}");
+    let app = until(30, "hello to run", || {
+        Some(fog.app("hello")).filter(|a| !a.running.is_empty())
+    })
+    .await;
+    let first = app.running[0].clone();
+
+    let control = fog.control.url();
+    let data = fog.dir.path().join("control");
+    let (code, out, err) = crate::fog::run(&[
+        "admit",
+        "--revoke",
+        &first,
+        "--control",
+        &control,
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("revoked"), "{out}");
+    let app = until(40, "hello to move off the revoked device", || {
+        Some(fog.app("hello"))
+            .filter(|a| !a.assigned.contains(&first) && a.running.iter().any(|d| *d != first))
+    })
+    .await;
+    assert_eq!(app.assigned.len(), 1, "{app:?}");
+    let revoked = fog.devices().into_iter().find(|d| d.id == first).unwrap();
+    assert!(!revoked.admitted && revoked.alive, "{revoked:?}");
+}
