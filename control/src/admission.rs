@@ -28,6 +28,9 @@ const TOKEN_KEY: &str = "admission-token";
 /// password to the whole fog.
 pub const MIN_TOKEN_LEN: usize = 16;
 
+/// The default of [`crate::ControlConfig::max_pending_devices`].
+pub const MAX_PENDING_DEVICES: usize = 1024;
+
 /// How a key was admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AdmittedBy {

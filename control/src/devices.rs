@@ -63,6 +63,25 @@ impl Control {
             self.check_admission_token(token)?;
         }
         let id = auth::device_id(&signer);
+        // Strangers' devices wait in the registry for the operator; a flood of fresh keys must
+        // not fill it.
+        if registration.admission_token.is_none()
+            && self.store.get(Table::Devices, &id)?.is_none()
+            && !self.is_admitted(&signer)?
+        {
+            let admitted = self.admitted_keys()?;
+            let waiting = self
+                .devices()?
+                .iter()
+                .filter(|d| !admitted.contains(&d.public_key))
+                .count();
+            if waiting >= self.config.max_pending_devices {
+                return Err(ApiError::Unavailable(format!(
+                    "{waiting} devices are already waiting for admission: register with the \
+                     admission token, or ask the operator to admit some first"
+                )));
+            }
+        }
         let record = DeviceRecord {
             id: id.clone(),
             public_key: signer,

@@ -89,6 +89,10 @@ pub struct ControlConfig {
     /// Where the other control planes reach this one's API (`fog control --advertise`): it
     /// is announced in the store, and peers pull components from it.
     pub advertise: Option<String>,
+    /// Most devices that may wait for admission at once; past it a new device without the
+    /// admission token is refused (503) until the operator admits some: a flood of freshly
+    /// made keys cannot fill the registry.
+    pub max_pending_devices: usize,
 }
 
 /// The default per-key limit: ten heartbeats a second (the most a host sends) and a developer's
@@ -116,6 +120,7 @@ impl Default for ControlConfig {
             replan_every: Duration::from_secs(30),
             secrets_key: None,
             advertise: None,
+            max_pending_devices: admission::MAX_PENDING_DEVICES,
         }
     }
 }
