@@ -55,6 +55,10 @@ pub enum Table {
     Restores,
     /// Each app's recent events ([`crate::soft::EventsRecord`]), by app name.
     Events,
+    /// Device and relay keys admitted to the fog ([`crate::admission::AdmissionRecord`]), by
+    /// public key (hex): only these are given work or listed. In the store, so every control
+    /// plane sharing it agrees.
+    Admitted,
     /// Which router publishes each app's onion service, until when, and who did before
     /// ([`crate::onion::LeaseRecord`]), by app name.
     OnionLeases,
@@ -65,7 +69,7 @@ pub enum Table {
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 20] = [
+    pub const ALL: [Table; 21] = [
         Table::Apps,
         Table::Devices,
         Table::Placements,
@@ -84,6 +88,7 @@ impl Table {
         Table::Parked,
         Table::Restores,
         Table::Events,
+        Table::Admitted,
         Table::OnionLeases,
         Table::OnionRouters,
     ];
@@ -122,6 +127,7 @@ impl Table {
             Table::Parked => "parked",
             Table::Restores => "restores",
             Table::Events => "events",
+            Table::Admitted => "admitted",
             Table::OnionLeases => "onion-leases",
             Table::OnionRouters => "onion-routers",
         }
