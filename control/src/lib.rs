@@ -12,6 +12,7 @@
 //! places replicas and leads handovers, `views` answers `fog ps`, `fog devices`, routes and
 //! names; every refusal is an [`ApiError`].
 
+mod accounts;
 pub mod api;
 mod apps;
 pub mod autoscale;
