@@ -25,6 +25,7 @@ mod metrics;
 pub mod names;
 mod observe;
 mod planes;
+mod preempt;
 mod reconcile;
 mod registry;
 pub mod replay;

@@ -2,6 +2,7 @@
 
 mod accounts;
 mod betanet;
+mod bids;
 mod config;
 mod dashboard;
 mod dialout;
