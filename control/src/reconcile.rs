@@ -116,7 +116,7 @@ impl Control {
             })
             .collect();
         let unmeasured = latency.values().copied().fold(0.0, f64::max);
-        let fleet: Vec<Device> = devices
+        let mut fleet: Vec<Device> = devices
             .iter()
             .map(|d| {
                 // Trust in steps of 0.05 (rounded down, so the 0.3 threshold is exact): tiny
@@ -210,6 +210,24 @@ impl Control {
             })
             .collect();
         let parked = self.parked()?;
+        // A reserved app parked at zero keeps its capacity on the devices holding its state
+        // (its memory limit and the CPU floor, as measured use is gone with its replicas), so
+        // what it reserved is there when it wakes.
+        for app in apps.iter().filter(|a| {
+            a.replicas == 0
+                && terms
+                    .get(&a.name)
+                    .is_some_and(|t| t.bid == api::Bid::Reserved)
+        }) {
+            let Some(held) = parked.get(&app.name) else {
+                continue;
+            };
+            for device in fleet.iter_mut().filter(|d| held.contains(&d.id)) {
+                device.cpu_free = (device.cpu_free - self.config.replica_cpu_floor).max(0.0);
+                device.mem_free_mb =
+                    (device.mem_free_mb - (app.limits.memory_bytes >> 20) as f64).max(0.0);
+            }
+        }
         let current: placement::Assignment = placements
             .iter()
             .map(|(app, p)| {

@@ -122,3 +122,40 @@ async fn spot_replicas_park_with_their_state_for_higher_bids_and_others_stay() {
     assert_eq!(back.assigned, cheap);
     assert_eq!(visits(&fog, "cheap", "GET", "/api/count").await, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reserved_app_parked_at_zero_keeps_its_capacity() {
+    // One device with room for one replica.
+    let fog = Fog::start_with(1, |_, _| vec!["--mem-mb".into(), "100".into()]);
+    publish(&fog, "reserve", "reserved", "60");
+    let (code, _, err) = fog.fog(&[
+        "scale", "reserve", "--min", "0", "--max", "1", "--target", "20", "--idle", "2",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let device = wait_for(&fog, "reserve", "reserved app not running", |a| {
+        a.running.len() == 1
+    })
+    .await
+    .assigned;
+    wait_for(&fog, "reserve", "reserved app not parked when idle", |a| {
+        a.replicas == 0 && a.running.is_empty()
+    })
+    .await;
+
+    // Its device has room for nothing else while it is parked.
+    publish(&fog, "other", "on-demand", "0");
+    let other = wait_for(
+        &fog,
+        "other",
+        "no placement problem for the other app",
+        |a| a.problem.is_some(),
+    )
+    .await;
+    assert!(other.assigned.is_empty(), "{other:?}");
+    let (code, _, err) = fog.fog(&["rm", "other"]);
+    assert_eq!(code, 0, "{err}");
+
+    // A request wakes it where it was.
+    assert_eq!(visits(&fog, "reserve", "GET", "/api/count").await, 0);
+    assert_eq!(fog.app("reserve").assigned, device);
+}
