@@ -1,7 +1,9 @@
 //! The `fog` binary as people run it: real processes, real sockets.
 
+mod accounts;
 mod admit;
 mod betanet;
+mod bids;
 mod config;
 mod dashboard;
 mod dialout;
