@@ -80,6 +80,8 @@ pub struct Runtime {
     /// The engine's compatibility hash, part of every compiled file's name.
     engine_tag: u64,
     db: sled::Db,
+    /// Makes the writes of durable apps' requests stable before they are answered.
+    pub(crate) durable: crate::durable::GroupCommit,
     /// Each app's namespace, shared by every version of the app loaded.
     namespaces: std::sync::Mutex<std::collections::HashMap<String, Namespace>>,
     /// Apps whose state trees were on disk at start; other apps' trees are created on first use.
@@ -182,6 +184,7 @@ impl Runtime {
             source_dir,
             code: CodeCache::new(config.code_budget),
             engine_tag,
+            durable: crate::durable::GroupCommit::new(db.clone()),
             db,
             namespaces: std::sync::Mutex::new(std::collections::HashMap::new()),
             stored,
@@ -411,6 +414,11 @@ impl Runtime {
     /// Write all app state to disk.
     pub fn flush(&self) -> Result<(), sled::Error> {
         self.db.flush().map(|_| ())
+    }
+
+    /// Flushes made for durable apps so far (each serves every request waiting for it).
+    pub fn durable_flushes(&self) -> u64 {
+        self.durable.flushes()
     }
 
     /// Default limits for apps loaded without explicit ones.

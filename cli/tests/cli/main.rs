@@ -4,6 +4,7 @@ mod betanet;
 mod config;
 mod dashboard;
 mod dialout;
+mod durable;
 mod etcd;
 mod flood;
 mod fog;
