@@ -11,6 +11,7 @@
 #
 #   benches/durable.sh                 (never run by CI; PROFILE=debug uses the debug build)
 #   ROUNDS=3 DURATION=8s CONNECTIONS=16 KILLS=10 PROFILE=debug benches/durable.sh
+#   (NO_BUILD=1: use the fog and counter.wasm already built)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -19,15 +20,18 @@ DURATION="${DURATION:-8s}"
 CONNECTIONS="${CONNECTIONS:-16}"
 ROUNDS="${ROUNDS:-3}"
 KILLS="${KILLS:-10}"
+THREADS=$(( CONNECTIONS < 2 ? CONNECTIONS : 2 ))
 if ! command -v wrk >/dev/null 2>&1; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq && $sudo apt-get install -y -qq wrk
 fi
 PROFILE="${PROFILE:-release}"
-if [ "$PROFILE" = release ]; then
-  cargo build --release --locked -p fog -p fog-test-programs
-else
-  cargo build --locked -p fog -p fog-test-programs
+if [ "${NO_BUILD:-0}" != 1 ]; then
+  if [ "$PROFILE" = release ]; then
+    cargo build --release --locked -p fog -p fog-test-programs
+  else
+    cargo build --locked -p fog -p fog-test-programs
+  fi
 fi
 FOG="$CARGO_TARGET_DIR/$PROFILE/fog"
 APP="$CARGO_TARGET_DIR/guests/wasm32-wasip2/release/counter.wasm"
@@ -53,7 +57,7 @@ start() { # data dir, extra flags
 stop() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=""; }
 measure() {
   local out
-  out=$(wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/post.lua" "http://$ADDR/api/increment")
+  out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/post.lua" "http://$ADDR/api/increment")
   # A refused answer is no increment: a round with any is no measurement.
   if grep -E "Non-2xx|Socket errors" <<<"$out" >&2; then echo "wrk saw errors; no figure" >&2; exit 1; fi
   echo "$(awk '/^Requests\/sec/ {print $2}' <<<"$out") $(awk '$1=="50%" {print $2}' <<<"$out") $(awk '$1=="99%" {print $2}' <<<"$out")"
@@ -101,4 +105,4 @@ for mode in plain durable; do
   done
   echo "| $mode | $KILLS | $acked_total | $lost_total | $lossy |"
 done
-echo "machine: $(nproc) cores, $(uname -sr); $PROFILE build; disk: $(df -T "$work" | awk 'NR==2 {print $2}'); wrk -t2 -c$CONNECTIONS -d$DURATION; $(date -u +%Y-%m-%d)"
+echo "machine: $(nproc) cores, $(uname -sr); $PROFILE build; disk: $(df -T "$work" | awk 'NR==2 {print $2}'); wrk -t$THREADS -c$CONNECTIONS -d$DURATION; $(date -u +%Y-%m-%d)"

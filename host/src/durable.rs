@@ -2,19 +2,25 @@
 //! disk before its response leaves the host, and one flush serves every request that had
 //! finished writing when it started.
 //!
-//! The flush is sled's: it writes out the database's in-memory log buffers and waits for the
-//! kernel to put them on disk (`sync_file_range` on Linux, `fsync` elsewhere). Without it, sled
-//! writes its buffers every 500 ms, so a host killed in between loses the writes it has
-//! already acknowledged; the state of a tier-B app has no follower to hold them instead.
+//! A flush is sled's, then `fdatasync` of sled's log file. sled's flush writes out the
+//! database's in-memory log buffers and waits for the kernel to write them (`sync_file_range`
+//! on Linux), which is what survives `kill -9`; without it sled writes its buffers every 500 ms,
+//! so a host killed in between loses writes it has already acknowledged, and the state of a
+//! tier-B app has no follower to hold them instead. `sync_file_range` neither commits the
+//! file's size nor flushes the disk's write cache, so the `fdatasync` that follows is what
+//! makes the writes survive a power cut too.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Why the writes of a durable request could not be made stable.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
-    /// The store failed to write or sync its log.
+    /// The store failed to write its log.
     #[error("flushing app state to disk: {0}")]
     Flush(sled::Error),
+    /// The log file could not be synced.
+    #[error("syncing the app state's log file: {0}")]
+    Sync(std::io::Error),
     /// The blocking task running the flush ended without an answer (it panicked).
     #[error("the task flushing app state stopped: {0}")]
     Task(String),
@@ -24,6 +30,8 @@ pub enum SyncError {
 #[derive(Debug)]
 pub(crate) struct GroupCommit {
     db: sled::Db,
+    /// sled's log file, opened for `fdatasync` (none for a temporary database).
+    log_file: Option<std::sync::Arc<std::fs::File>>,
     /// Requests that have asked to be made stable so far; each takes the next number.
     asked: AtomicU64,
     /// Every request whose number is at most this is stable.
@@ -35,9 +43,11 @@ pub(crate) struct GroupCommit {
 }
 
 impl GroupCommit {
-    pub(crate) fn new(db: sled::Db) -> GroupCommit {
+    /// Flush `db`, whose log file (sled's `db` file in its directory) is `log_file`.
+    pub(crate) fn new(db: sled::Db, log_file: Option<std::fs::File>) -> GroupCommit {
         GroupCommit {
             db,
+            log_file: log_file.map(std::sync::Arc::new),
             asked: AtomicU64::new(0),
             synced: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
@@ -61,11 +71,16 @@ impl GroupCommit {
         // Every number up to `covers` was taken after its writes were committed, so this
         // flush makes them all stable: the requests queued behind it return at once.
         let covers = self.asked.load(Ordering::Acquire);
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|err| SyncError::Task(err.to_string()))?
-            .map_err(SyncError::Flush)?;
+        let (db, log_file) = (self.db.clone(), self.log_file.clone());
+        tokio::task::spawn_blocking(move || {
+            db.flush().map_err(SyncError::Flush)?;
+            match log_file {
+                Some(file) => file.sync_data().map_err(SyncError::Sync),
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(|err| SyncError::Task(err.to_string()))??;
         self.flushes.fetch_add(1, Ordering::Relaxed);
         self.synced.fetch_max(covers, Ordering::AcqRel);
         Ok(())
@@ -88,7 +103,8 @@ mod tests {
     async fn requests_waiting_behind_a_flush_share_the_next() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let group = std::sync::Arc::new(GroupCommit::new(db.clone()));
+        let log_file = std::fs::File::open(dir.path().join("db")).unwrap();
+        let group = std::sync::Arc::new(GroupCommit::new(db.clone(), Some(log_file)));
         let tree = db.open_tree("t").unwrap();
         // Stand in for a flush in flight: hold the lock a flush holds.
         let in_flight = group.flushing.lock().await;

@@ -143,24 +143,32 @@ impl Runtime {
                 source,
             })?;
         }
-        let db = match &config.data_dir {
+        let (db, log_file) = match &config.data_dir {
             Some(dir) => {
                 let state = dir.join("state");
+                let db = sled::Config::new().path(&state).open().map_err(|source| {
+                    RuntimeError::State {
+                        path: state.clone(),
+                        source,
+                    }
+                })?;
+                // sled's log, for the `fdatasync` that makes durable apps' writes survive a
+                // power cut (see `crate::durable`). Opened once sled has created it.
+                let log = state.join("db");
+                let log_file = std::fs::File::open(&log)
+                    .map_err(|source| RuntimeError::DataDir { path: log, source })?;
+                (db, Some(log_file))
+            }
+            None => (
                 sled::Config::new()
-                    .path(&state)
+                    .temporary(true)
                     .open()
                     .map_err(|source| RuntimeError::State {
-                        path: state,
+                        path: PathBuf::from("(temporary)"),
                         source,
-                    })?
-            }
-            None => sled::Config::new()
-                .temporary(true)
-                .open()
-                .map_err(|source| RuntimeError::State {
-                    path: PathBuf::from("(temporary)"),
-                    source,
-                })?,
+                    })?,
+                None,
+            ),
         };
         let stored = db
             .tree_names()
@@ -184,7 +192,7 @@ impl Runtime {
             source_dir,
             code: CodeCache::new(config.code_budget),
             engine_tag,
-            durable: crate::durable::GroupCommit::new(db.clone()),
+            durable: crate::durable::GroupCommit::new(db.clone(), log_file),
             db,
             namespaces: std::sync::Mutex::new(std::collections::HashMap::new()),
             stored,
