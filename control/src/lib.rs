@@ -1,7 +1,8 @@
 //! The control plane (`fog control`): the registry, the versioned HTTP/JSON API and the reconcile
 //! loop that turns apps and devices into assignments with [`fog_scheduler::placement::plan`].
 //!
-//! Persistent state (apps, devices, placements, blobs) lives in a [`store::Store`]; soft state
+//! Persistent state (apps, devices, placements, blobs, and handovers in flight, parked apps,
+//! pending restores and recent events: see [`soft`]) lives in a [`store::Store`]; soft state
 //! (heartbeats, recent request lines) lives in memory and is rebuilt from the devices within a
 //! heartbeat of a restart. A device that misses three heartbeats, or reports it may not be
 //! harvested, loses its replicas at the next reconcile.
@@ -29,6 +30,7 @@ pub mod replay;
 pub mod replicas;
 mod secrets;
 mod sites;
+pub mod soft;
 pub mod store;
 pub mod trust;
 pub mod usage;
@@ -88,6 +90,10 @@ pub struct ControlConfig {
     /// Where the other control planes reach this one's API (`fog control --advertise`): it
     /// is announced in the store, and peers pull components from it.
     pub advertise: Option<String>,
+    /// Test only (`FOG_TEST_HOLD_HANDOVER` on `fog control`): a handover that reaches its
+    /// fencing phase stays there under this control plane and never completes, so a test can
+    /// kill the leader with a handover in flight. Never set in production.
+    pub hold_handovers: bool,
 }
 
 /// The default per-key limit: ten heartbeats a second (the most a host sends) and a developer's
@@ -115,6 +121,7 @@ impl Default for ControlConfig {
             replan_every: Duration::from_secs(30),
             secrets_key: None,
             advertise: None,
+            hold_handovers: false,
         }
     }
 }
@@ -149,16 +156,17 @@ pub struct Control {
     public_names: Mutex<HashMap<(String, String), Arc<names::PublicNames>>>,
     /// Betanet fronts and mix relays that registered recently.
     registrations: names::Registrations,
-    /// Primaries moving between devices, by app.
+    /// Primaries moving between devices, by app: the leader's working copy of
+    /// [`store::Table::Handovers`].
     handovers: Mutex<HashMap<String, replicas::Handover>>,
-    /// New primaries that must restore the control plane's snapshot first: app → device.
+    /// New primaries that must restore the control plane's snapshot first: app → device (the
+    /// leader's working copy of [`store::Table::Restores`]).
     restores: Mutex<HashMap<String, String>>,
-    /// Recent events per app.
-    events: replicas::Events,
     /// What the autoscaler remembers of each autoscaled app.
     loads: Mutex<HashMap<String, autoscale::AppLoad>>,
-    /// Apps at zero replicas: the devices that last ran them (and hold their state).
-    parked: Mutex<HashMap<String, Vec<String>>>,
+    /// Whether the handovers and restores above were loaded from the store since this
+    /// control plane last became the leader (see [`soft`]).
+    soft_loaded: std::sync::atomic::AtomicBool,
     /// Signed requests seen inside the skew window: each is accepted once.
     replays: replay::ReplayGuard,
     /// Each signing key's token bucket.
@@ -226,9 +234,8 @@ impl Control {
             registrations: names::Registrations::default(),
             handovers: Mutex::new(HashMap::new()),
             restores: Mutex::new(HashMap::new()),
-            events: replicas::Events::default(),
             loads: Mutex::new(HashMap::new()),
-            parked: Mutex::new(HashMap::new()),
+            soft_loaded: std::sync::atomic::AtomicBool::new(false),
             replays: replay::ReplayGuard::default(),
             key_limit,
             phase_changed: std::sync::atomic::AtomicBool::new(false),

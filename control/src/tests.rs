@@ -4,6 +4,7 @@
 mod etcd;
 mod market;
 mod settings;
+mod soft;
 mod store;
 
 use std::sync::Arc;

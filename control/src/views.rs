@@ -75,6 +75,7 @@ impl Control {
             None => None,
         };
         let running = self.running_on().remove(&app.name).unwrap_or_default();
+        let events = self.events_of(&app.name)?;
         let terms: Option<AppTerms> = match self.store.get(Table::Terms, &app.name)? {
             Some(bytes) => Some(decode(Table::Terms, &app.name, &bytes)?),
             None => None,
@@ -97,8 +98,8 @@ impl Control {
             problem: placement.and_then(|p| p.problem),
             updated_ms: app.updated_ms,
             betanet: self.public_names(app)?.names.clone(),
-            events: self.events.of(&app.name),
-            move_abandoned: self.events.abandoned(&app.name),
+            events: events.events,
+            move_abandoned: events.abandoned,
             onion: Some(self.public_names(app)?.onion.clone()),
             autoscale: match self.store.get(Table::Scaling, &app.name)? {
                 Some(bytes) => Some(decode(Table::Scaling, &app.name, &bytes)?),
@@ -108,11 +109,9 @@ impl Control {
             bid: terms.map(|t| t.bid).unwrap_or_default(),
             allow_outbound: settings.allow_outbound,
             durable: settings.durable,
+            // From the store: any control plane, leading or not, answers the same.
             moving: self
-                .handovers
-                .lock()
-                .expect("handovers lock")
-                .get(&app.name)
+                .stored_handover(&app.name)?
                 .map(|h| format!("{} -> {} ({:?})", h.from, h.to, h.phase).to_lowercase()),
         })
     }

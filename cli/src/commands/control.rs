@@ -78,6 +78,9 @@ impl ControlCmd {
                     key_rate: fog_control::Rate::new(self.key_rate, self.key_burst),
                     advertise: self.advertise,
                     secrets_key: Some(self.secrets_key.unwrap_or_else(|| data.join("secrets.key"))),
+                    // Test only: hold handovers mid-way so a test can kill this leader with
+                    // one in flight (see `ControlConfig::hold_handovers`).
+                    hold_handovers: std::env::var_os("FOG_TEST_HOLD_HANDOVER").is_some(),
                     ..fog_control::ControlConfig::default()
                 },
                 stop,

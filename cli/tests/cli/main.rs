@@ -21,6 +21,8 @@ pub mod publish;
 mod ratelimit;
 mod run;
 mod sites;
+mod soft;
 pub mod state;
 mod traces;
 mod up;
+mod uploads;
