@@ -8,7 +8,9 @@
 //! so a host killed in between loses writes it has already acknowledged, and the state of a
 //! tier-B app has no follower to hold them instead. `sync_file_range` neither commits the
 //! file's size nor flushes the disk's write cache, so the `fdatasync` that follows is what
-//! makes the writes survive a power cut too.
+//! makes the writes survive a power cut too. (Not for values sled keeps in files of their own,
+//! those past its blob threshold: sled writes them without a sync, so they survive `kill -9`
+//! but a power cut only once the kernel has written them back.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
