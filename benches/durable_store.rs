@@ -1,6 +1,6 @@
-//! Which way to put one write on disk for `--durable`: sled's flush after the write (what the
-//! host does) against appending the write to a log file of our own and calling `fdatasync`
-//! (what a separate write-ahead log would cost), one writer, the same small record, the same
+//! Which way to put one write on disk for `--durable`: sled's flush after the write, then
+//! `fdatasync` of sled's log file (what the host does), against appending the write to a log
+//! file of our own and calling `fdatasync` (what a separate write-ahead log would cost), one writer, the same small record, the same
 //! file system (a temporary directory; set TMPDIR to measure another disk). Neither includes
 //! the group commit that shares one flush among concurrent requests (`benches/durable.sh`
 //! measures the whole path with it).
@@ -36,6 +36,18 @@ fn durable_writes(c: &mut Criterion) {
             n += 1;
             tree.insert(KEY, n.to_string().as_bytes()).unwrap();
             db.flush().unwrap();
+        })
+    });
+
+    // What the host does for a durable app (`fog_host::durable`): the flush, then `fdatasync`
+    // of sled's log file, so the size and the disk's cache are committed too.
+    let sled_log = std::fs::File::open(dir.path().join("sled").join("db")).unwrap();
+    group.bench_function("sled insert + flush + fdatasync (the host)", |b| {
+        b.iter(|| {
+            n += 1;
+            tree.insert(KEY, n.to_string().as_bytes()).unwrap();
+            db.flush().unwrap();
+            sled_log.sync_data().unwrap();
         })
     });
 
