@@ -12,6 +12,7 @@
 //! places replicas and leads handovers, `views` answers `fog ps`, `fog devices`, routes and
 //! names; every refusal is an [`ApiError`].
 
+pub mod admission;
 pub mod api;
 mod apps;
 pub mod autoscale;
@@ -90,6 +91,10 @@ pub struct ControlConfig {
     /// Where the other control planes reach this one's API (`fog control --advertise`): it
     /// is announced in the store, and peers pull components from it.
     pub advertise: Option<String>,
+    /// Most devices that may wait for admission at once; past it a new device without the
+    /// admission token is refused (503) until the operator admits some: a flood of freshly
+    /// made keys cannot fill the registry.
+    pub max_pending_devices: usize,
     /// Test only (`FOG_TEST_HOLD_HANDOVER` on `fog control`): a handover that reaches its
     /// fencing phase stays there under this control plane and never completes, so a test can
     /// kill the leader with a handover in flight. Never set in production.
@@ -121,6 +126,7 @@ impl Default for ControlConfig {
             replan_every: Duration::from_secs(30),
             secrets_key: None,
             advertise: None,
+            max_pending_devices: admission::MAX_PENDING_DEVICES,
             hold_handovers: false,
         }
     }

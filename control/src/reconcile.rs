@@ -87,7 +87,8 @@ impl Control {
     /// start-up grace period of `missed_heartbeats` intervals).
     pub fn reconcile(&self) -> Result<(), StoreError> {
         let mut apps = self.apps()?;
-        let devices = self.devices()?;
+        // Only admitted devices are placed on: a pending one is never given work.
+        let devices = self.admitted_devices()?;
         let placements = self.placements()?;
         let in_grace =
             self.started.elapsed() < self.config.heartbeat_interval * self.config.missed_heartbeats;

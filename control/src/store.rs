@@ -55,11 +55,15 @@ pub enum Table {
     Restores,
     /// Each app's recent events ([`crate::soft::EventsRecord`]), by app name.
     Events,
+    /// Device and relay keys admitted to the fog ([`crate::admission::AdmissionRecord`]), by
+    /// public key (hex): only these are given work or listed. In the store, so every control
+    /// plane sharing it agrees.
+    Admitted,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 18] = [
+    pub const ALL: [Table; 19] = [
         Table::Apps,
         Table::Devices,
         Table::Placements,
@@ -78,6 +82,7 @@ impl Table {
         Table::Parked,
         Table::Restores,
         Table::Events,
+        Table::Admitted,
     ];
 
     /// The table's position in [`Table::ALL`].
@@ -114,6 +119,7 @@ impl Table {
             Table::Parked => "parked",
             Table::Restores => "restores",
             Table::Events => "events",
+            Table::Admitted => "admitted",
         }
     }
 }

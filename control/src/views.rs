@@ -122,6 +122,7 @@ impl Control {
 
     pub(crate) fn device_infos(&self) -> Result<Vec<DeviceInfo>, StoreError> {
         let placements = self.placements()?;
+        let admitted = self.admitted_keys()?;
         let live = self.live.lock().expect("live lock");
         self.devices()?
             .into_iter()
@@ -150,6 +151,7 @@ impl Control {
                     running: l
                         .map(|l| l.heartbeat.running.iter().map(|r| r.app.clone()).collect())
                         .unwrap_or_default(),
+                    admitted: admitted.contains(&d.public_key),
                     id: d.id,
                     addr: Some(d.addr).filter(|a| !a.is_empty()),
                     region: d.region,
@@ -169,8 +171,9 @@ impl Control {
     /// running the app.
     pub fn routes(&self) -> Result<Vec<Route>, StoreError> {
         let placements = self.placements()?;
+        // Only admitted devices: a replica is never routed to a pending one.
         let devices: HashMap<String, DeviceRecord> = self
-            .devices()?
+            .admitted_devices()?
             .into_iter()
             .map(|d| (d.id.clone(), d))
             .collect();

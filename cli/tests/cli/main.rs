@@ -1,5 +1,6 @@
 //! The `fog` binary as people run it: real processes, real sockets.
 
+mod admit;
 mod betanet;
 mod config;
 mod dashboard;
