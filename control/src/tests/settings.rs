@@ -6,7 +6,7 @@ use std::sync::Arc;
 use fog_proto::api::AppInfo;
 use fog_proto::auth::{self, Identity};
 
-use super::{Backend, body, on_both_backends, request, signed};
+use super::{Backend, admitted, body, on_both_backends, request, signed};
 use crate::Control;
 
 on_both_backends!(
@@ -66,7 +66,10 @@ async fn bad_outbound_origins_are_refused_with_400_and_nothing_is_published(back
 async fn publish_durable_reaches_the_hosts_and_a_publish_without_it_turns_it_off(backend: Backend) {
     let control = backend.control();
     let device = Identity::generate();
-    let registration = br#"{"region":"r","cpu":1,"mem_mb":1024,"disk_mb":1024}"#.to_vec();
+    let registration = admitted(
+        &control,
+        br#"{"region":"r","cpu":1,"mem_mb":1024,"disk_mb":1024}"#,
+    );
     let registered = control
         .handle(signed(&device, "POST", "/v1/devices", registration, ""))
         .await;
