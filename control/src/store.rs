@@ -565,6 +565,9 @@ pub struct AppSettings {
     pub vars: std::collections::BTreeMap<String, String>,
     /// Secrets by name, sealed (`crate::secrets`): never stored in the clear.
     pub secrets: std::collections::BTreeMap<String, Vec<u8>>,
+    /// Each request's state writes are on the host's disk before it is answered
+    /// (`fog publish --durable`).
+    pub durable: bool,
 }
 
 /// A registered device.

@@ -132,6 +132,10 @@ pub struct PublishMeta {
     /// Secrets to set (`fog publish --secret K=@FILE`); others the app has are kept.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, crate::config::Secret>,
+    /// Each request's state writes are on the host's disk before it is answered
+    /// (`fog publish --durable`); off if not said.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub durable: bool,
 }
 
 /// How a developer buys CPU time for an app (the market's pricing classes).
@@ -276,6 +280,9 @@ pub struct AppInfo {
     /// The origins the app may send HTTP requests to.
     #[serde(default)]
     pub allow_outbound: Vec<crate::Origin>,
+    /// Whether each request's state writes are on disk before it is answered.
+    #[serde(default)]
+    pub durable: bool,
 }
 
 /// An app's onion-service key, for a trusted router to run the service.

@@ -7,6 +7,7 @@ mod bids;
 mod config;
 mod dashboard;
 mod dialout;
+mod durable;
 mod etcd;
 mod flood;
 mod fog;
