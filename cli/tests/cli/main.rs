@@ -1,10 +1,13 @@
 //! The `fog` binary as people run it: real processes, real sockets.
 
+mod accounts;
 mod admit;
 mod betanet;
+mod bids;
 mod config;
 mod dashboard;
 mod dialout;
+mod durable;
 mod etcd;
 mod flood;
 mod fog;
