@@ -135,7 +135,11 @@ impl Control {
             }
             Err(other) => return Err(other),
         }
-        let lines = std::mem::take(&mut heartbeat.logs);
+        // The canary's requests are Fog's own spot checks, not an app's log.
+        let lines: Vec<_> = std::mem::take(&mut heartbeat.logs)
+            .into_iter()
+            .filter(|l| l.app != fog_proto::canary::APP)
+            .collect();
         self.logs.add(self.store.as_ref(), id, lines)?;
         let running: Vec<String> = heartbeat
             .running
@@ -280,8 +284,10 @@ impl Control {
 
     pub(crate) fn assignments_for(&self, device: &str) -> Result<Vec<Assignment>, StoreError> {
         let index = self.plan_index()?;
+        // Every device runs the canary beside its apps, for spot checks.
+        let canary = self.canary.assignment();
         let Some(names) = index.by_device.get(device) else {
-            return Ok(Vec::new());
+            return Ok(canary.into_iter().collect());
         };
         // Which of this device's apps it must fence or restore: looked up per app under short
         // locks, not copied whole on every heartbeat.
@@ -368,6 +374,7 @@ impl Control {
                 bundle: index.sites.get(&app.name).cloned(),
             });
         }
+        out.extend(canary);
         Ok(out)
     }
 }

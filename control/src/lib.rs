@@ -14,6 +14,7 @@
 pub mod api;
 mod apps;
 pub mod autoscale;
+pub mod canary;
 mod config;
 mod dashboard;
 mod devices;
@@ -88,6 +89,9 @@ pub struct ControlConfig {
     /// Where the other control planes reach this one's API (`fog control --advertise`): it
     /// is announced in the store, and peers pull components from it.
     pub advertise: Option<String>,
+    /// The canary component placed on every device and how often each is spot-checked
+    /// (`fog control --canary-interval`); `None`: no spot checks.
+    pub canary: Option<canary::CanaryConfig>,
 }
 
 /// The default per-key limit: ten heartbeats a second (the most a host sends) and a developer's
@@ -115,6 +119,7 @@ impl Default for ControlConfig {
             replan_every: Duration::from_secs(30),
             secrets_key: None,
             advertise: None,
+            canary: None,
         }
     }
 }
@@ -183,6 +188,8 @@ pub struct Control {
     secrets: secrets::SecretsKey,
     /// The other control planes, and the client to reach them.
     planes: planes::Planes,
+    /// The canary component and the spot checks in flight.
+    canary: canary::Canary,
 }
 
 /// Largest snapshot the control plane keeps for an app.
@@ -211,6 +218,7 @@ impl Control {
     pub fn new(store: Arc<dyn Store>, config: ControlConfig) -> Arc<Control> {
         let key_limit = config.key_rate.map(RateLimit::new);
         let secrets = secrets::SecretsKey::new(config.secrets_key.clone());
+        let canary = canary::Canary::new(config.canary.clone());
         Arc::new(Control {
             secrets,
             store,
@@ -244,6 +252,7 @@ impl Control {
             },
             leading: std::sync::atomic::AtomicBool::new(false),
             planes: planes::Planes::default(),
+            canary,
         })
     }
 }

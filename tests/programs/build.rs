@@ -10,6 +10,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("COUNTER", "counter"),
     ("API", "api"),
     ("FILESERVER", "fileserver"),
+    ("CANARY", "canary"),
     ("INFINITE_LOOP", "hostile_infinite_loop"),
     ("MEMORY_BOMB", "hostile_memory_bomb"),
     ("STACK_OVERFLOW", "hostile_stack_overflow"),
@@ -129,6 +130,7 @@ const SHIPPED: &[(&str, &str)] = &[
     ("COUNTER", "counter"),
     ("API", "api"),
     ("FILESERVER", "fileserver"),
+    ("CANARY", "canary"),
 ];
 
 fn list_files(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) {

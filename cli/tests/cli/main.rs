@@ -1,6 +1,7 @@
 //! The `fog` binary as people run it: real processes, real sockets.
 
 mod betanet;
+mod canary;
 mod config;
 mod dashboard;
 mod dialout;
