@@ -6,7 +6,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Body;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
@@ -263,23 +263,28 @@ impl App {
             timeout_ms: limits.timeout.as_millis() as u64,
         };
 
-        // Read the whole request body first (bounded), so a slow or huge upload never holds an
-        // instance.
+        // The body streams into the guest's `incoming-body` as the guest reads it (inside its
+        // run, so under its deadline and fuel), cut at the app's limit; a declared length over
+        // the limit is refused before anything runs.
         let (mut parts, body) = request.into_parts();
-        let body = match tokio::time::timeout_at(
-            deadline.into(),
-            Limited::new(body, limits.max_request_body as usize).collect(),
-        )
-        .await
-        {
-            Err(_) => return Err(timeout),
-            Ok(Ok(collected)) => collected.to_bytes(),
-            Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
-                return Err(Failure::RequestTooLarge {
+        // A body refused or cut is still read for a while, so the visitor gets the 413.
+        let body = fog_net::drain::DrainOnDrop::new(body);
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limits.max_request_body) {
+            return Err(Failure::RequestTooLarge {
+                limit: limits.max_request_body,
+            });
+        }
+        let (body, cut) = crate::upload::LimitedUpload::new(body, limits.max_request_body);
+        let too_large = || {
+            cut.load(Ordering::Relaxed)
+                .then_some(Failure::RequestTooLarge {
                     limit: limits.max_request_body,
-                });
-            }
-            Ok(Err(err)) => return Err(Failure::BadRequest(first_line(&err.to_string()))),
+                })
         };
         if !parts.headers.contains_key(http::header::HOST) && parts.uri.authority().is_none() {
             parts.headers.insert(
@@ -287,7 +292,6 @@ impl App {
                 http::HeaderValue::from_static("localhost"),
             );
         }
-        let body = Full::new(body).map_err(|never| -> wasmtime_wasi_http::Error { match never {} });
         let request = http::Request::from_parts(parts, body);
 
         let compiled = self.compiled().await?;
@@ -434,9 +438,14 @@ impl App {
             }
         };
         let exchanged = tokio::time::timeout_at(deadline.into(), exchange).await;
+        // A body cut at the limit makes the guest fail or answer as it sees fit: either way the
+        // visitor learns the real reason (unless a streamed answer already left).
         let (parts, reply) = match exchanged {
-            Err(_) => return Err(timeout),
-            Ok(Err(failure)) => return Err(failure),
+            Err(_) => return Err(too_large().unwrap_or(timeout)),
+            Ok(Err(failure)) => return Err(too_large().unwrap_or(failure)),
+            Ok(Ok((_, Reply::Whole(_)))) if cut.load(Ordering::Relaxed) => {
+                return Err(too_large().expect("cut"));
+            }
             Ok(Ok(exchanged)) => exchanged,
         };
         // Acknowledge a write only once the synchronous followers hold it (for a streamed

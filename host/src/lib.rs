@@ -33,6 +33,7 @@ pub mod reqlog;
 mod runtime;
 pub mod server;
 mod state;
+mod upload;
 
 pub use app::{App, HostResponse, MeterReading, RequestReport, failure_response};
 pub use code::{CodeStats, DEFAULT_CODE_BUDGET};

@@ -19,6 +19,9 @@ pub struct LimitArgs {
     /// Requests of the app running at once before the host answers 503.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_concurrency)]
     pub concurrency: u32,
+    /// Largest request body the app accepts, in MiB (a larger one is cut with 413).
+    #[arg(long, value_name = "MB", default_value_t = Limits::default().max_request_body >> 20)]
+    pub max_request_body: u64,
 }
 
 impl LimitArgs {
@@ -29,6 +32,7 @@ impl LimitArgs {
             fuel: self.fuel,
             timeout: Duration::from_millis(self.timeout),
             max_concurrency: self.concurrency,
+            max_request_body: self.max_request_body.saturating_mul(1 << 20),
             ..Limits::default()
         }
     }

@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod control_urls;
+pub mod drain;
 pub mod limit;
 pub mod metrics;
 pub mod trace;

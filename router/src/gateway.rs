@@ -10,7 +10,7 @@ use bytes::Bytes;
 use fog_htx::mix::{MixMode, Relay};
 use fog_proto::ErrorKind;
 use fog_proto::api::{HtxEndpoint, ROUTES_VERSION_HEADER, RelayInfo, Route, RouteMode};
-use http_body_util::combinators::BoxBody;
+use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -27,6 +27,11 @@ use crate::error::ControlError;
 /// The response body the gateway sends.
 pub type GatewayBody = BoxBody<Bytes, hyper::Error>;
 
+/// The request body the gateway forwards: a kept copy, or the visitor's body streaming through.
+type ForwardBody = UnsyncBoxBody<Bytes, BoxError>;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Settings of a gateway.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -35,8 +40,9 @@ pub struct GatewayConfig {
     pub control: ControlUrls,
     /// How often routes are refreshed.
     pub refresh: Duration,
-    /// Largest request body forwarded (it is buffered so a retry can resend it).
-    pub max_request_body: usize,
+    /// Largest request body kept so a retry can resend it. A larger one streams to one replica
+    /// (the app's primary) and is not resent; the host enforces the app's own body limit.
+    pub retry_body: usize,
     /// How long a replica that failed is skipped.
     pub suspect_for: Duration,
     /// How many replicas one request may try per round.
@@ -69,7 +75,7 @@ impl GatewayConfig {
         GatewayConfig {
             control,
             refresh: Duration::from_millis(500),
-            max_request_body: 8 << 20,
+            retry_body: 1 << 20,
             suspect_for: Duration::from_secs(3),
             attempts: 3,
             hold: Duration::from_secs(10),
@@ -100,10 +106,10 @@ pub struct Gateway {
     routes: RwLock<HashMap<String, AppRoute>>,
     /// Counts changes to the set of apps routed (an app published or removed).
     apps_changed: tokio::sync::watch::Sender<u64>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpConnector, ForwardBody>,
     /// Hosts' HTX connections, and the pooled client whose connections are HTX streams.
     dialer: Arc<Dialer>,
-    htx_client: Client<HtxConnector, Full<Bytes>>,
+    htx_client: Client<HtxConnector, ForwardBody>,
     /// Each visitor address's token bucket.
     visitors: Option<RateLimit<IpAddr>>,
     /// Set once metrics are exported (`--metrics-listen`); nothing is recorded otherwise.
@@ -523,6 +529,7 @@ impl Gateway {
             path: path.clone(),
             reason,
         };
+        let request = request.map(|body| body.map_err(|never| match never {}).boxed_unsync());
         let response = tokio::time::timeout(timeout, self.client.request(request))
             .await
             .map_err(|_| ControlError::Timeout {
@@ -713,20 +720,8 @@ impl Gateway {
             return plain(404, &format!("no app named {app:?}"));
         }
         let (parts, body) = request.into_parts();
-        let body = match Limited::new(body, self.config.max_request_body)
-            .collect()
-            .await
-        {
-            Ok(body) => body.to_bytes(),
-            Err(err) if err.is::<http_body_util::LengthLimitError>() => {
-                return plain(
-                    413,
-                    &format!(
-                        "request body larger than {} bytes",
-                        self.config.max_request_body
-                    ),
-                );
-            }
+        let mut body = match RequestBody::read(body, self.config.retry_body).await {
+            Ok(body) => body,
             Err(err) => return plain(400, &format!("request body could not be read: {err}")),
         };
         // Try the replicas; when none can take the request right now (a primary being moved
@@ -751,11 +746,29 @@ impl Gateway {
                     self.wake(&app).await;
                 }
             }
+            if body.streams() {
+                // A streamed body is sent once: to the primary, which can take writes.
+                if let Some(primary) = self.primary(&app)
+                    && let Some(at) = replicas.iter().position(|r| Arc::ptr_eq(r, &primary))
+                {
+                    replicas.swap(0, at);
+                }
+            }
             let mut tried = 0;
             while tried < replicas.len().min(self.config.attempts.max(1) + 1) {
                 let replica = replicas[tried].clone();
                 tried += 1;
-                match self.forward(&replica, &app, &path, &parts, &body).await {
+                let Some(sent) = body.take() else {
+                    return plain(
+                        502,
+                        &format!(
+                            "app {app:?} could not take this request ({last_error}); its body \
+                             (over {} bytes) streamed and is not resent",
+                            self.config.retry_body
+                        ),
+                    );
+                };
+                match self.forward(&replica, &app, &path, &parts, sent).await {
                     Forwarded::Answer(response) => return response,
                     Forwarded::TimedOut => {
                         return plain(
@@ -909,7 +922,7 @@ impl Gateway {
         app: &str,
         path: &str,
         parts: &http::request::Parts,
-        body: &Bytes,
+        body: ForwardBody,
     ) -> Forwarded {
         // A host that listens for HTX is dialled; one behind NAT is reached on the connection it
         // attached to this router with; plain HTTP is for local development. Both pooled clients
@@ -953,7 +966,7 @@ impl Gateway {
         let forward = forward
             .header(http::header::HOST, format!("{app}.localhost"))
             .header("x-fog-app", app)
-            .body(Full::new(body.clone()));
+            .body(body);
         let mut forward = match forward {
             Ok(forward) => forward,
             Err(err) => return Forwarded::Answer(plain(400, &format!("bad request: {err}"))),
@@ -1031,6 +1044,71 @@ impl Gateway {
                 }
             }
             Err(_) => Forwarded::TimedOut,
+        }
+    }
+}
+
+/// A visitor's request body as the gateway holds it.
+enum RequestBody {
+    /// Small enough to keep: every retry resends it.
+    Kept(Bytes),
+    /// Larger: what was read so far and the rest still on the visitor's connection, forwarded
+    /// once.
+    Streaming(Option<ForwardBody>),
+}
+
+impl RequestBody {
+    /// Read `body` up to `keep` bytes; past that, stream it.
+    async fn read<B>(body: B, keep: usize) -> Result<RequestBody, BoxError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let mut body = Box::pin(body);
+        let mut kept = bytes::BytesMut::new();
+        loop {
+            match body.frame().await {
+                None => return Ok(RequestBody::Kept(kept.freeze())),
+                Some(Err(err)) => return Err(err.into()),
+                Some(Ok(frame)) => {
+                    // Trailers are not forwarded (the data is).
+                    if let Ok(data) = frame.into_data() {
+                        kept.extend_from_slice(&data);
+                    }
+                    if kept.len() > keep {
+                        let prefix = futures::stream::once(std::future::ready(Ok::<_, BoxError>(
+                            hyper::body::Frame::data(kept.freeze()),
+                        )));
+                        // A replica that answers before the end (a body over the app's limit)
+                        // leaves the rest to be read here, so the visitor gets the answer.
+                        let rest = http_body_util::BodyStream::new(
+                            fog_net::drain::DrainOnDrop::new(body)
+                                .map_err(|err| -> BoxError { err.into() }),
+                        );
+                        let chained = http_body_util::StreamBody::new(futures::StreamExt::chain(
+                            prefix, rest,
+                        ));
+                        return Ok(RequestBody::Streaming(Some(chained.boxed_unsync())));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the body streams (so it goes to one replica only).
+    fn streams(&self) -> bool {
+        matches!(self, RequestBody::Streaming(_))
+    }
+
+    /// The body to send to the next replica; `None` once a streamed body has been sent.
+    fn take(&mut self) -> Option<ForwardBody> {
+        match self {
+            RequestBody::Kept(bytes) => Some(
+                Full::new(bytes.clone())
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            ),
+            RequestBody::Streaming(body) => body.take(),
         }
     }
 }

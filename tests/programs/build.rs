@@ -11,6 +11,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("API", "api"),
     ("FILESERVER", "fileserver"),
     ("CANARY", "canary"),
+    ("UPLOAD", "upload"),
     ("INFINITE_LOOP", "hostile_infinite_loop"),
     ("MEMORY_BOMB", "hostile_memory_bomb"),
     ("STACK_OVERFLOW", "hostile_stack_overflow"),
@@ -131,6 +132,7 @@ const SHIPPED: &[(&str, &str)] = &[
     ("API", "api"),
     ("FILESERVER", "fileserver"),
     ("CANARY", "canary"),
+    ("UPLOAD", "upload"),
 ];
 
 fn list_files(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) {

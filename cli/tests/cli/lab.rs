@@ -398,6 +398,10 @@ fn start_router(
         format!("{addr}:{BETANET_PORT}"),
         "--attach".into(),
         format!("{addr}:{ATTACH_PORT}"),
+        // Every visitor of the lab is the one `visitor` node, and the load tests send hundreds
+        // of requests a second from it: the per-address limit would answer them 429.
+        "--visitor-rate".into(),
+        "0".into(),
     ];
     args.extend_from_slice(extra);
     let process = spawn_fog(lab, name, &args);
@@ -669,15 +673,18 @@ fn a_device_behind_120_ms_gets_no_tier_s_replica_while_faster_devices_have_room(
         .set_netem("dev4", Duration::from_millis(120), 0.0)
         .expect("delay on dev4's link");
     // Placement's view: every device measured and trusted enough for tier S, one of them slow.
+    // "Fast" is under half the added delay, not a few ms: on kernels without netem the lab's
+    // links are delay lines in this test process, and when the machine is saturated (other
+    // tests compiling components) every frame they forward waits for a core.
     let slow = |d: &DeviceInfo| d.rtt_ms.is_some_and(|ms| ms >= 100.0);
     let devices = fog.wait_devices(
-        Duration::from_secs(60),
-        "dev4's smoothed RTT over 100 ms, the others' under 20 ms, all trusted for tier S",
+        Duration::from_secs(120),
+        "dev4's smoothed RTT over 100 ms, the others' under 60 ms, all trusted for tier S",
         |d| {
             d.len() == 4
                 && d.iter().all(|d| d.trust >= 0.3 && d.rtt_ms.is_some())
                 && d.iter().filter(|d| slow(d)).count() == 1
-                && d.iter().all(|d| slow(d) || d.rtt_ms < Some(20.0))
+                && d.iter().all(|d| slow(d) || d.rtt_ms < Some(60.0))
         },
     );
     let dev4 = devices.iter().find(|d| slow(d)).unwrap();

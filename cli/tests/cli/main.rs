@@ -24,3 +24,4 @@ mod sites;
 pub mod state;
 mod traces;
 mod up;
+mod uploads;
