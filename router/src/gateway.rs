@@ -11,7 +11,7 @@ use fog_htx::mix::{MixMode, Relay};
 use fog_proto::ErrorKind;
 use fog_proto::api::{HtxEndpoint, ROUTES_VERSION_HEADER, RelayInfo, Route, RouteMode};
 use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -885,7 +885,15 @@ impl Gateway {
             .map_err(|e| format!("bad spot-check path: {e}"))?
             .into_parts();
         match self
-            .forward(&replica, APP, &challenge.path, &parts, &Bytes::new())
+            .forward(
+                &replica,
+                APP,
+                &challenge.path,
+                &parts,
+                Empty::<Bytes>::new()
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            )
             .await
         {
             Forwarded::Answer(response) => {
