@@ -284,8 +284,15 @@ impl Control {
 
     pub(crate) fn assignments_for(&self, device: &str) -> Result<Vec<Assignment>, StoreError> {
         let index = self.plan_index()?;
-        // Every device runs the canary beside its apps, for spot checks.
-        let canary = self.canary.assignment();
+        // Every device runs the canary beside its apps, for spot checks, while it offers
+        // capacity: a draining device lets go of it with its apps.
+        let harvestable = self
+            .live
+            .lock()
+            .expect("live lock")
+            .get(device)
+            .is_some_and(|l| l.heartbeat.harvestable);
+        let canary = self.canary.assignment().filter(|_| harvestable);
         let Some(names) = index.by_device.get(device) else {
             return Ok(canary.into_iter().collect());
         };
