@@ -24,6 +24,9 @@ else
   cargo build --locked -p fog -p fog-test-programs
 fi
 FOG="$CARGO_TARGET_DIR/$PROFILE/fog"
+# One operator's fog: the control plane takes this admission token, and the hosts (real and
+# simulated) register with it, so they are admitted.
+export FOG_ADMISSION_TOKEN="bench-admission-token-$$-$RANDOM"
 HELLO="$CARGO_TARGET_DIR/guests/wasm32-wasip2/release/hello.wasm"
 data=$(mktemp -d)
 pids=()

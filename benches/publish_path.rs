@@ -45,7 +45,8 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stop = || stopped(&stop_rx);
-        let (control_url, router_url) = support::control_and_router(dir.path(), &stop_rx).await;
+        let (control_url, router_url, token) =
+            support::control_and_router(dir.path(), &stop_rx).await;
         let runtime = Runtime::new(RuntimeConfig {
             data_dir: Some(dir.path().join("host")),
             pool_size: 100,
@@ -68,6 +69,7 @@ fn main() {
             harvest: None,
             htx: None,
             attacher: None,
+            admission_token: Some(token),
         };
         tokio::spawn(agent::run(
             runtime,

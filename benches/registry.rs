@@ -50,9 +50,11 @@ async fn control_with_devices(store: Arc<dyn Store>) -> (Arc<Control>, Vec<(Stri
     let mut devices = Vec::new();
     for _ in 0..DEVICES {
         let key = Identity::generate();
-        let registration =
-            br#"{"addr":"127.0.0.1:9","region":"r","cpu":64,"mem_mb":262144,"disk_mb":262144}"#
-                .to_vec();
+        let registration = serde_json::to_vec(&serde_json::json!({
+            "addr": "127.0.0.1:9", "region": "r", "cpu": 64, "mem_mb": 262144,
+            "disk_mb": 262144, "admission_token": control.admission_token().unwrap(),
+        }))
+        .unwrap();
         let response = control
             .handle(signed(&key, "POST", "/v1/devices", registration, ""))
             .await;

@@ -24,6 +24,9 @@ else
   cargo build --locked -p fog
 fi
 FOG="$CARGO_TARGET_DIR/$PROFILE/fog"
+# One operator's fog: the control plane takes this admission token, and the hosts (real and
+# simulated) register with it, so they are admitted.
+export FOG_ADMISSION_TOKEN="bench-admission-token-$$-$RANDOM"
 data=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$data"; }

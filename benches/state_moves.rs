@@ -26,7 +26,7 @@ use fog_test_programs as programs;
 mod support;
 use support::{Stop, stopped};
 
-async fn start_host(dir: &std::path::Path, control: &str, stop: &Stop) {
+async fn start_host(dir: &std::path::Path, control: &str, token: &str, stop: &Stop) {
     let identity = Identity::generate();
     let runtime = Runtime::new(RuntimeConfig {
         data_dir: Some(dir.to_path_buf()),
@@ -62,6 +62,7 @@ async fn start_host(dir: &std::path::Path, control: &str, stop: &Stop) {
         harvest: None,
         htx: Some(htx),
         attacher: None,
+        admission_token: Some(token.to_string()),
     };
     tokio::spawn(agent::run(runtime, apps, identity, config, stopped(stop)));
 }
@@ -197,9 +198,15 @@ fn main() {
     support::runtime().block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let (_stop_tx, stop) = tokio::sync::watch::channel(false);
-        let (control_url, router_url) = support::control_and_router(dir.path(), &stop).await;
+        let (control_url, router_url, token) = support::control_and_router(dir.path(), &stop).await;
         for i in 0..2 {
-            start_host(&dir.path().join(format!("host{i}")), &control_url, &stop).await;
+            start_host(
+                &dir.path().join(format!("host{i}")),
+                &control_url,
+                &token,
+                &stop,
+            )
+            .await;
         }
         tokio::time::sleep(Duration::from_secs(4)).await;
         let api = Api {

@@ -30,10 +30,12 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// A control plane (registry in `dir`) and a router on ephemeral ports: their URLs.
-pub async fn control_and_router(dir: &std::path::Path, stop: &Stop) -> (String, String) {
+/// A control plane (registry in `dir`) and a router on ephemeral ports: their URLs, and the
+/// admission token hosts register with.
+pub async fn control_and_router(dir: &std::path::Path, stop: &Stop) -> (String, String, String) {
     let store = SledStore::open(&dir.join("registry")).unwrap();
     let control = Control::new(Arc::new(store), ControlConfig::default());
+    let token = control.admission_token().unwrap();
     let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let control_url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(control::serve(listener, control.clone(), stopped(stop)));
@@ -45,7 +47,7 @@ pub async fn control_and_router(dir: &std::path::Path, stop: &Stop) -> (String, 
     let router_url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(fog_router::serve(listener, gateway.clone(), stopped(stop)));
     tokio::spawn(gateway.run_refresher(stopped(stop)));
-    (control_url, router_url)
+    (control_url, router_url, token)
 }
 
 /// Publish `bytes` as `name` (tier `tier`, signed with `key`) and wait until the router answers

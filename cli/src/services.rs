@@ -60,18 +60,32 @@ async fn start_metrics(
     Ok(Some(addr))
 }
 
+/// Where the control plane keeps a copy of the fog's admission token in its data directory
+/// (0600), for `fog admit` on the same machine.
+pub const ADMISSION_TOKEN_FILE: &str = "admission-token";
+
 /// Start the control plane on `listen` with its registry at `store` (and in `data`), set up by
 /// `config` (without `advertise`, it advertises the address it listens on: right for
-/// loopback and one machine).
+/// loopback and one machine). `admission_token`, if given, becomes the fog's admission token
+/// (otherwise the store's, made on first start). Returns the address, the admission token in
+/// force (also written to [`ADMISSION_TOKEN_FILE`] in `data`) and the tasks.
 pub async fn start_control(
     listen: SocketAddr,
     store: &StoreLocation,
     data: &Path,
     config: ControlConfig,
+    admission_token: Option<&str>,
     stop: Stop,
-) -> anyhow::Result<(SocketAddr, Vec<JoinHandle<()>>)> {
+) -> anyhow::Result<(SocketAddr, String, Vec<JoinHandle<()>>)> {
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
     let store = store.open(data).context("opening the registry")?;
+    if let Some(token) = admission_token {
+        control::admission::check_token(token).map_err(anyhow::Error::msg)?;
+        control::admission::set_token(store.as_ref(), token)
+            .context("writing the admission token")?;
+    }
+    let token = control::admission::token(store.as_ref()).context("reading the admission token")?;
+    write_private(&data.join(ADMISSION_TOKEN_FILE), token.as_bytes())?;
     let listener = server::bind(listen).await?;
     let addr = listener.local_addr()?;
     let advertise = config
@@ -93,7 +107,24 @@ pub async fn start_control(
     ));
     let presence = tokio::spawn(control.clone().run_presence(stop.clone().wait()));
     let reconciler = tokio::spawn(control.run_reconciler(stop.wait()));
-    Ok((addr, vec![api, presence, reconciler]))
+    Ok((addr, token, vec![api, presence, reconciler]))
+}
+
+/// Write `bytes` to `path`, readable by this user only.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    // An older file keeps its mode through `open`: tighten it.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(bytes)?;
+    Ok(())
 }
 
 /// Spot checks every `interval_s` seconds with the canary `fog` embeds; none for 0 (or
@@ -298,6 +329,7 @@ pub async fn start_relay(
     metrics: Option<SocketAddr>,
     control_url: &ControlUrls,
     data: &Path,
+    admission_token: Option<&str>,
     stop: Stop,
 ) -> anyhow::Result<(SocketAddr, Option<SocketAddr>, Vec<JoinHandle<()>>)> {
     let identity =
@@ -339,21 +371,35 @@ pub async fn start_relay(
         },
         stop.clone().wait(),
     ));
-    let info = fog_proto::api::RelayInfo {
+    let info = fog_proto::api::RelayRegistration {
         addr: addr.to_string(),
         key: hex::encode(key.public),
+        admission_token: admission_token.map(str::to_string),
     };
+    let relay_key = identity.public_hex();
     let api = crate::client::Api::with_identity(control_url, identity)?;
     let registration = tokio::spawn(async move {
         let stop = stop.wait();
         tokio::pin!(stop);
         let mut warned = false;
+        let mut pending_told = false;
         loop {
             match api
                 .post_json::<_, Vec<fog_proto::api::RelayInfo>>("/v1/relays", &info)
                 .await
             {
-                Ok(_) => warned = false,
+                Ok(listed) => {
+                    warned = false;
+                    // The answer lists admitted relays only.
+                    let admitted = listed.iter().any(|r| r.key == info.key);
+                    if !admitted && !pending_told {
+                        tracing::warn!(
+                            "relay pending admission: it is on no path until the operator runs \
+                             `fog admit {relay_key}` (or it registers with --admission-token)"
+                        );
+                    }
+                    pending_told = !admitted;
+                }
                 Err(err) if !warned => {
                     tracing::warn!("cannot register the relay: {err:#}");
                     warned = true;
@@ -509,6 +555,16 @@ pub struct HostArgs {
     /// or cheating device would (spot checks catch it, and the device loses its replicas).
     #[arg(long, hide = true)]
     pub corrupt_responses: bool,
+    /// The fog's admission token (the operator's `fog admit token`): the device is admitted
+    /// when it registers. Without it, it registers pending and gets no work until the operator
+    /// runs `fog admit DEVICE`.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "FOG_ADMISSION_TOKEN",
+        hide_env_values = true
+    )]
+    pub admission_token: Option<String>,
 }
 
 /// A price per CPU-hour from the command line: a finite number in [0, 1000], so a typo never
@@ -587,6 +643,7 @@ pub async fn start_host(
         harvest: None,
         htx: None,
         attacher: None,
+        admission_token: args.admission_token.clone().filter(|t| !t.is_empty()),
     };
     let mut tasks = Vec::new();
     let harvest = if args.always_on {

@@ -221,14 +221,30 @@ impl Control {
             ("POST", ["attach", "rtts"]) => self.router_rtts(request).await,
             ("POST", ["relays"]) => {
                 let (signer, body, _) = self.signed(request, 64 << 10).await?;
-                let relay: api::RelayInfo = serde_json::from_slice(&body)
+                let registration: api::RelayRegistration = serde_json::from_slice(&body)
                     .map_err(|e| ApiError::BadRequest(format!("malformed relay: {e}")))?;
+                // A wrong token is refused before anything is recorded.
+                if let Some(token) = &registration.admission_token {
+                    self.check_admission_token(token)?;
+                }
+                let relay = api::RelayInfo {
+                    addr: registration.addr,
+                    key: registration.key,
+                };
                 self.registrations
                     .register_relay(&signer, relay)
                     .map_err(ApiError::BadRequest)?;
-                Ok(json(200, &self.registrations.relays()))
+                if registration.admission_token.is_some() {
+                    self.admit(&signer, crate::admission::AdmittedBy::Token)?;
+                } else if !self.is_admitted(&signer)? {
+                    tracing::info!(relay = signer, "relay registered, pending admission");
+                }
+                Ok(json(200, &self.admitted_relays()?))
             }
-            ("GET", ["relays"]) => Ok(json(200, &self.registrations.relays())),
+            // Only admitted relays: a pending one is never on a path.
+            ("GET", ["relays"]) => Ok(json(200, &self.admitted_relays()?)),
+            ("POST", ["admissions"]) => self.admit_request(request).await,
+            ("GET", ["pending"]) => Ok(json(200, &self.pending()?)),
             ("POST", ["onion-keys"]) => {
                 let (signer, _, _) = self.signed(request, api::MAX_JSON_BYTES).await?;
                 self.trusted_router(&signer, "with onion keys")?;
@@ -252,7 +268,7 @@ impl Control {
                 _,
                 [
                     "apps" | "bundles" | "devices" | "blobs" | "routes" | "fronts" | "relays"
-                    | "names" | "onion-keys" | "attach",
+                    | "names" | "onion-keys" | "attach" | "admissions" | "pending",
                     ..,
                 ],
             ) => Err(ApiError::MethodNotAllowed(format!(

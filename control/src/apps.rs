@@ -170,12 +170,8 @@ impl Control {
                 wanted.to
             )));
         }
-        if self
-            .handovers
-            .lock()
-            .expect("handovers lock")
-            .contains_key(name)
-        {
+        // The store, not this control plane's memory: the leader may be another.
+        if self.stored_handover(name)?.is_some() {
             return Err(ApiError::Conflict(format!("{name:?} is already moving")));
         }
         self.store.put(Table::Moves, name, wanted.to.as_bytes())?;
@@ -426,7 +422,7 @@ impl Control {
                 if let Some(load) = self.loads.lock().expect("loads lock").get_mut(name) {
                     load.active = Instant::now();
                 }
-                self.events.record(
+                self.record_event(
                     name,
                     format!("woken by a request: {} replica(s)", record.replicas),
                 );
@@ -464,16 +460,13 @@ impl Control {
             self.store.flush()?;
         }
         self.logs.forget(self.store.as_ref(), name)?;
-        self.events.forget(name);
         self.public_names
             .lock()
             .expect("names lock")
             .retain(|(_, app), _| app != name);
-        self.handovers.lock().expect("handovers lock").remove(name);
+        self.forget_soft_state(name)?;
         self.store.delete(Table::Moves, name)?;
-        self.restores.lock().expect("restores lock").remove(name);
         self.loads.lock().expect("loads lock").remove(name);
-        self.parked.lock().expect("parked lock").remove(name);
         self.bump();
         self.changed.notify_one();
         Ok(json(200, &serde_json::json!({ "removed": name })))

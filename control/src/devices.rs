@@ -58,7 +58,30 @@ impl Control {
             )));
         }
         registration.validate().map_err(ApiError::BadRequest)?;
+        // A wrong token is refused before anything is recorded.
+        if let Some(token) = &registration.admission_token {
+            self.check_admission_token(token)?;
+        }
         let id = auth::device_id(&signer);
+        // Strangers' devices wait in the registry for the operator; a flood of fresh keys must
+        // not fill it.
+        if registration.admission_token.is_none()
+            && self.store.get(Table::Devices, &id)?.is_none()
+            && !self.is_admitted(&signer)?
+        {
+            let admitted = self.admitted_keys()?;
+            let waiting = self
+                .devices()?
+                .iter()
+                .filter(|d| !admitted.contains(&d.public_key))
+                .count();
+            if waiting >= self.config.max_pending_devices {
+                return Err(ApiError::Unavailable(format!(
+                    "{waiting} devices are already waiting for admission: register with the \
+                     admission token, or ask the operator to admit some first"
+                )));
+            }
+        }
         let record = DeviceRecord {
             id: id.clone(),
             public_key: signer,
@@ -72,9 +95,24 @@ impl Control {
         };
         self.store.put(Table::Devices, &id, &encode(&record))?;
         self.store.flush()?;
-        tracing::info!(device = id, addr = record.addr, "device registered");
+        if registration.admission_token.is_some() {
+            self.admit(&record.public_key, crate::admission::AdmittedBy::Token)?;
+        }
+        let admitted = self.is_admitted(&record.public_key)?;
+        tracing::info!(
+            device = id,
+            addr = record.addr,
+            admitted,
+            "device registered"
+        );
         self.changed.notify_one();
-        Ok(json(200, &DeviceRegistered { device_id: id }))
+        Ok(json(
+            200,
+            &DeviceRegistered {
+                device_id: id,
+                admitted,
+            },
+        ))
     }
 
     pub(crate) async fn heartbeat<B>(

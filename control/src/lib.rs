@@ -1,7 +1,8 @@
 //! The control plane (`fog control`): the registry, the versioned HTTP/JSON API and the reconcile
 //! loop that turns apps and devices into assignments with [`fog_scheduler::placement::plan`].
 //!
-//! Persistent state (apps, devices, placements, blobs) lives in a [`store::Store`]; soft state
+//! Persistent state (apps, devices, placements, blobs, and handovers in flight, parked apps,
+//! pending restores and recent events: see [`soft`]) lives in a [`store::Store`]; soft state
 //! (heartbeats, recent request lines) lives in memory and is rebuilt from the devices within a
 //! heartbeat of a restart. A device that misses three heartbeats, or reports it may not be
 //! harvested, loses its replicas at the next reconcile.
@@ -11,6 +12,7 @@
 //! places replicas and leads handovers, `views` answers `fog ps`, `fog devices`, routes and
 //! names; every refusal is an [`ApiError`].
 
+pub mod admission;
 pub mod api;
 mod apps;
 pub mod autoscale;
@@ -30,6 +32,7 @@ pub mod replay;
 pub mod replicas;
 mod secrets;
 mod sites;
+pub mod soft;
 pub mod store;
 pub mod trust;
 pub mod usage;
@@ -92,6 +95,14 @@ pub struct ControlConfig {
     /// The canary component placed on every device and how often each is spot-checked
     /// (`fog control --canary-interval`); `None`: no spot checks.
     pub canary: Option<canary::CanaryConfig>,
+    /// Most devices that may wait for admission at once; past it a new device without the
+    /// admission token is refused (503) until the operator admits some: a flood of freshly
+    /// made keys cannot fill the registry.
+    pub max_pending_devices: usize,
+    /// Test only (`FOG_TEST_HOLD_HANDOVER` on `fog control`): a handover that reaches its
+    /// fencing phase stays there under this control plane and never completes, so a test can
+    /// kill the leader with a handover in flight. Never set in production.
+    pub hold_handovers: bool,
 }
 
 /// The default per-key limit: ten heartbeats a second (the most a host sends) and a developer's
@@ -120,6 +131,8 @@ impl Default for ControlConfig {
             secrets_key: None,
             advertise: None,
             canary: None,
+            max_pending_devices: admission::MAX_PENDING_DEVICES,
+            hold_handovers: false,
         }
     }
 }
@@ -154,16 +167,17 @@ pub struct Control {
     public_names: Mutex<HashMap<(String, String), Arc<names::PublicNames>>>,
     /// Betanet fronts and mix relays that registered recently.
     registrations: names::Registrations,
-    /// Primaries moving between devices, by app.
+    /// Primaries moving between devices, by app: the leader's working copy of
+    /// [`store::Table::Handovers`].
     handovers: Mutex<HashMap<String, replicas::Handover>>,
-    /// New primaries that must restore the control plane's snapshot first: app → device.
+    /// New primaries that must restore the control plane's snapshot first: app → device (the
+    /// leader's working copy of [`store::Table::Restores`]).
     restores: Mutex<HashMap<String, String>>,
-    /// Recent events per app.
-    events: replicas::Events,
     /// What the autoscaler remembers of each autoscaled app.
     loads: Mutex<HashMap<String, autoscale::AppLoad>>,
-    /// Apps at zero replicas: the devices that last ran them (and hold their state).
-    parked: Mutex<HashMap<String, Vec<String>>>,
+    /// Whether the handovers and restores above were loaded from the store since this
+    /// control plane last became the leader (see [`soft`]).
+    soft_loaded: std::sync::atomic::AtomicBool,
     /// Signed requests seen inside the skew window: each is accepted once.
     replays: replay::ReplayGuard,
     /// Each signing key's token bucket.
@@ -234,9 +248,8 @@ impl Control {
             registrations: names::Registrations::default(),
             handovers: Mutex::new(HashMap::new()),
             restores: Mutex::new(HashMap::new()),
-            events: replicas::Events::default(),
             loads: Mutex::new(HashMap::new()),
-            parked: Mutex::new(HashMap::new()),
+            soft_loaded: std::sync::atomic::AtomicBool::new(false),
             replays: replay::ReplayGuard::default(),
             key_limit,
             phase_changed: std::sync::atomic::AtomicBool::new(false),

@@ -234,6 +234,11 @@ impl Registrations {
 }
 
 fn fresh<T: Clone>(table: &Mutex<HashMap<String, (T, Instant)>>) -> Vec<T> {
+    fresh_by_key(table).into_iter().map(|(_, v)| v).collect()
+}
+
+/// The registrations that are still fresh, with their keys, in key order.
+fn fresh_by_key<T: Clone>(table: &Mutex<HashMap<String, (T, Instant)>>) -> Vec<(String, T)> {
     let ttl = Duration::from_millis(REGISTRATION_TTL_MS);
     let mut table = table.lock().expect("registrations lock");
     table.retain(|_, (_, at)| at.elapsed() < ttl);
@@ -242,7 +247,7 @@ fn fresh<T: Clone>(table: &Mutex<HashMap<String, (T, Instant)>>) -> Vec<T> {
         .map(|(k, (v, _))| (k.clone(), v.clone()))
         .collect();
     fresh.sort_by(|a, b| a.0.cmp(&b.0));
-    fresh.into_iter().map(|(_, v)| v).collect()
+    fresh
 }
 
 fn check_key(hex_key: &str, what: &str) -> Result<(), String> {
@@ -305,9 +310,16 @@ impl Registrations {
         fresh(&self.fronts)
     }
 
-    /// Relays that registered recently.
+    /// Relays that registered recently, admitted or not (lists given out are filtered by
+    /// admission: see [`Registrations::relays_by_signer`]).
     pub fn relays(&self) -> Vec<RelayInfo> {
         fresh(&self.relays)
+    }
+
+    /// Relays that registered recently, with the key each signed with (the key admission is
+    /// decided on).
+    pub fn relays_by_signer(&self) -> Vec<(String, RelayInfo)> {
+        fresh_by_key(&self.relays)
     }
 }
 

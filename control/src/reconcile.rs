@@ -54,12 +54,11 @@ impl Control {
             if let Some(decision) = decision {
                 let _guard = self.writes.lock().expect("writes lock");
                 if decision.replicas == 0 {
-                    // Remember where the state is, to wake there.
+                    // Remember where the state is, to wake there (in the store: the control
+                    // plane that wakes it may be another, or this one restarted).
                     if let Some(placement) = self.placements()?.get(&name) {
-                        self.parked
-                            .lock()
-                            .expect("parked lock")
-                            .insert(name.clone(), placement.devices.clone());
+                        self.store
+                            .put(Table::Parked, &name, &encode(&placement.devices))?;
                     }
                 }
                 // The record read above may be stale by now: change only the replica count.
@@ -71,7 +70,7 @@ impl Control {
                 });
                 match scaled {
                     Ok(_) => {
-                        self.events.record(&name, decision.reason);
+                        self.record_event(&name, decision.reason);
                         changed = true;
                     }
                     // Removed meanwhile.
@@ -88,7 +87,8 @@ impl Control {
     /// start-up grace period of `missed_heartbeats` intervals).
     pub fn reconcile(&self) -> Result<(), StoreError> {
         let mut apps = self.apps()?;
-        let devices = self.devices()?;
+        // Only admitted devices are placed on: a pending one is never given work.
+        let devices = self.admitted_devices()?;
         let placements = self.placements()?;
         let in_grace =
             self.started.elapsed() < self.config.heartbeat_interval * self.config.missed_heartbeats;
@@ -210,7 +210,7 @@ impl Control {
                 demand
             })
             .collect();
-        let parked = self.parked.lock().expect("parked lock").clone();
+        let parked = self.parked()?;
         let current: placement::Assignment = placements
             .iter()
             .map(|(app, p)| {
@@ -299,9 +299,9 @@ impl Control {
                 .get(&app.name)
                 .cloned()
                 .unwrap_or_default();
-            let devices = self.lead(app, &old, planned, &reports, &alive);
-            if !devices.is_empty() {
-                self.parked.lock().expect("parked lock").remove(&app.name);
+            let devices = self.lead(app, &old, planned, &reports, &alive)?;
+            if !devices.is_empty() && parked.contains_key(&app.name) {
+                self.store.delete(Table::Parked, &app.name)?;
             }
             // A partial plan says nothing new about the apps it left alone.
             let problem = if full || pending.contains(&app.name) {
@@ -328,7 +328,9 @@ impl Control {
     }
 
     /// Decide an app's placement from the planner's: keep or promote the primary, or run a
-    /// handover while the old primary is alive (see [`replicas`]).
+    /// handover while the old primary is alive (see [`replicas`]). Every handover and restore
+    /// it starts, advances or ends is written to the store before it takes effect (see
+    /// [`crate::soft`]).
     pub(crate) fn lead(
         &self,
         app: &AppRecord,
@@ -336,29 +338,42 @@ impl Control {
         planned: Vec<String>,
         reports: &HashMap<(String, String), api::RunningApp>,
         alive: &dyn Fn(&str) -> bool,
-    ) -> Vec<String> {
+    ) -> Result<Vec<String>, StoreError> {
         let report = |d: &str| reports.get(&(d.to_string(), app.name.clone()));
         let mut handovers = self.handovers.lock().expect("handovers lock");
         // A handover in progress decides the placement until it ends.
-        if let Some(handover) = handovers.get_mut(&app.name) {
-            let phase = handover.phase;
-            match handover.step(report(&handover.from), report(&handover.to)) {
+        if let Some(handover) = handovers.get(&app.name) {
+            if self.config.hold_handovers && handover.phase == replicas::Phase::Fencing {
+                // Test only: held mid-way until another leader takes it over.
+                return Ok(handover.devices());
+            }
+            let mut next = handover.clone();
+            match next.step(report(&next.from), report(&next.to)) {
                 replicas::Step::Continue(devices) => {
-                    if handover.phase != phase {
+                    if next.phase != handover.phase {
+                        // Stored first: the primary is fenced only once the next leader
+                        // would know it is.
+                        self.save_handover(&app.name, &next)?;
                         // The primary must learn of its fence now, not at its next heartbeat.
                         self.phase_changed
                             .store(true, std::sync::atomic::Ordering::Release);
                     }
-                    return devices;
+                    handovers.insert(app.name.clone(), next);
+                    return Ok(devices);
                 }
                 replicas::Step::Done(devices, event) => {
-                    self.events.record(&app.name, event);
+                    // The record goes before the new placement is written: a leader dying
+                    // in between leaves the old primary in place, with every write it
+                    // acknowledged (a rollback), never two primaries.
+                    self.store.delete(Table::Handovers, &app.name)?;
                     handovers.remove(&app.name);
-                    return devices;
+                    self.record_event(&app.name, event);
+                    return Ok(devices);
                 }
                 replicas::Step::Abort(reason) => {
-                    self.events.abandon(&app.name, &handover.to, &reason);
+                    self.store.delete(Table::Handovers, &app.name)?;
                     handovers.remove(&app.name);
+                    self.abandon_move(&app.name, &next.to, &reason);
                 }
             }
         }
@@ -410,34 +425,44 @@ impl Control {
                     fenced_at: None,
                     others,
                 };
-                self.events.record(
+                self.save_handover(&app.name, &handover)?;
+                self.record_event(
                     &app.name,
                     format!("moving from {primary} to {to} ({reason})"),
                 );
                 let devices = handover.devices();
                 handovers.insert(app.name.clone(), handover);
-                return devices;
+                return Ok(devices);
             }
         }
         drop(handovers);
-        {
-            // A restore is done once the device reports the app.
-            let mut restores = self.restores.lock().expect("restores lock");
-            if restores.get(&app.name).is_some_and(|d| report(d).is_some()) {
-                restores.remove(&app.name);
-            }
+        // A restore is done once the device reports the app.
+        let restored = self
+            .restores
+            .lock()
+            .expect("restores lock")
+            .get(&app.name)
+            .is_some_and(|d| report(d).is_some());
+        if restored {
+            self.store.delete(Table::Restores, &app.name)?;
+            self.restores
+                .lock()
+                .expect("restores lock")
+                .remove(&app.name);
         }
         let (devices, promotion) =
             replicas::order(old, planned, |d| report(d).map(|r| r.state_seq));
         if let Some(event) = promotion {
-            self.events.record(&app.name, event);
+            self.record_event(&app.name, event);
         } else if !old.is_empty() && devices.first().is_some_and(|d| !old.contains(d)) {
             // No replica survived: the new primary starts from the last snapshot.
+            self.store
+                .put(Table::Restores, &app.name, devices[0].as_bytes())?;
             self.restores
                 .lock()
                 .expect("restores lock")
                 .insert(app.name.clone(), devices[0].clone());
-            self.events.record(
+            self.record_event(
                 &app.name,
                 format!(
                     "no replica survived: {} restores the last snapshot",
@@ -445,7 +470,7 @@ impl Control {
                 ),
             );
         }
-        devices
+        Ok(devices)
     }
 
     /// Take part in the election, and reconcile only as the leader, with every write fenced by
@@ -457,11 +482,20 @@ impl Control {
                 if !self.leading.swap(true, Ordering::AcqRel) {
                     tracing::info!(id = self.id, "leading: this control plane reconciles");
                 }
-                crate::store::as_leader(|| self.reconcile())
+                crate::store::as_leader(|| {
+                    // Resume what the last leader left in flight before deciding anything.
+                    if !self.soft_loaded.load(Ordering::Acquire) {
+                        self.load_soft_state()?;
+                        self.soft_loaded.store(true, Ordering::Release);
+                    }
+                    self.reconcile()
+                })
             }
             Leadership::Follower { leader } => {
                 if self.leading.swap(false, Ordering::AcqRel) {
                     tracing::warn!(id = self.id, ?leader, "no longer leading");
+                    self.soft_loaded.store(false, Ordering::Release);
+                    self.drop_soft_state();
                 } else {
                     tracing::debug!(id = self.id, ?leader, "following");
                 }

@@ -13,23 +13,21 @@
 //!   the old one is dropped. No acknowledged write is lost and no request fails: the pause is
 //!   the fencing phase, during which routers hold requests.
 //!
-//! Handovers and recent events are soft state: a restarted control plane abandons a handover
-//! (the old primary stays primary) and lists events from its start.
+//! Handovers in flight, pending restores and recent events are kept in the store (see
+//! [`crate::soft`]): the leader writes each handover's phase before it takes effect, so the
+//! control plane that leads next, or a restarted one, resumes it where it was.
 
-use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use fog_proto::api::{ReplicaRole, RunningApp};
+use serde::{Deserialize, Serialize};
 
 /// How long the target may take to catch up.
 pub const COPY_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the old primary may take to finish in-flight requests once fenced.
 pub const FENCE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Events kept per app.
-const EVENTS_KEPT: usize = 20;
-
 /// Where a handover is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Phase {
     /// The target follows the primary's log.
     Copying,
@@ -54,6 +52,59 @@ pub struct Handover {
     pub fenced_at: Option<Instant>,
     /// The other replicas to keep (followers), and those to have once it is done.
     pub others: Vec<String>,
+}
+
+/// A handover as the store keeps it: its times as Unix ms, since an [`Instant`] means
+/// nothing to another process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoverRecord {
+    /// The current primary.
+    pub from: String,
+    /// The new primary.
+    pub to: String,
+    /// Where it is.
+    pub phase: Phase,
+    /// Why it happens.
+    pub reason: String,
+    /// When it started (Unix ms).
+    pub started_ms: u64,
+    /// When fencing started (Unix ms).
+    pub fenced_at_ms: Option<u64>,
+    /// The other replicas.
+    pub others: Vec<String>,
+}
+
+impl Handover {
+    /// The record to store, `now_ms` being the wall clock now.
+    pub fn to_record(&self, now_ms: u64) -> HandoverRecord {
+        let at = |i: Instant| now_ms.saturating_sub(i.elapsed().as_millis() as u64);
+        HandoverRecord {
+            from: self.from.clone(),
+            to: self.to.clone(),
+            phase: self.phase,
+            reason: self.reason.clone(),
+            started_ms: at(self.started),
+            fenced_at_ms: self.fenced_at.map(at),
+            others: self.others.clone(),
+        }
+    }
+
+    /// The handover `record` describes, its timeouts counting the time it already ran.
+    pub fn from_record(record: HandoverRecord, now_ms: u64) -> Handover {
+        let at = |ms: u64| {
+            let ago = Duration::from_millis(now_ms.saturating_sub(ms));
+            Instant::now().checked_sub(ago).unwrap_or_else(Instant::now)
+        };
+        Handover {
+            started: at(record.started_ms),
+            fenced_at: record.fenced_at_ms.map(at),
+            from: record.from,
+            to: record.to,
+            phase: record.phase,
+            reason: record.reason,
+            others: record.others,
+        }
+    }
 }
 
 /// What one step of a handover decided.
@@ -140,65 +191,6 @@ impl Handover {
     }
 }
 
-/// Recent events per app (handovers, promotions, restores, scaling).
-#[derive(Debug, Default)]
-pub struct Events {
-    by_app: std::sync::Mutex<HashMap<String, VecDeque<String>>>,
-    /// Apps whose latest event is an abandoned move, and why: `fog move` waits on this, a
-    /// type, rather than on the words of the event.
-    abandoned: std::sync::Mutex<HashMap<String, String>>,
-}
-
-impl Events {
-    /// Record `event` for `app`, stamped with the time.
-    pub fn record(&self, app: &str, event: String) {
-        self.abandoned.lock().expect("events lock").remove(app);
-        tracing::info!(app, "{event}");
-        let stamp = chrono::Utc::now().format("%H:%M:%S");
-        let mut by_app = self.by_app.lock().expect("events lock");
-        let kept = by_app.entry(app.to_string()).or_default();
-        kept.push_back(format!("{stamp} {event}"));
-        while kept.len() > EVENTS_KEPT {
-            kept.pop_front();
-        }
-    }
-
-    /// Record that `app`'s move to `to` was abandoned, and why.
-    pub fn abandon(&self, app: &str, to: &str, reason: &str) {
-        let event = format!("move to {to} abandoned: {reason}");
-        self.record(app, event.clone());
-        self.abandoned
-            .lock()
-            .expect("events lock")
-            .insert(app.to_string(), event);
-    }
-
-    /// Why `app`'s last move was abandoned, if that is its latest event.
-    pub fn abandoned(&self, app: &str) -> Option<String> {
-        self.abandoned
-            .lock()
-            .expect("events lock")
-            .get(app)
-            .cloned()
-    }
-
-    /// The events of `app`, oldest first.
-    pub fn of(&self, app: &str) -> Vec<String> {
-        self.by_app
-            .lock()
-            .expect("events lock")
-            .get(app)
-            .map(|e| e.iter().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    /// Forget `app`.
-    pub fn forget(&self, app: &str) {
-        self.by_app.lock().expect("events lock").remove(app);
-        self.abandoned.lock().expect("events lock").remove(app);
-    }
-}
-
 /// Order a new placement: the old primary stays first if it is kept; otherwise the surviving
 /// replica with the highest sequence number leads (a promotion). `seq` gives what each device
 /// reports for the app.
@@ -239,6 +231,33 @@ pub fn order(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn a_stored_handover_keeps_its_phase_and_the_time_it_ran() {
+        let h = Handover {
+            from: "a".into(),
+            to: "b".into(),
+            phase: Phase::Fencing,
+            reason: "requested".into(),
+            started: Instant::now() - Duration::from_secs(10),
+            fenced_at: Some(Instant::now() - Duration::from_secs(2)),
+            others: vec!["c".into()],
+        };
+        let now = 1_000_000_000;
+        let record = h.to_record(now);
+        assert!((9_900..=10_100).contains(&(now - record.started_ms)));
+        let back = Handover::from_record(record.clone(), now);
+        assert_eq!(back.phase, Phase::Fencing);
+        assert_eq!(back.devices(), h.devices());
+        let ran = back.started.elapsed();
+        assert!(
+            ran >= Duration::from_millis(9_900) && ran < Duration::from_secs(11),
+            "{ran:?}"
+        );
+        let fenced = back.fenced_at.unwrap().elapsed();
+        assert!(fenced >= Duration::from_millis(1_900) && fenced < Duration::from_secs(3));
+    }
 
     fn running(seq: u64, role: ReplicaRole, caught_up: bool, fenced: bool) -> RunningApp {
         RunningApp {

@@ -45,11 +45,25 @@ pub enum Table {
     Logs,
     /// What each app may reach and is given beyond its code ([`AppSettings`]), by app name.
     Settings,
+    /// Handovers in flight ([`crate::replicas::HandoverRecord`]), by app name: written by the
+    /// leader before each step takes effect, so the next leader resumes them.
+    Handovers,
+    /// Apps parked at zero replicas: the devices that last ran them and hold their state
+    /// (`Vec<String>`), by app name.
+    Parked,
+    /// New primaries that must restore the snapshot first: the device id, by app name.
+    Restores,
+    /// Each app's recent events ([`crate::soft::EventsRecord`]), by app name.
+    Events,
+    /// Device and relay keys admitted to the fog ([`crate::admission::AdmissionRecord`]), by
+    /// public key (hex): only these are given work or listed. In the store, so every control
+    /// plane sharing it agrees.
+    Admitted,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 14] = [
+    pub const ALL: [Table; 19] = [
         Table::Apps,
         Table::Devices,
         Table::Placements,
@@ -64,6 +78,11 @@ impl Table {
         Table::Moves,
         Table::Logs,
         Table::Settings,
+        Table::Handovers,
+        Table::Parked,
+        Table::Restores,
+        Table::Events,
+        Table::Admitted,
     ];
 
     /// The table's position in [`Table::ALL`].
@@ -96,6 +115,11 @@ impl Table {
             Table::Moves => "moves",
             Table::Logs => "logs",
             Table::Settings => "settings",
+            Table::Handovers => "handovers",
+            Table::Parked => "parked",
+            Table::Restores => "restores",
+            Table::Events => "events",
+            Table::Admitted => "admitted",
         }
     }
 }

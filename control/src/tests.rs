@@ -5,6 +5,7 @@ mod canary;
 mod etcd;
 mod market;
 mod settings;
+mod soft;
 mod store;
 
 use std::sync::Arc;
@@ -122,6 +123,13 @@ fn request(
         builder = builder.header(*name, *value);
     }
     builder.body(Full::new(Bytes::from(body))).unwrap()
+}
+
+/// `registration` (a device's JSON) with the fog's admission token, so the device is admitted.
+fn admitted(control: &Control, registration: &[u8]) -> Vec<u8> {
+    let mut value: serde_json::Value = serde_json::from_slice(registration).unwrap();
+    value["admission_token"] = control.admission_token().unwrap().into();
+    serde_json::to_vec(&value).unwrap()
 }
 
 fn signed(
@@ -676,7 +684,10 @@ async fn publishing_between_full_plans_places_the_new_app_and_moves_no_other(bac
     );
     let devices: Vec<Identity> = (0..4).map(|_| Identity::generate()).collect();
     for device in &devices {
-        let registration = br#"{"region":"r","cpu":1,"mem_mb":1024,"disk_mb":1024}"#.to_vec();
+        let registration = admitted(
+            &control,
+            br#"{"region":"r","cpu":1,"mem_mb":1024,"disk_mb":1024}"#,
+        );
         let registered = control
             .handle(signed(device, "POST", "/v1/devices", registration, ""))
             .await;
@@ -752,7 +763,10 @@ async fn together_then_reconcile(backend: &Backend, busy_cores: f64) -> Vec<Stri
         .map(|d| auth::device_id(&d.public_hex()))
         .collect();
     for device in &devices {
-        let registration = br#"{"region":"r","cpu":1,"mem_mb":4096,"disk_mb":4096}"#.to_vec();
+        let registration = admitted(
+            &control,
+            br#"{"region":"r","cpu":1,"mem_mb":4096,"disk_mb":4096}"#,
+        );
         let registered = control
             .handle(signed(device, "POST", "/v1/devices", registration, ""))
             .await;
@@ -840,4 +854,40 @@ async fn a_busy_app_is_moved_off_a_device_it_overloads_and_an_idle_one_is_not(ba
         busy.iter().any(|e| e.contains("moving from")),
         "an overloaded device's apps are spread: {busy:?}"
     );
+}
+
+#[tokio::test]
+async fn a_flood_of_strangers_devices_stops_at_the_pending_cap_and_admitted_ones_still_register() {
+    const CAP: usize = 8;
+    let control = Control::new(
+        Arc::new(SledStore::temporary().unwrap()),
+        ControlConfig {
+            max_pending_devices: CAP,
+            ..ControlConfig::default()
+        },
+    );
+    let registration = br#"{"region":"r","cpu":1,"mem_mb":1024,"disk_mb":1024}"#;
+    let register = |key: &Identity, body: Vec<u8>| {
+        let control = control.clone();
+        let request = signed(key, "POST", "/v1/devices", body, "");
+        async move { control.handle(request).await }
+    };
+    let first = Identity::generate();
+    assert_eq!(register(&first, registration.to_vec()).await.status(), 200);
+    for _ in 1..CAP {
+        let answer = register(&Identity::generate(), registration.to_vec()).await;
+        assert_eq!(answer.status(), 200);
+    }
+    let refused = register(&Identity::generate(), registration.to_vec()).await;
+    assert_eq!(refused.status(), 503);
+    let text = String::from_utf8_lossy(&body(refused).await).into_owned();
+    assert!(text.contains("waiting for admission"), "{text}");
+    // A pending device already known may register again; one with the token is admitted.
+    assert_eq!(register(&first, registration.to_vec()).await.status(), 200);
+    let with_token = admitted(&control, registration);
+    assert_eq!(
+        register(&Identity::generate(), with_token).await.status(),
+        200
+    );
+    assert_eq!(control.devices().unwrap().len(), CAP + 1);
 }

@@ -75,6 +75,7 @@ impl Control {
             None => None,
         };
         let running = self.running_on().remove(&app.name).unwrap_or_default();
+        let events = self.events_of(&app.name)?;
         let terms: Option<AppTerms> = match self.store.get(Table::Terms, &app.name)? {
             Some(bytes) => Some(decode(Table::Terms, &app.name, &bytes)?),
             None => None,
@@ -96,8 +97,8 @@ impl Control {
             problem: placement.and_then(|p| p.problem),
             updated_ms: app.updated_ms,
             betanet: self.public_names(app)?.names.clone(),
-            events: self.events.of(&app.name),
-            move_abandoned: self.events.abandoned(&app.name),
+            events: events.events,
+            move_abandoned: events.abandoned,
             onion: Some(self.public_names(app)?.onion.clone()),
             autoscale: match self.store.get(Table::Scaling, &app.name)? {
                 Some(bytes) => Some(decode(Table::Scaling, &app.name, &bytes)?),
@@ -106,11 +107,9 @@ impl Control {
             max_price: terms.as_ref().and_then(|t| t.max_price),
             bid: terms.map(|t| t.bid).unwrap_or_default(),
             allow_outbound: self.settings(&app.name)?.allow_outbound,
+            // From the store: any control plane, leading or not, answers the same.
             moving: self
-                .handovers
-                .lock()
-                .expect("handovers lock")
-                .get(&app.name)
+                .stored_handover(&app.name)?
                 .map(|h| format!("{} -> {} ({:?})", h.from, h.to, h.phase).to_lowercase()),
         })
     }
@@ -121,6 +120,7 @@ impl Control {
 
     pub(crate) fn device_infos(&self) -> Result<Vec<DeviceInfo>, StoreError> {
         let placements = self.placements()?;
+        let admitted = self.admitted_keys()?;
         let live = self.live.lock().expect("live lock");
         self.devices()?
             .into_iter()
@@ -158,6 +158,7 @@ impl Control {
                                 .collect()
                         })
                         .unwrap_or_default(),
+                    admitted: admitted.contains(&d.public_key),
                     id: d.id,
                     addr: Some(d.addr).filter(|a| !a.is_empty()),
                     region: d.region,
@@ -178,8 +179,9 @@ impl Control {
     /// running the app.
     pub fn routes(&self) -> Result<Vec<Route>, StoreError> {
         let placements = self.placements()?;
+        // Only admitted devices: a replica is never routed to a pending one.
         let devices: HashMap<String, DeviceRecord> = self
-            .devices()?
+            .admitted_devices()?
             .into_iter()
             .map(|d| (d.id.clone(), d))
             .collect();

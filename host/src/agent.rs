@@ -52,6 +52,10 @@ pub struct AgentConfig {
     pub htx: Option<api::HtxEndpoint>,
     /// The host's connections to the routers the control plane names (dialling out).
     pub attacher: Option<Arc<crate::attach::Attacher>>,
+    /// The fog's admission token, if the operator gave it to this device: it is admitted at
+    /// registration. Without it the device waits, registered but given no work, until the
+    /// operator admits its key.
+    pub admission_token: Option<String>,
 }
 
 /// Why the agent could not talk to the control plane.
@@ -305,6 +309,7 @@ pub async fn run(
         mem_mb: config.mem_mb,
         disk_mb: config.disk_mb,
         price_cpu_hour: config.price_cpu_hour,
+        admission_token: config.admission_token.clone(),
     };
     tokio::pin!(shutdown);
     let _closing = CloseOnDrop(config.attacher.clone());
@@ -328,8 +333,19 @@ pub async fn run(
                     tracing::info!(
                         device = registered.device_id,
                         control = %config.control,
+                        admitted = registered.admitted,
                         "registered"
                     );
+                    if !registered.admitted {
+                        tracing::warn!(
+                            device = registered.device_id,
+                            key = identity.public_hex(),
+                            "pending admission: this device is given no work until the \
+                             operator runs `fog admit {}` (or it registers with \
+                             --admission-token)",
+                            registered.device_id
+                        );
+                    }
                     registered.device_id
                 }
             };

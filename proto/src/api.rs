@@ -21,6 +21,10 @@
 //! | POST | `/v1/bundles` | developer (signed) | a static site's bundle ([`crate::bundle`]) |
 //! | GET | `/v1/blobs/{sha256}` | anyone | the component or bundle |
 //! | GET | `/v1/routes[?after=N]` | routers | → [`Route`]s (long-poll past version N) |
+//! | POST | `/v1/relays` | relay (signed) | [`RelayRegistration`] → admitted [`RelayInfo`]s |
+//! | GET | `/v1/relays` | anyone | → admitted [`RelayInfo`]s |
+//! | POST | `/v1/admissions` | operator (signed, with the token) | [`AdmitRequest`] → [`Admitted`] |
+//! | GET | `/v1/pending` | anyone | → [`PendingKey`]s: devices and relays not admitted |
 //!
 //! Errors are `{"error": "..."}` with a 4xx or 5xx status.
 
@@ -362,6 +366,11 @@ pub struct DeviceRegistration {
     /// Asking price per CPU-hour (0 for the market base).
     #[serde(default)]
     pub price_cpu_hour: f64,
+    /// The fog's admission token (`fog admit token`): with it the device is admitted at once;
+    /// without it, it stays pending until an operator admits its key (`fog admit KEY`). A
+    /// wrong one is refused (403) and nothing is registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission_token: Option<String>,
 }
 
 /// Most CPU cores one device may offer.
@@ -399,6 +408,10 @@ impl DeviceRegistration {
 pub struct DeviceRegistered {
     /// The device's id.
     pub device_id: String,
+    /// Whether its key is admitted; a pending device is never given work until an operator
+    /// runs `fog admit` with its id or key.
+    #[serde(default)]
+    pub admitted: bool,
 }
 
 /// What a device reports every second.
@@ -812,6 +825,10 @@ pub struct Assignment {
 pub struct DeviceInfo {
     /// Id.
     pub id: String,
+    /// Whether the device is admitted (`fog admit`, or registered with the admission token):
+    /// a pending device is listed but never given work.
+    #[serde(default)]
+    pub admitted: bool,
     /// Plain-HTTP data-plane address, if it listens.
     #[serde(default)]
     pub addr: Option<String>,
@@ -949,6 +966,61 @@ pub struct RelayInfo {
     pub addr: String,
     /// X25519 public key, hex.
     pub key: String,
+}
+
+/// What a relay sends to register (`POST /v1/relays`): its [`RelayInfo`] and, to be admitted
+/// at once, the fog's admission token. A relay without one stays pending (never listed, so
+/// never on a path) until an operator admits its key; a wrong one is refused (403).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayRegistration {
+    /// host:port.
+    pub addr: String,
+    /// X25519 public key, hex.
+    pub key: String,
+    /// The fog's admission token, if the relay was given it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission_token: Option<String>,
+}
+
+/// `POST /v1/admissions` (signed by anyone holding the admission token: the operator): admit
+/// one device or relay key without giving its owner the token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmitRequest {
+    /// The key to admit (hex), or a registered device's id.
+    pub key: String,
+    /// The fog's admission token: proof the signer is the operator.
+    pub admission_token: String,
+    /// Withdraw the key's admission instead: its device is given no new work and its replicas
+    /// are placed elsewhere at the next reconcile; its relay leaves every list.
+    #[serde(default)]
+    pub revoke: bool,
+}
+
+/// The answer to an admission: the key admitted (or revoked).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Admitted {
+    /// The public key (hex).
+    pub key: String,
+    /// The device id of that key.
+    pub device_id: String,
+    /// Whether the key is admitted now.
+    pub admitted: bool,
+}
+
+/// A device or relay that registered without being admitted (`GET /v1/pending`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingKey {
+    /// `device` or `relay`.
+    pub kind: String,
+    /// The public key `fog admit` takes (hex).
+    pub key: String,
+    /// The device id (devices) or the relay's address.
+    pub name: String,
+    /// Its region (devices) or empty.
+    #[serde(default)]
+    pub region: String,
 }
 
 /// A router's Betanet front: where visitors open HTX connections, its Noise static key and the

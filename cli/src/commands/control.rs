@@ -62,6 +62,17 @@ pub struct ControlCmd {
     /// device its trust and its replicas. 0 turns spot checks off.
     #[arg(long, default_value_t = fog_control::canary::DEFAULT_INTERVAL.as_secs_f64(), value_name = "SECONDS")]
     canary_interval: f64,
+    /// The fog's admission token (at least 16 characters): devices and relays registering with
+    /// it are admitted at once; others wait, pending, for `fog admit KEY`. Replaces the token
+    /// in the registry. Default: the registry's, made at random on first start. Either way it
+    /// is written to admission-token in --data (0600); `fog admit token` prints it.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "FOG_ADMISSION_TOKEN",
+        hide_env_values = true
+    )]
+    admission_token: Option<String>,
 }
 
 impl ControlCmd {
@@ -71,7 +82,7 @@ impl ControlCmd {
             .unwrap_or_else(|| fog_host::agent::default_data_dir().join("control"));
         crate::client::runtime()?.block_on(async {
             let (stop_tx, stop) = Stop::new();
-            let (addr, tasks) = services::start_control(
+            let (addr, _, tasks) = services::start_control(
                 self.listen,
                 &self.store,
                 &data,
@@ -84,12 +95,23 @@ impl ControlCmd {
                     advertise: self.advertise,
                     canary: services::canary(self.canary_interval),
                     secrets_key: Some(self.secrets_key.unwrap_or_else(|| data.join("secrets.key"))),
+                    // Test only: hold handovers mid-way so a test can kill this leader with
+                    // one in flight (see `ControlConfig::hold_handovers`).
+                    hold_handovers: std::env::var_os("FOG_TEST_HOLD_HANDOVER").is_some(),
                     ..fog_control::ControlConfig::default()
                 },
+                self.admission_token.as_deref().filter(|t| !t.is_empty()),
                 stop,
             )
             .await?;
             println!("fog: control plane on http://{addr}");
+            // The token itself stays out of stdout (often a log): it is a password to the fog.
+            println!(
+                "fog: devices and relays are admitted with the token in {} (`fog admit token \
+                 --data {}` prints it) or one by one with `fog admit KEY`",
+                data.join(services::ADMISSION_TOKEN_FILE).display(),
+                data.display()
+            );
             services::run_until_signal(stop_tx, tasks).await;
             Ok(())
         })

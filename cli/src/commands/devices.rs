@@ -3,7 +3,7 @@
 //! smoothed RTT placement uses, their trust with its reasons, the price they ask and what they
 //! run.
 
-use fog_proto::api::DeviceInfo;
+use fog_proto::api::{DeviceInfo, PendingKey};
 
 use crate::client::{Api, ControlArgs, print_json};
 
@@ -15,11 +15,31 @@ pub struct Devices {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// List only the devices and relays waiting to be admitted (`fog admit KEY`).
+    #[arg(long)]
+    pending: bool,
 }
 
 impl Devices {
     pub fn execute(self) -> anyhow::Result<()> {
         crate::client::runtime()?.block_on(async {
+            if self.pending {
+                let pending: Vec<PendingKey> = Api::new(&self.control)?.get("/v1/pending").await?;
+                if self.json {
+                    return print_json(&pending);
+                }
+                println!(
+                    "{:<7} {:<64} {:<22} REGION",
+                    "KIND", "KEY", "DEVICE/ADDRESS"
+                );
+                for p in &pending {
+                    println!("{:<7} {:<64} {:<22} {}", p.kind, p.key, p.name, p.region);
+                }
+                if !pending.is_empty() {
+                    println!("admit one with: fog admit KEY");
+                }
+                return Ok(());
+            }
             let devices: Vec<DeviceInfo> = Api::new(&self.control)?.get("/v1/devices").await?;
             if self.json {
                 return print_json(&devices);
@@ -48,6 +68,9 @@ impl Devices {
                     d.running.join(",")
                 );
                 println!("  trust: {}", d.trust_reasons.join("; "));
+                if !d.admitted {
+                    println!("  admission: pending, given no work (fog admit {})", d.id);
+                }
                 if let Some(harvest) = d.harvest.as_deref().filter(|_| d.alive) {
                     println!("  harvest: {harvest}");
                 }

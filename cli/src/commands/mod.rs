@@ -1,5 +1,6 @@
 //! The `fog` subcommands, one file each, and the top-level parser.
 
+mod admit;
 mod config;
 mod control;
 mod devices;
@@ -45,6 +46,7 @@ enum Command {
     Publish(publish::Publish),
     Ps(ps::Ps),
     Devices(devices::Devices),
+    Admit(admit::Admit),
     Scale(scale::Scale),
     Move(move_app::Move),
     Rm(rm::Rm),
@@ -70,6 +72,7 @@ impl Cli {
             Command::Publish(cmd) => cmd.execute(),
             Command::Ps(cmd) => cmd.execute(),
             Command::Devices(cmd) => cmd.execute(),
+            Command::Admit(cmd) => cmd.execute(),
             Command::Scale(cmd) => cmd.execute(),
             Command::Move(cmd) => cmd.execute(),
             Command::Rm(cmd) => cmd.execute(),

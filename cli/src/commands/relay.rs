@@ -28,6 +28,16 @@ pub struct RelayCmd {
     /// Serve Prometheus metrics at http://ADDR/metrics (off by default: nothing is recorded).
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// The fog's admission token (the operator's `fog admit token`): the relay is admitted
+    /// when it registers. Without it, it registers pending and is on no path until the
+    /// operator runs `fog admit KEY`.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "FOG_ADMISSION_TOKEN",
+        hide_env_values = true
+    )]
+    admission_token: Option<String>,
 }
 
 impl RelayCmd {
@@ -37,9 +47,15 @@ impl RelayCmd {
             .unwrap_or_else(|| fog_host::agent::default_data_dir().join("relay"));
         crate::client::runtime()?.block_on(async {
             let (stop_tx, stop) = Stop::new();
-            let (addr, metrics, tasks) =
-                services::start_relay(self.listen, self.metrics_listen, &self.control, &data, stop)
-                    .await?;
+            let (addr, metrics, tasks) = services::start_relay(
+                self.listen,
+                self.metrics_listen,
+                &self.control,
+                &data,
+                self.admission_token.as_deref().filter(|t| !t.is_empty()),
+                stop,
+            )
+            .await?;
             match metrics {
                 Some(metrics) => {
                     println!("fog: relay on {addr}, metrics on http://{metrics}/metrics")

@@ -62,6 +62,15 @@ pub struct Sim {
     /// Print the final report as JSON.
     #[arg(long)]
     json: bool,
+    /// The fog's admission token, so the simulated devices are admitted (without it they stay
+    /// pending and get no apps).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "FOG_ADMISSION_TOKEN",
+        hide_env_values = true
+    )]
+    admission_token: Option<String>,
 }
 
 /// What a simulation measured.
@@ -183,6 +192,7 @@ impl Sim {
                 mem_mb: 1024.0,
                 disk_mb: 1024.0,
                 price_cpu_hour: 0.0,
+                admission_token: self.admission_token.clone().filter(|t| !t.is_empty()),
             };
             let registered: DeviceRegistered = call(
                 &client,

@@ -111,7 +111,7 @@ impl Up {
             let (stop_tx, stop) = Stop::new();
             let router_identity = services::router_identity(&data.join("router"))?;
             let trusted = vec![router_identity.public_hex()];
-            let (control, mut tasks) = services::start_control(self.control_listen, &fog_control::store::StoreLocation::Sled, &data.join("control"), fog_control::ControlConfig { trusted_routers: trusted, snapshot_every: std::time::Duration::from_secs(5), secrets_key: Some(data.join("control").join("secrets.key")), canary: services::canary(fog_control::canary::DEFAULT_INTERVAL.as_secs_f64()), ..fog_control::ControlConfig::default() }, stop.clone()).await?;
+            let (control, admission_token, mut tasks) = services::start_control(self.control_listen, &fog_control::store::StoreLocation::Sled, &data.join("control"), fog_control::ControlConfig { trusted_routers: trusted, snapshot_every: std::time::Duration::from_secs(5), secrets_key: Some(data.join("control").join("secrets.key")), canary: services::canary(fog_control::canary::DEFAULT_INTERVAL.as_secs_f64()), ..fog_control::ControlConfig::default() }, None, stop.clone()).await?;
             let control_url = format!("http://{control}");
             let control_urls: fog_net::control_urls::ControlUrls = control_url.parse()?;
             let metrics: Option<SocketAddr> = if self.metrics { Some("127.0.0.1:0".parse()?) } else { None };
@@ -122,7 +122,7 @@ impl Up {
             };
             for n in 1..=self.relays {
                 let dir = data.join("relays").join(n.to_string());
-                let (addr, relay_metrics, more) = services::start_relay("127.0.0.1:0".parse()?, metrics, &control_urls, &dir, stop.clone()).await?;
+                let (addr, relay_metrics, more) = services::start_relay("127.0.0.1:0".parse()?, metrics, &control_urls, &dir, Some(&admission_token), stop.clone()).await?;
                 println!("fog: relay {n} on {addr}");
                 print_metrics(&format!("relay {n}"), relay_metrics);
                 tasks.extend(more);
@@ -168,6 +168,8 @@ impl Up {
                 // `fog up` is the operator's: the dashboard shows its hosts.
                 status_listen: None,
                 corrupt_responses: false,
+                // `fog up` is one operator's whole fog: its own hosts are admitted.
+                admission_token: Some(admission_token.clone()),
             };
             for n in 1..=self.hosts {
                 let dir = data.join("hosts").join(n.to_string());

@@ -32,6 +32,7 @@ impl Captured {
         let mut child = Command::new(FOG)
             .args(args)
             .env("FOG_LOG", "debug,tor_netdir=error")
+            .env("FOG_ADMISSION_TOKEN", crate::fog::ADMISSION_TOKEN)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

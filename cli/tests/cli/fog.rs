@@ -6,6 +6,11 @@ use std::process::{Child, Command, Stdio};
 
 pub const FOG: &str = env!("CARGO_BIN_EXE_fog");
 
+/// The admission token every test fog runs with: `fog control` makes it the fog's, and hosts
+/// and relays register with it (admitted), as an operator's own machines would. Tests of
+/// admission itself override it.
+pub const ADMISSION_TOKEN: &str = "test-admission-token-0123456789";
+
 /// A `fog` process, killed when dropped.
 #[derive(Debug)]
 pub struct Running {
@@ -52,6 +57,7 @@ pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
     let mut child = Command::new(FOG)
         .args(args)
         .env("FOG_LOG", "warn,tor_netdir=error")
+        .env("FOG_ADMISSION_TOKEN", ADMISSION_TOKEN)
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -14,7 +14,7 @@ use crate::fog::{Running, run, spawn};
 use crate::state::Increments;
 
 /// `fog ARGS --control LIST --key KEY`, off the async workers (the load runs there).
-async fn fog(args: &[&str], control: &str, key: &str) -> (i32, String, String) {
+pub(crate) async fn fog(args: &[&str], control: &str, key: &str) -> (i32, String, String) {
     let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     all.extend(["--control", control, "--key", key].map(String::from));
     tokio::task::spawn_blocking(move || {
@@ -25,7 +25,7 @@ async fn fog(args: &[&str], control: &str, key: &str) -> (i32, String, String) {
     .unwrap()
 }
 
-async fn plane(url: &str) -> Option<PlaneInfo> {
+pub(crate) async fn plane(url: &str) -> Option<PlaneInfo> {
     let addr = url.trim_start_matches("http://").parse().ok()?;
     let reply = fog_tests::request(addr, "GET", "/v1/plane", &[], "")
         .await
@@ -35,7 +35,7 @@ async fn plane(url: &str) -> Option<PlaneInfo> {
 
 /// The index of the one leading control plane among `urls` (the `None`s are dead), waiting
 /// up to `limit` for one.
-async fn leader(urls: &[Option<String>], limit: Duration) -> usize {
+pub(crate) async fn leader(urls: &[Option<String>], limit: Duration) -> usize {
     let deadline = Instant::now() + limit;
     loop {
         for (i, url) in urls.iter().enumerate() {
@@ -50,7 +50,7 @@ async fn leader(urls: &[Option<String>], limit: Duration) -> usize {
     }
 }
 
-async fn app(control: &str, key: &str) -> AppInfo {
+pub(crate) async fn app(control: &str, key: &str) -> AppInfo {
     let (code, out, err) = fog(&["ps", "--json"], control, key).await;
     assert_eq!(code, 0, "{err}");
     let apps: Vec<AppInfo> = serde_json::from_str(&out).unwrap();
@@ -60,7 +60,12 @@ async fn app(control: &str, key: &str) -> AppInfo {
 }
 
 /// Wait until `check` holds for the counter as `control` lists it.
-async fn until(control: &str, key: &str, what: &str, check: impl Fn(&AppInfo) -> bool) -> AppInfo {
+pub(crate) async fn until(
+    control: &str,
+    key: &str,
+    what: &str,
+    check: impl Fn(&AppInfo) -> bool,
+) -> AppInfo {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let info = app(control, key).await;
@@ -72,7 +77,7 @@ async fn until(control: &str, key: &str, what: &str, check: impl Fn(&AppInfo) ->
     }
 }
 
-async fn wait_acked(load: &Increments, at_least: u64, what: &str) {
+pub(crate) async fn wait_acked(load: &Increments, at_least: u64, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while load.acked() < at_least {
         assert!(
@@ -84,7 +89,7 @@ async fn wait_acked(load: &Increments, at_least: u64, what: &str) {
     }
 }
 
-async fn count(router: std::net::SocketAddr) -> u64 {
+pub(crate) async fn count(router: std::net::SocketAddr) -> u64 {
     let reply = fog_tests::request(router, "GET", "/apps/counter/api/count", &[], "")
         .await
         .unwrap();

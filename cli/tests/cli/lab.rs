@@ -372,7 +372,10 @@ fn run_fog(lab: &Lab, node: &str, args: &[&str]) -> Output {
 
 fn spawn_fog(lab: &Lab, node: &str, args: &[String]) -> LabProcess {
     let mut command = std::process::Command::new(FOG);
-    command.args(args).env("FOG_LOG", "info,tor_netdir=error");
+    command
+        .args(args)
+        .env("FOG_LOG", "info,tor_netdir=error")
+        .env("FOG_ADMISSION_TOKEN", crate::fog::ADMISSION_TOKEN);
     lab.spawn(node, command)
         .unwrap_or_else(|e| panic!("starting fog {args:?} in {node}: {e}"))
 }

@@ -1,5 +1,6 @@
 //! The `fog` binary as people run it: real processes, real sockets.
 
+mod admit;
 mod betanet;
 mod canary;
 mod config;
@@ -21,6 +22,7 @@ pub mod publish;
 mod ratelimit;
 mod run;
 mod sites;
+mod soft;
 pub mod state;
 mod traces;
 mod up;

@@ -45,6 +45,10 @@ function deviceState(d) {
   if (!d.alive) {
     return ["dead", "bad"];
   }
+  // A device nobody admitted is given no work, whatever it offers.
+  if (!d.admitted) {
+    return ["pending admission", "warn"];
+  }
   return d.harvestable ? ["harvesting", "ok"] : ["not harvestable", "warn"];
 }
 

@@ -23,6 +23,7 @@ async fn register(control: &Arc<Control>, price: f64) -> (Identity, String) {
     let key = Identity::generate();
     let registration = serde_json::json!({
         "region": "r", "cpu": 2.0, "mem_mb": 2048.0, "disk_mb": 2048.0, "price_cpu_hour": price,
+        "admission_token": control.admission_token().unwrap(),
     });
     let answer = control
         .handle(signed(
