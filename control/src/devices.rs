@@ -232,7 +232,16 @@ impl Control {
         // pushed): whichever router a visitor reaches holds a connection to each replica, and
         // any two devices share a rendezvous.
         let mut seen = self.version.subscribe();
-        let mut assignments = self.assignments_for(id)?;
+        // The canary is for admitted devices only: a pending one gets no work at all.
+        let admitted = self.is_admitted(&device.public_key)?;
+        let assignments_for = |id: &str| -> Result<Vec<Assignment>, StoreError> {
+            let mut assignments = self.assignments_for(id)?;
+            if !admitted {
+                assignments.retain(|a| a.manifest.name != fog_proto::canary::APP);
+            }
+            Ok(assignments)
+        };
+        let mut assignments = assignments_for(id)?;
         let mut attach = self.registrations.attach_points();
         let mut digest = digest(&assignments, &attach);
         if known.as_deref() == Some(digest.as_str()) {
@@ -241,7 +250,7 @@ impl Control {
                 .await
                 .is_ok_and(|r| r.is_ok())
             {
-                assignments = self.assignments_for(id)?;
+                assignments = assignments_for(id)?;
                 attach = self.registrations.attach_points();
                 digest = self::digest(&assignments, &attach);
                 if known.as_deref() != Some(digest.as_str()) {

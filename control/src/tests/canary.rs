@@ -40,7 +40,10 @@ async fn setup() -> Setup {
     );
     let key = Identity::generate();
     let device = auth::device_id(&key.public_hex());
-    let registration = br#"{"region":"r","cpu":1,"mem_mb":4096,"disk_mb":4096}"#.to_vec();
+    let registration = super::admitted(
+        &control,
+        br#"{"region":"r","cpu":1,"mem_mb":4096,"disk_mb":4096}"#,
+    );
     let registered = control
         .handle(signed(&key, "POST", "/v1/devices", registration, ""))
         .await;
