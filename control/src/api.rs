@@ -134,6 +134,7 @@ impl Control {
                     .collect::<Result<_, _>>()?;
                 Ok(json(200, &periods))
             }
+            ("GET", ["balances"]) => Ok(json(200, &self.balances()?)),
             ("GET", ["blobs", sha]) => {
                 // `local=1`: a peer pulling; answer from this disk only (no pull in turn).
                 let local = request

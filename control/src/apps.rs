@@ -320,6 +320,7 @@ impl Control {
     fn published_settings(&self, meta: &PublishMeta) -> Result<AppSettings, ApiError> {
         let mut settings = self.settings(&meta.name)?;
         settings.allow_outbound = meta.allow_outbound.clone();
+        settings.durable = meta.durable;
         for (key, value) in &meta.vars {
             settings.secrets.remove(key);
             settings.vars.insert(key.clone(), value.clone());

@@ -423,6 +423,7 @@ impl Control {
                     config: settings
                         .map(|s| self.config_values(name, s))
                         .unwrap_or_default(),
+                    durable: settings.is_some_and(|s| s.durable),
                 },
                 replication,
                 bundle: index.sites.get(&app.name).cloned(),

@@ -12,6 +12,7 @@
 //! places replicas and leads handovers, `views` answers `fog ps`, `fog devices`, routes and
 //! names; every refusal is an [`ApiError`].
 
+mod accounts;
 pub mod admission;
 pub mod api;
 mod apps;
@@ -26,6 +27,7 @@ mod metrics;
 pub mod names;
 mod observe;
 mod planes;
+mod preempt;
 mod reconcile;
 mod registry;
 pub mod replay;

@@ -117,7 +117,7 @@ impl Control {
             })
             .collect();
         let unmeasured = latency.values().copied().fold(0.0, f64::max);
-        let fleet: Vec<Device> = devices
+        let mut fleet: Vec<Device> = devices
             .iter()
             .map(|d| {
                 // Trust in steps of 0.05 (rounded down, so the 0.3 threshold is exact): tiny
@@ -211,6 +211,24 @@ impl Control {
             })
             .collect();
         let parked = self.parked()?;
+        // A reserved app parked at zero keeps its capacity on the devices holding its state
+        // (its memory limit and the CPU floor, as measured use is gone with its replicas), so
+        // what it reserved is there when it wakes.
+        for app in apps.iter().filter(|a| {
+            a.replicas == 0
+                && terms
+                    .get(&a.name)
+                    .is_some_and(|t| t.bid == api::Bid::Reserved)
+        }) {
+            let Some(held) = parked.get(&app.name) else {
+                continue;
+            };
+            for device in fleet.iter_mut().filter(|d| held.contains(&d.id)) {
+                device.cpu_free = (device.cpu_free - self.config.replica_cpu_floor).max(0.0);
+                device.mem_free_mb =
+                    (device.mem_free_mb - (app.limits.memory_bytes >> 20) as f64).max(0.0);
+            }
+        }
         let current: placement::Assignment = placements
             .iter()
             .map(|(app, p)| {
@@ -222,6 +240,24 @@ impl Control {
                 (app.clone(), devices)
             })
             .collect();
+        // Spot apps parked to make room for higher bids: each reconcile tries to place them
+        // again (their state's devices seed the plan), and they count for nothing on a device
+        // until placed.
+        let spot_parked: HashSet<String> = apps
+            .iter()
+            .filter(|a| {
+                a.replicas > 0
+                    && parked.contains_key(&a.name)
+                    && placements.get(&a.name).is_none_or(|p| p.devices.is_empty())
+                    && terms.get(&a.name).is_some_and(|t| t.bid == api::Bid::Spot)
+            })
+            .map(|a| a.name.clone())
+            .collect();
+        let held: placement::Assignment = current
+            .iter()
+            .filter(|(app, _)| !spot_parked.contains(*app))
+            .map(|(app, devices)| (app.clone(), devices.clone()))
+            .collect();
         // The whole fleet is planned again when it changed (a device came, went, or stopped
         // offering capacity) and on a slow cadence; otherwise only the apps that need a place.
         let fleet_now = fleet_signature(&fleet);
@@ -229,14 +265,16 @@ impl Control {
             Some((at, fleet_then)) => {
                 fleet_then != fleet_now
                     || at.elapsed() >= self.config.replan_every
-                    || overloaded(&demands, &current, &fleet)
+                    || overloaded(&demands, &held, &fleet)
             }
             None => true,
         };
-        let pending = if full {
+        let mut pending = if full {
             HashSet::new()
         } else {
-            unplaced(&demands, &current, &fleet)
+            let mut pending = unplaced(&demands, &current, &fleet);
+            pending.extend(spot_parked.iter().cloned());
+            pending
         };
         let planning = Instant::now();
         let outcome = if full {
@@ -246,6 +284,11 @@ impl Control {
         } else {
             placement::plan_some(&fleet, &demands, &current, &pending, &self.config.placement)
         };
+        // On-demand and reserved apps short of room take it from spot apps (see `preempt`).
+        let outcome =
+            crate::preempt::make_room(outcome, &fleet, &demands, &current, &self.config.placement);
+        // A spot app that gave way has a new problem even when it was not pending.
+        pending.extend(outcome.unplaceable.iter().map(|u| u.app.clone()));
         self.metrics
             .placement
             .observe(planning.elapsed().as_secs_f64());
@@ -299,6 +342,25 @@ impl Control {
                 .get(&app.name)
                 .cloned()
                 .unwrap_or_default();
+            let spot = terms
+                .get(&app.name)
+                .is_some_and(|t| t.bid == api::Bid::Spot);
+            if spot && planned.is_empty() && !old.is_empty() && !parked.contains_key(&app.name) {
+                // Parked as autoscaling parks: its state stays on these devices, and the next
+                // place it gets starts from it.
+                self.store.put(Table::Parked, &app.name, &encode(&old))?;
+                self.record_event(
+                    &app.name,
+                    format!(
+                        "spot replicas parked, state kept on {}: {}",
+                        old.join(","),
+                        problems
+                            .get(app.name.as_str())
+                            .copied()
+                            .unwrap_or("no device has room")
+                    ),
+                );
+            }
             let devices = self.lead(app, &old, planned, &reports, &alive)?;
             if !devices.is_empty() && parked.contains_key(&app.name) {
                 self.store.delete(Table::Parked, &app.name)?;

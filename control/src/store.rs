@@ -48,8 +48,8 @@ pub enum Table {
     /// Handovers in flight ([`crate::replicas::HandoverRecord`]), by app name: written by the
     /// leader before each step takes effect, so the next leader resumes them.
     Handovers,
-    /// Apps parked at zero replicas: the devices that last ran them and hold their state
-    /// (`Vec<String>`), by app name.
+    /// Apps parked at zero replicas, or spot apps parked to make room for higher bids: the
+    /// devices that last ran them and hold their state (`Vec<String>`), by app name.
     Parked,
     /// New primaries that must restore the snapshot first: the device id, by app name.
     Restores,
@@ -565,6 +565,9 @@ pub struct AppSettings {
     pub vars: std::collections::BTreeMap<String, String>,
     /// Secrets by name, sealed (`crate::secrets`): never stored in the clear.
     pub secrets: std::collections::BTreeMap<String, Vec<u8>>,
+    /// Each request's state writes are on the host's disk before it is answered
+    /// (`fog publish --durable`).
+    pub durable: bool,
 }
 
 /// A registered device.

@@ -630,6 +630,7 @@ async fn a_site_must_name_an_uploaded_bundle_and_removing_it_drops_the_bundle(ba
             allow_outbound: Vec::new(),
             vars: Default::default(),
             secrets: Default::default(),
+            durable: false,
         })
         .unwrap()
     };

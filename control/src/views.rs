@@ -80,6 +80,7 @@ impl Control {
             Some(bytes) => Some(decode(Table::Terms, &app.name, &bytes)?),
             None => None,
         };
+        let settings = self.settings(&app.name)?;
         Ok(AppInfo {
             name: app.name.clone(),
             owner: app.owner.clone(),
@@ -106,7 +107,8 @@ impl Control {
             },
             max_price: terms.as_ref().and_then(|t| t.max_price),
             bid: terms.map(|t| t.bid).unwrap_or_default(),
-            allow_outbound: self.settings(&app.name)?.allow_outbound,
+            allow_outbound: settings.allow_outbound,
+            durable: settings.durable,
             // From the store: any control plane, leading or not, answers the same.
             moving: self
                 .stored_handover(&app.name)?

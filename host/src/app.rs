@@ -296,12 +296,14 @@ impl App {
 
         let compiled = self.compiled().await?;
         let written = Arc::new(AtomicU64::new(0));
+        let grants = self.grants.read().expect("grants lock").clone();
+        let durable = grants.durable;
         let mut store = Store::new(
             compiled.pre.engine(),
             RequestState::new(
                 &limits,
                 &self.manifest.permissions,
-                self.grants.read().expect("grants lock").clone(),
+                grants,
                 self.namespace.clone(),
                 written.clone(),
             ),
@@ -448,11 +450,24 @@ impl App {
             }
             Ok(Ok(exchanged)) => exchanged,
         };
-        // Acknowledge a write only once the synchronous followers hold it (for a streamed
-        // response, the writes made before its head).
+        // Acknowledge a write only once the synchronous followers hold it, and for a durable
+        // app once it is on this host's disk too (for a streamed response, the writes made
+        // before its head). A flush covers every write committed before it is asked for, so
+        // every write counted in `seq` here.
         let seq = written.load(Ordering::Acquire);
         if seq > 0 {
-            self.namespace.wait_replicated(seq).await;
+            let stable = async {
+                if durable {
+                    self.runtime.durable.sync().await
+                } else {
+                    Ok(())
+                }
+            };
+            let (stable, ()) = tokio::join!(stable, self.namespace.wait_replicated(seq));
+            if let Err(err) = stable {
+                tracing::error!(app = %self.manifest.name, "a durable write is not on disk: {err}");
+                return Err(Failure::Host(err.to_string()));
+            }
         }
         let body = match reply {
             Reply::Whole(bytes) => {

@@ -20,6 +20,7 @@ pub mod attach;
 pub mod body;
 pub mod bundle;
 mod code;
+pub mod durable;
 mod error;
 pub mod harvest;
 pub mod htx_server;

@@ -80,6 +80,8 @@ pub struct Runtime {
     /// The engine's compatibility hash, part of every compiled file's name.
     engine_tag: u64,
     db: sled::Db,
+    /// Makes the writes of durable apps' requests stable before they are answered.
+    pub(crate) durable: crate::durable::GroupCommit,
     /// Each app's namespace, shared by every version of the app loaded.
     namespaces: std::sync::Mutex<std::collections::HashMap<String, Namespace>>,
     /// Apps whose state trees were on disk at start; other apps' trees are created on first use.
@@ -141,24 +143,32 @@ impl Runtime {
                 source,
             })?;
         }
-        let db = match &config.data_dir {
+        let (db, log_file) = match &config.data_dir {
             Some(dir) => {
                 let state = dir.join("state");
+                let db = sled::Config::new().path(&state).open().map_err(|source| {
+                    RuntimeError::State {
+                        path: state.clone(),
+                        source,
+                    }
+                })?;
+                // sled's log, for the `fdatasync` that makes durable apps' writes survive a
+                // power cut (see `crate::durable`). Opened once sled has created it.
+                let log = state.join("db");
+                let log_file = std::fs::File::open(&log)
+                    .map_err(|source| RuntimeError::DataDir { path: log, source })?;
+                (db, Some(log_file))
+            }
+            None => (
                 sled::Config::new()
-                    .path(&state)
+                    .temporary(true)
                     .open()
                     .map_err(|source| RuntimeError::State {
-                        path: state,
+                        path: PathBuf::from("(temporary)"),
                         source,
-                    })?
-            }
-            None => sled::Config::new()
-                .temporary(true)
-                .open()
-                .map_err(|source| RuntimeError::State {
-                    path: PathBuf::from("(temporary)"),
-                    source,
-                })?,
+                    })?,
+                None,
+            ),
         };
         let stored = db
             .tree_names()
@@ -182,6 +192,7 @@ impl Runtime {
             source_dir,
             code: CodeCache::new(config.code_budget),
             engine_tag,
+            durable: crate::durable::GroupCommit::new(db.clone(), log_file),
             db,
             namespaces: std::sync::Mutex::new(std::collections::HashMap::new()),
             stored,
@@ -411,6 +422,11 @@ impl Runtime {
     /// Write all app state to disk.
     pub fn flush(&self) -> Result<(), sled::Error> {
         self.db.flush().map(|_| ())
+    }
+
+    /// Flushes made for durable apps so far (each serves every request waiting for it).
+    pub fn durable_flushes(&self) -> u64 {
+        self.durable.flushes()
     }
 
     /// Default limits for apps loaded without explicit ones.

@@ -15,13 +15,15 @@ use crate::kv::{KvView, Namespace};
 use fog_proto::{Limits, Manifest, Origin, Permissions};
 
 /// What an app is granted that may change while it runs (without a new version): the origins
-/// it may call and its config. Each request takes the grants current when it starts.
+/// it may call, its config and whether its writes are durable. Each request takes the grants current when it starts.
 #[derive(Default)]
 pub struct Grants {
     /// Origins outbound HTTP may go to.
     pub(crate) allow_outbound: Vec<Origin>,
     /// What `wasi:config/store` answers (variables and secrets).
     config: WasiConfigVariables,
+    /// Each request's writes are on disk before it is answered.
+    pub(crate) durable: bool,
 }
 
 impl std::fmt::Debug for Grants {
@@ -29,6 +31,7 @@ impl std::fmt::Debug for Grants {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Grants")
             .field("allow_outbound", &self.allow_outbound)
+            .field("durable", &self.durable)
             .finish_non_exhaustive()
     }
 }
@@ -43,6 +46,7 @@ impl Grants {
                 .iter()
                 .map(|(key, value)| (key.as_str(), value.expose()))
                 .collect(),
+            durable: manifest.durable,
         }
     }
 }

@@ -132,6 +132,10 @@ pub struct PublishMeta {
     /// Secrets to set (`fog publish --secret K=@FILE`); others the app has are kept.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, crate::config::Secret>,
+    /// Each request's state writes are on the host's disk before it is answered
+    /// (`fog publish --durable`); off if not said.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub durable: bool,
 }
 
 /// How a developer buys CPU time for an app (the market's pricing classes).
@@ -276,6 +280,9 @@ pub struct AppInfo {
     /// The origins the app may send HTTP requests to.
     #[serde(default)]
     pub allow_outbound: Vec<crate::Origin>,
+    /// Whether each request's state writes are on disk before it is answered.
+    #[serde(default)]
+    pub durable: bool,
 }
 
 /// An app's onion-service key, for a trusted router to run the service.
@@ -1086,4 +1093,52 @@ impl NameDescriptor {
         }
         Ok(())
     }
+}
+
+/// Accounts derived from the verified ledger periods (`GET /v1/balances`): what each device
+/// earned and what each developer spent. Every ledger entry is counted once on each side, for
+/// the same amount (the entry's credits: its fuel at the price the device signed for that
+/// period), so the two totals are equal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Balances {
+    /// Devices, by id.
+    pub devices: Vec<DeviceBalance>,
+    /// Developers, by owner key.
+    pub developers: Vec<DeveloperBalance>,
+    /// Credits earned by all devices.
+    pub earned: f64,
+    /// Credits spent by all developers.
+    pub spent: f64,
+    /// Verified ledger periods counted.
+    pub periods: u64,
+}
+
+/// What one device earned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceBalance {
+    /// Device id.
+    pub device: String,
+    /// Credits earned.
+    pub earned: f64,
+    /// Fuel burnt for apps.
+    pub fuel: u64,
+    /// Ledger periods counted.
+    pub periods: u64,
+}
+
+/// What one developer spent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeveloperBalance {
+    /// The developer's public key (hex); `removed:<app>` for an app no longer published, whose
+    /// owner the control plane no longer knows.
+    pub owner: String,
+    /// Credits spent.
+    pub spent: f64,
+    /// Fuel their apps burnt.
+    pub fuel: u64,
+    /// Their apps that burnt fuel.
+    pub apps: Vec<String>,
 }

@@ -94,6 +94,12 @@ pub struct Manifest {
     /// What `wasi:config/store` gives the app: its variables and (opened) secrets.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub config: crate::config::ConfigValues,
+    /// Every request's key-value writes are on the host's disk before its response leaves
+    /// (`fog run --durable`, `fog publish --durable`): what makes a write survive a crash of
+    /// a host that has no follower to hold it. Off: writes reach the disk within the store's
+    /// flush interval. Left out when off, so hosts that predate it read the manifest.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub durable: bool,
 }
 
 impl Manifest {
@@ -104,6 +110,7 @@ impl Manifest {
             limits: Limits::default(),
             permissions: Permissions::default(),
             config: Default::default(),
+            durable: false,
         }
     }
 

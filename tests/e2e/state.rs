@@ -1,4 +1,5 @@
-//! Key-value state: it survives a host restart, and apps cannot see each other's keys.
+//! Key-value state: it survives a host restart, apps cannot see each other's keys, and only
+//! durable apps wait for their writes to be flushed.
 
 use fog_host::Manifest;
 use fog_test_programs as programs;
@@ -86,5 +87,45 @@ async fn an_app_that_never_uses_its_state_creates_no_trees() {
     assert_eq!(
         counter.get("", "visits").unwrap().as_deref(),
         Some(&b"1"[..])
+    );
+}
+
+/// Only a durable app's requests wait for a flush, only those that wrote, and a changed grant
+/// (`fog publish --durable` again, as the agent hands it over) takes effect without a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_writes_of_a_durable_app_wait_for_a_flush() {
+    let data = tempfile::tempdir().unwrap();
+    let host = TestHost::start(Some(data.path().to_path_buf())).await;
+    let app = host.add(Manifest::new("counter"), programs::COUNTER);
+    for _ in 0..3 {
+        assert_eq!(get(host.addr, "counter", "/").await.status, 200);
+    }
+    assert_eq!(host.runtime.durable_flushes(), 0, "not durable: no flush");
+
+    app.regrant(&Manifest {
+        durable: true,
+        ..Manifest::new("counter")
+    });
+    // One request at a time: each write gets a flush of its own; a read gets none.
+    for expected in 1..=2 {
+        assert_eq!(get(host.addr, "counter", "/").await.status, 200);
+        assert_eq!(host.runtime.durable_flushes(), expected);
+    }
+    assert_eq!(
+        get(host.addr, "counter", "/api/count").await.text(),
+        r#"{"visits":5}"#
+    );
+    assert_eq!(
+        host.runtime.durable_flushes(),
+        2,
+        "a read waits for no flush"
+    );
+
+    app.regrant(&Manifest::new("counter"));
+    assert_eq!(get(host.addr, "counter", "/").await.status, 200);
+    assert_eq!(
+        host.runtime.durable_flushes(),
+        2,
+        "durable turned off again"
     );
 }

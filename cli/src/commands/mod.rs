@@ -1,6 +1,7 @@
 //! The `fog` subcommands, one file each, and the top-level parser.
 
 mod admit;
+mod balance;
 mod config;
 mod control;
 mod devices;
@@ -47,6 +48,7 @@ enum Command {
     Ps(ps::Ps),
     Devices(devices::Devices),
     Admit(admit::Admit),
+    Balance(balance::Balance),
     Scale(scale::Scale),
     Move(move_app::Move),
     Rm(rm::Rm),
@@ -73,6 +75,7 @@ impl Cli {
             Command::Ps(cmd) => cmd.execute(),
             Command::Devices(cmd) => cmd.execute(),
             Command::Admit(cmd) => cmd.execute(),
+            Command::Balance(cmd) => cmd.execute(),
             Command::Scale(cmd) => cmd.execute(),
             Command::Move(cmd) => cmd.execute(),
             Command::Rm(cmd) => cmd.execute(),

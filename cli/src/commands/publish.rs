@@ -47,6 +47,11 @@ pub struct Publish {
     /// encrypted, never printed.
     #[arg(long = "secret", value_name = "K=@FILE", value_parser = super::config::parse_secret)]
     secrets: Vec<(String, fog_proto::config::Secret)>,
+    /// Answer a request only once its key-value writes are on the host's disk, so a crash of
+    /// the host never loses an acknowledged write (for tier B, which has no follower to hold
+    /// them). Costs a disk flush per request (shared by concurrent requests).
+    #[arg(long)]
+    durable: bool,
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
@@ -81,6 +86,7 @@ impl Publish {
                 allow_outbound: self.allow_outbound.clone(),
                 vars: self.vars.iter().cloned().collect(),
                 secrets: self.secrets.iter().cloned().collect(),
+                durable: self.durable,
             };
             let wait = Duration::from_secs(self.wait);
             let info = if self.app.is_dir() {

@@ -23,6 +23,11 @@ pub struct Run {
     /// The app's name (its key-value namespace); defaults to the file's stem.
     #[arg(long)]
     name: Option<String>,
+    /// Answer a request only once its key-value writes are on disk, so that killing `fog run`
+    /// (even with `kill -9`) never loses a write it acknowledged. Costs a disk flush per
+    /// request (shared by concurrent requests).
+    #[arg(long, requires = "data")]
+    durable: bool,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -35,6 +40,7 @@ impl Run {
         };
         let manifest = Manifest {
             limits: self.limits.limits(),
+            durable: self.durable,
             ..Manifest::new(name)
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()

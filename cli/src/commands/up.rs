@@ -222,6 +222,7 @@ async fn demo(
             allow_outbound: Vec::new(),
             vars: Default::default(),
             secrets: Default::default(),
+            durable: false,
         };
         let wait = Duration::from_secs(60);
         let info = match examples {
@@ -259,6 +260,7 @@ async fn demo(
         allow_outbound: Vec::new(),
         vars: Default::default(),
         secrets: Default::default(),
+        durable: false,
     };
     let info = super::publish::publish_site(&api, &site, meta, Duration::from_secs(60)).await?;
     super::publish::print_app(&info, router);

@@ -1,11 +1,14 @@
 //! The `fog` binary as people run it: real processes, real sockets.
 
+mod accounts;
 mod admit;
 mod betanet;
+mod bids;
 mod canary;
 mod config;
 mod dashboard;
 mod dialout;
+mod durable;
 mod etcd;
 mod flood;
 mod fog;

@@ -1,15 +1,18 @@
-//! What an app may reach and is given beyond its code: outbound origins through publish, the
-//! assignments that carry them, and refusals that change nothing.
+//! What an app may reach and is given beyond its code: outbound origins and durable writes
+//! through publish, the assignments that carry them, and refusals that change nothing.
 
 use std::sync::Arc;
 
 use fog_proto::api::AppInfo;
-use fog_proto::auth::Identity;
+use fog_proto::auth::{self, Identity};
 
-use super::{Backend, body, on_both_backends, request, signed};
+use super::{Backend, admitted, body, on_both_backends, request, signed};
 use crate::Control;
 
-on_both_backends!(bad_outbound_origins_are_refused_with_400_and_nothing_is_published);
+on_both_backends!(
+    bad_outbound_origins_are_refused_with_400_and_nothing_is_published,
+    publish_durable_reaches_the_hosts_and_a_publish_without_it_turns_it_off,
+);
 
 fn hello() -> Vec<u8> {
     std::fs::read(fog_test_programs::HELLO).unwrap()
@@ -58,4 +61,47 @@ async fn bad_outbound_origins_are_refused_with_400_and_nothing_is_published(back
             .collect::<Vec<_>>(),
         ["http://127.0.0.1:8080"]
     );
+}
+
+async fn publish_durable_reaches_the_hosts_and_a_publish_without_it_turns_it_off(backend: Backend) {
+    let control = backend.control();
+    let device = Identity::generate();
+    let registration = admitted(
+        &control,
+        br#"{"region":"r","cpu":1,"mem_mb":1024,"disk_mb":1024}"#,
+    );
+    let registered = control
+        .handle(signed(&device, "POST", "/v1/devices", registration, ""))
+        .await;
+    assert_eq!(registered.status(), 200);
+    let id = auth::device_id(&device.public_hex());
+    let heartbeat = br#"{"harvestable":true,"cpu_free":1.0,"mem_free_mb":1024.0}"#.to_vec();
+    let path = format!("/v1/devices/{id}/heartbeat");
+    let beat = control
+        .handle(signed(&device, "POST", &path, heartbeat, ""))
+        .await;
+    assert_eq!(beat.status(), 200);
+
+    let key = Identity::generate();
+    // What the one device is told to run, and what the app's listing says.
+    let published = |meta: serde_json::Value| {
+        let (control, key, id) = (control.clone(), &key, id.clone());
+        async move {
+            let answer = control
+                .handle(signed(key, "POST", "/v1/apps", hello(), &meta.to_string()))
+                .await;
+            assert_eq!(answer.status(), 201);
+            control.reconcile().unwrap();
+            let assigned = control.assignments_for(&id).unwrap();
+            assert_eq!(assigned.len(), 1, "the app is placed on the one device");
+            (
+                assigned[0].manifest.durable,
+                apps(&control).await[0].durable,
+            )
+        }
+    };
+    let durable = serde_json::json!({"name": "tally", "tier": "B", "durable": true});
+    assert_eq!(published(durable).await, (true, true));
+    let plain = serde_json::json!({"name": "tally", "tier": "B"});
+    assert_eq!(published(plain).await, (false, false));
 }
