@@ -127,6 +127,15 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Spot checks every `interval_s` seconds with the canary `fog` embeds; none for 0 (or
+/// anything not a positive number).
+pub fn canary(interval_s: f64) -> Option<fog_control::canary::CanaryConfig> {
+    (interval_s.is_finite() && interval_s > 0.0).then(|| fog_control::canary::CanaryConfig {
+        component: bytes::Bytes::from_static(fog_test_programs::shipped::CANARY),
+        interval: std::time::Duration::from_secs_f64(interval_s.max(0.1)),
+    })
+}
+
 /// How a router runs.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RouterArgs {
@@ -292,6 +301,11 @@ pub async fn start_router(
             stop.clone().wait(),
         )));
     }
+    tasks.push(tokio::spawn(fog_router::canary::run(
+        gateway.clone(),
+        fog_proto::auth::Identity::from_secret(&identity_secret),
+        stop.clone().wait(),
+    )));
     tasks.push(tokio::spawn(
         gateway.clone().run_relay_refresher(stop.clone().wait()),
     ));
@@ -537,6 +551,10 @@ pub struct HostArgs {
         default_missing_value = "127.0.0.1:7072"
     )]
     pub status_listen: Option<SocketAddr>,
+    /// TEST ONLY: flip a bit in every byte of every response body the apps give, as a broken
+    /// or cheating device would (spot checks catch it, and the device loses its replicas).
+    #[arg(long, hide = true)]
+    pub corrupt_responses: bool,
     /// The fog's admission token (the operator's `fog admit token`): the device is admitted
     /// when it registers. Without it, it registers pending and gets no work until the operator
     /// runs `fog admit DEVICE`.
@@ -601,6 +619,10 @@ pub async fn start_host(
         fog_host::reqlog::DEFAULT_FILES,
     )?;
     let apps = AppTable::with_request_log(log);
+    if args.corrupt_responses {
+        tracing::warn!("--corrupt-responses: every app's answers are corrupted (test only)");
+        apps.corrupt_responses();
+    }
     let listener = match listen {
         Some(listen) => Some(server::bind(listen).await?),
         None => None,

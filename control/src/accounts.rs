@@ -13,6 +13,9 @@ use fog_proto::api::{Balances, DeveloperBalance, DeviceBalance, SignedPeriod};
 use crate::Control;
 use crate::store::{StoreError, Table, decode};
 
+/// Who pays for the canary's work (spot checks) in `fog balance`: the fog's operator.
+pub const SPOT_CHECKS: &str = "fog operator (spot checks)";
+
 impl Control {
     /// Every device's earnings and every developer's spending, from the stored ledger.
     pub(crate) fn balances(&self) -> Result<Balances, StoreError> {
@@ -40,12 +43,17 @@ impl Control {
             for entry in &period.entries {
                 device.earned += entry.credits;
                 device.fuel += entry.fuel;
+                // Spot checks are the fog's own work: the operator pays the devices for them.
                 // An app removed since: its owner is gone with its record, but its spending is
                 // still counted, under the app's name.
-                let owner = owners
-                    .get(&entry.app)
-                    .cloned()
-                    .unwrap_or_else(|| format!("removed:{}", entry.app));
+                let owner = if entry.app == fog_proto::canary::APP {
+                    SPOT_CHECKS.to_string()
+                } else {
+                    owners
+                        .get(&entry.app)
+                        .cloned()
+                        .unwrap_or_else(|| format!("removed:{}", entry.app))
+                };
                 let developer =
                     developers
                         .entry(owner.clone())

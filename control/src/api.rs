@@ -190,6 +190,8 @@ impl Control {
                 );
                 Ok(response)
             }
+            ("POST", ["canary", "challenges"]) => self.canary_challenges(request).await,
+            ("POST", ["canary", "answers"]) => self.canary_answers(request).await,
             ("POST", ["fronts"]) => {
                 let (signer, body, _) = self.signed(request, 64 << 10).await?;
                 self.trusted_router(&signer, "to register a Betanet front")?;

@@ -242,6 +242,12 @@ impl Control {
         let meta: PublishMeta = serde_json::from_str(&meta)
             .map_err(|e| ApiError::BadRequest(format!("malformed x-fog-meta JSON: {e}")))?;
         meta.validate().map_err(ApiError::BadRequest)?;
+        if meta.name == fog_proto::canary::APP {
+            return Err(ApiError::BadRequest(format!(
+                "the name {:?} is reserved for Fog's spot checks",
+                meta.name
+            )));
+        }
         // Checked (and secrets sealed) before anything is written.
         let settings = self.published_settings(&meta)?;
         let component = body.clone();

@@ -173,7 +173,11 @@ impl Control {
             }
             Err(other) => return Err(other),
         }
-        let lines = std::mem::take(&mut heartbeat.logs);
+        // The canary's requests are Fog's own spot checks, not an app's log.
+        let lines: Vec<_> = std::mem::take(&mut heartbeat.logs)
+            .into_iter()
+            .filter(|l| l.app != fog_proto::canary::APP)
+            .collect();
         self.logs.add(self.store.as_ref(), id, lines)?;
         let running: Vec<String> = heartbeat
             .running
@@ -228,7 +232,16 @@ impl Control {
         // pushed): whichever router a visitor reaches holds a connection to each replica, and
         // any two devices share a rendezvous.
         let mut seen = self.version.subscribe();
-        let mut assignments = self.assignments_for(id)?;
+        // The canary is for admitted devices only: a pending one gets no work at all.
+        let admitted = self.is_admitted(&device.public_key)?;
+        let assignments_for = |id: &str| -> Result<Vec<Assignment>, StoreError> {
+            let mut assignments = self.assignments_for(id)?;
+            if !admitted {
+                assignments.retain(|a| a.manifest.name != fog_proto::canary::APP);
+            }
+            Ok(assignments)
+        };
+        let mut assignments = assignments_for(id)?;
         let mut attach = self.registrations.attach_points();
         let mut digest = digest(&assignments, &attach);
         if known.as_deref() == Some(digest.as_str()) {
@@ -237,7 +250,7 @@ impl Control {
                 .await
                 .is_ok_and(|r| r.is_ok())
             {
-                assignments = self.assignments_for(id)?;
+                assignments = assignments_for(id)?;
                 attach = self.registrations.attach_points();
                 digest = self::digest(&assignments, &attach);
                 if known.as_deref() != Some(digest.as_str()) {
@@ -318,8 +331,17 @@ impl Control {
 
     pub(crate) fn assignments_for(&self, device: &str) -> Result<Vec<Assignment>, StoreError> {
         let index = self.plan_index()?;
+        // Every device runs the canary beside its apps, for spot checks, while it offers
+        // capacity: a draining device lets go of it with its apps.
+        let harvestable = self
+            .live
+            .lock()
+            .expect("live lock")
+            .get(device)
+            .is_some_and(|l| l.heartbeat.harvestable);
+        let canary = self.canary.assignment().filter(|_| harvestable);
         let Some(names) = index.by_device.get(device) else {
-            return Ok(Vec::new());
+            return Ok(canary.into_iter().collect());
         };
         // Which of this device's apps it must fence or restore: looked up per app under short
         // locks, not copied whole on every heartbeat.
@@ -407,6 +429,7 @@ impl Control {
                 bundle: index.sites.get(&app.name).cloned(),
             });
         }
+        out.extend(canary);
         Ok(out)
     }
 }

@@ -17,6 +17,7 @@ pub mod admission;
 pub mod api;
 mod apps;
 pub mod autoscale;
+pub mod canary;
 mod config;
 mod dashboard;
 mod devices;
@@ -94,6 +95,9 @@ pub struct ControlConfig {
     /// Where the other control planes reach this one's API (`fog control --advertise`): it
     /// is announced in the store, and peers pull components from it.
     pub advertise: Option<String>,
+    /// The canary component placed on every device and how often each is spot-checked
+    /// (`fog control --canary-interval`); `None`: no spot checks.
+    pub canary: Option<canary::CanaryConfig>,
     /// Most devices that may wait for admission at once; past it a new device without the
     /// admission token is refused (503) until the operator admits some: a flood of freshly
     /// made keys cannot fill the registry.
@@ -136,6 +140,7 @@ impl Default for ControlConfig {
             replan_every: Duration::from_secs(30),
             secrets_key: None,
             advertise: None,
+            canary: None,
             max_pending_devices: admission::MAX_PENDING_DEVICES,
             hold_handovers: false,
             onion_lease: Duration::from_secs(10),
@@ -209,6 +214,8 @@ pub struct Control {
     secrets: secrets::SecretsKey,
     /// The other control planes, and the client to reach them.
     planes: planes::Planes,
+    /// The canary component and the spot checks in flight.
+    canary: canary::Canary,
 }
 
 /// Largest snapshot the control plane keeps for an app.
@@ -237,6 +244,7 @@ impl Control {
     pub fn new(store: Arc<dyn Store>, config: ControlConfig) -> Arc<Control> {
         let key_limit = config.key_rate.map(RateLimit::new);
         let secrets = secrets::SecretsKey::new(config.secrets_key.clone());
+        let canary = canary::Canary::new(config.canary.clone());
         Arc::new(Control {
             secrets,
             store,
@@ -269,6 +277,7 @@ impl Control {
             },
             leading: std::sync::atomic::AtomicBool::new(false),
             planes: planes::Planes::default(),
+            canary,
         })
     }
 }

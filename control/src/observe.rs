@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use fog_proto::api::{Heartbeat, RttSource};
 
-use crate::store::{Store, StoreError, Table, decode, encode};
+use crate::store::{Store, StoreError, Table, encode};
 use crate::trust::{Evidence, TrustConfig};
 
 /// A link's RTT older than this is not used.
@@ -157,7 +157,7 @@ impl Observations {
     ) -> Result<&'a mut Evidence, StoreError> {
         if !trust.contains_key(device) {
             let loaded = match store.get(Table::Trust, device)? {
-                Some(bytes) => decode(Table::Trust, device, &bytes)?,
+                Some(bytes) => crate::trust::decode_evidence(device, &bytes)?,
                 None => Evidence::default(),
             };
             trust.insert(device.to_string(), loaded);
@@ -210,7 +210,7 @@ impl Observations {
         let mut trust = self.trust.lock().expect("trust lock");
         for (device, bytes) in saved {
             if heard_elsewhere(&device) && !dirty.contains(&device) {
-                let evidence: Evidence = decode(Table::Trust, &device, &bytes)?;
+                let evidence = crate::trust::decode_evidence(&device, &bytes)?;
                 self.written
                     .lock()
                     .expect("written lock")
@@ -251,6 +251,7 @@ impl Observations {
                 step(last) != step(evidence)
                     || last.missed_heartbeats != evidence.missed_heartbeats
                     || last.refused_periods != evidence.refused_periods
+                    || last.canary_checks() != evidence.canary_checks()
                     || evidence.uptime_s - last.uptime_s >= UPTIME_SAVE_LAG_S
             });
             if due {
@@ -314,6 +315,16 @@ impl crate::Control {
             evidence.trust(&self.config.trust),
             evidence.reasons(&self.config.trust),
         ))
+    }
+
+    /// A device's trust evidence now.
+    pub(crate) fn evidence_of(&self, device: &str) -> Result<Evidence, StoreError> {
+        self.observed.evidence(
+            self.store.as_ref(),
+            device,
+            crate::now_ms(),
+            &self.config.trust,
+        )
     }
 
     /// A device's measured latency, if any.

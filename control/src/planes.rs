@@ -359,6 +359,10 @@ impl Control {
     /// Blob `sha256` from this control plane's disk, or else pulled from a peer (checked,
     /// then kept): `None` if no control plane has it.
     pub(crate) async fn blob(&self, sha256: &str) -> Result<Option<Bytes>, ApiError> {
+        // The canary is built into every control plane, never stored.
+        if let Some(canary) = self.canary.blob(sha256) {
+            return Ok(Some(canary));
+        }
         if let Some(bytes) = self.store.get(Table::Blobs, sha256)? {
             return Ok(Some(Bytes::from(bytes)));
         }

@@ -1,6 +1,7 @@
 //! Tests of the API without sockets: handlers called directly, each on both store backends
 //! (sled, and a real etcd member on loopback) through [`on_both_backends!`].
 
+mod canary;
 mod etcd;
 mod market;
 mod onion;

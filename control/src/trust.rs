@@ -11,7 +11,10 @@
 //!   harvestable (it vanished without draining first), at most [`MISSED_EPISODE_CAP_S`] per
 //!   absence; and [`REFUSED_PERIOD_COST_S`] per ledger period the control plane refused (bad
 //!   signature, wrong device or arithmetic that does not add up: the device tried to be paid
-//!   for work it did not meter).
+//!   for work it did not meter); [`WRONG_CANARY_COST_S`] per spot check answered wrongly (the
+//!   device's canary, a component whose answers the control plane computes itself, answered
+//!   something else: the device corrupts what it serves) and [`UNANSWERED_CANARY_COST_S`] per
+//!   spot check it did not answer at all.
 //!
 //! Both decay with a half-life ([`TrustConfig::half_life_s`], a day by default), so old
 //! behaviour counts less than recent behaviour and a device that stops contributing drifts
@@ -24,7 +27,8 @@
 //! with `prior` 0.2 and prior weight `W` 60 s by default. A new device starts at the prior,
 //! below the 0.3 that tiers S and A need, and reaches 0.3 after about `W / 7` ≈ 9 s of
 //! harvestable uptime, 0.5 after `0.6 W` ≈ 36 s, 0.9 after `7 W` ≈ 7 min; a refused ledger
-//! period costs a day of good standing at once. Requests a device failed are not counted yet:
+//! period or a wrong canary answer costs a day of good standing at once (trust falls below 0.1:
+//! the device loses every replica, whatever its tier, and needs days to recover). Requests a device failed are not counted yet:
 //! hosts report failures of the guest (its fuel, its traps) that are the app's doing, and
 //! routers do not report the device failures they see.
 
@@ -43,6 +47,12 @@ pub const MISSED_HEARTBEAT_COST_S: f64 = 60.0;
 pub const MISSED_EPISODE_CAP_S: f64 = 3600.0;
 /// Seconds of good standing a refused ledger period costs.
 pub const REFUSED_PERIOD_COST_S: f64 = 86_400.0;
+/// Seconds of good standing a wrong answer to a spot check costs: as much as a refused ledger
+/// period, since both show the device cheats or is broken.
+pub const WRONG_CANARY_COST_S: f64 = 86_400.0;
+/// Seconds of good standing an unanswered spot check costs: like a missed heartbeat, since a
+/// device may stop serving for honest reasons between the check's issue and its delivery.
+pub const UNANSWERED_CANARY_COST_S: f64 = 60.0;
 
 /// The trust formula's parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -81,6 +91,48 @@ pub struct Evidence {
     pub missed_heartbeats: u64,
     /// Ledger periods refused, ever.
     pub refused_periods: u64,
+    /// Spot checks answered rightly, ever.
+    pub canary_right: u64,
+    /// Spot checks answered wrongly, ever.
+    pub canary_wrong: u64,
+    /// Spot checks not answered, ever.
+    pub canary_unanswered: u64,
+    /// Unix ms of the last wrong answer, 0 for none.
+    pub canary_wrong_ms: u64,
+    /// Unix ms of the last unanswered check, 0 for none.
+    pub canary_unanswered_ms: u64,
+}
+
+/// [`Evidence`] as written before spot checks existed: records in this layout are read and
+/// completed with no checks.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvidenceV1 {
+    /// See [`Evidence::good_s`].
+    pub good_s: f64,
+    /// See [`Evidence::bad_s`].
+    pub bad_s: f64,
+    /// See [`Evidence::decayed_ms`].
+    pub decayed_ms: u64,
+    /// See [`Evidence::uptime_s`].
+    pub uptime_s: f64,
+    /// See [`Evidence::missed_heartbeats`].
+    pub missed_heartbeats: u64,
+    /// See [`Evidence::refused_periods`].
+    pub refused_periods: u64,
+}
+
+impl From<EvidenceV1> for Evidence {
+    fn from(old: EvidenceV1) -> Evidence {
+        Evidence {
+            good_s: old.good_s,
+            bad_s: old.bad_s,
+            decayed_ms: old.decayed_ms,
+            uptime_s: old.uptime_s,
+            missed_heartbeats: old.missed_heartbeats,
+            refused_periods: old.refused_periods,
+            ..Evidence::default()
+        }
+    }
 }
 
 impl Evidence {
@@ -132,6 +184,30 @@ impl Evidence {
         self.refused_periods += 1;
     }
 
+    /// The outcome of one spot check of the device, at `now_ms`.
+    pub fn canary(
+        &mut self,
+        now_ms: u64,
+        verdict: fog_proto::canary::Verdict,
+        config: &TrustConfig,
+    ) {
+        use fog_proto::canary::Verdict;
+        self.decay(now_ms, config);
+        match verdict {
+            Verdict::Right => self.canary_right += 1,
+            Verdict::Wrong => {
+                self.bad_s += WRONG_CANARY_COST_S;
+                self.canary_wrong += 1;
+                self.canary_wrong_ms = now_ms;
+            }
+            Verdict::Unanswered => {
+                self.bad_s += UNANSWERED_CANARY_COST_S;
+                self.canary_unanswered += 1;
+                self.canary_unanswered_ms = now_ms;
+            }
+        }
+    }
+
     /// Trust in [0, 1]: `(prior · W + G) / (W + G + B)`.
     pub fn trust(&self, config: &TrustConfig) -> f64 {
         let w = config.prior_weight_s.max(0.0);
@@ -157,11 +233,58 @@ impl Evidence {
         if self.refused_periods > 0 {
             out.push(format!("{} ledger periods refused", self.refused_periods));
         }
+        if self.canary_wrong > 0 {
+            out.push(format!(
+                "canary: wrong answer at {} ({} of {} checks wrong)",
+                utc(self.canary_wrong_ms),
+                self.canary_wrong,
+                self.canary_checks()
+            ));
+        }
+        if self.canary_unanswered > 0 {
+            out.push(format!(
+                "canary: no answer at {} ({} of {} checks unanswered)",
+                utc(self.canary_unanswered_ms),
+                self.canary_unanswered,
+                self.canary_checks()
+            ));
+        }
+        if self.canary_right > 0 && self.canary_right == self.canary_checks() {
+            out.push(format!("canary: {} checks right", self.canary_right));
+        }
         if self.good_s + self.bad_s < config.prior_weight_s {
             out.push(format!("new (started at {})", config.prior));
         }
         out
     }
+}
+
+impl Evidence {
+    /// Spot checks judged, ever.
+    pub fn canary_checks(&self) -> u64 {
+        self.canary_right + self.canary_wrong + self.canary_unanswered
+    }
+}
+
+/// Read a device's saved evidence, in this layout or the one before spot checks.
+pub(crate) fn decode_evidence(
+    device: &str,
+    bytes: &[u8],
+) -> Result<Evidence, crate::store::StoreError> {
+    use crate::store::{Table, decode};
+    decode::<Evidence>(Table::Trust, device, bytes).or_else(|new_layout| {
+        decode::<EvidenceV1>(Table::Trust, device, bytes)
+            .map(Evidence::from)
+            .map_err(|_| new_layout)
+    })
+}
+
+/// `2026-11-30 16:41:07 UTC` for unix ms.
+fn utc(ms: u64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms as i64).map_or_else(
+        || format!("{ms} ms"),
+        |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+    )
 }
 
 /// `90 s`, `12 min`, `3.5 h`, `2.0 d`.
@@ -242,6 +365,68 @@ mod tests {
             evidence
                 .reasons(&CONFIG)
                 .contains(&"1 ledger periods refused".to_string())
+        );
+    }
+
+    #[test]
+    fn a_wrong_canary_answer_drops_an_established_device_below_every_tier_at_once() {
+        use fog_proto::canary::Verdict;
+        let mut evidence = Evidence::default();
+        let now = uptime(&mut evidence, 1_000_000, 3600);
+        evidence.canary(now, Verdict::Right, &CONFIG);
+        assert!(evidence.trust(&CONFIG) > 0.9);
+        // 2026-11-30 16:41:07 UTC.
+        let at = 1_796_056_867_000;
+        evidence.canary(at, Verdict::Wrong, &CONFIG);
+        assert!(
+            evidence.trust(&CONFIG) < MIN_TRUST_B,
+            "{}",
+            evidence.trust(&CONFIG)
+        );
+        let reasons = evidence.reasons(&CONFIG);
+        assert!(
+            reasons.contains(
+                &"canary: wrong answer at 2026-11-30 16:41:07 UTC (1 of 2 checks wrong)"
+                    .to_string()
+            ),
+            "{reasons:?}"
+        );
+    }
+
+    #[test]
+    fn an_unanswered_canary_costs_a_little_and_is_told_apart_from_a_wrong_one() {
+        use fog_proto::canary::Verdict;
+        let mut evidence = Evidence::default();
+        let now = uptime(&mut evidence, 1_000_000, 3600);
+        evidence.canary(now, Verdict::Unanswered, &CONFIG);
+        let trust = evidence.trust(&CONFIG);
+        assert!(trust > 0.9, "{trust}");
+        assert_eq!((evidence.canary_unanswered, evidence.canary_wrong), (1, 0));
+        let reasons = evidence.reasons(&CONFIG).join("; ");
+        assert!(reasons.contains("canary: no answer at"), "{reasons}");
+        assert!(!reasons.contains("wrong"), "{reasons}");
+    }
+
+    #[test]
+    fn evidence_saved_before_canaries_existed_still_reads() {
+        let old = EvidenceV1 {
+            good_s: 10.0,
+            bad_s: 1.0,
+            decayed_ms: 5,
+            uptime_s: 10.0,
+            missed_heartbeats: 1,
+            refused_periods: 0,
+        };
+        let bytes = crate::store::encode(&old);
+        let read = super::decode_evidence("d1", &bytes).unwrap();
+        assert_eq!(read, Evidence::from(old));
+        let new = Evidence {
+            canary_wrong: 2,
+            ..read
+        };
+        assert_eq!(
+            super::decode_evidence("d1", &crate::store::encode(&new)).unwrap(),
+            new
         );
     }
 

@@ -131,6 +131,7 @@ impl Control {
                 let l = live.get(&d.id);
                 let alive = l.is_some_and(|l| self.is_alive(l));
                 let (trust, trust_reasons) = self.trust_of(&d.id)?;
+                let canary_checks = self.evidence_of(&d.id)?.canary_checks();
                 let latency = self.latency_of(&d.id).filter(|_| alive);
                 Ok(DeviceInfo {
                     htx: l.and_then(|l| l.heartbeat.htx.clone()),
@@ -149,8 +150,16 @@ impl Control {
                         .filter(|(_, p)| p.devices.contains(&d.id))
                         .map(|(a, _)| a.clone())
                         .collect(),
+                    // The canary runs everywhere; its checks show in the trust reasons.
                     running: l
-                        .map(|l| l.heartbeat.running.iter().map(|r| r.app.clone()).collect())
+                        .map(|l| {
+                            l.heartbeat
+                                .running
+                                .iter()
+                                .filter(|r| r.app != fog_proto::canary::APP)
+                                .map(|r| r.app.clone())
+                                .collect()
+                        })
                         .unwrap_or_default(),
                     admitted: admitted.contains(&d.public_key),
                     id: d.id,
@@ -163,6 +172,7 @@ impl Control {
                     rtt_source: latency.map(|l| l.source),
                     trust,
                     trust_reasons,
+                    canary_checks,
                 })
             })
             .collect()

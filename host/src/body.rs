@@ -52,6 +52,18 @@ impl HostBody {
         HostBody(Inner::Whole((!bytes.is_empty()).then_some(bytes)))
     }
 
+    /// This body with every byte's lowest bit flipped (same length), for `fog host
+    /// --corrupt-responses` (test only: a device that changes what its apps answer). A streamed
+    /// body is left as it is.
+    pub(crate) fn corrupted(self) -> HostBody {
+        match self.0 {
+            Inner::Whole(Some(bytes)) => {
+                HostBody::full(bytes.iter().map(|b| b ^ 1).collect::<Vec<u8>>())
+            }
+            other => HostBody(other),
+        }
+    }
+
     /// A body that yields what arrives on `chunks` until the sender is dropped.
     pub(crate) fn stream(chunks: tokio::sync::mpsc::Receiver<Result<Bytes, BodyCut>>) -> HostBody {
         HostBody(Inner::Stream(chunks))

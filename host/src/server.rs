@@ -25,6 +25,9 @@ pub struct AppTable {
     gate: crate::harvest::Gate,
     /// Set once metrics are exported (`--metrics-listen`); nothing is recorded otherwise.
     metrics: std::sync::OnceLock<Arc<crate::metrics::HostMetrics>>,
+    /// Test only (`fog host --corrupt-responses`): change every app's answer, as a broken or
+    /// cheating device would, so spot checks can be seen catching it.
+    corrupt: std::sync::atomic::AtomicBool,
 }
 
 impl AppTable {
@@ -55,6 +58,13 @@ impl AppTable {
     /// Stop serving the app `name`; in-flight requests finish on the old instance.
     pub fn remove(&self, name: &str) -> Option<Arc<App>> {
         self.apps.write().expect("app table lock").remove(name)
+    }
+
+    /// Test only: from now on, flip a bit in every byte of every app's (whole) response body,
+    /// as a broken or cheating device would. Spot checks exist to catch this.
+    pub fn corrupt_responses(&self) {
+        self.corrupt
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Record every request in `metrics` from now on.
@@ -195,7 +205,10 @@ impl AppTable {
                 };
                 let method = request.method().to_string();
                 let path = request.uri().path().to_string();
-                let (response, report) = app.handle(request).await;
+                let (mut response, report) = app.handle(request).await;
+                if self.corrupt.load(std::sync::atomic::Ordering::Relaxed) {
+                    response = response.map(crate::body::HostBody::corrupted);
+                }
                 admission.finish(report.fuel);
                 let line = fog_proto::api::LogLine {
                     app: app.name().to_string(),

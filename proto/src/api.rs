@@ -913,6 +913,9 @@ pub struct DeviceInfo {
     /// What the trust is made of, for people.
     #[serde(default)]
     pub trust_reasons: Vec<String>,
+    /// Spot checks of its canary judged so far (right, wrong or unanswered).
+    #[serde(default)]
+    pub canary_checks: u64,
     /// Its harvest policy's last decision, as its last heartbeat said (none: it ignores the
     /// policy, or never said).
     #[serde(default)]

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod auth;
 pub mod bundle;
+pub mod canary;
 pub mod config;
 pub mod errors;
 pub mod limits;

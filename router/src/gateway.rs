@@ -11,7 +11,7 @@ use fog_htx::mix::{MixMode, Relay};
 use fog_proto::ErrorKind;
 use fog_proto::api::{HtxEndpoint, ROUTES_VERSION_HEADER, RelayInfo, Route, RouteMode};
 use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -855,6 +855,66 @@ impl Gateway {
             .half_close(true)
             .serve_connection(hyper_util::rt::TokioIo::new(io), service)
             .await;
+    }
+
+    /// Send a spot check to the canary on the one device it names: the status and body (cut
+    /// at [`fog_proto::canary::MAX_ANSWER_BYTES`]) the device answered, or why it did not.
+    pub(crate) async fn probe(
+        &self,
+        challenge: &fog_proto::canary::Challenge,
+    ) -> Result<(u16, Bytes), String> {
+        use fog_proto::canary::{APP, MAX_ANSWER_BYTES};
+        // A listening device the routes do not name yet: its key comes with the check.
+        if let Some(htx) = &challenge.htx
+            && let Some(addr) = &htx.addr
+            && let Some(key) = hex::decode(&htx.key)
+                .ok()
+                .and_then(|k| <[u8; 32]>::try_from(k).ok())
+        {
+            self.dialer.learn([(addr.clone(), key)]);
+        }
+        let replica = Arc::new(ReplicaState {
+            device: challenge.device.clone(),
+            addr: challenge.addr.clone(),
+            htx: challenge.htx.clone(),
+            in_flight: AtomicU32::new(0),
+            suspect_until: Mutex::new(None),
+        });
+        let (parts, ()) = http::Request::get(challenge.path.as_str())
+            .body(())
+            .map_err(|e| format!("bad spot-check path: {e}"))?
+            .into_parts();
+        match self
+            .forward(
+                &replica,
+                APP,
+                &challenge.path,
+                &parts,
+                Empty::<Bytes>::new()
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            )
+            .await
+        {
+            Forwarded::Answer(response) => {
+                let status = response.status().as_u16();
+                match Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+                    .collect()
+                    .await
+                {
+                    Ok(body) => Ok((status, body.to_bytes())),
+                    // Longer than any right answer: it is the device's (wrong) answer.
+                    Err(err) if err.is::<http_body_util::LengthLimitError>() => Ok((
+                        status,
+                        Bytes::from_static(b"(an answer longer than the limit)"),
+                    )),
+                    Err(err) => Err(format!("the answer's body failed: {err}")),
+                }
+            }
+            Forwarded::TimedOut => Err("the device did not answer in time".into()),
+            Forwarded::Follower => Err("the device's canary only follows".into()),
+            Forwarded::Elsewhere(reason) => Err(reason),
+        }
     }
 
     /// The app's primary (the first replica in the route), if it is live.

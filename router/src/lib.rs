@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 pub mod attach;
+pub mod canary;
 pub mod error;
 pub mod front;
 mod gateway;

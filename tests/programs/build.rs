@@ -10,6 +10,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("COUNTER", "counter"),
     ("API", "api"),
     ("FILESERVER", "fileserver"),
+    ("CANARY", "canary"),
     ("UPLOAD", "upload"),
     ("INFINITE_LOOP", "hostile_infinite_loop"),
     ("MEMORY_BOMB", "hostile_memory_bomb"),
@@ -130,6 +131,7 @@ const SHIPPED: &[(&str, &str)] = &[
     ("COUNTER", "counter"),
     ("API", "api"),
     ("FILESERVER", "fileserver"),
+    ("CANARY", "canary"),
     ("UPLOAD", "upload"),
 ];
 

@@ -57,6 +57,11 @@ pub struct ControlCmd {
     /// components from it); default http://<the --listen address>.
     #[arg(long, value_name = "URL")]
     advertise: Option<String>,
+    /// Seconds between two spot checks of each device: a known-answer request, carried by a
+    /// trusted router, to the canary component every device runs; a wrong answer costs the
+    /// device its trust and its replicas. 0 turns spot checks off.
+    #[arg(long, default_value_t = fog_control::canary::DEFAULT_INTERVAL.as_secs_f64(), value_name = "SECONDS")]
+    canary_interval: f64,
     /// The fog's admission token (at least 16 characters): devices and relays registering with
     /// it are admitted at once; others wait, pending, for `fog admit KEY`. Replaces the token
     /// in the registry. Default: the registry's, made at random on first start. Either way it
@@ -88,6 +93,7 @@ impl ControlCmd {
                     ),
                     key_rate: fog_control::Rate::new(self.key_rate, self.key_burst),
                     advertise: self.advertise,
+                    canary: services::canary(self.canary_interval),
                     secrets_key: Some(self.secrets_key.unwrap_or_else(|| data.join("secrets.key"))),
                     // Test only: hold handovers mid-way so a test can kill this leader with
                     // one in flight (see `ControlConfig::hold_handovers`).

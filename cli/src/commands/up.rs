@@ -111,7 +111,7 @@ impl Up {
             let (stop_tx, stop) = Stop::new();
             let router_identity = services::router_identity(&data.join("router"))?;
             let trusted = vec![router_identity.public_hex()];
-            let (control, admission_token, mut tasks) = services::start_control(self.control_listen, &fog_control::store::StoreLocation::Sled, &data.join("control"), fog_control::ControlConfig { trusted_routers: trusted, snapshot_every: std::time::Duration::from_secs(5), secrets_key: Some(data.join("control").join("secrets.key")), ..fog_control::ControlConfig::default() }, None, stop.clone()).await?;
+            let (control, admission_token, mut tasks) = services::start_control(self.control_listen, &fog_control::store::StoreLocation::Sled, &data.join("control"), fog_control::ControlConfig { trusted_routers: trusted, snapshot_every: std::time::Duration::from_secs(5), secrets_key: Some(data.join("control").join("secrets.key")), canary: services::canary(fog_control::canary::DEFAULT_INTERVAL.as_secs_f64()), ..fog_control::ControlConfig::default() }, None, stop.clone()).await?;
             let control_url = format!("http://{control}");
             let control_urls: fog_net::control_urls::ControlUrls = control_url.parse()?;
             let metrics: Option<SocketAddr> = if self.metrics { Some("127.0.0.1:0".parse()?) } else { None };
@@ -167,6 +167,7 @@ impl Up {
                 ledger_period: 60,
                 // `fog up` is the operator's: the dashboard shows its hosts.
                 status_listen: None,
+                corrupt_responses: false,
                 // `fog up` is one operator's whole fog: its own hosts are admitted.
                 admission_token: Some(admission_token.clone()),
             };

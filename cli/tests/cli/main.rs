@@ -4,6 +4,7 @@ mod accounts;
 mod admit;
 mod betanet;
 mod bids;
+mod canary;
 mod config;
 mod dashboard;
 mod dialout;
