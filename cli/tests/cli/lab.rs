@@ -693,14 +693,28 @@ fn a_device_behind_120_ms_gets_no_tier_s_replica_while_faster_devices_have_room(
     let dev4 = devices.iter().find(|d| slow(d)).unwrap();
     assert_eq!(fog.node_of(&dev4.id), "dev4");
     assert_eq!(dev4.rtt_source, Some(RttSource::Routers), "{dev4:#?}");
-    // Two tier-S apps: with latency a constant, each would land on dev4 three times in four.
+    // Two tier-S apps of two replicas each: three fast devices leave room for both even if one
+    // of them misses a heartbeat on a saturated machine (and so drops below tier S's trust).
+    // With latency a constant, dev4 would hold one of the four replicas three times in four.
     for name in ["near1", "near2"] {
-        let info = fog.publish(programs::HELLO, name, "S");
-        assert_eq!(info.assigned.len(), 3, "{info:#?}");
+        let out = fog.fog(&[
+            "publish",
+            programs::HELLO,
+            "--name",
+            name,
+            "--tier",
+            "S",
+            "--replicas",
+            "2",
+            "--json",
+        ]);
+        assert!(out.status.success(), "publish {name}: {}", stderr(&out));
+        let info: AppInfo = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(info.assigned.len(), 2, "{info:#?}");
         assert!(
             !info.assigned.contains(&dev4.id),
-            "{name} placed on the slow dev4: {info:#?}
-{devices:#?}"
+            "{name} placed on the slow dev4: {info:#?}\nbefore: {devices:#?}\nnow: {:#?}",
+            fog.devices()
         );
     }
     let out = fog.fog(&["devices"]);
