@@ -21,9 +21,6 @@ use crate::{Control, now_ms};
 /// Events kept per app.
 pub const EVENTS_KEPT: usize = 20;
 
-/// Tries of an event's compare-and-swap before giving up on it.
-const EVENT_TRIES: usize = 8;
-
 /// An app's recent events, oldest first, as the store keeps them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventsRecord {
@@ -51,41 +48,17 @@ impl Control {
 
     fn add_event(&self, app: &str, event: String, abandoned: bool) {
         let stamped = format!("{} {event}", chrono::Utc::now().format("%H:%M:%S"));
-        let added = self.update_events(app, |record| {
+        let added = self.update_record(Table::Events, app, "events of", |current| {
+            let mut record: EventsRecord = current.unwrap_or_default();
             record.events.push(stamped.clone());
             let excess = record.events.len().saturating_sub(EVENTS_KEPT);
             record.events.drain(..excess);
             record.abandoned = abandoned.then(|| event.clone());
+            Ok(Some(record))
         });
         if let Err(err) = added {
             tracing::warn!(app, "event not recorded: {err}");
         }
-    }
-
-    fn update_events(
-        &self,
-        app: &str,
-        change: impl Fn(&mut EventsRecord),
-    ) -> Result<(), StoreError> {
-        for _ in 0..EVENT_TRIES {
-            let read = self.store.get_versioned(Table::Events, app)?;
-            let mut record: EventsRecord = match &read.value {
-                Some(bytes) => decode(Table::Events, app, bytes)?,
-                None => EventsRecord::default(),
-            };
-            change(&mut record);
-            match self
-                .store
-                .put_if(Table::Events, app, &encode(&record), &read.revision)
-            {
-                Err(StoreError::Conflict { .. }) => continue,
-                other => return other,
-            }
-        }
-        Err(StoreError::Conflict {
-            table: Table::Events.name(),
-            key: app.to_string(),
-        })
     }
 
     /// `app`'s recent events.
