@@ -59,6 +59,9 @@ struct PlaneRecord {
     /// New primaries it (as leader) has restore a snapshot first: (app, device).
     #[serde(default)]
     restores: Vec<(String, String)>,
+    /// Devices' throughputs it measured itself (the newest figure of a device wins).
+    #[serde(default)]
+    throughput: Vec<(String, crate::observe::Throughput)>,
 }
 
 /// What the leader decided that devices must hear whichever control plane they talk to.
@@ -265,6 +268,7 @@ impl Control {
             registrations: self.registrations.export(now_ms()),
             fencing,
             restores,
+            throughput: self.observed.throughputs(),
         };
         let bytes = serde_json::to_vec(&record).expect("announcements always serialise");
         self.store.announce(&self.id, &bytes)?;
@@ -286,6 +290,7 @@ impl Control {
             attach_changed |= self.registrations.import(record.registrations, now_ms());
             says.fencing.extend(record.fencing);
             says.restores.extend(record.restores);
+            self.observed.merge_throughputs(record.throughput);
             for device in record.devices {
                 match seen.get(&device.id) {
                     Some((at, _)) if *at >= device.seen_ms => {}

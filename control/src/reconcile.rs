@@ -12,7 +12,8 @@ use fog_scheduler::market::Pricing;
 use fog_scheduler::placement::{self, AppDemand, Device};
 
 use crate::store::{
-    AppRecord, AppTerms, Leadership, PlacementRecord, StoreError, Table, decode, encode,
+    AppRecord, AppTerms, DeviceRecord, Leadership, PlacementRecord, StoreError, Table, decode,
+    encode,
 };
 use crate::{ApiError, Control, autoscale, replicas, trust};
 
@@ -83,6 +84,41 @@ impl Control {
         Ok(changed)
     }
 
+    /// The cores one replica of an app is planned with: CPU demand as measured on live devices
+    /// (fuel burnt, see [`crate::usage::planned_cpu`]), not a fixed reservation. Placement
+    /// places with it and `fog ps` prices it.
+    pub(crate) fn planned_cpu(
+        &self,
+        devices: &[DeviceRecord],
+        live: &HashMap<String, (bool, Heartbeat)>,
+    ) -> impl Fn(&AppRecord) -> f64 {
+        let busiest = self
+            .usage
+            .busiest(|d| live.get(d).is_some_and(|(alive, _)| *alive));
+        // The most any usable device offers now, capped by what it registered.
+        let ceiling = devices
+            .iter()
+            .filter_map(|d| match live.get(&d.id) {
+                Some((true, hb)) if hb.harvestable => Some(hb.cpu_free.min(d.cpu)),
+                _ => None,
+            })
+            .fold(0.0, f64::max);
+        let floor = self.config.replica_cpu_floor;
+        move |app: &AppRecord| {
+            crate::usage::planned_cpu(app.tier, busiest.get(&app.name).copied(), floor, ceiling)
+        }
+    }
+
+    /// Every device's last heartbeat, and whether it is alive.
+    pub(crate) fn live_heartbeats(&self) -> HashMap<String, (bool, Heartbeat)> {
+        self.live
+            .lock()
+            .expect("live lock")
+            .iter()
+            .map(|(id, l)| (id.clone(), (self.is_alive(l), l.heartbeat.clone())))
+            .collect()
+    }
+
     /// Compute placements for every app from the registered devices and write them (after the
     /// start-up grace period of `missed_heartbeats` intervals).
     pub fn reconcile(&self) -> Result<(), StoreError> {
@@ -95,13 +131,7 @@ impl Control {
         if in_grace && placements.values().any(|p| !p.devices.is_empty()) {
             return Ok(());
         }
-        let live: HashMap<String, (bool, Heartbeat)> = self
-            .live
-            .lock()
-            .expect("live lock")
-            .iter()
-            .map(|(id, l)| (id.clone(), (self.is_alive(l), l.heartbeat.clone())))
-            .collect();
+        let live = self.live_heartbeats();
         if self.autoscale(&live)? {
             apps = self.apps()?;
         }
@@ -153,9 +183,11 @@ impl Control {
                     temperature_c: temperature,
                     region: d.region.clone(),
                     latency_ms: latency.get(d.id.as_str()).copied().unwrap_or(unmeasured),
-                    // Not measured yet (transfers to devices are not timed): the same for
-                    // every device, so it steers nothing.
-                    bandwidth_mbps: 100.0,
+                    // Timed downloads and uploads (see `observe`); a device never timed
+                    // enters with the prior.
+                    bandwidth_mbps: self
+                        .throughput_of(&d.id)
+                        .map_or(crate::observe::THROUGHPUT_PRIOR_MBPS, |t| t.mbps),
                     trust,
                     price_cpu_hour: d.price_cpu_hour,
                     price_gb_hour: 0.01,
@@ -168,15 +200,7 @@ impl Control {
             .iter()
             .map(|(k, v)| Ok((k.clone(), decode(Table::Terms, k, v)?)))
             .collect::<Result<_, StoreError>>()?;
-        // CPU demand as measured on live devices (fuel burnt), not a fixed reservation.
-        let busiest = self
-            .usage
-            .busiest(|d| live.get(d).is_some_and(|(alive, _)| *alive));
-        let ceiling = fleet
-            .iter()
-            .filter(|d| d.healthy && d.harvestable)
-            .map(|d| d.cpu_free)
-            .fold(0.0, f64::max);
+        let planned = self.planned_cpu(&devices, &live);
         let demands: Vec<AppDemand> = apps
             .iter()
             .filter(|a| a.replicas > 0)
@@ -184,12 +208,7 @@ impl Control {
                 let tier = a.tier;
                 let mut demand = AppDemand::new(
                     a.name.clone(),
-                    crate::usage::planned_cpu(
-                        tier,
-                        busiest.get(&a.name).copied(),
-                        self.config.replica_cpu_floor,
-                        ceiling,
-                    ),
+                    planned(a),
                     (a.limits.memory_bytes >> 20) as f64,
                     tier,
                 );
