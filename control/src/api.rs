@@ -125,16 +125,17 @@ impl hyper::body::Body for ApiBody {
 }
 
 impl Control {
-    /// A 200 carrying `bytes` to `device`, timed from `started` (when its request came) to
-    /// when the connection took the last frame: a sample of the device's throughput. The
-    /// kernel's send buffer still holds the tail then, so a sample errs fast, never slow.
+    /// A 200 carrying `bytes` to `device`, timed from now (the bytes are at hand: neither
+    /// reading them nor pulling them from a peer counts) to when the connection took the last
+    /// frame: a sample of the device's throughput. The kernel's send buffer still holds the
+    /// tail then, so a sample errs fast, never slow.
     pub(crate) fn timed_download(
         self: &Arc<Self>,
         device: String,
-        started: std::time::Instant,
         content_type: &'static str,
         bytes: Bytes,
     ) -> ApiResponse {
+        let started = std::time::Instant::now();
         let control = Arc::downgrade(self);
         let size = bytes.len() as u64;
         let mut response = http::Response::new(ApiBody::timed(bytes, move || {
@@ -251,7 +252,6 @@ impl Control {
             }
             ("GET", ["balances"]) => Ok(json(200, &self.balances()?)),
             ("GET", ["blobs", sha]) => {
-                let started = std::time::Instant::now();
                 // `local=1`: a peer pulling; answer from this disk only (no pull in turn).
                 let local = request
                     .uri()
@@ -259,7 +259,7 @@ impl Control {
                     .is_some_and(|q| q.split('&').any(|kv| kv == "local=1"));
                 // A host signs its download, so it can be timed as that device's throughput.
                 let device = if request.headers().contains_key(AUTH_HEADER) {
-                    let (signer, _, _) = self.signed(request, 0).await?;
+                    let (signer, _, _) = self.signed_limited(request, 0, false).await?;
                     Some(self.signing_device(&signer)?)
                 } else {
                     None
@@ -271,7 +271,7 @@ impl Control {
                 };
                 match (found, device) {
                     (Some(bytes), Some(device)) => {
-                        Ok(self.timed_download(device, started, "application/wasm", bytes))
+                        Ok(self.timed_download(device, "application/wasm", bytes))
                     }
                     (Some(bytes), None) => Ok(bytes_response("application/wasm", bytes)),
                     (None, _) => Err(ApiError::NotFound(format!("no blob {sha}"))),
@@ -432,6 +432,22 @@ impl Control {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        self.signed_limited(request, limit, true).await
+    }
+
+    /// [`Control::signed`], counting the request against the signer's rate limit only if
+    /// `rate_limited`: a download (a host fetching the components of many apps at once) only
+    /// identifies its device and changes nothing.
+    pub(crate) async fn signed_limited<B>(
+        &self,
+        request: http::Request<B>,
+        limit: u64,
+        rate_limited: bool,
+    ) -> Result<(String, Bytes, String), ApiError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let (parts, body) = request.into_parts();
         let header = |name: &str| {
             parts
@@ -457,7 +473,7 @@ impl Control {
         )
         .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
         // Limited before the replay check, so a request refused here may be sent again.
-        if let Some(limit) = &self.key_limit
+        if let Some(limit) = self.key_limit.as_ref().filter(|_| rate_limited)
             && let Err(wait) = limit.check(&signed.key)
         {
             return Err(ApiError::RateLimited {

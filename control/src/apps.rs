@@ -219,7 +219,6 @@ impl Control {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let started = std::time::Instant::now();
         let (signer, _, _) = self.signed(request, api::MAX_JSON_BYTES).await?;
         let device = self.signing_device(&signer)?;
         let assigned = self
@@ -233,7 +232,7 @@ impl Control {
         }
         match self.store.get(Table::Snapshots, name)? {
             Some(bytes) => {
-                Ok(self.timed_download(device, started, "application/octet-stream", bytes.into()))
+                Ok(self.timed_download(device, "application/octet-stream", bytes.into()))
             }
             None => Err(ApiError::NotFound(format!("no snapshot of {name:?} yet"))),
         }

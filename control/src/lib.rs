@@ -25,7 +25,7 @@ pub mod error;
 pub(crate) mod logs;
 mod metrics;
 pub mod names;
-mod observe;
+pub mod observe;
 pub mod onion;
 mod planes;
 mod preempt;

@@ -44,6 +44,28 @@ const THROUGHPUT_GAIN: f64 = 0.25;
 /// home uplink, a prior rather than a measurement (`fog devices` shows "-" for it).
 pub const THROUGHPUT_PRIOR_MBPS: f64 = 50.0;
 
+/// The latency placement uses for each device from its measured RTT (ms), in order: rounded to
+/// 1 ms so jitter between equally near devices does not steer placement; a device not measured
+/// yet counts as the slowest measured one (unknown is never better than known), or 0 when
+/// nothing is measured at all.
+pub fn placement_latencies(measured: &[Option<f64>]) -> Vec<f64> {
+    let rounded: Vec<Option<f64>> = measured.iter().map(|m| m.map(f64::round)).collect();
+    let unmeasured = rounded.iter().flatten().copied().fold(0.0, f64::max);
+    rounded.iter().map(|m| m.unwrap_or(unmeasured)).collect()
+}
+
+/// The throughput placement uses for a device, Mbit/s: its measured figure, or
+/// [`THROUGHPUT_PRIOR_MBPS`] for a device never timed.
+pub fn placement_bandwidth(measured: Option<&Throughput>) -> f64 {
+    measured.map_or(THROUGHPUT_PRIOR_MBPS, |t| t.mbps)
+}
+
+/// The trust placement uses: in steps of 0.05, rounded down (so the 0.3 threshold is exact),
+/// so tiny changes from one heartbeat to the next do not move replicas.
+pub fn placement_trust(trust: f64) -> f64 {
+    (trust * 20.0).floor() / 20.0
+}
+
 /// A device's smoothed throughput, as measured by a control plane.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Throughput {

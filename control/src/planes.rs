@@ -5,7 +5,7 @@
 //! Two things follow. Liveness is shared: a device heartbeats to one control plane, and every
 //! other control plane (the leader that places replicas, a follower answering routes) learns it
 //! is alive from that control plane's announcement; so are the routers' fronts and attach
-//! endpoints and the relays registered with it. And components and site bundles, which stay
+//! endpoints and the relays registered with it, and the devices' throughputs it timed. And components and site bundles, which stay
 //! off etcd on each control plane's disk, are copied between control planes by hash: a publish
 //! is acknowledged only once a second control plane (when there is one) pulled the blob from
 //! the one that received it, and a control plane asked for a blob it lacks pulls it from a peer

@@ -15,7 +15,7 @@ use crate::store::{
     AppRecord, AppTerms, DeviceRecord, Leadership, PlacementRecord, StoreError, Table, decode,
     encode,
 };
-use crate::{ApiError, Control, autoscale, replicas, trust};
+use crate::{ApiError, Control, autoscale, observe, replicas, trust};
 
 impl Control {
     /// Run the autoscaler over every autoscaled app; true if a replica count changed.
@@ -136,23 +136,18 @@ impl Control {
             apps = self.apps()?;
         }
         self.save_evidence(false)?;
-        // Measured latency, rounded to 1 ms so jitter between equally near devices does not
-        // steer placement; a device not measured yet counts as the slowest measured one
-        // (unknown is never better than known), or 0 when nothing is measured at all.
-        let latency: HashMap<&str, f64> = devices
-            .iter()
-            .filter_map(|d| {
-                self.latency_of(&d.id)
-                    .map(|l| (d.id.as_str(), l.rtt_ms.round()))
-            })
-            .collect();
-        let unmeasured = latency.values().copied().fold(0.0, f64::max);
+        // What is measured of each device, as placement takes it (see `observe`).
+        let latency = observe::placement_latencies(
+            &devices
+                .iter()
+                .map(|d| self.latency_of(&d.id).map(|l| l.rtt_ms))
+                .collect::<Vec<_>>(),
+        );
         let mut fleet: Vec<Device> = devices
             .iter()
-            .map(|d| {
-                // Trust in steps of 0.05 (rounded down, so the 0.3 threshold is exact): tiny
-                // changes from one heartbeat to the next do not move replicas.
-                let trust = (self.trust_of(&d.id)?.0 * 20.0).floor() / 20.0;
+            .zip(latency)
+            .map(|(d, latency_ms)| {
+                let trust = observe::placement_trust(self.trust_of(&d.id)?.0);
                 // What the device offers now (its harvest policy's share), capped by what it
                 // registered; battery and heat feed the energy objective.
                 let (alive, harvestable, cpu, mem, battery, charging, temperature) =
@@ -182,12 +177,11 @@ impl Control {
                     charging,
                     temperature_c: temperature,
                     region: d.region.clone(),
-                    latency_ms: latency.get(d.id.as_str()).copied().unwrap_or(unmeasured),
-                    // Timed downloads and uploads (see `observe`); a device never timed
-                    // enters with the prior.
-                    bandwidth_mbps: self
-                        .throughput_of(&d.id)
-                        .map_or(crate::observe::THROUGHPUT_PRIOR_MBPS, |t| t.mbps),
+                    latency_ms,
+                    // Timed downloads and uploads; a device never timed enters with the prior.
+                    bandwidth_mbps: observe::placement_bandwidth(
+                        self.throughput_of(&d.id).as_ref(),
+                    ),
                     trust,
                     price_cpu_hour: d.price_cpu_hour,
                     price_gb_hour: 0.01,
