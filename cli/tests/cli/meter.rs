@@ -1,12 +1,14 @@
 //! Measured throughput and prices across processes: a host downloading components (the canary,
 //! then an app's) gets a throughput the control plane timed, shown by `fog devices`; `fog ps` shows what each app
-//! pays per hour, by the formula the ledger charges with.
+//! pays per hour, by the formula the ledger charges with; and a figure one control plane timed
+//! reaches the others through their announcements.
 
 use std::time::{Duration, Instant};
 
 use fog_proto::api::{AppInfo, DeviceInfo, LedgerPeriod};
 use fog_test_programs as programs;
 
+use crate::fog::{Running, spawn};
 use crate::publish::Fog;
 
 /// Poll `fog devices --json` until `done` holds for some device, or fail with `what`.
@@ -111,4 +113,51 @@ async fn fog_ps_shows_what_each_app_pays_per_hour() {
     };
     assert_eq!(price("counter"), format!("{expected:.6}"), "{out}");
     assert_eq!(price("capped"), "-", "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throughput_timed_by_one_control_plane_reaches_the_others() {
+    let etcd = fog_test_etcd::EtcdCluster::start(1).unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = |p: &str| dir.path().join(p).to_str().unwrap().to_string();
+    let controls: Vec<Running> = (0..2)
+        .map(|i| {
+            spawn(&[
+                "control",
+                "--listen",
+                "127.0.0.1:0",
+                "--data",
+                &path(&format!("control{i}")),
+                "--store",
+                &etcd.url(),
+            ])
+        })
+        .collect();
+    // The host knows only the first control plane: it downloads the canary from there.
+    let _host = spawn(&[
+        "host",
+        "--control",
+        &controls[0].url(),
+        "--data",
+        &path("host"),
+        "--always-on",
+    ]);
+    // The second control plane never sent it a byte, yet shows what the first one timed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reply = fog_tests::request(controls[1].addr, "GET", "/v1/devices", &[], "")
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let devices: Vec<DeviceInfo> = serde_json::from_slice(&reply.body).unwrap();
+        if let Some(mbps) = devices.first().and_then(|d| d.throughput_mbps) {
+            assert!(mbps.is_finite() && mbps > 0.0, "{devices:#?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no throughput reached the second control plane: {devices:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
