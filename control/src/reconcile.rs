@@ -172,6 +172,9 @@ impl Control {
         let busiest = self
             .usage
             .busiest(|d| live.get(d).is_some_and(|(alive, _)| *alive));
+        let footprints = self
+            .usage
+            .footprints(|d| live.get(d).is_some_and(|(alive, _)| *alive));
         let ceiling = fleet
             .iter()
             .filter(|d| d.healthy && d.harvestable)
@@ -190,7 +193,12 @@ impl Control {
                         self.config.replica_cpu_floor,
                         ceiling,
                     ),
-                    (a.limits.memory_bytes >> 20) as f64,
+                    crate::usage::planned_memory(
+                        tier,
+                        footprints.get(&a.name).copied(),
+                        self.config.replica_memory_floor_mb,
+                        (a.limits.memory_bytes >> 20) as f64,
+                    ),
                     tier,
                 );
                 demand.replicas = Some(a.replicas);

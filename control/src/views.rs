@@ -110,6 +110,7 @@ impl Control {
             bid: terms.map(|t| t.bid).unwrap_or_default(),
             allow_outbound: settings.allow_outbound,
             durable: settings.durable,
+            footprint_mb: self.usage.footprint(&app.name),
             // From the store: any control plane, leading or not, answers the same.
             moving: self
                 .stored_handover(&app.name)?
