@@ -71,6 +71,10 @@ pub struct ControlConfig {
     /// Least CPU one replica is planned with, in cores: its measured use (see [`usage`]) with
     /// its tier's headroom, never below this.
     pub replica_cpu_floor: f64,
+    /// Least memory one replica is planned with, MiB: its measured footprint with its tier's
+    /// headroom (see [`usage`]), never below this; an idle app costs a host about a KiB of
+    /// bookkeeping, the floor leaves room for its state's caches.
+    pub replica_memory_floor_mb: f64,
     /// NSGA-II settings for placement.
     pub placement: PlacementConfig,
     /// Public keys (hex) of routers allowed to register Betanet fronts.
@@ -126,6 +130,7 @@ impl Default for ControlConfig {
             missed_heartbeats: 3,
             tick: Duration::from_secs(1),
             replica_cpu_floor: 0.01,
+            replica_memory_floor_mb: 1.0,
             placement: PlacementConfig {
                 population: 40,
                 generations: 30,

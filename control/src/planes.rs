@@ -324,6 +324,9 @@ impl Control {
                     Some(l) if l.at >= at => {}
                     previous => {
                         let was_alive = previous.is_some_and(|l| self.is_alive(l));
+                        // What its apps use (fuel counters, memory peaks) counts wherever the
+                        // device heartbeats: the leader plans with it.
+                        self.usage.record(&id, &heartbeat.running, at);
                         let entry = Live {
                             at,
                             heartbeat,

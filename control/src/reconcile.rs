@@ -195,6 +195,10 @@ impl Control {
             .map(|(k, v)| Ok((k.clone(), decode(Table::Terms, k, v)?)))
             .collect::<Result<_, StoreError>>()?;
         let planned = self.planned_cpu(&devices, &live);
+        // Memory demand as measured: the footprints hosts report (see `usage`).
+        let footprints = self
+            .usage
+            .footprints(|d| live.get(d).is_some_and(|(alive, _)| *alive));
         let demands: Vec<AppDemand> = apps
             .iter()
             .filter(|a| a.replicas > 0)
@@ -203,7 +207,12 @@ impl Control {
                 let mut demand = AppDemand::new(
                     a.name.clone(),
                     planned(a),
-                    (a.limits.memory_bytes >> 20) as f64,
+                    crate::usage::planned_memory(
+                        tier,
+                        footprints.get(&a.name).copied(),
+                        self.config.replica_memory_floor_mb,
+                        (a.limits.memory_bytes >> 20) as f64,
+                    ),
                     tier,
                 );
                 demand.replicas = Some(a.replicas);

@@ -122,6 +122,7 @@ impl Control {
             durable: settings.durable,
             cpu_planned,
             price_per_hour,
+            footprint_mb: self.usage.footprint(&app.name),
             // From the store: any control plane, leading or not, answers the same.
             moving: self
                 .stored_handover(&app.name)?

@@ -474,6 +474,7 @@ fn heartbeat(shared: &Shared, config: &AgentConfig) -> Heartbeat {
                             .load(std::sync::atomic::Ordering::Acquire)
                 }),
                 fenced: mode == Mode::Fenced && app.in_flight() == 0,
+                memory_bytes: Some(app.take_memory_peak()),
             }
         })
         .collect();

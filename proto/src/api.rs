@@ -298,6 +298,11 @@ pub struct AppInfo {
     /// its ledger periods charge with. 0 when it is placed nowhere.
     #[serde(default)]
     pub price_per_hour: f64,
+    /// The most linear memory one replica's instances held at once lately (a peak decaying
+    /// over a minute), MiB, as hosts measured it: what placement plans a replica with, with
+    /// the tier's headroom. `None` until a host that measures runs it.
+    #[serde(default)]
+    pub footprint_mb: Option<f64>,
 }
 
 /// An app's onion-service lease granted to a trusted router (`POST /v1/onion-leases`): the key
@@ -765,6 +770,11 @@ pub struct RunningApp {
     /// A fenced primary with no request in flight: its state will not change any more.
     #[serde(default)]
     pub fenced: bool,
+    /// The most linear memory its instances held at once since the previous heartbeat, bytes
+    /// (its real footprint, which placement plans it with); absent from hosts that do not
+    /// measure it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
 }
 
 /// What a replica of an app does with writes.

@@ -12,6 +12,7 @@ mod durable;
 mod etcd;
 mod flood;
 mod fog;
+mod footprint;
 mod ha;
 mod harvest;
 pub mod jspy;
