@@ -254,6 +254,12 @@ impl LabFog {
 
     /// The node whose host runs device `id`.
     fn node_of(&self, id: &str) -> String {
+        self.try_node_of(id)
+            .unwrap_or_else(|| panic!("no host of ours is device {id}"))
+    }
+
+    /// The node whose host runs device `id`, if one has said so in its log yet.
+    fn try_node_of(&self, id: &str) -> Option<String> {
         self.hosts
             .iter()
             .find(|(_, p)| {
@@ -268,7 +274,6 @@ impl LabFog {
                 })
             })
             .map(|(name, _)| name.clone())
-            .unwrap_or_else(|| panic!("no host of ours is device {id}"))
     }
 
     fn router_http(&self, router: &str) -> SocketAddr {
@@ -772,6 +777,9 @@ const BENCH_APPS: [(&str, &str, &str); 4] = [
     ("blog", "B", "1"),
 ];
 
+/// Each app's devices, as `fog ps` lists them.
+type Placed = Vec<(String, Vec<String>)>;
+
 /// Latencies of one app's requests under one placement.
 struct Measured {
     app: String,
@@ -781,11 +789,33 @@ struct Measured {
 }
 
 impl LabFog {
+    /// Waits until every device of [`BENCH_FLEET`] is alive, measured (at least four fifths of
+    /// its added delay: the delay is in place) and trusted enough for tiers S and A.
+    fn wait_bench_fleet(&self) -> Vec<DeviceInfo> {
+        self.wait_devices(
+            Duration::from_secs(180),
+            "every device alive, measured with its delay and trusted for tier S",
+            |d| {
+                d.len() == BENCH_FLEET.len()
+                    && d.iter().all(|d| {
+                        d.alive
+                            && d.trust >= 0.3
+                            && d.rtt_ms.is_some_and(|rtt| {
+                                self.try_node_of(&d.id).is_some_and(|node| {
+                                    let added = BENCH_FLEET.iter().find(|f| f.0 == node).unwrap().1;
+                                    rtt >= added as f64 * 0.8
+                                })
+                            })
+                    })
+            },
+        )
+    }
+
     /// Waits until every app has all its replicas assigned and running, no move in flight, and
     /// the same devices for `quiet` in a row; returns each app's devices.
-    fn wait_settled(&self, quiet: Duration, limit: Duration) -> Vec<(String, Vec<String>)> {
+    fn wait_settled(&self, quiet: Duration, limit: Duration) -> Placed {
         let deadline = Instant::now() + limit;
-        let mut last: Option<(Vec<(String, Vec<String>)>, Instant)> = None;
+        let mut last: Option<(Placed, Instant)> = None;
         loop {
             let apps = self.apps();
             let ready = apps.iter().all(|a| {
@@ -795,7 +825,7 @@ impl LabFog {
                 assigned.sort();
                 a.assigned.len() == a.replicas as usize && running == assigned && a.moving.is_none()
             });
-            let now: Vec<(String, Vec<String>)> = apps
+            let now: Placed = apps
                 .iter()
                 .map(|a| (a.name.clone(), a.assigned.clone()))
                 .collect();
@@ -902,23 +932,7 @@ fn visitor_latency_under_fogs_placement_and_the_greedy_baseline() {
             .set_netem(node, Duration::from_millis(ms), 0.0)
             .expect("delay on a device's link");
     }
-    // Every device measured (at least four fifths of its added delay: the delay is in place)
-    // and trusted enough for tiers S and A.
-    let devices = fog.wait_devices(
-        Duration::from_secs(180),
-        "every device measured with its delay and trusted for tier S",
-        |d| {
-            d.len() == BENCH_FLEET.len()
-                && d.iter().all(|d| {
-                    d.trust >= 0.3
-                        && d.rtt_ms.is_some_and(|rtt| {
-                            let node = fog.node_of(&d.id);
-                            let added = BENCH_FLEET.iter().find(|f| f.0 == node).unwrap().1;
-                            rtt >= added as f64 * 0.8
-                        })
-                })
-        },
-    );
+    let devices = fog.wait_bench_fleet();
     // Device id → "devN (RTT ms, price)", in the order the greedy baseline takes them (by id).
     let mut fleet: Vec<(String, String)> = devices
         .iter()
@@ -944,32 +958,53 @@ fn visitor_latency_under_fogs_placement_and_the_greedy_baseline() {
             .map(|(_, l)| l.split(' ').next().unwrap_or(id).to_string())
             .unwrap_or_else(|| id.to_string())
     };
-    for (name, tier, replicas) in BENCH_APPS {
-        let out = fog.fog(&[
-            "publish",
-            programs::HELLO,
-            "--name",
-            name,
-            "--tier",
-            tier,
-            "--replicas",
-            replicas,
-            "--json",
-        ]);
-        assert!(out.status.success(), "publish {name}: {}", stderr(&out));
-    }
     let mut results: Vec<(String, Vec<Measured>)> = Vec::new();
     for (i, phase) in phases.iter().enumerate() {
-        // The first phase runs on the control plane as started (NSGA-II, the default) when it
-        // is nsga2; every other phase restarts only the control plane.
-        if i > 0 || *phase != "nsga2" {
-            fog.restart_control(&["--placement", phase]);
+        // Each phase places the apps from nothing: removed, the control plane started again
+        // with the phase's strategy (nothing else restarts), the fleet measured again (RTTs are
+        // kept in memory), published again.
+        if i > 0 {
+            for (name, _, _) in BENCH_APPS {
+                let out = fog.fog(&["rm", name]);
+                assert!(out.status.success(), "rm {name}: {}", stderr(&out));
+            }
+            fog.wait_devices(
+                Duration::from_secs(60),
+                "every replica of the last phase stopped",
+                |d| d.iter().all(|d| d.running.is_empty()),
+            );
+        }
+        fog.restart_control(&["--placement", phase]);
+        // What placement sees: the smoothed RTTs when the apps are published.
+        let seen: Vec<String> = fog
+            .wait_bench_fleet()
+            .iter()
+            .map(|d| format!("{} {:.0} ms", label(&d.id), d.rtt_ms.unwrap_or(f64::NAN)))
+            .collect();
+        println!(
+            "phase {} ({phase}) placed on RTTs: {}",
+            i + 1,
+            seen.join(", ")
+        );
+        for (name, tier, replicas) in BENCH_APPS {
+            let out = fog.fog(&[
+                "publish",
+                programs::HELLO,
+                "--name",
+                name,
+                "--tier",
+                tier,
+                "--replicas",
+                replicas,
+                "--json",
+            ]);
+            assert!(out.status.success(), "publish {name}: {}", stderr(&out));
         }
         let placement = fog.wait_settled(Duration::from_secs(10), Duration::from_secs(240));
         let measured = fog.measure(&placement, requests);
         // A placement that changed while measured is said, not hidden (a re-plan may move a
         // replica; the figures then mix two placements).
-        let after: Vec<(String, Vec<String>)> = fog
+        let after: Placed = fog
             .apps()
             .iter()
             .map(|a| (a.name.clone(), a.assigned.clone()))

@@ -468,13 +468,13 @@ async fn the_greedy_placement_switch_places_as_the_greedy_baseline_on_the_same_i
         assert_eq!(publish(&control, &Identity::generate(), meta).await.0, 201);
         control.reconcile().unwrap();
         let expected = match strategy {
-            PlacementStrategy::Nsga2 => &near,
-            PlacementStrategy::Greedy => &far,
+            PlacementStrategy::Nsga2 => near,
+            PlacementStrategy::Greedy => far,
         };
         let info = app(&control, "hello").await;
         assert_eq!(
-            &info.assigned,
-            &[expected.clone()],
+            info.assigned,
+            vec![expected],
             "{strategy:?}: {info:?}\n{:?}",
             devices(&control).await
         );
