@@ -844,9 +844,10 @@ impl LabFog {
         }
     }
 
-    /// `requests` sequential GETs of each app through `router1` from the visitor, timed from
+    /// `requests` GETs of each app through `router1` from the visitor, `concurrency` at a time
+    /// (each of `concurrency` visitors sends its share one after another), each timed from
     /// connect to the last byte.
-    fn measure(&self, placement: &[(String, Vec<String>)], requests: usize) -> Vec<Measured> {
+    fn measure(&self, placement: &Placed, requests: usize, concurrency: usize) -> Vec<Measured> {
         let router = self.router_http("router1");
         placement
             .iter()
@@ -854,23 +855,39 @@ impl LabFog {
                 let target = format!("/apps/{app}/");
                 // Warm: the router's HTX streams to the replicas exist before the clock runs.
                 self.wait_answer(router, &target, "Hello", Duration::from_secs(60));
-                let mut ms = Vec::with_capacity(requests);
-                let mut failed = 0;
-                for _ in 0..requests {
-                    let started = Instant::now();
-                    match self.request(router, "GET", &target) {
-                        Ok(reply) if reply.status == 200 => {
-                            ms.push(started.elapsed().as_secs_f64() * 1000.0)
-                        }
-                        _ => failed += 1,
-                    }
-                }
-                Measured {
+                let visitors: Vec<_> = (0..concurrency)
+                    .map(|v| {
+                        let share =
+                            requests / concurrency + usize::from(v < requests % concurrency);
+                        let target = target.clone();
+                        self.visitor.spawn(async move {
+                            let mut ms = Vec::with_capacity(share);
+                            let mut failed = 0;
+                            for _ in 0..share {
+                                let started = Instant::now();
+                                match fog_tests::request(router, "GET", &target, &[], "").await {
+                                    Ok(reply) if reply.status == 200 => {
+                                        ms.push(started.elapsed().as_secs_f64() * 1000.0)
+                                    }
+                                    _ => failed += 1,
+                                }
+                            }
+                            (ms, failed)
+                        })
+                    })
+                    .collect();
+                let mut measured = Measured {
                     app: app.clone(),
                     devices: devices.clone(),
-                    ms,
-                    failed,
+                    ms: Vec::with_capacity(requests),
+                    failed: 0,
+                };
+                for visitor in visitors {
+                    let (ms, failed) = self.visitor.block_on(visitor).expect("visitor task");
+                    measured.ms.extend(ms);
+                    measured.failed += failed;
                 }
+                measured
             })
             .collect()
     }
@@ -894,9 +911,11 @@ fn summary(ms: &[f64]) -> (f64, f64, f64) {
 /// Benchmark, not a test (`benches/visitor_latency.sh` runs it; it asserts only that the fleet
 /// came up and served): the latency visitors see through a router under Fog's placement
 /// (NSGA-II) and under the greedy baseline, on one fleet of six NATed devices behind 5 to
-/// 200 ms, in one run. Phases (`FOG_BENCH_PHASES`, default `nsga2,greedy,nsga2`) restart only
-/// the control plane, with `--placement`; every phase waits for the placement to settle, then
-/// sends `FOG_BENCH_REQUESTS` (default 100) requests per app and prints a Markdown table.
+/// 200 ms, in one run. Phases (`FOG_BENCH_PHASES`, default `nsga2,greedy,greedy,nsga2`) remove
+/// the apps, restart only the control plane, with `--placement`, and publish the apps again;
+/// every phase waits for the placement to settle, then sends `FOG_BENCH_REQUESTS` (default 100)
+/// requests per app at each concurrency of `FOG_BENCH_CONCURRENCY` (default `1,4`), and prints
+/// Markdown tables.
 #[test]
 #[ignore = "benchmark: run by benches/visitor_latency.sh"]
 fn visitor_latency_under_fogs_placement_and_the_greedy_baseline() {
@@ -905,12 +924,20 @@ fn visitor_latency_under_fogs_placement_and_the_greedy_baseline() {
         .map(|n| n.parse().expect("FOG_BENCH_REQUESTS is a number"))
         .unwrap_or(100);
     let phases_text =
-        std::env::var("FOG_BENCH_PHASES").unwrap_or_else(|_| "nsga2,greedy,nsga2".into());
+        std::env::var("FOG_BENCH_PHASES").unwrap_or_else(|_| "nsga2,greedy,greedy,nsga2".into());
     let phases: Vec<&str> = phases_text.split(',').map(str::trim).collect();
     assert!(
         phases.iter().all(|p| ["nsga2", "greedy"].contains(p)),
         "FOG_BENCH_PHASES: nsga2 or greedy, comma-separated: {phases_text}"
     );
+    let concurrencies: Vec<usize> = std::env::var("FOG_BENCH_CONCURRENCY")
+        .unwrap_or_else(|_| "1,4".into())
+        .split(',')
+        .map(|c| match c.trim().parse() {
+            Ok(c) if c > 0 => c,
+            _ => panic!("FOG_BENCH_CONCURRENCY: positive numbers, comma-separated"),
+        })
+        .collect();
     let mut fog = LabFog::start_fleet(
         1,
         BENCH_FLEET.len(),
@@ -958,7 +985,8 @@ fn visitor_latency_under_fogs_placement_and_the_greedy_baseline() {
             .map(|(_, l)| l.split(' ').next().unwrap_or(id).to_string())
             .unwrap_or_else(|| id.to_string())
     };
-    let mut results: Vec<(String, Vec<Measured>)> = Vec::new();
+    // (phase, concurrency, what each app's visitors saw)
+    let mut results: Vec<(String, usize, Vec<Measured>)> = Vec::new();
     for (i, phase) in phases.iter().enumerate() {
         // Each phase places the apps from nothing: removed, the control plane started again
         // with the phase's strategy (nothing else restarts), the fleet measured again (RTTs are
@@ -1001,7 +1029,10 @@ fn visitor_latency_under_fogs_placement_and_the_greedy_baseline() {
             assert!(out.status.success(), "publish {name}: {}", stderr(&out));
         }
         let placement = fog.wait_settled(Duration::from_secs(10), Duration::from_secs(240));
-        let measured = fog.measure(&placement, requests);
+        let measured: Vec<(usize, Vec<Measured>)> = concurrencies
+            .iter()
+            .map(|&c| (c, fog.measure(&placement, requests, c)))
+            .collect();
         // A placement that changed while measured is said, not hidden (a re-plan may move a
         // replica; the figures then mix two placements).
         let after: Placed = fog
@@ -1015,17 +1046,45 @@ fn visitor_latency_under_fogs_placement_and_the_greedy_baseline() {
                 i + 1
             );
         }
-        results.push((phase.to_string(), measured));
+        results.extend(
+            measured
+                .into_iter()
+                .map(|(c, measured)| (phase.to_string(), c, measured)),
+        );
     }
 
+    for &c in &concurrencies {
+        print_bench_tables(&results, c, requests, &label);
+    }
+    let failed: usize = results
+        .iter()
+        .flat_map(|(_, _, m)| m.iter().map(|m| m.failed))
+        .sum();
+    assert_eq!(failed, 0, "requests failed\n{}", fog.logs());
+}
+
+/// The benchmark's tables at one concurrency: each phase's figures per app, then greedy over
+/// Fog per app and overall (each strategy's figures averaged over its phases).
+fn print_bench_tables(
+    results: &[(String, usize, Vec<Measured>)],
+    concurrency: usize,
+    requests: usize,
+    label: &dyn Fn(&str) -> String,
+) {
+    let at: Vec<(&str, &[Measured])> = results
+        .iter()
+        .filter(|(_, c, _)| *c == concurrency)
+        .map(|(phase, _, m)| (phase.as_str(), m.as_slice()))
+        .collect();
     println!(
-        "\n{requests} sequential requests per app and phase, visitor → router1 → device over HTX\n"
+        "\n{requests} requests per app and phase, {concurrency} at a time, visitor → router1 → \
+         device over HTX\n"
     );
     println!("| phase | app | tier | devices | p50 ms | p99 ms | mean ms | failed |");
     println!("|---|---|---|---|---|---|---|---|");
-    for (i, (phase, measured)) in results.iter().enumerate() {
+    for (i, (phase, measured)) in at.iter().enumerate() {
         let mut all = Vec::new();
-        for m in measured {
+        for m in measured.iter() {
             let tier = BENCH_APPS.iter().find(|a| a.0 == m.app).unwrap().1;
             let devices: Vec<String> = m.devices.iter().map(|d| label(d)).collect();
             let (p50, p99, mean) = summary(&m.ms);
@@ -1045,12 +1104,10 @@ fn visitor_latency_under_fogs_placement_and_the_greedy_baseline() {
             i + 1
         );
     }
-    // Greedy over NSGA-II, per app and overall, each greedy phase against the mean of the
-    // NSGA-II phases' figures.
-    let of = |strategy: &str, app: Option<&str>| -> Vec<(f64, f64, f64)> {
-        results
+    let of = |strategy: &str, app: Option<&str>| -> (f64, f64, f64) {
+        let rows: Vec<(f64, f64, f64)> = at
             .iter()
-            .filter(|(p, _)| p == strategy)
+            .filter(|(p, _)| *p == strategy)
             .map(|(_, measured)| {
                 let ms: Vec<f64> = measured
                     .iter()
@@ -1059,9 +1116,7 @@ fn visitor_latency_under_fogs_placement_and_the_greedy_baseline() {
                     .collect();
                 summary(&ms)
             })
-            .collect()
-    };
-    let avg = |rows: &[(f64, f64, f64)]| {
+            .collect();
         let n = rows.len().max(1) as f64;
         (
             rows.iter().map(|r| r.0).sum::<f64>() / n,
@@ -1069,13 +1124,12 @@ fn visitor_latency_under_fogs_placement_and_the_greedy_baseline() {
             rows.iter().map(|r| r.2).sum::<f64>() / n,
         )
     };
-    if phases.contains(&"nsga2") && phases.contains(&"greedy") {
+    if at.iter().any(|(p, _)| *p == "nsga2") && at.iter().any(|(p, _)| *p == "greedy") {
         println!("\n| app | p50 greedy / Fog | p99 greedy / Fog | mean greedy / Fog |");
         println!("|---|---|---|---|");
-        let apps = BENCH_APPS.iter().map(|a| Some(a.0)).chain([None]);
-        for app in apps {
-            let (fog_p50, fog_p99, fog_mean) = avg(&of("nsga2", app));
-            let (g_p50, g_p99, g_mean) = avg(&of("greedy", app));
+        for app in BENCH_APPS.iter().map(|a| Some(a.0)).chain([None]) {
+            let (fog_p50, fog_p99, fog_mean) = of("nsga2", app);
+            let (g_p50, g_p99, g_mean) = of("greedy", app);
             println!(
                 "| {} | {:.2}× | {:.2}× | {:.2}× |",
                 app.unwrap_or("**all**"),
@@ -1085,11 +1139,6 @@ fn visitor_latency_under_fogs_placement_and_the_greedy_baseline() {
             );
         }
     }
-    let failed: usize = results
-        .iter()
-        .flat_map(|(_, m)| m.iter().map(|m| m.failed))
-        .sum();
-    assert_eq!(failed, 0, "requests failed\n{}", fog.logs());
 }
 
 /// `fog testnet --addr` on the lab's public node `tor`: a private Tor network the whole lab can
