@@ -3,6 +3,7 @@
 
 mod canary;
 mod etcd;
+mod footprint;
 mod market;
 mod onion;
 mod settings;
