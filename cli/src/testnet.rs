@@ -233,7 +233,13 @@ pub fn create(dir: &Path, relays: usize, addr: Ipv4Addr) -> anyhow::Result<Layou
     std::fs::create_dir_all(&client.dir)?;
     let socks = SocketAddr::from((addr, free_port(addr)?));
     let mut torrc = common_torrc(&client, &authorities, addr);
-    torrc.push_str(&format!("SocksPort {socks}\n"));
+    // A C tor client starts with a 60 s circuit build timeout and learns a shorter one only
+    // after 100 circuits, which a visitor on this network rarely builds. That timeout also
+    // bounds how long a rendezvous whose introduction was acknowledged waits for the service (3
+    // x the timeout + 1 s): with 60 s, a visit that reached an onion service as it died holds
+    // every later visit to that address for 181 s. 10 s is still generous for circuits between
+    // processes of one machine; tor goes on learning from there.
+    torrc.push_str(&format!("SocksPort {socks}\nCircuitBuildTimeout 10\n"));
     std::fs::write(client.dir.join("torrc"), torrc)?;
 
     // arti: the same authorities, every relay as a fallback cache, and the settings a

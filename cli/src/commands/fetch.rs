@@ -36,6 +36,11 @@ pub struct Fetch {
     /// arti.toml); default the public Tor network.
     #[arg(long, value_name = "FILE")]
     tor_network: Option<std::path::PathBuf>,
+    /// For .onion addresses: give up when the service has not answered within SECS (descriptor,
+    /// introduction and rendezvous). An introduction the service accepted but never answered
+    /// (it died meanwhile) otherwise holds the visit until arti's own rendezvous timeout.
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    timeout: u64,
 }
 
 impl Fetch {
@@ -79,11 +84,11 @@ impl Fetch {
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot join the Tor network: {e}"))?;
             let stream = tokio::time::timeout(
-                std::time::Duration::from_secs(120),
+                std::time::Duration::from_secs(self.timeout),
                 client.connect((onion, port)),
             )
             .await
-            .map_err(|_| anyhow::anyhow!("{onion} did not answer within 120 s"))?
+            .map_err(|_| anyhow::anyhow!("{onion} did not answer within {} s", self.timeout))?
             .map_err(|e| anyhow::anyhow!("cannot reach {onion}: {e}"))?;
             let (mut sender, driver) =
                 hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
