@@ -32,6 +32,14 @@ use crate::{Control, Live, now_ms};
 /// How often a control plane announces itself and reads the others.
 pub const ANNOUNCE_EVERY: Duration = Duration::from_millis(500);
 
+/// How long this control plane may go without a clear view of the fleet (its own presence
+/// exchange done, and every announced control plane's announcement that recent) before it stops
+/// counting devices' silence: while its store is unavailable (an etcd member died and the rest
+/// elect a leader, a slow disk) heartbeats cannot land or be shared, and that is no device's
+/// fault. (The same as a plane's announcement lease: a dead control plane's record is gone by
+/// then.)
+pub const BLIND_AFTER: Duration = Duration::from_secs(3);
+
 /// Largest blob pulled from a peer: a component or a site bundle.
 const MAX_BLOB_BYTES: usize = {
     let (c, b) = (
@@ -46,6 +54,9 @@ const MAX_BLOB_BYTES: usize = {
 /// What one control plane tells the others (JSON: heartbeats are API types).
 #[derive(Debug, Serialize, Deserialize)]
 struct PlaneRecord {
+    /// When it was written (Unix ms; 0 from a control plane that does not say).
+    #[serde(default)]
+    at_ms: u64,
     /// Where the others reach its API, if it advertises one.
     url: Option<String>,
     /// Devices whose heartbeats it received itself, with when (Unix ms).
@@ -115,6 +126,17 @@ pub(crate) struct Planes {
     trust_generation: std::sync::Mutex<Option<u64>>,
     /// Fences and restores other control planes (the leader) announced.
     pub(crate) leader_says: std::sync::Mutex<LeaderSays>,
+    /// How well this control plane has seen the fleet (`None` until presence first ran).
+    sight: std::sync::Mutex<Option<Sight>>,
+}
+
+/// When this control plane's view of which devices heartbeat was last clear, and since when it
+/// has been clear without a break.
+#[derive(Debug, Clone, Copy)]
+struct Sight {
+    last_clear: Instant,
+    clear_since: Instant,
+    blind: bool,
 }
 
 impl Default for Planes {
@@ -126,11 +148,63 @@ impl Default for Planes {
             peers: std::sync::Mutex::new(Vec::new()),
             trust_generation: std::sync::Mutex::new(None),
             leader_says: std::sync::Mutex::new(LeaderSays::default()),
+            sight: std::sync::Mutex::new(None),
         }
     }
 }
 
 impl Planes {
+    /// Record a presence round: `clear` if it completed and every announcement read was fresh.
+    fn saw(&self, clear: bool) {
+        let now = Instant::now();
+        let mut sight = self.sight.lock().expect("sight lock");
+        match sight.as_mut() {
+            None => {
+                *sight = Some(Sight {
+                    last_clear: now,
+                    clear_since: now,
+                    blind: !clear,
+                })
+            }
+            Some(s) if clear => {
+                if s.blind || s.last_clear.elapsed() > BLIND_AFTER {
+                    tracing::info!(
+                        blind_s = s.last_clear.elapsed().as_secs_f64(),
+                        "the fleet is in sight again: devices' silence counts from now"
+                    );
+                    s.clear_since = now;
+                }
+                s.last_clear = now;
+                s.blind = false;
+            }
+            Some(s) => {
+                if !s.blind {
+                    tracing::warn!(
+                        "the fleet is out of sight (the store failed, or another control plane's \
+                         announcement is stale): no device is judged by its silence meanwhile"
+                    );
+                }
+                s.blind = true;
+            }
+        }
+    }
+
+    /// How long a device last heard from at `at` has been silent while this control plane could
+    /// have heard it: time spent blind (see [`BLIND_AFTER`]) does not count, so a control plane
+    /// whose store failed never takes that for devices dying. Before presence first ran (a
+    /// control plane driven by hand, in tests), simply the time since `at`.
+    pub(crate) fn silence(&self, at: Instant) -> Duration {
+        let Some(sight) = *self.sight.lock().expect("sight lock") else {
+            return at.elapsed();
+        };
+        let from = at.max(sight.clear_since);
+        if sight.blind || sight.last_clear.elapsed() > BLIND_AFTER {
+            sight.last_clear.saturating_duration_since(from)
+        } else {
+            from.elapsed()
+        }
+    }
+
     pub(crate) fn peers(&self) -> Vec<Peer> {
         self.peers.lock().expect("peers lock").clone()
     }
@@ -214,8 +288,10 @@ impl Control {
         let mut failing = false;
         loop {
             let control = self.clone();
-            match tokio::task::spawn_blocking(move || control.exchange_presence()).await {
-                Ok(Ok(())) => failing = false,
+            let outcome = tokio::task::spawn_blocking(move || control.exchange_presence()).await;
+            self.planes.saw(matches!(outcome, Ok(Ok(true))));
+            match outcome {
+                Ok(Ok(_)) => failing = false,
                 Ok(Err(err)) if !failing => {
                     tracing::warn!("cannot announce this control plane: {err}");
                     failing = true;
@@ -231,7 +307,8 @@ impl Control {
     }
 
     /// One round: write our announcement, read everyone's, take in the devices others saw.
-    fn exchange_presence(&self) -> Result<(), StoreError> {
+    /// True if every announcement read was fresh (see [`BLIND_AFTER`]).
+    fn exchange_presence(&self) -> Result<bool, StoreError> {
         let devices: Vec<SeenDevice> = {
             let live = self.live.lock().expect("live lock");
             let now = now_ms();
@@ -260,6 +337,7 @@ impl Control {
             .map(|(app, device)| (app.clone(), device.clone()))
             .collect();
         let record = PlaneRecord {
+            at_ms: now_ms(),
             url: self.config.advertise.clone(),
             devices,
             registrations: self.registrations.export(now_ms()),
@@ -272,6 +350,7 @@ impl Control {
         let mut seen: HashMap<String, (u64, Heartbeat)> = HashMap::new();
         let mut attach_changed = false;
         let mut says = LeaderSays::default();
+        let mut fresh = true;
         for (id, bytes) in self.store.planes()? {
             if id == self.id {
                 continue;
@@ -280,6 +359,13 @@ impl Control {
                 tracing::warn!(plane = id, "unreadable announcement");
                 continue;
             };
+            // A control plane that could not announce for a while may still hear devices the
+            // others cannot see: their silence here says nothing yet.
+            if record.at_ms != 0
+                && now_ms().saturating_sub(record.at_ms) > BLIND_AFTER.as_millis() as u64
+            {
+                fresh = false;
+            }
             if let Some(url) = record.url {
                 peers.push(Peer { id, url });
             }
@@ -308,6 +394,7 @@ impl Control {
         // interval).
         let now = now_ms();
         let mut revived = false;
+        let mut updated = false;
         {
             let mut live = self.live.lock().expect("live lock");
             for (id, (seen_ms, heartbeat)) in seen {
@@ -325,6 +412,7 @@ impl Control {
                             local: false,
                         };
                         revived |= !was_alive && self.is_alive(&entry);
+                        updated = true;
                         live.insert(id, entry);
                     }
                 }
@@ -352,8 +440,12 @@ impl Control {
         if revived || attach_changed || says_changed {
             self.bump();
             self.changed.notify_one();
+        } else if updated && !self.handovers.lock().expect("handovers lock").is_empty() {
+            // A handover advances on what devices report, wherever they heartbeat: the leader
+            // looks at once rather than at its next tick (writes are paused while it fences).
+            self.changed.notify_one();
         }
-        Ok(())
+        Ok(fresh)
     }
 
     /// Blob `sha256` from this control plane's disk, or else pulled from a peer (checked,
