@@ -139,6 +139,18 @@ struct Sight {
     blind: bool,
 }
 
+impl Sight {
+    /// [`Planes::silence`] at `now`.
+    fn silence(&self, at: Instant, now: Instant) -> Duration {
+        let from = at.max(self.clear_since);
+        if self.blind || now.saturating_duration_since(self.last_clear) > BLIND_AFTER {
+            self.last_clear.saturating_duration_since(from)
+        } else {
+            now.saturating_duration_since(from)
+        }
+    }
+}
+
 impl Default for Planes {
     fn default() -> Self {
         let mut connector = HttpConnector::new();
@@ -194,14 +206,10 @@ impl Planes {
     /// whose store failed never takes that for devices dying. Before presence first ran (a
     /// control plane driven by hand, in tests), simply the time since `at`.
     pub(crate) fn silence(&self, at: Instant) -> Duration {
-        let Some(sight) = *self.sight.lock().expect("sight lock") else {
-            return at.elapsed();
-        };
-        let from = at.max(sight.clear_since);
-        if sight.blind || sight.last_clear.elapsed() > BLIND_AFTER {
-            sight.last_clear.saturating_duration_since(from)
-        } else {
-            from.elapsed()
+        let sight = *self.sight.lock().expect("sight lock");
+        match sight {
+            Some(sight) => sight.silence(at, Instant::now()),
+            None => at.elapsed(),
         }
     }
 
@@ -525,5 +533,44 @@ impl Control {
             "blob {sha256} is stored on this control plane only; no other could take a copy: {}",
             failures.join("; ")
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silence_while_the_fleet_is_out_of_sight_does_not_count() {
+        let now = Instant::now() + Duration::from_secs(100);
+        let s = |secs: u64| now - Duration::from_secs(secs);
+        let heard = s(20);
+        // In sight all along: 20 s of silence.
+        let clear = Sight {
+            last_clear: s(0),
+            clear_since: s(60),
+            blind: false,
+        };
+        assert_eq!(clear.silence(heard, now), Duration::from_secs(20));
+        // The store failed 18 s ago: only the 2 s seen count, however long it stays out.
+        let blind = Sight {
+            last_clear: s(18),
+            clear_since: s(60),
+            blind: true,
+        };
+        assert_eq!(blind.silence(heard, now), Duration::from_secs(2));
+        // No round has completed for longer than BLIND_AFTER: the same, before any failure.
+        let stalled = Sight {
+            blind: false,
+            ..blind
+        };
+        assert_eq!(stalled.silence(heard, now), Duration::from_secs(2));
+        // Back in sight 1 s ago: silence counts from then.
+        let back = Sight {
+            last_clear: s(0),
+            clear_since: s(1),
+            blind: false,
+        };
+        assert_eq!(back.silence(heard, now), Duration::from_secs(1));
     }
 }
