@@ -40,6 +40,11 @@ pub const ANNOUNCE_EVERY: Duration = Duration::from_millis(500);
 /// then.)
 pub const BLIND_AFTER: Duration = Duration::from_secs(3);
 
+/// How much of the time since this control plane's last clear presence round counts as
+/// devices' silence: rounds come every [`ANNOUNCE_EVERY`], so a view older than this is out of
+/// date rather than evidence that devices went quiet.
+pub const SIGHT_GRACE: Duration = Duration::from_secs(1);
+
 /// Largest blob pulled from a peer: a component or a site bundle.
 const MAX_BLOB_BYTES: usize = {
     let (c, b) = (
@@ -143,11 +148,16 @@ impl Sight {
     /// [`Planes::silence`] at `now`.
     fn silence(&self, at: Instant, now: Instant) -> Duration {
         let from = at.max(self.clear_since);
-        if self.blind || now.saturating_duration_since(self.last_clear) > BLIND_AFTER {
-            self.last_clear.saturating_duration_since(from)
+        // What the last clear round showed, and at most one round's worth of time since: a
+        // round that hangs (a store request waits out its timeout) is not yet known to fail.
+        let since_clear = if self.blind {
+            Duration::ZERO
         } else {
-            now.saturating_duration_since(from)
-        }
+            now.saturating_duration_since(self.last_clear)
+                .min(SIGHT_GRACE)
+        };
+        (self.last_clear.saturating_duration_since(from) + since_clear)
+            .min(now.saturating_duration_since(from))
     }
 }
 
@@ -559,12 +569,15 @@ mod tests {
             blind: true,
         };
         assert_eq!(blind.silence(heard, now), Duration::from_secs(2));
-        // No round has completed for longer than BLIND_AFTER: the same, before any failure.
+        // A round hanging, not known to fail yet: one grace more, however long it hangs.
         let stalled = Sight {
             blind: false,
             ..blind
         };
-        assert_eq!(stalled.silence(heard, now), Duration::from_secs(2));
+        assert_eq!(
+            stalled.silence(heard, now),
+            Duration::from_secs(2) + SIGHT_GRACE
+        );
         // Back in sight 1 s ago: silence counts from then.
         let back = Sight {
             last_clear: s(0),
