@@ -25,7 +25,7 @@ pub mod error;
 pub(crate) mod logs;
 mod metrics;
 pub mod names;
-mod observe;
+pub mod observe;
 pub mod onion;
 mod planes;
 mod preempt;
@@ -45,11 +45,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use fog_net::limit::RateLimit;
 use fog_proto::api::Heartbeat;
 use fog_scheduler::placement::PlacementConfig;
-use http_body_util::Full;
 use tokio::sync::{Notify, watch};
 
 pub use apps::check_component;
@@ -59,7 +57,7 @@ use store::Store;
 pub use fog_net::limit::Rate;
 
 /// The response type of the API.
-pub type ApiResponse = http::Response<Full<Bytes>>;
+pub type ApiResponse = http::Response<api::ApiBody>;
 
 /// Settings of the control plane.
 #[derive(Debug, Clone)]

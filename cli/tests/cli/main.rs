@@ -17,6 +17,7 @@ mod harvest;
 pub mod jspy;
 mod lab;
 mod logs;
+mod meter;
 mod metrics;
 mod newcomer;
 mod onion;
