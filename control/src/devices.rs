@@ -325,8 +325,11 @@ impl Control {
         self.version.send_modify(|v| *v += 1);
     }
 
+    /// Alive unless silent for `missed_heartbeats` intervals while this control plane could
+    /// hear it (see [`crate::planes::Planes::silence`]).
     pub(crate) fn is_alive(&self, live: &Live) -> bool {
-        live.at.elapsed() <= self.config.heartbeat_interval * self.config.missed_heartbeats
+        self.planes.silence(live.at)
+            <= self.config.heartbeat_interval * self.config.missed_heartbeats
     }
 
     pub(crate) fn assignments_for(&self, device: &str) -> Result<Vec<Assignment>, StoreError> {

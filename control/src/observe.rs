@@ -417,7 +417,9 @@ impl crate::Control {
         };
         let interval = self.config.heartbeat_interval.as_secs_f64();
         let window = interval * f64::from(self.config.missed_heartbeats);
-        let gap = at.elapsed().as_secs_f64();
+        // Silence while this control plane could not see (its store unavailable) is not
+        // counted against the device.
+        let gap = self.planes.silence(at).as_secs_f64();
         let config = self.config.trust;
         self.observed
             .update_evidence(self.store.as_ref(), device, |e| {

@@ -32,6 +32,19 @@ use crate::{Control, Live, now_ms};
 /// How often a control plane announces itself and reads the others.
 pub const ANNOUNCE_EVERY: Duration = Duration::from_millis(500);
 
+/// How long this control plane may go without a clear view of the fleet (its own presence
+/// exchange done, and every announced control plane's announcement that recent) before it stops
+/// counting devices' silence: while its store is unavailable (an etcd member died and the rest
+/// elect a leader, a slow disk) heartbeats cannot land or be shared, and that is no device's
+/// fault. (The same as a plane's announcement lease: a dead control plane's record is gone by
+/// then.)
+pub const BLIND_AFTER: Duration = Duration::from_secs(3);
+
+/// How much of the time since this control plane's last clear presence round counts as
+/// devices' silence: rounds come every [`ANNOUNCE_EVERY`], so a view older than this is out of
+/// date rather than evidence that devices went quiet.
+pub const SIGHT_GRACE: Duration = Duration::from_secs(1);
+
 /// Largest blob pulled from a peer: a component or a site bundle.
 const MAX_BLOB_BYTES: usize = {
     let (c, b) = (
@@ -46,6 +59,9 @@ const MAX_BLOB_BYTES: usize = {
 /// What one control plane tells the others (JSON: heartbeats are API types).
 #[derive(Debug, Serialize, Deserialize)]
 struct PlaneRecord {
+    /// When it was written (Unix ms; 0 from a control plane that does not say).
+    #[serde(default)]
+    at_ms: u64,
     /// Where the others reach its API, if it advertises one.
     url: Option<String>,
     /// Devices whose heartbeats it received itself, with when (Unix ms).
@@ -118,6 +134,34 @@ pub(crate) struct Planes {
     trust_generation: std::sync::Mutex<Option<u64>>,
     /// Fences and restores other control planes (the leader) announced.
     pub(crate) leader_says: std::sync::Mutex<LeaderSays>,
+    /// How well this control plane has seen the fleet (`None` until presence first ran).
+    sight: std::sync::Mutex<Option<Sight>>,
+}
+
+/// When this control plane's view of which devices heartbeat was last clear, and since when it
+/// has been clear without a break.
+#[derive(Debug, Clone, Copy)]
+struct Sight {
+    last_clear: Instant,
+    clear_since: Instant,
+    blind: bool,
+}
+
+impl Sight {
+    /// [`Planes::silence`] at `now`.
+    fn silence(&self, at: Instant, now: Instant) -> Duration {
+        let from = at.max(self.clear_since);
+        // What the last clear round showed, and at most one round's worth of time since: a
+        // round that hangs (a store request waits out its timeout) is not yet known to fail.
+        let since_clear = if self.blind {
+            Duration::ZERO
+        } else {
+            now.saturating_duration_since(self.last_clear)
+                .min(SIGHT_GRACE)
+        };
+        (self.last_clear.saturating_duration_since(from) + since_clear)
+            .min(now.saturating_duration_since(from))
+    }
 }
 
 impl Default for Planes {
@@ -129,11 +173,59 @@ impl Default for Planes {
             peers: std::sync::Mutex::new(Vec::new()),
             trust_generation: std::sync::Mutex::new(None),
             leader_says: std::sync::Mutex::new(LeaderSays::default()),
+            sight: std::sync::Mutex::new(None),
         }
     }
 }
 
 impl Planes {
+    /// Record a presence round: `clear` if it completed and every announcement read was fresh.
+    fn saw(&self, clear: bool) {
+        let now = Instant::now();
+        let mut sight = self.sight.lock().expect("sight lock");
+        match sight.as_mut() {
+            None => {
+                *sight = Some(Sight {
+                    last_clear: now,
+                    clear_since: now,
+                    blind: !clear,
+                })
+            }
+            Some(s) if clear => {
+                if s.blind || s.last_clear.elapsed() > BLIND_AFTER {
+                    tracing::info!(
+                        blind_s = s.last_clear.elapsed().as_secs_f64(),
+                        "the fleet is in sight again: devices' silence counts from now"
+                    );
+                    s.clear_since = now;
+                }
+                s.last_clear = now;
+                s.blind = false;
+            }
+            Some(s) => {
+                if !s.blind {
+                    tracing::warn!(
+                        "the fleet is out of sight (the store failed, or another control plane's \
+                         announcement is stale): no device is judged by its silence meanwhile"
+                    );
+                }
+                s.blind = true;
+            }
+        }
+    }
+
+    /// How long a device last heard from at `at` has been silent while this control plane could
+    /// have heard it: time spent blind (see [`BLIND_AFTER`]) does not count, so a control plane
+    /// whose store failed never takes that for devices dying. Before presence first ran (a
+    /// control plane driven by hand, in tests), simply the time since `at`.
+    pub(crate) fn silence(&self, at: Instant) -> Duration {
+        let sight = *self.sight.lock().expect("sight lock");
+        match sight {
+            Some(sight) => sight.silence(at, Instant::now()),
+            None => at.elapsed(),
+        }
+    }
+
     pub(crate) fn peers(&self) -> Vec<Peer> {
         self.peers.lock().expect("peers lock").clone()
     }
@@ -217,8 +309,10 @@ impl Control {
         let mut failing = false;
         loop {
             let control = self.clone();
-            match tokio::task::spawn_blocking(move || control.exchange_presence()).await {
-                Ok(Ok(())) => failing = false,
+            let outcome = tokio::task::spawn_blocking(move || control.exchange_presence()).await;
+            self.planes.saw(matches!(outcome, Ok(Ok(true))));
+            match outcome {
+                Ok(Ok(_)) => failing = false,
                 Ok(Err(err)) if !failing => {
                     tracing::warn!("cannot announce this control plane: {err}");
                     failing = true;
@@ -234,7 +328,8 @@ impl Control {
     }
 
     /// One round: write our announcement, read everyone's, take in the devices others saw.
-    fn exchange_presence(&self) -> Result<(), StoreError> {
+    /// True if every announcement read was fresh (see [`BLIND_AFTER`]).
+    fn exchange_presence(&self) -> Result<bool, StoreError> {
         let devices: Vec<SeenDevice> = {
             let live = self.live.lock().expect("live lock");
             let now = now_ms();
@@ -263,6 +358,7 @@ impl Control {
             .map(|(app, device)| (app.clone(), device.clone()))
             .collect();
         let record = PlaneRecord {
+            at_ms: now_ms(),
             url: self.config.advertise.clone(),
             devices,
             registrations: self.registrations.export(now_ms()),
@@ -276,6 +372,7 @@ impl Control {
         let mut seen: HashMap<String, (u64, Heartbeat)> = HashMap::new();
         let mut attach_changed = false;
         let mut says = LeaderSays::default();
+        let mut fresh = true;
         for (id, bytes) in self.store.planes()? {
             if id == self.id {
                 continue;
@@ -284,6 +381,13 @@ impl Control {
                 tracing::warn!(plane = id, "unreadable announcement");
                 continue;
             };
+            // A control plane that could not announce for a while may still hear devices the
+            // others cannot see: their silence here says nothing yet.
+            if record.at_ms != 0
+                && now_ms().saturating_sub(record.at_ms) > BLIND_AFTER.as_millis() as u64
+            {
+                fresh = false;
+            }
             if let Some(url) = record.url {
                 peers.push(Peer { id, url });
             }
@@ -313,6 +417,7 @@ impl Control {
         // interval).
         let now = now_ms();
         let mut revived = false;
+        let mut updated = false;
         {
             let mut live = self.live.lock().expect("live lock");
             for (id, (seen_ms, heartbeat)) in seen {
@@ -333,6 +438,7 @@ impl Control {
                             local: false,
                         };
                         revived |= !was_alive && self.is_alive(&entry);
+                        updated = true;
                         live.insert(id, entry);
                     }
                 }
@@ -360,8 +466,12 @@ impl Control {
         if revived || attach_changed || says_changed {
             self.bump();
             self.changed.notify_one();
+        } else if updated && !self.handovers.lock().expect("handovers lock").is_empty() {
+            // A handover advances on what devices report, wherever they heartbeat: the leader
+            // looks at once rather than at its next tick (writes are paused while it fences).
+            self.changed.notify_one();
         }
-        Ok(())
+        Ok(fresh)
     }
 
     /// Blob `sha256` from this control plane's disk, or else pulled from a peer (checked,
@@ -441,5 +551,47 @@ impl Control {
             "blob {sha256} is stored on this control plane only; no other could take a copy: {}",
             failures.join("; ")
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silence_while_the_fleet_is_out_of_sight_does_not_count() {
+        let now = Instant::now() + Duration::from_secs(100);
+        let s = |secs: u64| now - Duration::from_secs(secs);
+        let heard = s(20);
+        // In sight all along: 20 s of silence.
+        let clear = Sight {
+            last_clear: s(0),
+            clear_since: s(60),
+            blind: false,
+        };
+        assert_eq!(clear.silence(heard, now), Duration::from_secs(20));
+        // The store failed 18 s ago: only the 2 s seen count, however long it stays out.
+        let blind = Sight {
+            last_clear: s(18),
+            clear_since: s(60),
+            blind: true,
+        };
+        assert_eq!(blind.silence(heard, now), Duration::from_secs(2));
+        // A round hanging, not known to fail yet: one grace more, however long it hangs.
+        let stalled = Sight {
+            blind: false,
+            ..blind
+        };
+        assert_eq!(
+            stalled.silence(heard, now),
+            Duration::from_secs(2) + SIGHT_GRACE
+        );
+        // Back in sight 1 s ago: silence counts from then.
+        let back = Sight {
+            last_clear: s(0),
+            clear_since: s(1),
+            blind: false,
+        };
+        assert_eq!(back.silence(heard, now), Duration::from_secs(1));
     }
 }

@@ -383,7 +383,9 @@ impl Control {
                     ),
                 );
             }
-            let devices = self.lead(app, &old, planned, &reports, &alive)?;
+            // A parked app (autoscaled to zero, or a spot app giving way) may go without devices.
+            let parking = parked.contains_key(&app.name) || spot;
+            let devices = self.lead(app, &old, planned, &reports, &alive, parking)?;
             if !devices.is_empty() && parked.contains_key(&app.name) {
                 self.store.delete(Table::Parked, &app.name)?;
             }
@@ -422,6 +424,7 @@ impl Control {
         planned: Vec<String>,
         reports: &HashMap<(String, String), api::RunningApp>,
         alive: &dyn Fn(&str) -> bool,
+        parking: bool,
     ) -> Result<Vec<String>, StoreError> {
         let report = |d: &str| reports.get(&(d.to_string(), app.name.clone()));
         let mut handovers = self.handovers.lock().expect("handovers lock");
@@ -520,6 +523,14 @@ impl Control {
             }
         }
         drop(handovers);
+        if planned.is_empty() && !old.is_empty() && primary.is_none() && !parking {
+            // The primary looks dead and no device can take the app now: keep the placement
+            // rather than empty it. Emptied, the next place found would start with whichever
+            // device the planner lists first, however far behind, and the primary's
+            // acknowledged writes would be lost; kept, the replica holding the most state
+            // leads (a promotion), or the primary itself if it was only out of sight.
+            return Ok(old.to_vec());
+        }
         // A restore is done once the device reports the app.
         let restored = self
             .restores

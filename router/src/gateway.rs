@@ -49,6 +49,11 @@ pub struct GatewayConfig {
     pub attempts: usize,
     /// How long a request is held (and retried) while no replica can take it.
     pub hold: Duration,
+    /// How long a request is held while the app's primary is evidently changing (its replicas
+    /// answer that they only follow, or that the app is moving away): a handover's fencing
+    /// phase lasts until the new primary holds the last write, bounded by the control plane's
+    /// fence timeout (30 s), and the visitor should see a slow answer, not a 502.
+    pub handover_hold: Duration,
     /// Deadline of one forwarded request.
     pub timeout: Duration,
     /// Forward to hosts over HTX when they offer it (plain HTTP is for local development).
@@ -79,6 +84,7 @@ impl GatewayConfig {
             suspect_for: Duration::from_secs(3),
             attempts: 3,
             hold: Duration::from_secs(10),
+            handover_hold: Duration::from_secs(30),
             timeout: Duration::from_secs(30),
             htx_data_plane: true,
             mix: MixMode::Performance,
@@ -725,8 +731,14 @@ impl Gateway {
             Err(err) => return plain(400, &format!("request body could not be read: {err}")),
         };
         // Try the replicas; when none can take the request right now (a primary being moved
-        // or promoted, a replica starting), hold it and try again until the hold runs out.
-        let held_until = Instant::now() + self.config.hold;
+        // or promoted, a replica starting), hold it and try again until the hold runs out: the
+        // longer hold while replicas say the primary is changing, so a handover slowed down
+        // (a loaded machine, a control plane's store electing) delays visitors, never fails them.
+        let started = Instant::now();
+        let (held_until, handover_until) = (
+            started + self.config.hold,
+            started + self.config.hold.max(self.config.handover_hold),
+        );
         let mut last_error = String::new();
         // Whether the last failure was that no replica was live (503) rather than that one
         // failed (502).
@@ -734,6 +746,8 @@ impl Gateway {
         let mut pause = Duration::from_millis(20);
         let mut woken = false;
         loop {
+            // Whether a replica of this round said the primary is changing.
+            let mut changing = false;
             let Some(mut replicas) = self.candidates(&app) else {
                 return plain(404, &format!("no app named {app:?}"));
             };
@@ -783,6 +797,7 @@ impl Gateway {
                         // Writes go to the primary: try it next if it is not next already.
                         last_error = format!("device {} only follows", replica.device);
                         none_live = false;
+                        changing = true;
                         let primary = self.primary(&app);
                         if let Some(primary) = primary
                             && let Some(at) = replicas[tried..]
@@ -792,6 +807,13 @@ impl Gateway {
                             replicas.swap(tried, tried + at);
                         }
                     }
+                    Forwarded::Moving(reason) => {
+                        *replica.suspect_until.lock().expect("suspect lock") =
+                            Some(Instant::now() + self.config.suspect_for);
+                        last_error = reason;
+                        none_live = false;
+                        changing = true;
+                    }
                     Forwarded::Elsewhere(reason) => {
                         *replica.suspect_until.lock().expect("suspect lock") =
                             Some(Instant::now() + self.config.suspect_for);
@@ -800,7 +822,8 @@ impl Gateway {
                     }
                 }
             }
-            if Instant::now() + pause > held_until {
+            let until = if changing { handover_until } else { held_until };
+            if Instant::now() + pause > until {
                 break;
             }
             tokio::time::sleep(pause).await;
@@ -913,7 +936,7 @@ impl Gateway {
             }
             Forwarded::TimedOut => Err("the device did not answer in time".into()),
             Forwarded::Follower => Err("the device's canary only follows".into()),
-            Forwarded::Elsewhere(reason) => Err(reason),
+            Forwarded::Moving(reason) | Forwarded::Elsewhere(reason) => Err(reason),
         }
     }
 
@@ -1009,6 +1032,10 @@ impl Gateway {
                     .and_then(|k| k.parse::<ErrorKind>().ok());
                 match kind {
                     Some(ErrorKind::Follower) => Forwarded::Follower,
+                    Some(ErrorKind::Moved) => Forwarded::Moving(format!(
+                        "device {} is handing the app over",
+                        replica.device
+                    )),
                     Some(kind) if kind.retry_elsewhere() => Forwarded::Elsewhere(format!(
                         "device {} does not serve the app now ({kind})",
                         replica.device
@@ -1129,6 +1156,8 @@ enum Forwarded {
     TimedOut,
     /// A follower that cannot take this request (it writes): the primary can.
     Follower,
+    /// A primary being moved away (fenced): the new primary will take the request.
+    Moving(String),
     /// This replica cannot serve the app now; nothing was done there.
     Elsewhere(String),
 }
@@ -1184,6 +1213,64 @@ mod tests {
         );
         assert_eq!(app("127.0.0.1:7080", "/other"), None);
         assert_eq!(app("a.b.localhost", "/"), None);
+    }
+
+    /// A replica on loopback that answers every request as a follower until `primary_at`, and
+    /// as the primary (200) from then on, as a handover's target does once it switches.
+    async fn replica_promoted_at(primary_at: Instant) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let service = hyper::service::service_fn(move |_: http::Request<_>| async move {
+                    let response = if Instant::now() < primary_at {
+                        http::Response::builder()
+                            .status(409)
+                            .header(fog_proto::ERROR_HEADER, ErrorKind::Follower.to_string())
+                            .body(Full::new(Bytes::from_static(b"only follows")))
+                    } else {
+                        http::Response::builder().body(Full::new(Bytes::from_static(b"1")))
+                    };
+                    Ok::<_, std::convert::Infallible>(response.unwrap())
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_write_is_held_while_the_primary_changes_longer_than_the_plain_hold() {
+        // Every replica only follows for a second (fencing), then the new primary takes writes.
+        let addr = replica_promoted_at(Instant::now() + Duration::from_secs(1)).await;
+        let gateway = Gateway::new(GatewayConfig {
+            htx_data_plane: false,
+            hold: Duration::from_millis(100),
+            handover_hold: Duration::from_secs(10),
+            ..GatewayConfig::new("http://127.0.0.1:9".parse().unwrap())
+        });
+        gateway.set_routes(vec![Route {
+            app: "counter".into(),
+            mode: RouteMode::ActivePassive,
+            replicas: vec![fog_proto::api::Replica {
+                device: "d1".into(),
+                addr: Some(addr.to_string()),
+                htx: None,
+            }],
+            betanet: None,
+        }]);
+        let post = http::Request::post("/apps/counter/api/increment")
+            .header("host", "127.0.0.1")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = gateway.handle(post).await;
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     }
 
     #[tokio::test]

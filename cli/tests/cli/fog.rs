@@ -56,7 +56,11 @@ pub fn spawn(args: &[&str]) -> Running {
 pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
     let mut child = Command::new(FOG)
         .args(args)
-        .env("FOG_LOG", "warn,tor_netdir=error")
+        // FOG_TEST_LOG: a filter of one's own when investigating a failure.
+        .env(
+            "FOG_LOG",
+            std::env::var("FOG_TEST_LOG").unwrap_or_else(|_| "warn,tor_netdir=error".into()),
+        )
         .env("FOG_ADMISSION_TOKEN", ADMISSION_TOKEN)
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
