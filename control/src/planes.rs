@@ -321,6 +321,7 @@ impl Control {
                         let was_alive = previous.is_some_and(|l| self.is_alive(l));
                         let entry = Live {
                             at,
+                            interval: self.heartbeat_interval(),
                             heartbeat,
                             local: false,
                         };
@@ -329,6 +330,8 @@ impl Control {
                     }
                 }
             }
+            self.fleet
+                .store(live.len(), std::sync::atomic::Ordering::Relaxed);
         }
         // Trust is earned where a device heartbeats: every control plane saves what it
         // observed, and takes the saved evidence of the devices others hear from whenever

@@ -3,6 +3,7 @@
 
 mod canary;
 mod etcd;
+mod interval;
 mod market;
 mod onion;
 mod settings;
