@@ -63,7 +63,8 @@ fuzz_target!(|input: Input| {
         request = request.header(META_HEADER, meta);
     }
     let header = if input.sign {
-        let signer = Identity::from_secret(&[7; 32]);
+        static SIGNER: OnceLock<Identity> = OnceLock::new();
+        let signer = SIGNER.get_or_init(|| Identity::from_secret(&[7; 32]));
         let sha = auth::sha256_hex(&input.body);
         signer.sign(method, &path, auth::now_s(), &sha, &input.meta)
     } else {
