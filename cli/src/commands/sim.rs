@@ -246,7 +246,9 @@ impl Sim {
                 let mut next = tokio::time::Instant::now() + offset;
                 let mut fully_attached = false;
                 let mut running: Vec<RunningApp> = Vec::new();
-                let mut rng_state = n as u64 + 1;
+                // Seeds spread over the whole range: xorshift from a small seed draws numbers
+                // near 0 for its first steps (every device would churn at once).
+                let mut rng_state = (n as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
                 // xorshift: each device draws on its own, without a shared generator.
                 let mut draw = move || {
                     rng_state ^= rng_state << 13;
