@@ -1,12 +1,13 @@
 //! The HTTP API: routing `/v1` requests to the concerns that answer them, reading bodies with
 //! limits, checking signatures, and turning answers and [`ApiError`]s into JSON responses.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use fog_proto::api;
 use fog_proto::auth::{self, AUTH_HEADER, META_HEADER};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use serde::Serialize;
 
 use crate::error::ApiError;
@@ -27,12 +28,127 @@ pub(crate) fn json<T: Serialize>(status: u16, value: &T) -> ApiResponse {
 
 /// A 200 carrying `bytes` as `content_type`.
 pub(crate) fn bytes_response(content_type: &'static str, bytes: impl Into<Bytes>) -> ApiResponse {
-    let mut response = http::Response::new(Full::new(bytes.into()));
+    let mut response = http::Response::new(ApiBody::full(bytes));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static(content_type),
     );
     response
+}
+
+/// Size of the frames a timed download is sent in: the connection takes the next one only
+/// when it has room for it, so the last is taken about when the bytes before it have left.
+const DOWNLOAD_CHUNK: usize = 64 << 10;
+
+/// A response body: bytes in one frame, or a download to a device sent in frames whose end is
+/// timed (the device's measured throughput, see [`crate::observe`]).
+pub struct ApiBody {
+    frames: VecDeque<Bytes>,
+    /// Run once, when the connection is done with the last frame (it asks past it, or drops
+    /// the body: with a known length hyper never asks); never if the download was cut short.
+    on_end: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl Drop for ApiBody {
+    fn drop(&mut self) {
+        if self.frames.is_empty()
+            && let Some(on_end) = self.on_end.take()
+        {
+            on_end();
+        }
+    }
+}
+
+impl std::fmt::Debug for ApiBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiBody")
+            .field("frames", &self.frames.len())
+            .field("timed", &self.on_end.is_some())
+            .finish()
+    }
+}
+
+impl ApiBody {
+    /// `bytes` in one frame.
+    pub fn full(bytes: impl Into<Bytes>) -> ApiBody {
+        let bytes: Bytes = bytes.into();
+        ApiBody {
+            frames: if bytes.is_empty() {
+                VecDeque::new()
+            } else {
+                VecDeque::from([bytes])
+            },
+            on_end: None,
+        }
+    }
+
+    /// `bytes` in frames of [`DOWNLOAD_CHUNK`], calling `on_end` once the last was taken.
+    fn timed(bytes: Bytes, on_end: impl FnOnce() + Send + Sync + 'static) -> ApiBody {
+        let mut frames = VecDeque::new();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            frames.push_back(rest.split_to(DOWNLOAD_CHUNK.min(rest.len())));
+        }
+        ApiBody {
+            frames,
+            on_end: Some(Box::new(on_end)),
+        }
+    }
+}
+
+impl hyper::body::Body for ApiBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Some(frame) = this.frames.pop_front() {
+            return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(frame))));
+        }
+        if let Some(on_end) = this.on_end.take() {
+            on_end();
+        }
+        std::task::Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // A timed body is not at its end before the connection asked past the last frame.
+        self.frames.is_empty() && self.on_end.is_none()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.frames.iter().map(|f| f.len() as u64).sum())
+    }
+}
+
+impl Control {
+    /// A 200 carrying `bytes` to `device`, timed from now (the bytes are at hand: neither
+    /// reading them nor pulling them from a peer counts) to when the connection took the last
+    /// frame: a sample of the device's throughput. The kernel's send buffer still holds the
+    /// tail then, so a sample errs fast, never slow.
+    pub(crate) fn timed_download(
+        self: &Arc<Self>,
+        device: String,
+        content_type: &'static str,
+        bytes: Bytes,
+    ) -> ApiResponse {
+        let started = std::time::Instant::now();
+        let control = Arc::downgrade(self);
+        let size = bytes.len() as u64;
+        let mut response = http::Response::new(ApiBody::timed(bytes, move || {
+            if let Some(control) = control.upgrade() {
+                control.record_transfer(&device, size, started.elapsed());
+            }
+        }));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(content_type),
+        );
+        response
+    }
 }
 
 /// The `after=ID` of a logs request's query (none: every kept line at once); anything else in
@@ -141,14 +257,24 @@ impl Control {
                     .uri()
                     .query()
                     .is_some_and(|q| q.split('&').any(|kv| kv == "local=1"));
+                // A host signs its download, so it can be timed as that device's throughput.
+                let device = if request.headers().contains_key(AUTH_HEADER) {
+                    let (signer, _, _) = self.signed_limited(request, 0, false).await?;
+                    Some(self.signing_device(&signer)?)
+                } else {
+                    None
+                };
                 let found = if local {
                     self.store.get(Table::Blobs, sha)?.map(Bytes::from)
                 } else {
                     self.blob(sha).await?
                 };
-                match found {
-                    Some(bytes) => Ok(bytes_response("application/wasm", bytes)),
-                    None => Err(ApiError::NotFound(format!("no blob {sha}"))),
+                match (found, device) {
+                    (Some(bytes), Some(device)) => {
+                        Ok(self.timed_download(device, "application/wasm", bytes))
+                    }
+                    (Some(bytes), None) => Ok(bytes_response("application/wasm", bytes)),
+                    (None, _) => Err(ApiError::NotFound(format!("no blob {sha}"))),
                 }
             }
             ("POST", ["blobs", sha, "pull"]) => {
@@ -306,6 +432,22 @@ impl Control {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        self.signed_limited(request, limit, true).await
+    }
+
+    /// [`Control::signed`], counting the request against the signer's rate limit only if
+    /// `rate_limited`: a download (a host fetching the components of many apps at once) only
+    /// identifies its device and changes nothing.
+    pub(crate) async fn signed_limited<B>(
+        &self,
+        request: http::Request<B>,
+        limit: u64,
+        rate_limited: bool,
+    ) -> Result<(String, Bytes, String), ApiError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let (parts, body) = request.into_parts();
         let header = |name: &str| {
             parts
@@ -331,7 +473,7 @@ impl Control {
         )
         .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
         // Limited before the replay check, so a request refused here may be sent again.
-        if let Some(limit) = &self.key_limit
+        if let Some(limit) = self.key_limit.as_ref().filter(|_| rate_limited)
             && let Err(wait) = limit.check(&signed.key)
         {
             return Err(ApiError::RateLimited {

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use fog_proto::api::{self, PublishMeta, ScaleRequest};
 use fog_proto::auth;
 
-use crate::api::{Answer, bytes_response, json};
+use crate::api::{Answer, json};
 use crate::error::ApiError;
 use crate::store::{AppRecord, AppSettings, AppTerms, StoreError, Table, decode, encode};
 use crate::{Control, MAX_SNAPSHOT_BYTES, now_ms};
@@ -189,8 +189,11 @@ impl Control {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let started = std::time::Instant::now();
         let (signer, body, _) = self.signed(request, MAX_SNAPSHOT_BYTES).await?;
         let device = self.signing_device(&signer)?;
+        // The whole body has arrived: a sample of the device's throughput.
+        self.record_transfer(&device, body.len() as u64, started.elapsed());
         self.app(name)?;
         let primary = self
             .placements()?
@@ -228,7 +231,9 @@ impl Control {
             )));
         }
         match self.store.get(Table::Snapshots, name)? {
-            Some(bytes) => Ok(bytes_response("application/octet-stream", bytes)),
+            Some(bytes) => {
+                Ok(self.timed_download(device, "application/octet-stream", bytes.into()))
+            }
             None => Err(ApiError::NotFound(format!("no snapshot of {name:?} yet"))),
         }
     }

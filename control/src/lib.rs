@@ -25,7 +25,7 @@ pub mod error;
 pub(crate) mod logs;
 mod metrics;
 pub mod names;
-mod observe;
+pub mod observe;
 pub mod onion;
 mod planes;
 mod preempt;
@@ -45,11 +45,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use fog_net::limit::RateLimit;
 use fog_proto::api::Heartbeat;
 use fog_scheduler::placement::PlacementConfig;
-use http_body_util::Full;
 use tokio::sync::{Notify, watch};
 
 pub use apps::check_component;
@@ -59,7 +57,7 @@ use store::Store;
 pub use fog_net::limit::Rate;
 
 /// The response type of the API.
-pub type ApiResponse = http::Response<Full<Bytes>>;
+pub type ApiResponse = http::Response<api::ApiBody>;
 
 /// Settings of the control plane.
 #[derive(Debug, Clone)]
@@ -79,6 +77,10 @@ pub struct ControlConfig {
     /// Least CPU one replica is planned with, in cores: its measured use (see [`usage`]) with
     /// its tier's headroom, never below this.
     pub replica_cpu_floor: f64,
+    /// Least memory one replica is planned with, MiB: its measured footprint with its tier's
+    /// headroom (see [`usage`]), never below this; an idle app costs a host about a KiB of
+    /// bookkeeping, the floor leaves room for its state's caches.
+    pub replica_memory_floor_mb: f64,
     /// NSGA-II settings for placement.
     pub placement: PlacementConfig,
     /// Public keys (hex) of routers allowed to register Betanet fronts.
@@ -157,6 +159,7 @@ impl Default for ControlConfig {
             missed_heartbeats: 3,
             tick: Duration::from_secs(1),
             replica_cpu_floor: 0.01,
+            replica_memory_floor_mb: 1.0,
             placement: PlacementConfig {
                 population: 40,
                 generations: 30,

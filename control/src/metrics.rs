@@ -121,7 +121,7 @@ impl Control {
         let (parts, body) = response.into_parts();
         Ok(http::Response::from_parts(
             parts,
-            http_body_util::Full::new(bytes::Bytes::from(body)),
+            crate::api::ApiBody::full(body),
         ))
     }
 }

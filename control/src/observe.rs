@@ -9,7 +9,14 @@
 //! attach endpoint. For each link the router's measurement wins when it has one: a device cannot
 //! make itself look nearer than it is. Each link is smoothed as TCP does (`srtt ← 3/4 srtt +
 //! 1/4 sample`); a device's latency is the mean over its links sampled in the last
-//! [`RTT_FRESH`]. Bandwidth is not measured yet: transfers to devices are not timed.
+//! [`RTT_FRESH`].
+//!
+//! Throughput: the control plane times the bytes it moves to and from a device itself (a
+//! component a host downloads, a snapshot a host uploads), so a device cannot claim it; hosts
+//! claim no bandwidth. Transfers under [`MIN_TIMED_BYTES`] are ignored (their time is
+//! mostly round trips), the others are smoothed per device (`s ← 3/4 s + 1/4 sample`) with
+//! the time of the newest sample, and shared with the other control planes in the
+//! announcements ([`crate::planes`]), the newest measurement of a device winning.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -25,6 +32,79 @@ pub const RTT_FRESH: Duration = Duration::from_secs(30);
 
 /// Weight of a new RTT sample in the smoothed value.
 const RTT_GAIN: f64 = 0.25;
+
+/// Smallest transfer whose duration is taken as a throughput sample, bytes: below it the time
+/// is mostly round trips and request handling, not bandwidth.
+pub const MIN_TIMED_BYTES: u64 = 64 << 10;
+
+/// Weight of a new throughput sample in the smoothed value.
+const THROUGHPUT_GAIN: f64 = 0.25;
+
+/// What placement assumes of a device whose throughput was never measured, Mbit/s: a modest
+/// home uplink, a prior rather than a measurement (`fog devices` shows "-" for it).
+pub const THROUGHPUT_PRIOR_MBPS: f64 = 50.0;
+
+/// The latency placement uses for each device from its measured RTT (ms), in order: rounded to
+/// 1 ms so jitter between equally near devices does not steer placement; a device not measured
+/// yet counts as the slowest measured one (unknown is never better than known), or 0 when
+/// nothing is measured at all.
+pub fn placement_latencies(measured: &[Option<f64>]) -> Vec<f64> {
+    let rounded: Vec<Option<f64>> = measured.iter().map(|m| m.map(f64::round)).collect();
+    let unmeasured = rounded.iter().flatten().copied().fold(0.0, f64::max);
+    rounded.iter().map(|m| m.unwrap_or(unmeasured)).collect()
+}
+
+/// The throughput placement uses for a device, Mbit/s: its measured figure, or
+/// [`THROUGHPUT_PRIOR_MBPS`] for a device never timed.
+pub fn placement_bandwidth(measured: Option<&Throughput>) -> f64 {
+    measured.map_or(THROUGHPUT_PRIOR_MBPS, |t| t.mbps)
+}
+
+/// The trust placement uses: in steps of 0.05, rounded down (so the 0.3 threshold is exact),
+/// so tiny changes from one heartbeat to the next do not move replicas.
+pub fn placement_trust(trust: f64) -> f64 {
+    (trust * 20.0).floor() / 20.0
+}
+
+/// A device's smoothed throughput, as measured by a control plane.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Throughput {
+    /// Smoothed throughput, Mbit/s.
+    pub mbps: f64,
+    /// When the newest sample was taken, Unix ms (shared between control planes).
+    pub at_ms: u64,
+    /// Samples smoothed into it.
+    pub samples: u32,
+}
+
+impl Throughput {
+    /// Smooth a transfer of `bytes` that took `elapsed` into `previous` at `now_ms`; `None`
+    /// (nothing to smooth) for transfers under [`MIN_TIMED_BYTES`] or timed at zero.
+    pub fn smooth(
+        previous: Option<Throughput>,
+        bytes: u64,
+        elapsed: Duration,
+        now_ms: u64,
+    ) -> Option<Throughput> {
+        let seconds = elapsed.as_secs_f64();
+        if bytes < MIN_TIMED_BYTES || seconds <= 0.0 {
+            return None;
+        }
+        let sample = bytes as f64 * 8.0 / 1e6 / seconds;
+        Some(match previous {
+            Some(p) => Throughput {
+                mbps: p.mbps + THROUGHPUT_GAIN * (sample - p.mbps),
+                at_ms: now_ms,
+                samples: p.samples.saturating_add(1),
+            },
+            None => Throughput {
+                mbps: sample,
+                at_ms: now_ms,
+                samples: 1,
+            },
+        })
+    }
+}
 
 /// How often changed trust evidence is looked at for saving.
 const SAVE_EVERY: Duration = Duration::from_secs(10);
@@ -79,6 +159,9 @@ pub(crate) struct Observations {
     rtt: Mutex<HashMap<String, HashMap<String, Smoothed>>>,
     /// Device → router → smoothed RTT, as the router measured it.
     router_rtt: Mutex<HashMap<String, HashMap<String, Smoothed>>>,
+    /// Device → smoothed throughput, measured here or by another control plane, and whether
+    /// the figure is this control plane's own (announced) or taken from another's.
+    throughput: Mutex<HashMap<String, (Throughput, bool)>>,
     /// Device → evidence, loaded from the store on first use.
     trust: Mutex<HashMap<String, Evidence>>,
     /// Devices whose evidence changed since it was last saved.
@@ -146,6 +229,52 @@ impl Observations {
                 RttSource::Routers
             },
         })
+    }
+
+    /// Time a transfer of `bytes` to or from `device` that took `elapsed`.
+    pub fn record_transfer(&self, device: &str, bytes: u64, elapsed: Duration) {
+        let mut throughput = self.throughput.lock().expect("throughput lock");
+        // Another control plane's figure is smoothed on here: it is the device's recent past.
+        let previous = throughput.get(device).map(|(t, _)| *t);
+        if let Some(next) = Throughput::smooth(previous, bytes, elapsed, crate::now_ms()) {
+            tracing::debug!(device, bytes, ?elapsed, mbps = next.mbps, "transfer timed");
+            throughput.insert(device.to_string(), (next, true));
+        }
+    }
+
+    /// The device's smoothed throughput, if any transfer was timed.
+    pub fn throughput(&self, device: &str) -> Option<Throughput> {
+        self.throughput
+            .lock()
+            .expect("throughput lock")
+            .get(device)
+            .map(|(t, _)| *t)
+    }
+
+    /// The throughputs this control plane measured last (announced to the others).
+    pub fn throughputs(&self) -> Vec<(String, Throughput)> {
+        let throughput = self.throughput.lock().expect("throughput lock");
+        throughput
+            .iter()
+            .filter(|(_, (_, ours))| *ours)
+            .map(|(d, (t, _))| (d.clone(), *t))
+            .collect()
+    }
+
+    /// Take throughputs another control plane measured, where newer than what is known here.
+    pub fn merge_throughputs(&self, measured: Vec<(String, Throughput)>) {
+        let mut throughput = self.throughput.lock().expect("throughput lock");
+        for (device, theirs) in measured {
+            if !theirs.mbps.is_finite() || theirs.mbps <= 0.0 {
+                continue;
+            }
+            match throughput.get(&device) {
+                Some((known, _)) if known.at_ms >= theirs.at_ms => {}
+                _ => {
+                    throughput.insert(device, (theirs, false));
+                }
+            }
+        }
     }
 
     /// `device`'s evidence from memory, or read from the store once and kept in memory (so a
@@ -333,6 +462,16 @@ impl crate::Control {
         self.observed.latency(device)
     }
 
+    /// A device's measured throughput, if any transfer was timed.
+    pub(crate) fn throughput_of(&self, device: &str) -> Option<Throughput> {
+        self.observed.throughput(device)
+    }
+
+    /// Time a transfer of `bytes` to or from `device` that took `elapsed`.
+    pub(crate) fn record_transfer(&self, device: &str, bytes: u64, elapsed: Duration) {
+        self.observed.record_transfer(device, bytes, elapsed);
+    }
+
     /// Save changed trust evidence (rate-limited unless `now`).
     pub(crate) fn save_evidence(&self, now: bool) -> Result<(), StoreError> {
         self.observed
@@ -375,5 +514,58 @@ impl crate::Control {
             200,
             &serde_json::json!({ "links": report.links.len() }),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throughput_is_smoothed_and_tiny_transfers_are_ignored() {
+        // 1 MiB in 100 ms: 83.88608 Mbit/s.
+        let first = Throughput::smooth(None, 1 << 20, Duration::from_millis(100), 1_000).unwrap();
+        assert!((first.mbps - 83.886_08).abs() < 1e-9, "{first:?}");
+        assert_eq!((first.at_ms, first.samples), (1_000, 1));
+        // A transfer under 64 KiB, or timed at zero, changes nothing.
+        assert_eq!(
+            Throughput::smooth(Some(first), (64 << 10) - 1, Duration::from_millis(1), 2_000),
+            None
+        );
+        assert_eq!(
+            Throughput::smooth(Some(first), 1 << 20, Duration::ZERO, 2_000),
+            None
+        );
+        // A sample four times slower moves the figure a quarter of the way towards it.
+        let second =
+            Throughput::smooth(Some(first), 1 << 20, Duration::from_millis(400), 3_000).unwrap();
+        let slow = 83.886_08 / 4.0;
+        assert!((second.mbps - (first.mbps + 0.25 * (slow - first.mbps))).abs() < 1e-9);
+        assert_eq!((second.at_ms, second.samples), (3_000, 2));
+    }
+
+    #[test]
+    fn the_newest_throughput_wins_when_control_planes_share_them() {
+        let observed = Observations::default();
+        observed.record_transfer("d", 1 << 20, Duration::from_millis(100));
+        let ours = observed.throughput("d").unwrap();
+        let older = Throughput {
+            mbps: 1.0,
+            at_ms: ours.at_ms - 1,
+            samples: 1,
+        };
+        let newer = Throughput {
+            mbps: 2.0,
+            at_ms: ours.at_ms + 1,
+            samples: 1,
+        };
+        observed.merge_throughputs(vec![("d".into(), older)]);
+        assert_eq!(observed.throughput("d"), Some(ours));
+        assert_eq!(observed.throughputs(), vec![("d".to_string(), ours)]);
+        observed.merge_throughputs(vec![("d".into(), newer), ("e".into(), older)]);
+        assert_eq!(observed.throughput("d"), Some(newer));
+        assert_eq!(observed.throughput("e"), Some(older));
+        // Only figures measured here are announced again.
+        assert!(observed.throughputs().is_empty());
     }
 }

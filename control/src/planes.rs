@@ -5,7 +5,7 @@
 //! Two things follow. Liveness is shared: a device heartbeats to one control plane, and every
 //! other control plane (the leader that places replicas, a follower answering routes) learns it
 //! is alive from that control plane's announcement; so are the routers' fronts and attach
-//! endpoints and the relays registered with it. And components and site bundles, which stay
+//! endpoints and the relays registered with it, and the devices' throughputs it timed. And components and site bundles, which stay
 //! off etcd on each control plane's disk, are copied between control planes by hash: a publish
 //! is acknowledged only once a second control plane (when there is one) pulled the blob from
 //! the one that received it, and a control plane asked for a blob it lacks pulls it from a peer
@@ -59,6 +59,9 @@ struct PlaneRecord {
     /// New primaries it (as leader) has restore a snapshot first: (app, device).
     #[serde(default)]
     restores: Vec<(String, String)>,
+    /// Devices' throughputs it measured itself (the newest figure of a device wins).
+    #[serde(default)]
+    throughput: Vec<(String, crate::observe::Throughput)>,
 }
 
 /// What the leader decided that devices must hear whichever control plane they talk to.
@@ -265,6 +268,7 @@ impl Control {
             registrations: self.registrations.export(now_ms()),
             fencing,
             restores,
+            throughput: self.observed.throughputs(),
         };
         let bytes = serde_json::to_vec(&record).expect("announcements always serialise");
         self.store.announce(&self.id, &bytes)?;
@@ -286,6 +290,7 @@ impl Control {
             attach_changed |= self.registrations.import(record.registrations, now_ms());
             says.fencing.extend(record.fencing);
             says.restores.extend(record.restores);
+            self.observed.merge_throughputs(record.throughput);
             for device in record.devices {
                 match seen.get(&device.id) {
                     Some((at, _)) if *at >= device.seen_ms => {}
@@ -319,6 +324,9 @@ impl Control {
                     Some(l) if l.at >= at => {}
                     previous => {
                         let was_alive = previous.is_some_and(|l| self.is_alive(l));
+                        // What its apps use (fuel counters, memory peaks) counts wherever the
+                        // device heartbeats: the leader plans with it.
+                        self.usage.record(&id, &heartbeat.running, at);
                         let entry = Live {
                             at,
                             interval: self.heartbeat_interval(),

@@ -12,9 +12,10 @@ use fog_scheduler::market::Pricing;
 use fog_scheduler::placement::{self, AppDemand, Device};
 
 use crate::store::{
-    AppRecord, AppTerms, Leadership, PlacementRecord, StoreError, Table, decode, encode,
+    AppRecord, AppTerms, DeviceRecord, Leadership, PlacementRecord, StoreError, Table, decode,
+    encode,
 };
-use crate::{ApiError, Control, autoscale, replicas, trust};
+use crate::{ApiError, Control, autoscale, observe, replicas, trust};
 
 impl Control {
     /// Run the autoscaler over every autoscaled app; true if a replica count changed.
@@ -83,6 +84,41 @@ impl Control {
         Ok(changed)
     }
 
+    /// The cores one replica of an app is planned with: CPU demand as measured on live devices
+    /// (fuel burnt, see [`crate::usage::planned_cpu`]), not a fixed reservation. Placement
+    /// places with it and `fog ps` prices it.
+    pub(crate) fn planned_cpu(
+        &self,
+        devices: &[DeviceRecord],
+        live: &HashMap<String, (bool, Heartbeat)>,
+    ) -> impl Fn(&AppRecord) -> f64 {
+        let busiest = self
+            .usage
+            .busiest(|d| live.get(d).is_some_and(|(alive, _)| *alive));
+        // The most any usable device offers now, capped by what it registered.
+        let ceiling = devices
+            .iter()
+            .filter_map(|d| match live.get(&d.id) {
+                Some((true, hb)) if hb.harvestable => Some(hb.cpu_free.min(d.cpu)),
+                _ => None,
+            })
+            .fold(0.0, f64::max);
+        let floor = self.config.replica_cpu_floor;
+        move |app: &AppRecord| {
+            crate::usage::planned_cpu(app.tier, busiest.get(&app.name).copied(), floor, ceiling)
+        }
+    }
+
+    /// Every device's last heartbeat, and whether it is alive.
+    pub(crate) fn live_heartbeats(&self) -> HashMap<String, (bool, Heartbeat)> {
+        self.live
+            .lock()
+            .expect("live lock")
+            .iter()
+            .map(|(id, l)| (id.clone(), (self.is_alive(l), l.heartbeat.clone())))
+            .collect()
+    }
+
     /// Compute placements for every app from the registered devices and write them (after the
     /// start-up grace period of `missed_heartbeats` intervals).
     pub fn reconcile(&self) -> Result<(), StoreError> {
@@ -97,34 +133,23 @@ impl Control {
         if in_grace && placements.values().any(|p| !p.devices.is_empty()) {
             return Ok(());
         }
-        let live: HashMap<String, (bool, Heartbeat)> = self
-            .live
-            .lock()
-            .expect("live lock")
-            .iter()
-            .map(|(id, l)| (id.clone(), (self.is_alive(l), l.heartbeat.clone())))
-            .collect();
+        let live = self.live_heartbeats();
         if self.autoscale(&live)? {
             apps = self.apps()?;
         }
         self.save_evidence(false)?;
-        // Measured latency, rounded to 1 ms so jitter between equally near devices does not
-        // steer placement; a device not measured yet counts as the slowest measured one
-        // (unknown is never better than known), or 0 when nothing is measured at all.
-        let latency: HashMap<&str, f64> = devices
-            .iter()
-            .filter_map(|d| {
-                self.latency_of(&d.id)
-                    .map(|l| (d.id.as_str(), l.rtt_ms.round()))
-            })
-            .collect();
-        let unmeasured = latency.values().copied().fold(0.0, f64::max);
+        // What is measured of each device, as placement takes it (see `observe`).
+        let latency = observe::placement_latencies(
+            &devices
+                .iter()
+                .map(|d| self.latency_of(&d.id).map(|l| l.rtt_ms))
+                .collect::<Vec<_>>(),
+        );
         let mut fleet: Vec<Device> = devices
             .iter()
-            .map(|d| {
-                // Trust in steps of 0.05 (rounded down, so the 0.3 threshold is exact): tiny
-                // changes from one heartbeat to the next do not move replicas.
-                let trust = (self.trust_of(&d.id)?.0 * 20.0).floor() / 20.0;
+            .zip(latency)
+            .map(|(d, latency_ms)| {
+                let trust = observe::placement_trust(self.trust_of(&d.id)?.0);
                 // What the device offers now (its harvest policy's share), capped by what it
                 // registered; battery and heat feed the energy objective.
                 let (alive, harvestable, cpu, mem, battery, charging, temperature) =
@@ -154,10 +179,11 @@ impl Control {
                     charging,
                     temperature_c: temperature,
                     region: d.region.clone(),
-                    latency_ms: latency.get(d.id.as_str()).copied().unwrap_or(unmeasured),
-                    // Not measured yet (transfers to devices are not timed): the same for
-                    // every device, so it steers nothing.
-                    bandwidth_mbps: 100.0,
+                    latency_ms,
+                    // Timed downloads and uploads; a device never timed enters with the prior.
+                    bandwidth_mbps: observe::placement_bandwidth(
+                        self.throughput_of(&d.id).as_ref(),
+                    ),
                     trust,
                     price_cpu_hour: d.price_cpu_hour,
                     price_gb_hour: 0.01,
@@ -170,15 +196,11 @@ impl Control {
             .iter()
             .map(|(k, v)| Ok((k.clone(), decode(Table::Terms, k, v)?)))
             .collect::<Result<_, StoreError>>()?;
-        // CPU demand as measured on live devices (fuel burnt), not a fixed reservation.
-        let busiest = self
+        let planned = self.planned_cpu(&devices, &live);
+        // Memory demand as measured: the footprints hosts report (see `usage`).
+        let footprints = self
             .usage
-            .busiest(|d| live.get(d).is_some_and(|(alive, _)| *alive));
-        let ceiling = fleet
-            .iter()
-            .filter(|d| d.healthy && d.harvestable)
-            .map(|d| d.cpu_free)
-            .fold(0.0, f64::max);
+            .footprints(|d| live.get(d).is_some_and(|(alive, _)| *alive));
         let demands: Vec<AppDemand> = apps
             .iter()
             .filter(|a| a.replicas > 0)
@@ -186,13 +208,13 @@ impl Control {
                 let tier = a.tier;
                 let mut demand = AppDemand::new(
                     a.name.clone(),
-                    crate::usage::planned_cpu(
+                    planned(a),
+                    crate::usage::planned_memory(
                         tier,
-                        busiest.get(&a.name).copied(),
-                        self.config.replica_cpu_floor,
-                        ceiling,
+                        footprints.get(&a.name).copied(),
+                        self.config.replica_memory_floor_mb,
+                        (a.limits.memory_bytes >> 20) as f64,
                     ),
-                    (a.limits.memory_bytes >> 20) as f64,
                     tier,
                 );
                 demand.replicas = Some(a.replicas);

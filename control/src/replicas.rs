@@ -271,6 +271,7 @@ mod tests {
             role,
             caught_up,
             fenced,
+            memory_bytes: None,
         }
     }
 

@@ -3,6 +3,7 @@
 
 mod canary;
 mod etcd;
+mod footprint;
 mod interval;
 mod market;
 mod onion;

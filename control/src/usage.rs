@@ -2,7 +2,10 @@
 //! each running app's fuel so far), smoothed over time, so placement plans each replica with
 //! its measured demand instead of a fixed reservation. Idle apps then cost the floor, busy ones
 //! what they burn, and the tiers differ in headroom: tier B overcommits (plans exactly what was
-//! measured), tiers A and S keep room to grow.
+//! measured), tiers A and S keep room to grow. Memory the same way: each heartbeat reports the
+//! most linear memory each app's instances held at once since the last one; the control plane
+//! keeps a peak that decays over [`MEMORY_DECAY`], and an idle app is planned with the floor
+//! instead of its whole memory limit.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -12,6 +15,9 @@ use fog_proto::api::{FUEL_PER_CORE_SECOND, RunningApp, Tier};
 
 /// Time constant of the smoothing: a change in load shows at 63 % after this long.
 pub const SMOOTHING: Duration = Duration::from_secs(10);
+
+/// Time constant a memory peak decays with: a spike is planned for about this long after.
+pub const MEMORY_DECAY: Duration = Duration::from_secs(60);
 
 /// How much more than measured each tier is planned with.
 pub fn headroom(tier: Tier) -> f64 {
@@ -32,6 +38,16 @@ pub fn planned_cpu(tier: Tier, measured: Option<f64>, floor: f64, ceiling: f64) 
         .max(floor)
 }
 
+/// The memory one replica of an app is planned with, MiB: its measured footprint with the
+/// tier's headroom, never below `floor` nor above the app's memory `limit`; the whole limit
+/// while no host has measured it (a new app, or hosts that do not report it).
+pub fn planned_memory(tier: Tier, measured: Option<f64>, floor: f64, limit: f64) -> f64 {
+    match measured {
+        Some(mb) => (mb * headroom(tier)).max(floor).min(limit.max(floor)),
+        None => limit,
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     /// Fuel burnt so far, as last reported.
@@ -39,6 +55,8 @@ struct Sample {
     at: Instant,
     /// Smoothed cores; `None` until two reports make a rate.
     cores: Option<f64>,
+    /// Decaying peak of linear memory held, MiB; `None` if the host does not measure it.
+    memory_mb: Option<f64>,
 }
 
 /// Smoothed CPU per (device, app), from heartbeats.
@@ -55,7 +73,17 @@ impl Usage {
         let before = devices.remove(device).unwrap_or_default();
         let mut after = HashMap::with_capacity(running.len());
         for app in running {
-            let sample = match before.get(&app.app) {
+            let old = before.get(&app.app);
+            let measured = app.memory_bytes.map(|b| b as f64 / (1 << 20) as f64);
+            let memory_mb = match (measured, old.and_then(|o| o.memory_mb.map(|m| (m, o.at)))) {
+                (Some(mb), Some((peak, at))) if now > at => {
+                    let dt = (now - at).as_secs_f64();
+                    Some(mb.max(peak * (-dt / MEMORY_DECAY.as_secs_f64()).exp()))
+                }
+                (Some(mb), Some((peak, _))) => Some(mb.max(peak)),
+                (measured, _) => measured,
+            };
+            let sample = match old {
                 Some(old) if app.fuel >= old.fuel && now > old.at => {
                     let dt = (now - old.at).as_secs_f64();
                     let rate = (app.fuel - old.fuel) as f64 / dt / FUEL_PER_CORE_SECOND;
@@ -67,13 +95,15 @@ impl Usage {
                             Some(cores) => cores + alpha * (rate - cores),
                             None => rate,
                         }),
+                        memory_mb,
                     }
                 }
-                Some(old) if app.fuel >= old.fuel => *old,
+                Some(old) if app.fuel >= old.fuel => Sample { memory_mb, ..*old },
                 _ => Sample {
                     fuel: app.fuel,
                     at: now,
                     cores: None,
+                    memory_mb,
                 },
             };
             after.insert(app.app.clone(), sample);
@@ -101,6 +131,35 @@ impl Usage {
         }
         out
     }
+
+    /// `app`'s largest measured memory footprint over every device reporting it, MiB.
+    pub fn footprint(&self, app: &str) -> Option<f64> {
+        let devices = self.devices.lock().expect("usage lock");
+        devices
+            .values()
+            .filter_map(|apps| apps.get(app).and_then(|s| s.memory_mb))
+            .reduce(f64::max)
+    }
+
+    /// Each app's largest measured memory footprint (decaying peak, MiB) over the devices
+    /// `counts` accepts; apps no host measured are absent.
+    pub fn footprints(&self, counts: impl Fn(&str) -> bool) -> HashMap<String, f64> {
+        let devices = self.devices.lock().expect("usage lock");
+        let mut out: HashMap<String, f64> = HashMap::new();
+        for apps in devices
+            .iter()
+            .filter(|(d, _)| counts(d))
+            .map(|(_, apps)| apps)
+        {
+            for (app, sample) in apps {
+                if let Some(mb) = sample.memory_mb {
+                    let largest = out.entry(app.clone()).or_insert(0.0);
+                    *largest = largest.max(mb);
+                }
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -119,6 +178,7 @@ mod tests {
             role: Default::default(),
             caught_up: false,
             fenced: false,
+            memory_bytes: None,
         }
     }
 
@@ -183,5 +243,58 @@ mod tests {
         // d2 stopped running it.
         usage.record("d2", &[], start + Duration::from_secs(2));
         assert!((usage.busiest(|d| d != "dead")["a"] - 0.1).abs() < 1e-9);
+    }
+
+    fn using(app: &str, mb: u64) -> RunningApp {
+        RunningApp {
+            memory_bytes: Some(mb << 20),
+            ..running(app, 0)
+        }
+    }
+
+    #[test]
+    fn a_memory_peak_counts_at_once_and_decays_and_idle_apps_plan_the_floor() {
+        let usage = Usage::default();
+        let start = Instant::now();
+        usage.record("d1", &[using("a", 40), using("idle", 0)], start);
+        usage.record("d2", &[using("a", 10)], start);
+        let footprints = usage.footprints(|_| true);
+        assert_eq!(footprints["a"], 40.0, "the largest replica counts");
+        assert_eq!(footprints["idle"], 0.0);
+        // The spike is over: one decay time later about 37 % of it is still planned for.
+        usage.record("d1", &[using("a", 2)], start + MEMORY_DECAY);
+        let decayed = usage.footprints(|d| d == "d1")["a"];
+        assert!(
+            (decayed - 40.0 / std::f64::consts::E).abs() < 1e-6,
+            "{decayed}"
+        );
+        // A new peak counts at once.
+        usage.record("d1", &[using("a", 50)], start + MEMORY_DECAY * 2);
+        assert_eq!(usage.footprints(|d| d == "d1")["a"], 50.0);
+        // Hosts that do not measure leave the app unmeasured.
+        usage.record("d3", &[running("b", 0)], start);
+        assert!(!usage.footprints(|_| true).contains_key("b"));
+
+        assert_eq!(
+            planned_memory(Tier::B, Some(0.0), 1.0, 64.0),
+            1.0,
+            "idle: the floor"
+        );
+        assert_eq!(planned_memory(Tier::B, Some(20.0), 1.0, 64.0), 20.0);
+        assert_eq!(
+            planned_memory(Tier::S, Some(20.0), 1.0, 64.0),
+            40.0,
+            "headroom"
+        );
+        assert_eq!(
+            planned_memory(Tier::S, Some(50.0), 1.0, 64.0),
+            64.0,
+            "never past the limit"
+        );
+        assert_eq!(
+            planned_memory(Tier::B, None, 1.0, 64.0),
+            64.0,
+            "unmeasured: the limit"
+        );
     }
 }

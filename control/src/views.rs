@@ -81,6 +81,19 @@ impl Control {
             None => None,
         };
         let settings = self.settings(&app.name)?;
+        let assigned = placement
+            .as_ref()
+            .map(|p| p.devices.clone())
+            .unwrap_or_default();
+        // What it pays: each assigned device charges the planned demand at its own asked
+        // price, as its signed ledger periods will.
+        let devices = self.admitted_devices()?;
+        let cpu_planned = self.planned_cpu(&devices, &self.live_heartbeats())(app);
+        let price_per_hour = assigned
+            .iter()
+            .filter_map(|id| devices.iter().find(|d| &d.id == id))
+            .map(|d| api::LedgerPeriod::credits_per_hour(cpu_planned, d.price_cpu_hour))
+            .sum();
         Ok(AppInfo {
             name: app.name.clone(),
             owner: app.owner.clone(),
@@ -90,10 +103,7 @@ impl Control {
             tier: app.tier,
             replicas: app.replicas,
             limits: app.limits,
-            assigned: placement
-                .as_ref()
-                .map(|p| p.devices.clone())
-                .unwrap_or_default(),
+            assigned,
             running,
             problem: placement.and_then(|p| p.problem),
             updated_ms: app.updated_ms,
@@ -110,6 +120,9 @@ impl Control {
             bid: terms.map(|t| t.bid).unwrap_or_default(),
             allow_outbound: settings.allow_outbound,
             durable: settings.durable,
+            cpu_planned,
+            price_per_hour,
+            footprint_mb: self.usage.footprint(&app.name),
             // From the store: any control plane, leading or not, answers the same.
             moving: self
                 .stored_handover(&app.name)?
@@ -133,6 +146,7 @@ impl Control {
                 let (trust, trust_reasons) = self.trust_of(&d.id)?;
                 let canary_checks = self.evidence_of(&d.id)?.canary_checks();
                 let latency = self.latency_of(&d.id).filter(|_| alive);
+                let throughput = self.throughput_of(&d.id);
                 Ok(DeviceInfo {
                     htx: l.and_then(|l| l.heartbeat.htx.clone()),
                     // The links of a dead device are not held any more.
@@ -173,6 +187,8 @@ impl Control {
                     trust,
                     trust_reasons,
                     canary_checks,
+                    throughput_mbps: throughput.map(|t| t.mbps),
+                    throughput_age_ms: throughput.map(|t| now_ms().saturating_sub(t.at_ms)),
                 })
             })
             .collect()

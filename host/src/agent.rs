@@ -200,7 +200,9 @@ async fn call_one(
     Ok(bytes)
 }
 
-/// A component by hash, from the first control plane that has it.
+/// A component by hash, from the first control plane that has it. The request is signed so the
+/// control plane knows which device it sends the bytes to and times the download (the
+/// device's measured throughput).
 async fn fetch_blob(shared: &Shared, sha256: &str) -> Result<bytes::Bytes, AgentError> {
     let path = format!("/v1/blobs/{sha256}");
     shared
@@ -212,7 +214,19 @@ async fn fetch_blob(shared: &Shared, sha256: &str) -> Result<bytes::Bytes, Agent
                     url: url.clone(),
                     reason: e.to_string(),
                 };
-                let response = shared.client.get(&url).send().await.map_err(unreachable)?;
+                // Signed for each control plane tried: a nonce is accepted once.
+                let auth =
+                    shared
+                        .identity
+                        .sign("GET", &path, auth::now_s(), &auth::sha256_hex(b""), "");
+                let response = shared
+                    .client
+                    .get(&url)
+                    .header(AUTH_HEADER, auth)
+                    .header(META_HEADER, "")
+                    .send()
+                    .await
+                    .map_err(unreachable)?;
                 let status = response.status().as_u16();
                 let bytes = response.bytes().await.map_err(unreachable)?;
                 if status >= 400 {
@@ -460,6 +474,7 @@ fn heartbeat(shared: &Shared, config: &AgentConfig) -> Heartbeat {
                             .load(std::sync::atomic::Ordering::Acquire)
                 }),
                 fenced: mode == Mode::Fenced && app.in_flight() == 0,
+                memory_bytes: Some(app.take_memory_peak()),
             }
         })
         .collect();

@@ -19,7 +19,7 @@ use crate::code::Compiled;
 use crate::error::{Failure, first_line};
 use crate::kv::Namespace;
 use crate::runtime::Runtime;
-use crate::state::{Grants, MemoryLimitReached, RequestState};
+use crate::state::{Footprint, Grants, MemoryLimitReached, RequestState};
 use fog_proto::{Limits, Manifest};
 
 /// The response type the host produces.
@@ -72,6 +72,8 @@ pub struct App {
     namespace: Namespace,
     permits: Arc<Semaphore>,
     meter: Meter,
+    /// Linear memory its instances hold (shared with each request's limiter).
+    footprint: Arc<Footprint>,
     /// What the app is granted now; swapped when the control plane changes it.
     grants: std::sync::RwLock<Arc<Grants>>,
 }
@@ -117,6 +119,7 @@ impl App {
             namespace,
             permits,
             meter: Meter::default(),
+            footprint: Arc::new(Footprint::default()),
         }
     }
 
@@ -153,6 +156,12 @@ impl App {
             failures: self.meter.failures.load(Ordering::Relaxed),
             fuel: self.meter.fuel.load(Ordering::Relaxed),
         }
+    }
+
+    /// The most linear memory its instances held at once since the last call (see
+    /// [`Footprint::take_peak`]).
+    pub fn take_memory_peak(&self) -> u64 {
+        self.footprint.take_peak()
     }
 
     /// Requests of this app running now.
@@ -306,6 +315,7 @@ impl App {
                 grants,
                 self.namespace.clone(),
                 written.clone(),
+                self.footprint.clone(),
             ),
         );
         store.limiter(|state| &mut state.limiter);

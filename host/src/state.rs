@@ -2,6 +2,7 @@
 //! what it is granted (outbound origins), its key-value namespace, and the memory limiter.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
@@ -75,6 +76,7 @@ impl RequestState {
         grants: std::sync::Arc<Grants>,
         namespace: Namespace,
         written: std::sync::Arc<std::sync::atomic::AtomicU64>,
+        footprint: std::sync::Arc<Footprint>,
     ) -> Self {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         let mut wasi = WasiCtx::builder();
@@ -109,6 +111,8 @@ impl RequestState {
             limiter: MemoryLimiter {
                 max_bytes: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
                 hit: false,
+                held: 0,
+                footprint,
             },
             stderr,
         }
@@ -211,10 +215,46 @@ impl WasiHttpHooks for FogHttpHooks {
     }
 }
 
-/// Caps linear memory and remembers whether the cap was what stopped the guest.
+/// The linear memory an app's instances hold, counted as they grow and drop: what its
+/// replica really needs, for placement (reported in heartbeats as the peak since the last).
+#[derive(Debug, Default)]
+pub struct Footprint {
+    now: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl Footprint {
+    fn grow(&self, bytes: u64) {
+        let now = self.now.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    fn release(&self, bytes: u64) {
+        self.now.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// The most held at once since the last call (or since the app was loaded), starting the
+    /// next window from what is held now.
+    pub fn take_peak(&self) -> u64 {
+        let now = self.now.load(Ordering::Relaxed);
+        self.peak.swap(now, Ordering::Relaxed).max(now)
+    }
+}
+
+/// Caps linear memory, remembers whether the cap was what stopped the guest, and counts what
+/// the instance holds into its app's [`Footprint`].
 pub(crate) struct MemoryLimiter {
     max_bytes: usize,
     pub(crate) hit: bool,
+    /// Bytes of linear memory this request's instance holds.
+    held: u64,
+    footprint: std::sync::Arc<Footprint>,
+}
+
+impl Drop for MemoryLimiter {
+    fn drop(&mut self) {
+        self.footprint.release(self.held);
+    }
 }
 
 /// The error a memory growth past the cap traps with.
@@ -225,14 +265,22 @@ pub(crate) struct MemoryLimitReached(usize);
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         if desired > self.max_bytes {
             self.hit = true;
             return Err(wasmtime::Error::new(MemoryLimitReached(self.max_bytes)));
         }
+        // Past the memory's own maximum the growth fails after this: nothing is held.
+        if maximum.is_some_and(|maximum| desired > maximum) {
+            return Ok(true);
+        }
+        // Called for a memory's creation too (from 0), so `held` is every byte mapped for it.
+        let grown = desired.saturating_sub(current) as u64;
+        self.held += grown;
+        self.footprint.grow(grown);
         Ok(true)
     }
 

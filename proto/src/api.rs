@@ -288,6 +288,21 @@ pub struct AppInfo {
     /// Whether each request's state writes are on disk before it is answered.
     #[serde(default)]
     pub durable: bool,
+    /// Cores one replica is planned with (its measured use with its tier's headroom, never
+    /// below the control plane's floor): the demand placement and [`AppInfo::price_per_hour`]
+    /// use.
+    #[serde(default)]
+    pub cpu_planned: f64,
+    /// Credits per hour the app pays at that demand: for each device it is assigned to,
+    /// [`LedgerPeriod::credits`] of an hour's fuel at the price the device asks, the formula
+    /// its ledger periods charge with. 0 when it is placed nowhere.
+    #[serde(default)]
+    pub price_per_hour: f64,
+    /// The most linear memory one replica's instances held at once lately (a peak decaying
+    /// over a minute), MiB, as hosts measured it: what placement plans a replica with, with
+    /// the tier's headroom. `None` until a host that measures runs it.
+    #[serde(default)]
+    pub footprint_mb: Option<f64>,
 }
 
 /// An app's onion-service lease granted to a trusted router (`POST /v1/onion-leases`): the key
@@ -677,6 +692,12 @@ impl LedgerPeriod {
         fuel as f64 / FUEL_PER_CPU_HOUR * price_cpu_hour
     }
 
+    /// Credits one replica using `cores` for an hour is charged at `price_cpu_hour`: the
+    /// [`LedgerPeriod::credits`] of the fuel it burns in that hour.
+    pub fn credits_per_hour(cores: f64, price_cpu_hour: f64) -> f64 {
+        Self::credits((cores.max(0.0) * FUEL_PER_CPU_HOUR) as u64, price_cpu_hour)
+    }
+
     /// The bytes the device signs: the period as JSON.
     pub fn signed_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("ledger periods always serialise")
@@ -753,6 +774,11 @@ pub struct RunningApp {
     /// A fenced primary with no request in flight: its state will not change any more.
     #[serde(default)]
     pub fenced: bool,
+    /// The most linear memory its instances held at once since the previous heartbeat, bytes
+    /// (its real footprint, which placement plans it with); absent from hosts that do not
+    /// measure it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
 }
 
 /// What a replica of an app does with writes.
@@ -927,6 +953,13 @@ pub struct DeviceInfo {
     /// Spot checks of its canary judged so far (right, wrong or unanswered).
     #[serde(default)]
     pub canary_checks: u64,
+    /// Its throughput as a control plane measured it, if any transfer to or from it was
+    /// timed (components downloaded, snapshots moved): smoothed, Mbit/s.
+    #[serde(default)]
+    pub throughput_mbps: Option<f64>,
+    /// Milliseconds since the newest timed transfer.
+    #[serde(default)]
+    pub throughput_age_ms: Option<u64>,
     /// Its harvest policy's last decision, as its last heartbeat said (none: it ignores the
     /// policy, or never said).
     #[serde(default)]

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use fog_control::store::StoreLocation;
+use fog_scheduler::placement::PlacementStrategy;
 
 use crate::services::{self, Stop};
 
@@ -73,10 +74,34 @@ pub struct ControlCmd {
         hide_env_values = true
     )]
     admission_token: Option<String>,
+    /// Benchmark only: the placement algorithm. `greedy` runs the scheduler's greedy baseline
+    /// (first-fit decreasing, blind to latency, trust and price) instead of NSGA-II on the same
+    /// measured inputs, to compare the two (`benches/visitor_latency.sh`). Never for a real fog.
+    #[arg(long, hide = true, value_enum, default_value_t = Placement::Nsga2)]
+    placement: Placement,
+}
+
+/// `fog control --placement`: which algorithm places replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Placement {
+    /// Fog's: NSGA-II, then the per-tier pick.
+    Nsga2,
+    /// The greedy baseline, for comparisons only.
+    Greedy,
+}
+
+impl From<Placement> for PlacementStrategy {
+    fn from(placement: Placement) -> Self {
+        match placement {
+            Placement::Nsga2 => PlacementStrategy::Nsga2,
+            Placement::Greedy => PlacementStrategy::Greedy,
+        }
+    }
 }
 
 impl ControlCmd {
     pub fn execute(self) -> anyhow::Result<()> {
+        let defaults = fog_control::ControlConfig::default();
         let data = self
             .data
             .unwrap_or_else(|| fog_host::agent::default_data_dir().join("control"));
@@ -98,13 +123,22 @@ impl ControlCmd {
                     // Test only: hold handovers mid-way so a test can kill this leader with
                     // one in flight (see `ControlConfig::hold_handovers`).
                     hold_handovers: std::env::var_os("FOG_TEST_HOLD_HANDOVER").is_some(),
-                    ..fog_control::ControlConfig::default()
+                    placement: fog_scheduler::placement::PlacementConfig {
+                        strategy: self.placement.into(),
+                        ..defaults.placement.clone()
+                    },
+                    ..defaults
                 },
                 self.admission_token.as_deref().filter(|t| !t.is_empty()),
                 stop,
             )
             .await?;
             println!("fog: control plane on http://{addr}");
+            if self.placement == Placement::Greedy {
+                println!(
+                    "fog: placing with the greedy baseline (--placement greedy: benchmarks only)"
+                );
+            }
             // The token itself stays out of stdout (often a log): it is a password to the fog.
             println!(
                 "fog: devices and relays are admitted with the token in {} (`fog admit token \

@@ -1,7 +1,7 @@
 //! `fog devices`: the registered devices, alive or not, how routers reach them (dialled at a
 //! listener, or on the connections they dialled out, with each one's round-trip time), the
-//! smoothed RTT placement uses, their trust with its reasons, the price they ask and what they
-//! run.
+//! smoothed RTT and the throughput (timed transfers) placement uses, their trust with its
+//! reasons, the price they ask and what they run.
 
 use fog_proto::api::{DeviceInfo, PendingKey};
 
@@ -45,8 +45,17 @@ impl Devices {
                 return print_json(&devices);
             }
             println!(
-                "{:<18} {:<10} {:<6} {:>5} {:>7} {:<40} {:<24} {:<16} {:<6} RUNNING",
-                "ID", "REGION", "STATE", "CPU", "PRICE", "REACHED", "RTT", "SMOOTHED RTT", "TRUST"
+                "{:<18} {:<10} {:<6} {:>5} {:>7} {:<40} {:<24} {:<16} {:<20} {:<6} RUNNING",
+                "ID",
+                "REGION",
+                "STATE",
+                "CPU",
+                "PRICE",
+                "REACHED",
+                "RTT",
+                "SMOOTHED RTT",
+                "THROUGHPUT",
+                "TRUST"
             );
             for d in devices {
                 let state = match (d.alive, d.harvestable) {
@@ -55,7 +64,7 @@ impl Devices {
                     (true, true) => "up",
                 };
                 println!(
-                    "{:<18} {:<10} {:<6} {:>5} {:>7} {:<40} {:<24} {:<16} {:<6.2} {}",
+                    "{:<18} {:<10} {:<6} {:>5} {:>7} {:<40} {:<24} {:<16} {:<20} {:<6.2} {}",
                     d.id,
                     d.region,
                     state,
@@ -64,6 +73,7 @@ impl Devices {
                     reached(&d),
                     rtt(&d),
                     smoothed(&d),
+                    throughput(&d),
                     d.trust,
                     d.running.join(",")
                 );
@@ -111,6 +121,15 @@ fn smoothed(d: &DeviceInfo) -> String {
             }
         ),
         _ => "unmeasured".to_string(),
+    }
+}
+
+/// The smoothed throughput of timed transfers and the age of the newest; "-" if never timed
+/// (placement then assumes a prior).
+fn throughput(d: &DeviceInfo) -> String {
+    match (d.throughput_mbps, d.throughput_age_ms) {
+        (Some(mbps), Some(age)) => format!("{mbps:.0}Mbit/s ({:.0}s ago)", age as f64 / 1000.0),
+        _ => "-".to_string(),
     }
 }
 

@@ -4,8 +4,8 @@ use fog_proto::api::AppInfo;
 
 use crate::client::{Api, ControlArgs, print_json};
 
-/// List published apps: version, tier, bid and price cap, replicas wanted and running, and any
-/// placement problem.
+/// List published apps: version, tier, bid and price cap, what each pays per hour, replicas
+/// wanted and running, and any placement problem.
 #[derive(Debug, clap::Args)]
 pub struct Ps {
     #[command(flatten)]
@@ -23,20 +23,27 @@ impl Ps {
                 return print_json(&apps);
             }
             println!(
-                "{:<24} {:>4} {:>4} {:<18} {:>8} {:<40} {:<43} PROBLEM",
-                "NAME", "VER", "TIER", "BID", "RUNNING", "DEVICES", "BETANET"
+                "{:<24} {:>4} {:>4} {:<18} {:>10} {:>8} {:<40} {:<43} PROBLEM",
+                "NAME", "VER", "TIER", "BID", "PRICE/H", "RUNNING", "DEVICES", "BETANET"
             );
             for app in &apps {
                 let bid = match app.max_price {
                     Some(max) => format!("{} <= {max}", app.bid),
                     None => app.bid.to_string(),
                 };
+                // Credits per hour at the planned demand; "-" for an app placed nowhere.
+                let price = if app.assigned.is_empty() {
+                    "-".to_string()
+                } else {
+                    format!("{:.6}", app.price_per_hour)
+                };
                 println!(
-                    "{:<24} {:>4} {:>4} {:<18} {:>8} {:<40} {:<43} {}",
+                    "{:<24} {:>4} {:>4} {:<18} {:>10} {:>8} {:<40} {:<43} {}",
                     app.name,
                     app.version,
                     format!("{:?}", app.tier),
                     bid,
+                    price,
                     format!("{}/{}", app.running.len(), app.replicas),
                     app.assigned.join(","),
                     app.betanet

@@ -347,6 +347,8 @@ impl Sim {
                                     role: a.replication.role,
                                     caught_up: true,
                                     fenced: a.replication.fenced,
+                                    // Simulated devices run no guest: nothing is measured.
+                                    memory_bytes: None,
                                 })
                                 .collect();
                             if !running.is_empty() {

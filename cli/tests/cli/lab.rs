@@ -32,6 +32,8 @@ struct LabFog {
     _dir: tempfile::TempDir,
     key: String,
     control: LabProcess,
+    /// `fog control`'s arguments, to start it again ([`LabFog::restart_control`]).
+    control_args: Vec<String>,
     routers: Vec<(String, Option<LabProcess>)>,
     hosts: Vec<(String, Option<LabProcess>)>,
     /// A runtime whose threads live in the visitor's namespace: sockets its tasks open are the
@@ -53,6 +55,21 @@ impl LabFog {
         public: usize,
         extra: &[&str],
         prepare: impl FnOnce(&Lab, &Path) -> Vec<String>,
+    ) -> LabFog {
+        Self::start_fleet(routers, nated, public, extra, prepare, |_| {
+            vec!["--cpu".into(), "1".into()]
+        })
+    }
+
+    /// Like [`LabFog::start_with`], with `host_args(node)` giving each host's own arguments
+    /// (what it offers, its price) instead of `--cpu 1`.
+    fn start_fleet(
+        routers: usize,
+        nated: usize,
+        public: usize,
+        extra: &[&str],
+        prepare: impl FnOnce(&Lab, &Path) -> Vec<String>,
+        host_args: impl Fn(&str) -> Vec<String>,
     ) -> LabFog {
         let mut builder = Lab::builder().public("control").public("visitor");
         let router_names: Vec<String> = (1..=routers).map(|i| format!("router{i}")).collect();
@@ -95,6 +112,7 @@ impl LabFog {
             path("control"),
         ];
         args.extend(trust);
+        let control_args = args.clone();
         let control = spawn_fog(&lab, "control", &args);
         wait_listening(&lab, control_addr, CONTROL_PORT, &control);
 
@@ -113,10 +131,9 @@ impl LabFog {
                 control_url.clone(),
                 "--data".into(),
                 path(name),
-                "--cpu".into(),
-                "1".into(),
                 "--always-on".into(),
             ];
+            args.extend(host_args(name));
             if name.starts_with("pub") {
                 let addr = lab.addr(name).unwrap();
                 args.extend(["--listen".to_string(), format!("{addr}:{HOST_PORT}")]);
@@ -140,6 +157,7 @@ impl LabFog {
             _dir: dir,
             key,
             control,
+            control_args,
             routers,
             hosts,
             visitor,
@@ -236,6 +254,12 @@ impl LabFog {
 
     /// The node whose host runs device `id`.
     fn node_of(&self, id: &str) -> String {
+        self.try_node_of(id)
+            .unwrap_or_else(|| panic!("no host of ours is device {id}"))
+    }
+
+    /// The node whose host runs device `id`, if one has said so in its log yet.
+    fn try_node_of(&self, id: &str) -> Option<String> {
         self.hosts
             .iter()
             .find(|(_, p)| {
@@ -250,7 +274,6 @@ impl LabFog {
                 })
             })
             .map(|(name, _)| name.clone())
-            .unwrap_or_else(|| panic!("no host of ours is device {id}"))
     }
 
     fn router_http(&self, router: &str) -> SocketAddr {
@@ -329,6 +352,17 @@ impl LabFog {
     fn finish(&self, load: Increments) -> (u64, u64, Vec<String>, f64) {
         let task = self.visitor.spawn(load.finish());
         self.visitor.block_on(task).unwrap()
+    }
+
+    /// Stops the control plane (SIGTERM) and starts it again on the same data directory, with
+    /// `extra` arguments.
+    fn restart_control(&mut self, extra: &[&str]) {
+        self.control.stop(Duration::from_secs(10)).unwrap();
+        let mut args = self.control_args.clone();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        self.control = spawn_fog(&self.lab, "control", &args);
+        let addr = self.lab.addr("control").unwrap();
+        wait_listening(&self.lab, addr, CONTROL_PORT, &self.control);
     }
 
     fn kill_host(&mut self, node: &str) {
@@ -721,6 +755,390 @@ fn a_device_behind_120_ms_gets_no_tier_s_replica_while_faster_devices_have_room(
     let table = String::from_utf8_lossy(&out.stdout);
     println!("{table}");
     assert!(table.contains("trust:"), "{table}");
+}
+
+/// The benchmark fleet of `benches/visitor_latency.sh`: (node, added round trip in ms, price
+/// per CPU-hour, CPUs offered). Nearer devices ask more, as a well-connected machine might, so
+/// price alone would pull a placement away from them.
+const BENCH_FLEET: [(&str, u64, &str, &str); 6] = [
+    ("dev1", 5, "0.40", "1"),
+    ("dev2", 20, "0.30", "2"),
+    ("dev3", 40, "0.20", "1"),
+    ("dev4", 80, "0.15", "2"),
+    ("dev5", 120, "0.10", "1"),
+    ("dev6", 200, "0.05", "2"),
+];
+
+/// The benchmark's apps: (name, tier, replicas).
+const BENCH_APPS: [(&str, &str, &str); 4] = [
+    ("shop", "S", "2"),
+    ("search", "S", "2"),
+    ("api", "A", "2"),
+    ("blog", "B", "1"),
+];
+
+/// Each app's devices, as `fog ps` lists them.
+type Placed = Vec<(String, Vec<String>)>;
+
+/// Latencies of one app's requests under one placement.
+struct Measured {
+    app: String,
+    devices: Vec<String>,
+    ms: Vec<f64>,
+    failed: usize,
+}
+
+impl LabFog {
+    /// Waits until every device of [`BENCH_FLEET`] is alive, measured (at least four fifths of
+    /// its added delay: the delay is in place) and trusted enough for tiers S and A.
+    fn wait_bench_fleet(&self) -> Vec<DeviceInfo> {
+        self.wait_devices(
+            Duration::from_secs(180),
+            "every device alive, measured with its delay and trusted for tier S",
+            |d| {
+                d.len() == BENCH_FLEET.len()
+                    && d.iter().all(|d| {
+                        d.alive
+                            && d.trust >= 0.3
+                            && d.rtt_ms.is_some_and(|rtt| {
+                                self.try_node_of(&d.id).is_some_and(|node| {
+                                    let added = BENCH_FLEET.iter().find(|f| f.0 == node).unwrap().1;
+                                    rtt >= added as f64 * 0.8
+                                })
+                            })
+                    })
+            },
+        )
+    }
+
+    /// Waits until every app has all its replicas assigned and running, no move in flight, and
+    /// the same devices for `quiet` in a row; returns each app's devices.
+    fn wait_settled(&self, quiet: Duration, limit: Duration) -> Placed {
+        let deadline = Instant::now() + limit;
+        let mut last: Option<(Placed, Instant)> = None;
+        loop {
+            let apps = self.apps();
+            let ready = apps.iter().all(|a| {
+                let mut running = a.running.clone();
+                let mut assigned = a.assigned.clone();
+                running.sort();
+                assigned.sort();
+                a.assigned.len() == a.replicas as usize && running == assigned && a.moving.is_none()
+            });
+            let now: Placed = apps
+                .iter()
+                .map(|a| (a.name.clone(), a.assigned.clone()))
+                .collect();
+            match &last {
+                Some((then, since)) if ready && *then == now => {
+                    if since.elapsed() >= quiet {
+                        return now;
+                    }
+                }
+                _ => last = ready.then(|| (now, Instant::now())),
+            }
+            if Instant::now() >= deadline {
+                panic!("placement never settled: {apps:#?}\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// `requests` GETs of each app through `router1` from the visitor, `concurrency` at a time
+    /// (each of `concurrency` visitors sends its share one after another), each timed from
+    /// connect to the last byte.
+    fn measure(&self, placement: &Placed, requests: usize, concurrency: usize) -> Vec<Measured> {
+        let router = self.router_http("router1");
+        placement
+            .iter()
+            .map(|(app, devices)| {
+                let target = format!("/apps/{app}/");
+                // Warm: the router's HTX streams to the replicas exist before the clock runs.
+                self.wait_answer(router, &target, "Hello", Duration::from_secs(60));
+                let visitors: Vec<_> = (0..concurrency)
+                    .map(|v| {
+                        let share =
+                            requests / concurrency + usize::from(v < requests % concurrency);
+                        let target = target.clone();
+                        self.visitor.spawn(async move {
+                            let mut ms = Vec::with_capacity(share);
+                            let mut failed = 0;
+                            for _ in 0..share {
+                                let started = Instant::now();
+                                match fog_tests::request(router, "GET", &target, &[], "").await {
+                                    Ok(reply) if reply.status == 200 => {
+                                        ms.push(started.elapsed().as_secs_f64() * 1000.0)
+                                    }
+                                    _ => failed += 1,
+                                }
+                            }
+                            (ms, failed)
+                        })
+                    })
+                    .collect();
+                let mut measured = Measured {
+                    app: app.clone(),
+                    devices: devices.clone(),
+                    ms: Vec::with_capacity(requests),
+                    failed: 0,
+                };
+                for visitor in visitors {
+                    let (ms, failed) = self.visitor.block_on(visitor).expect("visitor task");
+                    measured.ms.extend(ms);
+                    measured.failed += failed;
+                }
+                measured
+            })
+            .collect()
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn summary(ms: &[f64]) -> (f64, f64, f64) {
+    let mut sorted = ms.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mean = sorted.iter().sum::<f64>() / sorted.len().max(1) as f64;
+    (percentile(&sorted, 50.0), percentile(&sorted, 99.0), mean)
+}
+
+/// Benchmark, not a test (`benches/visitor_latency.sh` runs it; it asserts only that the fleet
+/// came up and served): the latency visitors see through a router under Fog's placement
+/// (NSGA-II) and under the greedy baseline, on one fleet of six NATed devices behind 5 to
+/// 200 ms, in one run. Phases (`FOG_BENCH_PHASES`, default `nsga2,greedy,greedy,nsga2`) remove
+/// the apps, restart only the control plane, with `--placement`, and publish the apps again;
+/// every phase waits for the placement to settle, then sends `FOG_BENCH_REQUESTS` (default 100)
+/// requests per app at each concurrency of `FOG_BENCH_CONCURRENCY` (default `1,4`), and prints
+/// Markdown tables.
+#[test]
+#[ignore = "benchmark: run by benches/visitor_latency.sh"]
+fn visitor_latency_under_fogs_placement_and_the_greedy_baseline() {
+    let requests: usize = std::env::var("FOG_BENCH_REQUESTS")
+        .ok()
+        .map(|n| n.parse().expect("FOG_BENCH_REQUESTS is a number"))
+        .unwrap_or(100);
+    let phases_text =
+        std::env::var("FOG_BENCH_PHASES").unwrap_or_else(|_| "nsga2,greedy,greedy,nsga2".into());
+    let phases: Vec<&str> = phases_text.split(',').map(str::trim).collect();
+    assert!(
+        phases.iter().all(|p| ["nsga2", "greedy"].contains(p)),
+        "FOG_BENCH_PHASES: nsga2 or greedy, comma-separated: {phases_text}"
+    );
+    let concurrencies: Vec<usize> = std::env::var("FOG_BENCH_CONCURRENCY")
+        .unwrap_or_else(|_| "1,4".into())
+        .split(',')
+        .map(|c| match c.trim().parse() {
+            Ok(c) if c > 0 => c,
+            _ => panic!("FOG_BENCH_CONCURRENCY: positive numbers, comma-separated"),
+        })
+        .collect();
+    let mut fog = LabFog::start_fleet(
+        1,
+        BENCH_FLEET.len(),
+        0,
+        &[],
+        |_, _| Vec::new(),
+        |node| {
+            let (_, _, price, cpu) = BENCH_FLEET.iter().find(|d| d.0 == node).unwrap();
+            vec![
+                "--price".into(),
+                price.to_string(),
+                "--cpu".into(),
+                cpu.to_string(),
+            ]
+        },
+    );
+    for (node, ms, _, _) in BENCH_FLEET {
+        fog.lab
+            .set_netem(node, Duration::from_millis(ms), 0.0)
+            .expect("delay on a device's link");
+    }
+    let devices = fog.wait_bench_fleet();
+    // Device id → "devN (RTT ms, price)", in the order the greedy baseline takes them (by id).
+    let mut fleet: Vec<(String, String)> = devices
+        .iter()
+        .map(|d| {
+            let node = fog.node_of(&d.id);
+            let label = format!(
+                "{node} ({:.0} ms, {})",
+                d.rtt_ms.unwrap_or(f64::NAN),
+                d.price_cpu_hour
+            );
+            (d.id.clone(), label)
+        })
+        .collect();
+    fleet.sort();
+    println!("Devices in id order (the greedy baseline's order):");
+    for (id, label) in &fleet {
+        println!("- {label}: {id}");
+    }
+    let label = |id: &str| {
+        fleet
+            .iter()
+            .find(|(d, _)| d == id)
+            .map(|(_, l)| l.split(' ').next().unwrap_or(id).to_string())
+            .unwrap_or_else(|| id.to_string())
+    };
+    // (phase, concurrency, what each app's visitors saw)
+    let mut results: Vec<(String, usize, Vec<Measured>)> = Vec::new();
+    for (i, phase) in phases.iter().enumerate() {
+        // Each phase places the apps from nothing: removed, the control plane started again
+        // with the phase's strategy (nothing else restarts), the fleet measured again (RTTs are
+        // kept in memory), published again.
+        if i > 0 {
+            for (name, _, _) in BENCH_APPS {
+                let out = fog.fog(&["rm", name]);
+                assert!(out.status.success(), "rm {name}: {}", stderr(&out));
+            }
+            fog.wait_devices(
+                Duration::from_secs(60),
+                "every replica of the last phase stopped",
+                |d| d.iter().all(|d| d.running.is_empty()),
+            );
+        }
+        fog.restart_control(&["--placement", phase]);
+        // What placement sees: the smoothed RTTs when the apps are published.
+        let seen: Vec<String> = fog
+            .wait_bench_fleet()
+            .iter()
+            .map(|d| format!("{} {:.0} ms", label(&d.id), d.rtt_ms.unwrap_or(f64::NAN)))
+            .collect();
+        println!(
+            "phase {} ({phase}) placed on RTTs: {}",
+            i + 1,
+            seen.join(", ")
+        );
+        for (name, tier, replicas) in BENCH_APPS {
+            let out = fog.fog(&[
+                "publish",
+                programs::HELLO,
+                "--name",
+                name,
+                "--tier",
+                tier,
+                "--replicas",
+                replicas,
+                "--json",
+            ]);
+            assert!(out.status.success(), "publish {name}: {}", stderr(&out));
+        }
+        let placement = fog.wait_settled(Duration::from_secs(10), Duration::from_secs(240));
+        let measured: Vec<(usize, Vec<Measured>)> = concurrencies
+            .iter()
+            .map(|&c| (c, fog.measure(&placement, requests, c)))
+            .collect();
+        // A placement that changed while measured is said, not hidden (a re-plan may move a
+        // replica; the figures then mix two placements).
+        let after: Placed = fog
+            .apps()
+            .iter()
+            .map(|a| (a.name.clone(), a.assigned.clone()))
+            .collect();
+        if after != placement {
+            println!(
+                "phase {} ({phase}): the placement changed while measured: {placement:?} → {after:?}",
+                i + 1
+            );
+        }
+        results.extend(
+            measured
+                .into_iter()
+                .map(|(c, measured)| (phase.to_string(), c, measured)),
+        );
+    }
+
+    for &c in &concurrencies {
+        print_bench_tables(&results, c, requests, &label);
+    }
+    let failed: usize = results
+        .iter()
+        .flat_map(|(_, _, m)| m.iter().map(|m| m.failed))
+        .sum();
+    assert_eq!(failed, 0, "requests failed\n{}", fog.logs());
+}
+
+/// The benchmark's tables at one concurrency: each phase's figures per app, then greedy over
+/// Fog per app and overall (each strategy's figures averaged over its phases).
+fn print_bench_tables(
+    results: &[(String, usize, Vec<Measured>)],
+    concurrency: usize,
+    requests: usize,
+    label: &dyn Fn(&str) -> String,
+) {
+    let at: Vec<(&str, &[Measured])> = results
+        .iter()
+        .filter(|(_, c, _)| *c == concurrency)
+        .map(|(phase, _, m)| (phase.as_str(), m.as_slice()))
+        .collect();
+    println!(
+        "\n{requests} requests per app and phase, {concurrency} at a time, visitor → router1 → \
+         device over HTX\n"
+    );
+    println!("| phase | app | tier | devices | p50 ms | p99 ms | mean ms | failed |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (i, (phase, measured)) in at.iter().enumerate() {
+        let mut all = Vec::new();
+        for m in measured.iter() {
+            let tier = BENCH_APPS.iter().find(|a| a.0 == m.app).unwrap().1;
+            let devices: Vec<String> = m.devices.iter().map(|d| label(d)).collect();
+            let (p50, p99, mean) = summary(&m.ms);
+            println!(
+                "| {} {phase} | {} | {tier} | {} | {p50:.1} | {p99:.1} | {mean:.1} | {} |",
+                i + 1,
+                m.app,
+                devices.join(", "),
+                m.failed
+            );
+            all.extend_from_slice(&m.ms);
+        }
+        let (p50, p99, mean) = summary(&all);
+        let failed: usize = measured.iter().map(|m| m.failed).sum();
+        println!(
+            "| {} {phase} | **all** | | | **{p50:.1}** | **{p99:.1}** | **{mean:.1}** | {failed} |",
+            i + 1
+        );
+    }
+    let of = |strategy: &str, app: Option<&str>| -> (f64, f64, f64) {
+        let rows: Vec<(f64, f64, f64)> = at
+            .iter()
+            .filter(|(p, _)| *p == strategy)
+            .map(|(_, measured)| {
+                let ms: Vec<f64> = measured
+                    .iter()
+                    .filter(|m| app.is_none_or(|a| m.app == a))
+                    .flat_map(|m| m.ms.iter().copied())
+                    .collect();
+                summary(&ms)
+            })
+            .collect();
+        let n = rows.len().max(1) as f64;
+        (
+            rows.iter().map(|r| r.0).sum::<f64>() / n,
+            rows.iter().map(|r| r.1).sum::<f64>() / n,
+            rows.iter().map(|r| r.2).sum::<f64>() / n,
+        )
+    };
+    if at.iter().any(|(p, _)| *p == "nsga2") && at.iter().any(|(p, _)| *p == "greedy") {
+        println!("\n| app | p50 greedy / Fog | p99 greedy / Fog | mean greedy / Fog |");
+        println!("|---|---|---|---|");
+        for app in BENCH_APPS.iter().map(|a| Some(a.0)).chain([None]) {
+            let (fog_p50, fog_p99, fog_mean) = of("nsga2", app);
+            let (g_p50, g_p99, g_mean) = of("greedy", app);
+            println!(
+                "| {} | {:.2}× | {:.2}× | {:.2}× |",
+                app.unwrap_or("**all**"),
+                g_p50 / fog_p50,
+                g_p99 / fog_p99,
+                g_mean / fog_mean
+            );
+        }
+    }
 }
 
 /// `fog testnet --addr` on the lab's public node `tor`: a private Tor network the whole lab can

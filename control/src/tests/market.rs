@@ -413,3 +413,70 @@ async fn what_routers_measure_wins_over_what_a_device_claims(backend: Backend) {
         (Some(120.0), Some(api::RttSource::Routers))
     );
 }
+
+/// `fog control --placement greedy` (benchmarks only) runs the greedy baseline on the inputs
+/// NSGA-II gets: on two devices a router measured at 200 ms and 5 ms, NSGA-II puts the replica on
+/// the near one, the greedy baseline on the first device in its order whatever its latency.
+/// Sled only: the switch is in the planner, not the store.
+#[tokio::test]
+async fn the_greedy_placement_switch_places_as_the_greedy_baseline_on_the_same_inputs() {
+    use fog_scheduler::placement::{PlacementConfig, PlacementStrategy};
+    for strategy in [PlacementStrategy::Nsga2, PlacementStrategy::Greedy] {
+        let router = Identity::generate();
+        let defaults = ControlConfig::default();
+        let control = Control::new(
+            Backend::sled().store(),
+            ControlConfig {
+                trusted_routers: vec![router.public_hex()],
+                placement: PlacementConfig {
+                    strategy,
+                    ..defaults.placement.clone()
+                },
+                ..defaults
+            },
+        );
+        let endpoint = serde_json::to_vec(&api::AttachInfo {
+            addr: "127.0.0.1:7444".into(),
+            key: hex::encode([3u8; 32]),
+        })
+        .unwrap();
+        let answer = control
+            .handle(signed(&router, "POST", "/v1/attach", endpoint, ""))
+            .await;
+        assert_eq!(answer.status(), 200);
+        let mut fleet = vec![register(&control, 0.1).await, register(&control, 0.1).await];
+        // The greedy baseline takes devices in the registry's order (by id): the first is far.
+        fleet.sort_by(|a, b| a.1.cmp(&b.1));
+        let (far, near) = (fleet[0].1.clone(), fleet[1].1.clone());
+        for (key, id) in &fleet {
+            let (status, text) = heartbeat(&control, key, id, serde_json::json!({})).await;
+            assert_eq!(status, 200, "{text}");
+        }
+        let links = [(&far, 200_000), (&near, 5_000)]
+            .into_iter()
+            .map(|(device, rtt_us)| api::DeviceRtt {
+                device: device.clone(),
+                rtt_us,
+            })
+            .collect();
+        let report = serde_json::to_vec(&api::RouterRtts { links }).unwrap();
+        let answer = control
+            .handle(signed(&router, "POST", "/v1/attach/rtts", report, ""))
+            .await;
+        assert_eq!(answer.status(), 200);
+        let meta = serde_json::json!({"name": "hello", "tier": "B", "replicas": 1});
+        assert_eq!(publish(&control, &Identity::generate(), meta).await.0, 201);
+        control.reconcile().unwrap();
+        let expected = match strategy {
+            PlacementStrategy::Nsga2 => near,
+            PlacementStrategy::Greedy => far,
+        };
+        let info = app(&control, "hello").await;
+        assert_eq!(
+            info.assigned,
+            vec![expected],
+            "{strategy:?}: {info:?}\n{:?}",
+            devices(&control).await
+        );
+    }
+}

@@ -5,7 +5,9 @@
 //! enough, within its price, not excluded, with room for one replica), reports apps that cannot
 //! be placed with the filter that stops them, runs NSGA-II seeded with the current placement and
 //! the greedy one, and picks the result per tier (see [`pick`]). The current placement is kept
-//! unless the pick beats it by `min_gain`, so nothing moves when nothing changed.
+//! unless the pick beats it by `min_gain`, so nothing moves when nothing changed. With
+//! [`PlacementStrategy::Greedy`] the greedy baseline's placement is taken as it is instead, to
+//! measure what NSGA-II buys on the same inputs.
 
 mod greedy;
 mod model;
@@ -15,7 +17,7 @@ pub mod scenarios;
 
 use std::collections::HashMap;
 
-pub use model::{AppDemand, Assignment, Device, PlacementConfig, Tier};
+pub use model::{AppDemand, Assignment, Device, PlacementConfig, PlacementStrategy, Tier};
 pub use problem::{
     CHURN, COST, DISTRUST, ENERGY, IMBALANCE, LATENCY, OBJECTIVES, energy_risk, load_penalty_ms,
 };
@@ -105,7 +107,8 @@ fn unit_price(app: &AppDemand, device: &Device, demand: f64, supply: f64) -> f64
     owner * market::price_per_cpu_hour(app.pricing, app.tier, demand, supply, device.trust)
 }
 
-/// Place `apps` on `devices`, starting from `current`.
+/// Place `apps` on `devices`, starting from `current`, with `config.strategy`: NSGA-II (Fog's), or
+/// the greedy baseline alone for comparisons.
 pub fn plan(
     devices: &[Device],
     apps: &[AppDemand],
@@ -214,76 +217,39 @@ pub fn plan(
     let greedy_feasible =
         greedy_placed.iter().all(|&p| p) && greedy_violation.iter().all(|&v| v <= 0.0);
 
-    // The current placement as genes, where every replica of every app is still on an eligible
-    // device; otherwise the greedy genes fill the gaps.
-    let mut current_genes = greedy_genes.clone();
-    let mut current_complete = true;
-    for slot in &problem.slots {
-        for k in 0..slot.replicas {
-            let g = slot.first_gene + k;
-            match slot
-                .current
-                .get(k)
-                .and_then(|d| slot.candidates.binary_search(d).ok())
-            {
-                Some(v) => current_genes[g] = v as u32,
-                None => current_complete = false,
+    let (chosen, front, kept_current, mut dropped) = match config.strategy {
+        PlacementStrategy::Greedy => {
+            // The baseline as it is: what it could not place is reported, nothing is searched.
+            let dropped: Vec<bool> = greedy_placed.iter().map(|&p| !p).collect();
+            for (slot, _) in problem.slots.iter().zip(&dropped).filter(|(_, d)| **d) {
+                unplaceable.push(Unplaceable {
+                    app: apps[slot.app].id.clone(),
+                    reason: format!(
+                        "the greedy baseline found no room for its {} replicas",
+                        slot.replicas
+                    ),
+                });
             }
+            (greedy_genes, Vec::new(), false, dropped)
         }
-    }
-
-    let nsga = Config {
-        population: config.population,
-        generations: config.generations,
-        seed: config.seed,
-        parallel: true,
-    };
-    let seeds = vec![current_genes.clone(), greedy_genes.clone()];
-    let population = nsga2::run(&problem, &nsga, &seeds);
-
-    let front = population.pareto_front();
-    let floor =
-        greedy_feasible.then_some((greedy_objectives[LATENCY], greedy_objectives[IMBALANCE]));
-    let chosen: Vec<u32> = if front.is_empty() {
-        // No feasible solution: take the least infeasible and report the apps it cannot place.
-        let best = (0..population.len())
-            .min_by(|&a, &b| {
-                population.violation[a]
-                    .total_cmp(&population.violation[b])
-                    .then(a.cmp(&b))
-            })
-            .expect("population is not empty");
-        population.genes_of(best).to_vec()
-    } else {
-        compose(&problem, &population, &front, floor)
-    };
-
-    // Keep the current placement unless the choice is clearly better.
-    let mut chosen = chosen;
-    let mut kept_current = false;
-    if current_complete {
-        let mut current_objectives = [0.0; 6];
-        let violation = problem.assess(&current_genes, &mut current_objectives, None, None);
-        if violation.iter().all(|&v| v <= 0.0) {
-            let mut chosen_objectives = [0.0; 6];
-            problem.assess(&chosen, &mut chosen_objectives, None, None);
-            let blended = blended_weights(&problem);
-            let rows: Vec<&[f64]> = front
-                .iter()
-                .map(|&i| population.objectives_of(i))
-                .chain([&current_objectives[..], &chosen_objectives[..]])
-                .collect();
-            let scores = pick::scores(&rows, &blended);
-            let (current_score, chosen_score) = (scores[rows.len() - 2], scores[rows.len() - 1]);
-            if chosen_score > current_score - config.min_gain {
-                chosen = current_genes.clone();
-                kept_current = true;
-            }
+        PlacementStrategy::Nsga2 => {
+            let (chosen, front, kept_current) = search(
+                &problem,
+                config,
+                &greedy_genes,
+                greedy_feasible
+                    .then_some((greedy_objectives[LATENCY], greedy_objectives[IMBALANCE])),
+            );
+            (
+                chosen,
+                front,
+                kept_current,
+                vec![false; problem.slots.len()],
+            )
         }
-    }
+    };
 
     // Drop apps whose replicas still break a constraint, lowest tier first, until none does.
-    let mut dropped = vec![false; problem.slots.len()];
     loop {
         let mut per_slot = vec![0.0; problem.slots.len()];
         let mut objectives = [0.0; 6];
@@ -348,16 +314,95 @@ pub fn plan(
         greedy: greedy_feasible.then_some(greedy_objectives),
         moved,
         front_size: front.len(),
-        front: front
-            .iter()
-            .map(|&i| {
-                let mut row = [0.0; 6];
-                row.copy_from_slice(population.objectives_of(i));
-                row
-            })
-            .collect(),
+        front,
         kept_current,
     }
+}
+
+/// NSGA-II seeded with the current placement and the greedy one, the per-tier pick (with the
+/// greedy `floor` on latency and balance) and the hysteresis that keeps the current placement:
+/// the chosen genes, the objectives of the feasible first front, and whether the current
+/// placement was kept.
+fn search(
+    problem: &PlacementProblem<'_>,
+    config: &PlacementConfig,
+    greedy_genes: &[u32],
+    floor: Option<(f64, f64)>,
+) -> (Vec<u32>, Vec<[f64; 6]>, bool) {
+    // The current placement as genes, where every replica of every app is still on an eligible
+    // device; otherwise the greedy genes fill the gaps.
+    let mut current_genes = greedy_genes.to_vec();
+    let mut current_complete = true;
+    for slot in &problem.slots {
+        for k in 0..slot.replicas {
+            let g = slot.first_gene + k;
+            match slot
+                .current
+                .get(k)
+                .and_then(|d| slot.candidates.binary_search(d).ok())
+            {
+                Some(v) => current_genes[g] = v as u32,
+                None => current_complete = false,
+            }
+        }
+    }
+
+    let nsga = Config {
+        population: config.population,
+        generations: config.generations,
+        seed: config.seed,
+        parallel: true,
+    };
+    let seeds = vec![current_genes.clone(), greedy_genes.to_vec()];
+    let population = nsga2::run(problem, &nsga, &seeds);
+
+    let front = population.pareto_front();
+    let chosen: Vec<u32> = if front.is_empty() {
+        // No feasible solution: take the least infeasible and report the apps it cannot place.
+        let best = (0..population.len())
+            .min_by(|&a, &b| {
+                population.violation[a]
+                    .total_cmp(&population.violation[b])
+                    .then(a.cmp(&b))
+            })
+            .expect("population is not empty");
+        population.genes_of(best).to_vec()
+    } else {
+        compose(problem, &population, &front, floor)
+    };
+
+    // Keep the current placement unless the choice is clearly better.
+    let mut chosen = chosen;
+    let mut kept_current = false;
+    if current_complete {
+        let mut current_objectives = [0.0; 6];
+        let violation = problem.assess(&current_genes, &mut current_objectives, None, None);
+        if violation.iter().all(|&v| v <= 0.0) {
+            let mut chosen_objectives = [0.0; 6];
+            problem.assess(&chosen, &mut chosen_objectives, None, None);
+            let blended = blended_weights(problem);
+            let rows: Vec<&[f64]> = front
+                .iter()
+                .map(|&i| population.objectives_of(i))
+                .chain([&current_objectives[..], &chosen_objectives[..]])
+                .collect();
+            let scores = pick::scores(&rows, &blended);
+            let (current_score, chosen_score) = (scores[rows.len() - 2], scores[rows.len() - 1]);
+            if chosen_score > current_score - config.min_gain {
+                chosen = current_genes.clone();
+                kept_current = true;
+            }
+        }
+    }
+    let front = front
+        .iter()
+        .map(|&i| {
+            let mut row = [0.0; 6];
+            row.copy_from_slice(population.objectives_of(i));
+            row
+        })
+        .collect();
+    (chosen, front, kept_current)
 }
 
 /// Place only the `pending` apps, keeping every other app where `current` has it: the devices

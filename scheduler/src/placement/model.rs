@@ -113,6 +113,20 @@ impl AppDemand {
 /// Which devices run each app's replicas: app id → device ids.
 pub type Assignment = BTreeMap<String, Vec<String>>;
 
+/// Which algorithm chooses the placement. NSGA-II is Fog's; the greedy baseline exists to compare
+/// it with on the same inputs (`benches/visitor_latency.sh`), not to run a fog on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlacementStrategy {
+    /// NSGA-II seeded with the current and the greedy placement, then the per-tier pick and the
+    /// hysteresis that keeps the current placement (see [`super::plan`]).
+    #[default]
+    Nsga2,
+    /// The greedy baseline alone: first-fit decreasing in device order, blind to latency, trust,
+    /// price and energy, with no hysteresis. For benchmarks and comparisons only.
+    Greedy,
+}
+
 /// Settings of a placement run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -134,6 +148,8 @@ pub struct PlacementConfig {
     pub min_gain: f64,
     /// Latency added when a replica runs outside the app's preferred region, ms.
     pub off_region_penalty_ms: f64,
+    /// The algorithm (default NSGA-II; greedy only to compare with it).
+    pub strategy: PlacementStrategy,
 }
 
 impl Default for PlacementConfig {
@@ -147,6 +163,7 @@ impl Default for PlacementConfig {
             repair: true,
             min_gain: 0.05,
             off_region_penalty_ms: 40.0,
+            strategy: PlacementStrategy::Nsga2,
         }
     }
 }
