@@ -8,7 +8,10 @@
 #
 #   benches/sim_scale.sh                       (never run by CI)
 #   DEVICES="1000 5000" APPS="100 1000" SECONDS_EACH=20 STORE=sled benches/sim_scale.sh
-#   PROFILE=debug for a quick look; STORE=etcd runs the control plane on a local etcd.
+#   PROFILE=debug for a quick look (PROFILE=release, the default, for the published rows);
+#   STORE=etcd runs the control plane on a local etcd; CHURN=P has P % of the devices a minute
+#   leave and join again or drain while heartbeats are measured (`fog sim --churn`);
+#   FOG=path/to/fog runs that binary instead of building one (to compare two builds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -18,12 +21,16 @@ APPS="${APPS:-1000}"
 SECONDS_EACH="${SECONDS_EACH:-20}"
 PROFILE="${PROFILE:-release}"
 STORE="${STORE:-sled}"
-if [ "$PROFILE" = release ]; then
+CHURN="${CHURN:-0}"
+if [ -n "${FOG:-}" ]; then
+  PROFILE="$PROFILE (given binary $FOG)"
+elif [ "$PROFILE" = release ]; then
   cargo build --release --locked -p fog
+  FOG="$CARGO_TARGET_DIR/release/fog"
 else
   cargo build --locked -p fog
+  FOG="$CARGO_TARGET_DIR/debug/fog"
 fi
-FOG="$CARGO_TARGET_DIR/$PROFILE/fog"
 # One operator's fog: the control plane takes this admission token, and the hosts (real and
 # simulated) register with it, so they are admitted.
 export FOG_ADMISSION_TOKEN="bench-admission-token-$$-$RANDOM"
@@ -36,8 +43,8 @@ ticks=$(getconf CLK_TCK)
 cpu_s() { awk -v t="$ticks" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
 rss_mib() { awk '/^VmRSS:/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 
-echo "| devices | apps | heartbeats | p50 | p99 | max | apps placed in | probe publish | probe placed | control CPU (cores) | control RSS |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| devices | apps | heartbeats | per second | interval | p50 | p99 | max | apps placed in | probe publish | probe placed | churn (left, rejoined, drained) | control CPU (cores) | control RSS |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for devices in $DEVICES; do
   for apps in $APPS; do
     run="$data/$devices-$apps"
@@ -54,7 +61,7 @@ for devices in $DEVICES; do
       --key-rate 0 >"$run/control.log" 2>&1 & pids+=($!)
     control_pid=$!
     for _ in $(seq 1 300); do curl -sf "$CONTROL/v1/apps" >/dev/null && break; sleep 0.1; done
-    "$FOG" sim --control "$CONTROL" --devices "$devices" --apps "$apps" --for "$SECONDS_EACH" --json \
+    "$FOG" sim --control "$CONTROL" --devices "$devices" --apps "$apps" --for "$SECONDS_EACH" --churn "$CHURN" --json \
       >"$run/sim.json" 2>"$run/sim.log" &
     sim_pid=$!
     # The measured window starts when the simulator says so (every app placed).
@@ -72,11 +79,14 @@ r = json.load(open(sys.argv[1]))
 devices, apps, cpu0, cpu1, t0, t1, rss = sys.argv[2:]
 cores = (float(cpu1) - float(cpu0)) / max(float(t1) - float(t0), 1e-9)
 fmt = lambda v, unit="ms": "never" if v is None else f"{v:.0f} {unit}" if unit == "ms" else f"{v:.1f} {unit}"
-print(f"| {devices} | {apps} | {r['heartbeats']} ({r['failed']} failed) | {r['heartbeat_p50_ms']:.1f} ms "
+print(f"| {devices} | {apps} | {r['heartbeats']} ({r['failed']} failed) "
+      f"| {r['heartbeats'] / max(r['seconds'], 1e-9):.0f} | {r.get('heartbeat_interval_ms', 0) / 1000:.1f} s "
+      f"| {r['heartbeat_p50_ms']:.1f} ms "
       f"| {r['heartbeat_p99_ms']:.1f} ms | {r['heartbeat_max_ms']:.0f} ms | {fmt(r['apps_placed_s'], 's')} "
-      f"| {fmt(r['probe_publish_ms'])} | {fmt(r['probe_placed_ms'])} | {cores:.2f} | {rss} MiB |")
+      f"| {fmt(r['probe_publish_ms'])} | {fmt(r['probe_placed_ms'])} "
+      f"| {r.get('churned', 0)}, {r.get('rejoined', 0)}, {r.get('drained', 0)} | {cores:.2f} | {rss} MiB |")
 EOF
     kill "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; pids=()
   done
 done
-echo "machine: $(nproc) cores, $(uname -sr); $PROFILE build; store $STORE; ${SECONDS_EACH} s measured per row; $(date -u +%Y-%m-%d)"
+echo "machine: $(nproc) cores, $(uname -sr); $PROFILE build; store $STORE; churn $CHURN %/min; ${SECONDS_EACH} s measured per row; load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; $(date -u +%Y-%m-%d)"

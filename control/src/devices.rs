@@ -2,7 +2,10 @@
 //! liveness, and the assignments each device pulls.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
 
 use bytes::Bytes;
 use fog_proto::api::{
@@ -23,6 +26,25 @@ fn digest(assignments: &[Assignment], attach: &[api::AttachPoint]) -> String {
     auth::sha256_hex(&serde_json::to_vec(&both).expect("API types always serialise"))
 }
 
+/// A fraction in (0, 1], different for each call (and device).
+fn spread(id: &str) -> f64 {
+    let random = std::hash::BuildHasher::hash_one(
+        &std::collections::hash_map::RandomState::new(),
+        (id, Instant::now()),
+    );
+    ((random >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+}
+
+/// What the control plane remembers of the devices it read from the registry, so heartbeats
+/// do not read it: sharded maps, so heartbeats of different devices take no common lock.
+#[derive(Debug, Default)]
+pub(crate) struct KnownDevices {
+    /// Device id → the public key it registered with.
+    keys: DashMap<String, String>,
+    /// Admitted key → the admitted table's generation it was read at.
+    admitted: DashMap<String, u64>,
+}
+
 /// Longest harvest reason a heartbeat may carry, bytes.
 const MAX_HARVEST_REASON: usize = 512;
 
@@ -30,16 +52,71 @@ impl Control {
     /// The device (id, record) that signed a request, if registered.
     pub(crate) fn signing_device(&self, signer: &str) -> Result<String, ApiError> {
         let id = auth::device_id(signer);
-        match self.store.get(Table::Devices, &id)? {
-            Some(bytes) => {
-                let device: DeviceRecord = decode(Table::Devices, &id, &bytes)?;
-                if device.public_key != signer {
-                    return Err(ApiError::Forbidden("not a registered device key".into()));
-                }
-                Ok(id)
-            }
+        match self.registered_key(&id)? {
+            Some(key) if key == signer => Ok(id),
+            Some(_) => Err(ApiError::Forbidden("not a registered device key".into())),
             None => Err(ApiError::Forbidden("not a registered device".into())),
         }
+    }
+
+    /// The public key device `id` registered with, if it did: from memory once read, since a
+    /// device's record keeps its key (its id is derived from it) and is never removed.
+    pub(crate) fn registered_key(&self, id: &str) -> Result<Option<String>, StoreError> {
+        if let Some(key) = self.known_devices.keys.get(id) {
+            return Ok(Some(key.clone()));
+        }
+        let Some(bytes) = self.store.get(Table::Devices, id)? else {
+            return Ok(None);
+        };
+        let device: DeviceRecord = decode(Table::Devices, id, &bytes)?;
+        self.known_devices
+            .keys
+            .insert(id.to_string(), device.public_key.clone());
+        Ok(Some(device.public_key))
+    }
+
+    /// Whether `key` is admitted, read from the registry only when the admitted table may have
+    /// changed since it was last read (always, on a registry others write too).
+    fn is_admitted_cached(&self, key: &str) -> Result<bool, StoreError> {
+        // The generation is read before the table: an admission revoked after it is seen as a
+        // new generation next time.
+        let generation = self.store.generation(Table::Admitted);
+        if let Some(generation) = generation
+            && self
+                .known_devices
+                .admitted
+                .get(key)
+                .is_some_and(|seen| *seen == generation)
+        {
+            return Ok(true);
+        }
+        let admitted = self.is_admitted(key)?;
+        match generation {
+            Some(generation) if admitted => {
+                self.known_devices
+                    .admitted
+                    .insert(key.to_string(), generation);
+            }
+            _ => {
+                self.known_devices.admitted.remove(key);
+            }
+        }
+        Ok(admitted)
+    }
+
+    /// The heartbeat interval announced now, from the number of devices heard from.
+    pub(crate) fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat_interval_in(self.fleet.load(Ordering::Relaxed))
+    }
+
+    /// The heartbeat interval announced in a fleet of `devices`.
+    pub(crate) fn heartbeat_interval_in(&self, devices: usize) -> Duration {
+        crate::heartbeat_interval_for(
+            devices,
+            self.config.heartbeat_interval,
+            self.config.heartbeat_rate,
+            self.config.max_heartbeat_interval,
+        )
     }
 
     pub(crate) async fn register<B>(self: &Arc<Self>, request: http::Request<B>) -> Answer
@@ -111,6 +188,7 @@ impl Control {
             &DeviceRegistered {
                 device_id: id,
                 admitted,
+                heartbeat_interval_ms: self.heartbeat_interval().as_millis() as u64,
             },
         ))
     }
@@ -126,15 +204,14 @@ impl Control {
     {
         self.metrics.heartbeats.inc();
         let (signer, body, _) = self.signed(request, 8 * api::MAX_JSON_BYTES).await?;
-        let device: DeviceRecord = match self.store.get(Table::Devices, id)? {
-            Some(bytes) => decode(Table::Devices, id, &bytes)?,
-            None => {
-                return Err(ApiError::NotFound(format!(
-                    "no device {id}: register first"
-                )));
-            }
+        // The registered key, from memory after the device's first heartbeat: a heartbeat
+        // does not read the registry.
+        let Some(key) = self.registered_key(id)? else {
+            return Err(ApiError::NotFound(format!(
+                "no device {id}: register first"
+            )));
         };
-        if device.public_key != signer {
+        if key != signer {
             return Err(ApiError::Forbidden(format!(
                 "heartbeat for {id} signed by another key"
             )));
@@ -160,7 +237,7 @@ impl Control {
         heartbeat.validate().map_err(ApiError::BadRequest)?;
         // Ledger periods: signed by this device's key, for this device, with honest arithmetic;
         // a refused one costs the device trust.
-        match self.accept_periods(id, &device, &mut heartbeat) {
+        match self.accept_periods(id, &signer, &mut heartbeat) {
             Ok(()) => {}
             Err(refused @ ApiError::LedgerPeriod(_)) => {
                 self.observed
@@ -186,6 +263,8 @@ impl Control {
             .collect();
         let known = heartbeat.known.clone();
         self.usage.record(id, &heartbeat.running, Instant::now());
+        // The interval this device is told now, and judged by until its next heartbeat.
+        let interval = self.heartbeat_interval();
         let was = {
             let mut live = self.live.lock().expect("live lock");
             let was = live.get(id).map(|l| {
@@ -195,21 +274,29 @@ impl Control {
                     .iter()
                     .map(|r| format!("{}@{}", r.app, r.sha256))
                     .collect();
-                (self.is_alive(l), l.heartbeat.harvestable, before, l.at)
+                (
+                    self.is_alive(l),
+                    l.heartbeat.harvestable,
+                    before,
+                    (l.at, l.interval),
+                )
             });
             live.insert(
                 id.to_string(),
                 Live {
                     at: Instant::now(),
+                    interval,
                     heartbeat: heartbeat.clone(),
                     local: true,
                 },
             );
+            self.fleet.store(live.len(), Ordering::Relaxed);
             was
         };
         let previous = was
             .as_ref()
-            .map(|(_, harvestable, _, at)| (*at, *harvestable));
+            .map(|(_, harvestable, _, (at, told))| (*at, *harvestable, *told));
+        let told_before = previous.map(|(_, _, told)| told);
         self.observe(id, previous, &heartbeat)?;
         // A handover advances on what devices report: look at it now.
         if !self.handovers.lock().expect("handovers lock").is_empty() {
@@ -233,7 +320,7 @@ impl Control {
         // any two devices share a rendezvous.
         let mut seen = self.version.subscribe();
         // The canary is for admitted devices only: a pending one gets no work at all.
-        let admitted = self.is_admitted(&device.public_key)?;
+        let admitted = self.is_admitted_cached(&signer)?;
         let assignments_for = |id: &str| -> Result<Vec<Assignment>, StoreError> {
             let mut assignments = self.assignments_for(id)?;
             if !admitted {
@@ -245,7 +332,16 @@ impl Control {
         let mut attach = self.registrations.attach_points();
         let mut digest = digest(&assignments, &attach);
         if known.as_deref() == Some(digest.as_str()) {
-            let deadline = tokio::time::Instant::now() + self.config.heartbeat_interval;
+            // Held one interval, the device's pace when it long-polls. When its interval has
+            // just changed (the fleet grew), a random part of it: devices that heartbeated
+            // within the same second under the old interval spread over the new one instead of
+            // arriving together at every interval's end.
+            let hold = if told_before != Some(interval) {
+                interval.mul_f64(spread(id))
+            } else {
+                interval
+            };
+            let deadline = tokio::time::Instant::now() + hold;
             while tokio::time::timeout_at(deadline, seen.changed())
                 .await
                 .is_ok_and(|r| r.is_ok())
@@ -264,6 +360,7 @@ impl Control {
                 assignments,
                 digest,
                 attach,
+                heartbeat_interval_ms: interval.as_millis() as u64,
             },
         ))
     }
@@ -273,7 +370,7 @@ impl Control {
     fn accept_periods(
         &self,
         id: &str,
-        device: &DeviceRecord,
+        key: &str,
         heartbeat: &mut Heartbeat,
     ) -> Result<(), ApiError> {
         for period in std::mem::take(&mut heartbeat.periods) {
@@ -289,12 +386,8 @@ impl Control {
                     period.period.device
                 )));
             }
-            auth::verify_bytes(
-                &device.public_key,
-                &period.period.signed_bytes(),
-                &period.signature,
-            )
-            .map_err(|e| rejected(e.to_string()))?;
+            auth::verify_bytes(key, &period.period.signed_bytes(), &period.signature)
+                .map_err(|e| rejected(e.to_string()))?;
             period.period.check_arithmetic().map_err(rejected)?;
             let key = format!("{id}/{:020}", period.period.start_ms);
             self.store.put(Table::Ledger, &key, &encode(&period))?;
@@ -325,11 +418,10 @@ impl Control {
         self.version.send_modify(|v| *v += 1);
     }
 
-    /// Alive unless silent for `missed_heartbeats` intervals while this control plane could
-    /// hear it (see [`crate::planes::Planes::silence`]).
+    /// Alive unless silent for `missed_heartbeats` of the interval it was last told, counted
+    /// only while this control plane could hear it (see [`crate::planes::Planes::silence`]).
     pub(crate) fn is_alive(&self, live: &Live) -> bool {
-        self.planes.silence(live.at)
-            <= self.config.heartbeat_interval * self.config.missed_heartbeats
+        self.planes.silence(live.at) <= live.interval * self.config.missed_heartbeats
     }
 
     pub(crate) fn assignments_for(&self, device: &str) -> Result<Vec<Assignment>, StoreError> {

@@ -62,9 +62,15 @@ pub type ApiResponse = http::Response<api::ApiBody>;
 /// Settings of the control plane.
 #[derive(Debug, Clone)]
 pub struct ControlConfig {
-    /// How often devices heartbeat (told to them on registration and used for liveness).
+    /// How often devices heartbeat in a small fleet: the shortest interval announced (see
+    /// [`heartbeat_interval_for`]).
     pub heartbeat_interval: Duration,
-    /// How many missed heartbeats make a device dead.
+    /// Most heartbeats a second the control plane means to receive: past
+    /// `heartbeat_rate × heartbeat_interval` devices the announced interval grows with the fleet.
+    pub heartbeat_rate: f64,
+    /// The longest heartbeat interval announced, however large the fleet.
+    pub max_heartbeat_interval: Duration,
+    /// How many missed heartbeats (of the interval announced to each device) make it dead.
     pub missed_heartbeats: u32,
     /// How often the reconcile loop runs without a change.
     pub tick: Duration,
@@ -117,6 +123,27 @@ pub struct ControlConfig {
     pub onion_lease_grace: Duration,
 }
 
+/// The default for [`ControlConfig::heartbeat_rate`]: heartbeats a second one control plane
+/// is meant to receive (1 s intervals up to 2,000 devices, 5 s at 10,000).
+pub const DEFAULT_HEARTBEAT_RATE: f64 = 2_000.0;
+
+/// The heartbeat interval announced in a fleet of `devices`: `base` while they send at most
+/// `rate` heartbeats a second between them, then just long enough that they do not, never
+/// longer than `max` (nor shorter than `base`).
+pub fn heartbeat_interval_for(
+    devices: usize,
+    base: Duration,
+    rate: f64,
+    max: Duration,
+) -> Duration {
+    let needed = if rate > 0.0 {
+        Duration::try_from_secs_f64(devices as f64 / rate).unwrap_or(max)
+    } else {
+        max
+    };
+    needed.clamp(base, max.max(base))
+}
+
 /// The default per-key limit: ten heartbeats a second (the most a host sends) and a developer's
 /// publishes fit well inside it; a script hammering the API with one key does not.
 pub const DEFAULT_KEY_RATE: u32 = 20;
@@ -127,6 +154,8 @@ impl Default for ControlConfig {
     fn default() -> Self {
         ControlConfig {
             heartbeat_interval: Duration::from_secs(1),
+            heartbeat_rate: DEFAULT_HEARTBEAT_RATE,
+            max_heartbeat_interval: Duration::from_secs(10),
             missed_heartbeats: 3,
             tick: Duration::from_secs(1),
             replica_cpu_floor: 0.01,
@@ -154,6 +183,9 @@ impl Default for ControlConfig {
 
 pub(crate) struct Live {
     at: Instant,
+    /// The heartbeat interval this device was told with its last reply: its liveness is
+    /// judged by it, so a device told to heartbeat less often is not declared dead in between.
+    interval: Duration,
     heartbeat: Heartbeat,
     /// Received by this control plane (not learnt from another's announcement): only these
     /// are announced, so a heartbeat is never echoed back and forth.
@@ -165,6 +197,12 @@ pub struct Control {
     store: Arc<dyn Store>,
     config: ControlConfig,
     live: Mutex<HashMap<String, Live>>,
+    /// Devices in the live table (heard from since start): the fleet size the heartbeat
+    /// interval is set by, read without the live table's lock.
+    fleet: std::sync::atomic::AtomicUsize,
+    /// Registered device ids (and admitted keys) already read from the registry, so a
+    /// heartbeat does not read it again (see [`devices::KnownDevices`]).
+    known_devices: devices::KnownDevices,
     /// Request lines for `fog logs`.
     logs: logs::Logs,
     /// Serialises read-modify-write of app records.
@@ -253,6 +291,8 @@ impl Control {
             store,
             config,
             live: Mutex::new(HashMap::new()),
+            fleet: std::sync::atomic::AtomicUsize::new(0),
+            known_devices: devices::KnownDevices::default(),
             logs: logs::Logs::default(),
             writes: Mutex::new(()),
             changed: Notify::new(),

@@ -402,7 +402,7 @@ impl crate::Control {
     pub(crate) fn observe(
         &self,
         device: &str,
-        previous: Option<(Instant, bool)>,
+        previous: Option<(Instant, bool, Duration)>,
         heartbeat: &Heartbeat,
     ) -> Result<(), StoreError> {
         let routers: HashSet<String> = self
@@ -412,10 +412,11 @@ impl crate::Control {
             .map(|p| p.router)
             .collect();
         self.observed.record_rtt(device, heartbeat, &routers);
-        let Some((at, was_harvestable)) = previous else {
+        let Some((at, was_harvestable, interval)) = previous else {
             return Ok(());
         };
-        let interval = self.config.heartbeat_interval.as_secs_f64();
+        // Judged by the interval the device was told with its previous heartbeat's reply.
+        let interval = interval.as_secs_f64();
         let window = interval * f64::from(self.config.missed_heartbeats);
         // Silence while this control plane could not see (its store unavailable) is not
         // counted against the device.

@@ -434,6 +434,7 @@ impl Control {
                         self.usage.record(&id, &heartbeat.running, at);
                         let entry = Live {
                             at,
+                            interval: self.heartbeat_interval(),
                             heartbeat,
                             local: false,
                         };
@@ -443,6 +444,8 @@ impl Control {
                     }
                 }
             }
+            self.fleet
+                .store(live.len(), std::sync::atomic::Ordering::Relaxed);
         }
         // Trust is earned where a device heartbeats: every control plane saves what it
         // observed, and takes the saved evidence of the devices others hear from whenever

@@ -126,8 +126,10 @@ impl Control {
         // Only admitted devices are placed on: a pending one is never given work.
         let devices = self.admitted_devices()?;
         let placements = self.placements()?;
-        let in_grace =
-            self.started.elapsed() < self.config.heartbeat_interval * self.config.missed_heartbeats;
+        // The interval devices were told depends on the fleet's size: a restarted control
+        // plane waits as long as the registered fleet may take to heartbeat.
+        let in_grace = self.started.elapsed()
+            < self.heartbeat_interval_in(devices.len()) * self.config.missed_heartbeats;
         if in_grace && placements.values().any(|p| !p.devices.is_empty()) {
             return Ok(());
         }

@@ -4,6 +4,7 @@
 mod canary;
 mod etcd;
 mod footprint;
+mod interval;
 mod market;
 mod onion;
 mod settings;

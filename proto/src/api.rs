@@ -467,6 +467,10 @@ pub struct DeviceRegistered {
     /// runs `fog admit` with its id or key.
     #[serde(default)]
     pub admitted: bool,
+    /// How often the device is to heartbeat, milliseconds: the control plane lengthens it as
+    /// the fleet grows (0 from a control plane that does not say: keep the configured one).
+    #[serde(default)]
+    pub heartbeat_interval_ms: u64,
 }
 
 /// What a device reports every second.
@@ -868,6 +872,13 @@ pub struct HeartbeatReply {
     /// it).
     #[serde(default)]
     pub attach: Vec<AttachPoint>,
+    /// The device's heartbeat interval, milliseconds, lengthened by the control plane as the
+    /// fleet grows: a device that sends no [`Heartbeat::known`] heartbeats this often; one
+    /// that does is held up to this long (unless its assignments change) and heartbeats again
+    /// at once. Missing a few intervals makes it dead. 0 from a control plane that does not
+    /// say.
+    #[serde(default)]
+    pub heartbeat_interval_ms: u64,
 }
 
 /// One app a device should run.

@@ -48,15 +48,19 @@ pub struct Sim {
     /// Ctrl-C).
     #[arg(long = "for", value_name = "SECONDS")]
     duration: Option<u64>,
-    /// Time between one device's heartbeats, milliseconds.
+    /// Time between one device's heartbeats, milliseconds, until the control plane announces
+    /// another interval (which the devices then follow).
     #[arg(long, default_value_t = 1000)]
     heartbeat_ms: u64,
     /// Publish this many apps (copies of `hello` named `sim-app-N`, tier B) once the devices
     /// heartbeat, offer capacity, and measure publish-to-placement of one more app.
     #[arg(long, default_value_t = 0)]
     apps: u32,
-    /// Every minute, this percentage of the devices stop heartbeating for 10 s (the control
-    /// plane declares them dead and moves their replicas), then come back.
+    /// Churn while heartbeats are measured: every minute this percentage of the devices
+    /// either leave (stop heartbeating for four intervals, so the control plane declares them
+    /// dead and moves their replicas, then join again: register and start afresh) or drain
+    /// (report they may not be harvested for four intervals, so their replicas move, then offer
+    /// capacity again), half of each.
     #[arg(long, default_value_t = 0.0)]
     churn: f64,
     /// Print the final report as JSON.
@@ -107,6 +111,12 @@ pub struct Report {
     pub probe_heard_ms: Option<f64>,
     /// Times a device stopped heartbeating on purpose (`--churn`).
     pub churned: u64,
+    /// Times a device that had left registered and joined again (`--churn`).
+    pub rejoined: u64,
+    /// Times a device drained: reported it may not be harvested (`--churn`).
+    pub drained: u64,
+    /// The heartbeat interval the control plane announced last, milliseconds (0: none).
+    pub heartbeat_interval_ms: u64,
 }
 
 /// One simulated device's shared counters.
@@ -122,6 +132,9 @@ struct Counters {
     probe_sent: OnceLock<Instant>,
     probe_heard: OnceLock<Instant>,
     churned: AtomicU64,
+    rejoined: AtomicU64,
+    drained: AtomicU64,
+    interval_ms: AtomicU64,
 }
 
 /// Name of the app published to measure publish-to-placement.
@@ -154,6 +167,11 @@ impl Sim {
                 report.heartbeat_p99_ms,
                 report.heartbeat_max_ms
             );
+            println!(
+                "fog sim: heartbeat interval announced: {} ms; churn: {} left (and {} joined \
+                 again), {} drained",
+                report.heartbeat_interval_ms, report.churned, report.rejoined, report.drained
+            );
             if self.apps > 0 {
                 let ms = |v: Option<f64>| v.map_or("never".to_string(), |v| format!("{v:.0} ms"));
                 println!(
@@ -183,17 +201,17 @@ impl Sim {
         let latencies = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
         // Register every device first (a few at a time), so the fleet is whole when timing starts.
         let mut devices = Vec::new();
+        let registration = DeviceRegistration {
+            addr: None,
+            region: "sim".into(),
+            cpu: 1.0,
+            mem_mb: 1024.0,
+            disk_mb: 1024.0,
+            price_cpu_hour: 0.0,
+            admission_token: self.admission_token.clone().filter(|t| !t.is_empty()),
+        };
         for i in 0..self.devices {
             let identity = Identity::generate();
-            let registration = DeviceRegistration {
-                addr: None,
-                region: "sim".into(),
-                cpu: 1.0,
-                mem_mb: 1024.0,
-                disk_mb: 1024.0,
-                price_cpu_hour: 0.0,
-                admission_token: self.admission_token.clone().filter(|t| !t.is_empty()),
-            };
             let registered: DeviceRegistered = call(
                 &client,
                 &identity,
@@ -215,6 +233,7 @@ impl Sim {
         let mut tasks = Vec::new();
         for (n, (identity, id)) in devices.into_iter().enumerate() {
             let (client, control) = (client.clone(), self.control.clone());
+            let registration = registration.clone();
             let (table, counters, latencies) = (table.clone(), counters.clone(), latencies.clone());
             let churn = self.churn;
             let stop = stop.clone();
@@ -227,29 +246,68 @@ impl Sim {
                 let mut next = tokio::time::Instant::now() + offset;
                 let mut fully_attached = false;
                 let mut running: Vec<RunningApp> = Vec::new();
-                let mut rng_state = n as u64 + 1;
-                let mut minute = tokio::time::Instant::now() + Duration::from_secs(60);
+                // Seeds spread over the whole range: xorshift from a small seed draws numbers
+                // near 0 for its first steps (every device would churn at once).
+                let mut rng_state = (n as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                // xorshift: each device draws on its own, without a shared generator.
+                let mut draw = move || {
+                    rng_state ^= rng_state << 13;
+                    rng_state ^= rng_state >> 7;
+                    rng_state ^= rng_state << 17;
+                    (rng_state >> 11) as f64 / (1u64 << 53) as f64
+                };
+                // The interval the control plane announced (until then, --heartbeat-ms).
+                let mut interval = interval;
+                // Draining until then (`--churn`).
+                let mut draining_until: Option<tokio::time::Instant> = None;
                 while !stop.load(Ordering::Relaxed) {
                     tokio::time::sleep_until(next).await;
                     next += interval;
-                    if churn > 0.0 && tokio::time::Instant::now() >= minute {
-                        minute += Duration::from_secs(60);
-                        // xorshift: each device decides on its own, without a shared generator.
-                        rng_state ^= rng_state << 13;
-                        rng_state ^= rng_state >> 7;
-                        rng_state ^= rng_state << 17;
-                        if (rng_state % 10_000) as f64 / 100.0 < churn {
+                    // Churn only while measuring, each heartbeat with the chance that makes
+                    // `churn` % of the devices a minute.
+                    if churn > 0.0
+                        && counters.measuring.load(Ordering::Relaxed)
+                        && draining_until.is_none()
+                        && draw() < churn / 100.0 * interval.as_secs_f64() / 60.0
+                    {
+                        let away = interval * 4;
+                        if draw() < 0.5 {
+                            counters.drained.fetch_add(1, Ordering::Relaxed);
+                            draining_until = Some(tokio::time::Instant::now() + away);
+                        } else {
+                            // Leave, then join again as a restarted host does: register first.
                             counters.churned.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_secs(10)).await;
+                            tokio::time::sleep(away).await;
                             running.clear();
+                            match call::<DeviceRegistered>(
+                                &client,
+                                &identity,
+                                &control,
+                                "/v1/devices",
+                                &registration,
+                            )
+                            .await
+                            {
+                                Ok(_) => {
+                                    counters.rejoined.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Err(err) => {
+                                    counters.failed.fetch_add(1, Ordering::Relaxed);
+                                    tracing::debug!(device = id, "registering again failed: {err}");
+                                }
+                            }
                             next = tokio::time::Instant::now();
                             continue;
                         }
                     }
+                    if draining_until.is_some_and(|t| tokio::time::Instant::now() >= t) {
+                        draining_until = None;
+                    }
+                    let offering = hosting && draining_until.is_none();
                     let heartbeat = Heartbeat {
-                        harvestable: hosting,
-                        cpu_free: if hosting { 1.0 } else { 0.0 },
-                        mem_free_mb: if hosting { 1024.0 } else { 0.0 },
+                        harvestable: offering,
+                        cpu_free: if offering { 1.0 } else { 0.0 },
+                        mem_free_mb: if offering { 1024.0 } else { 0.0 },
                         battery: None,
                         charging: true,
                         temperature_c: 0.0,
@@ -303,6 +361,19 @@ impl Sim {
                                         assigned.insert(r.app.clone());
                                     }
                                 }
+                            }
+                            // Follow the interval the control plane announces; when it changes,
+                            // the next heartbeat comes at a random point of the new one, so
+                            // devices that learnt it within the same second spread out.
+                            if reply.heartbeat_interval_ms > 0 {
+                                let told = Duration::from_millis(reply.heartbeat_interval_ms);
+                                if told != interval {
+                                    next = tokio::time::Instant::now() + told.mul_f64(draw());
+                                    interval = told;
+                                }
+                                counters
+                                    .interval_ms
+                                    .store(reply.heartbeat_interval_ms, Ordering::Relaxed);
                             }
                             attacher.set_routers(&id, &reply.attach);
                             let now = !reply.attach.is_empty()
@@ -394,6 +465,9 @@ impl Sim {
                 _ => None,
             },
             churned: counters.churned.load(Ordering::Relaxed),
+            rejoined: counters.rejoined.load(Ordering::Relaxed),
+            drained: counters.drained.load(Ordering::Relaxed),
+            heartbeat_interval_ms: counters.interval_ms.load(Ordering::Relaxed),
         })
     }
 
