@@ -43,7 +43,7 @@ pub fn planned_cpu(tier: Tier, measured: Option<f64>, floor: f64, ceiling: f64) 
 /// while no host has measured it (a new app, or hosts that do not report it).
 pub fn planned_memory(tier: Tier, measured: Option<f64>, floor: f64, limit: f64) -> f64 {
     match measured {
-        Some(mb) => (mb * headroom(tier)).max(floor).min(limit.max(floor)),
+        Some(mb) => (mb * headroom(tier)).max(floor).min(limit),
         None => limit,
     }
 }

@@ -74,6 +74,11 @@ pub struct ControlCmd {
         hide_env_values = true
     )]
     admission_token: Option<String>,
+    /// Least memory every replica is planned with, MiB, whatever its measured footprint (an
+    /// idle app's is about nothing): raise it to keep that much room per replica on devices.
+    /// Never more than the app's own memory limit.
+    #[arg(long, default_value_t = fog_control::ControlConfig::default().replica_memory_floor_mb, value_name = "MIB")]
+    replica_memory_floor: f64,
     /// Benchmark only: the placement algorithm. `greedy` runs the scheduler's greedy baseline
     /// (first-fit decreasing, blind to latency, trust and price) instead of NSGA-II on the same
     /// measured inputs, to compare the two (`benches/visitor_latency.sh`). Never for a real fog.
@@ -102,6 +107,12 @@ impl From<Placement> for PlacementStrategy {
 impl ControlCmd {
     pub fn execute(self) -> anyhow::Result<()> {
         let defaults = fog_control::ControlConfig::default();
+        if !(self.replica_memory_floor.is_finite() && self.replica_memory_floor >= 0.0) {
+            anyhow::bail!(
+                "--replica-memory-floor must be a number of MiB, 0 or more (got {})",
+                self.replica_memory_floor
+            );
+        }
         let data = self
             .data
             .unwrap_or_else(|| fog_host::agent::default_data_dir().join("control"));
@@ -119,6 +130,7 @@ impl ControlCmd {
                     key_rate: fog_control::Rate::new(self.key_rate, self.key_burst),
                     advertise: self.advertise,
                     canary: services::canary(self.canary_interval),
+                    replica_memory_floor_mb: self.replica_memory_floor,
                     secrets_key: Some(self.secrets_key.unwrap_or_else(|| data.join("secrets.key"))),
                     // Test only: hold handovers mid-way so a test can kill this leader with
                     // one in flight (see `ControlConfig::hold_handovers`).

@@ -56,8 +56,11 @@ async fn visits(fog: &Fog, app: &str, method: &str, path: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spot_replicas_park_with_their_state_for_higher_bids_and_others_stay() {
-    // Two devices with room for one replica each (an app's memory limit is 64 MiB).
-    let fog = Fog::start_with(2, |_, _| vec!["--mem-mb".into(), "100".into()]);
+    // Two devices with room for one replica each: 100 MiB, and every replica planned with at
+    // least 60 MiB (idle, an app's measured footprint is about nothing).
+    let fog = Fog::start_with_control(2, &["--replica-memory-floor", "60"], |_, _| {
+        vec!["--mem-mb".into(), "100".into()]
+    });
     publish(&fog, "steady", "on-demand", "60");
     publish(&fog, "cheap", "spot", "60");
     let steady = wait_for(&fog, "steady", "on-demand app not running", |a| {
