@@ -115,21 +115,7 @@ impl Usage {
 
     /// Each app's busiest replica's smoothed cores, over the devices `counts` accepts.
     pub fn busiest(&self, counts: impl Fn(&str) -> bool) -> HashMap<String, f64> {
-        let devices = self.devices.lock().expect("usage lock");
-        let mut out: HashMap<String, f64> = HashMap::new();
-        for apps in devices
-            .iter()
-            .filter(|(d, _)| counts(d))
-            .map(|(_, apps)| apps)
-        {
-            for (app, sample) in apps {
-                if let Some(cores) = sample.cores {
-                    let busiest = out.entry(app.clone()).or_insert(0.0);
-                    *busiest = busiest.max(cores);
-                }
-            }
-        }
-        out
+        self.largest(counts, |sample| sample.cores)
     }
 
     /// `app`'s largest measured memory footprint over every device reporting it, MiB.
@@ -144,6 +130,16 @@ impl Usage {
     /// Each app's largest measured memory footprint (decaying peak, MiB) over the devices
     /// `counts` accepts; apps no host measured are absent.
     pub fn footprints(&self, counts: impl Fn(&str) -> bool) -> HashMap<String, f64> {
+        self.largest(counts, |sample| sample.memory_mb)
+    }
+
+    /// Each app's largest `figure` over the devices `counts` accepts; apps with no figure on
+    /// any of them are absent.
+    fn largest(
+        &self,
+        counts: impl Fn(&str) -> bool,
+        figure: impl Fn(&Sample) -> Option<f64>,
+    ) -> HashMap<String, f64> {
         let devices = self.devices.lock().expect("usage lock");
         let mut out: HashMap<String, f64> = HashMap::new();
         for apps in devices
@@ -152,9 +148,9 @@ impl Usage {
             .map(|(_, apps)| apps)
         {
             for (app, sample) in apps {
-                if let Some(mb) = sample.memory_mb {
+                if let Some(value) = figure(sample) {
                     let largest = out.entry(app.clone()).or_insert(0.0);
-                    *largest = largest.max(mb);
+                    *largest = largest.max(value);
                 }
             }
         }
