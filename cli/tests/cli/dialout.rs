@@ -319,3 +319,66 @@ async fn routers_splice_only_devices_an_assignment_pairs() {
     // Admitted (not closed) all along: only the splice was refused.
     assert!(!connection.is_closed(), "{:?}", connection.error());
 }
+
+/// A host that re-dials while the router still holds its older connection has two connections
+/// with its key at once; whichever ends first, in whichever order the router admitted them, the
+/// router keeps the one still open and serves through it at once. (The router's table of
+/// attached devices used to keep only the connection admitted last: when that one ended, the
+/// host's live connection was forgotten and the router answered "not attached" until the host
+/// happened to re-dial, while the host, whose connection was fine, logged nothing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_keeps_serving_a_host_whose_other_connection_ended() {
+    let fog = Fog::start(1);
+    publish_hello(&fog);
+    wait_served(fog.router.addr, Duration::from_secs(15), "before").await;
+    let device = fog.devices()[0].id.clone();
+    let identity = Identity::from_text(
+        &std::fs::read_to_string(fog.dir.path().join("host0/device.key")).unwrap(),
+    )
+    .unwrap();
+    let key = fog_host::htx_server::static_key(&identity.secret_bytes());
+
+    // A second connection with the device's key, as the host's own re-dial would make: the
+    // router admits it and sends visitors down it (the newest connection of a device is the
+    // one its host is most likely to hold).
+    let points = attach_points(&fog).await;
+    let other = attach_as(&points[0], &device, &key).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    // Requests at once, so the router opens new streams rather than reusing pooled ones.
+    let visitors: Vec<_> = (0..8)
+        .map(|_| {
+            let (stop, router) = (stop.clone(), fog.router.addr);
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        fog_tests::request(router, "GET", "/apps/hello/", &[], ""),
+                    )
+                    .await;
+                }
+            })
+        })
+        .collect();
+    let stream = tokio::time::timeout(Duration::from_secs(15), other.accept())
+        .await
+        .expect("the router never used the second connection")
+        .expect("the router closed the second connection");
+    stop.store(true, Ordering::Relaxed);
+    for visitor in visitors {
+        visitor.await.unwrap();
+    }
+    drop(stream);
+
+    // That connection ends; the host's own is still open, and the host has no reason to
+    // re-dial: the router must serve through it within 2 s (a visitor's request is held up to
+    // 10 s for an attached replica, so this bound leaves none of that slack).
+    other.close("the second connection ends");
+    let ended = Instant::now();
+    wait_served(
+        fog.router.addr,
+        Duration::from_secs(2),
+        "the router forgot the host's open connection when another of its connections ended",
+    )
+    .await;
+    println!("served {:?} after the other connection ended", ended.elapsed());
+}
