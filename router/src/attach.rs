@@ -160,6 +160,12 @@ impl Attach {
 
     /// Serve one host's attached connection, the `accepted`th, until it ends.
     async fn run(self: Arc<Self>, device: String, connection: Connection, accepted: u64) {
+        if connection.is_closed() {
+            // The host gave up on it while the control plane was asked (it may already hold a
+            // newer one, which this must not displace: see `Dialer::attach`).
+            tracing::debug!(device, "host's connection ended before it was admitted");
+            return;
+        }
         self.gateway
             .dialer()
             .attach(&device, connection.clone(), accepted);
