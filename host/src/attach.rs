@@ -20,11 +20,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fog_htx::{CloseCode, HtxError};
 use fog_htx::attach::{ATTACH_PROLOGUE, HTTP_STREAM, SPLICE_STREAM, read_splice_device, read_tag};
 use fog_htx::conn::{self, Connection, HtxStream};
 use fog_htx::dial::{DATA_PLANE_PROLOGUE, Rendezvous, SpliceFuture, data_plane_config};
 use fog_htx::handshake::StaticKey;
+use fog_htx::{CloseCode, HtxError};
 use fog_proto::api::{AttachPoint, AttachedLink};
 
 use crate::htx_server::{Serves, serve_connection, serve_stream};

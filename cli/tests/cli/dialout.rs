@@ -380,5 +380,8 @@ async fn a_router_keeps_serving_a_host_whose_other_connection_ended() {
         "the router forgot the host's open connection when another of its connections ended",
     )
     .await;
-    println!("served {:?} after the other connection ended", ended.elapsed());
+    println!(
+        "served {:?} after the other connection ended",
+        ended.elapsed()
+    );
 }
