@@ -320,3 +320,64 @@ impl tower_service::Service<http::Uri> for HtxConnector {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One HTX connection over an in-memory pipe: (the router's side, the host's side).
+    async fn pair() -> (Connection, Connection) {
+        let (router, host) = (StaticKey::generate(), StaticKey::generate());
+        let (a, b) = tokio::io::duplex(64 << 10);
+        let (accepted, connected) = tokio::join!(
+            conn::accept(a, &router, b"test", Config::default()),
+            conn::connect(b, &host, &router.public, b"test", Config::default()),
+        );
+        (accepted.unwrap().0, connected.unwrap())
+    }
+
+    fn dialer() -> Arc<Dialer> {
+        Dialer::new(StaticKey::generate(), MixMode::Performance, Vec::new())
+    }
+
+    #[tokio::test]
+    async fn the_connection_accepted_last_wins_whatever_order_admissions_finish_in() {
+        let dialer = dialer();
+        let ((older, _h1), (newer, _h2)) = (pair().await, pair().await);
+        dialer.attach("d", newer.clone(), 2);
+        dialer.attach("d", older.clone(), 1);
+        assert!(dialer.attached("d").unwrap().same_as(&newer));
+        // The older one ends: the newer one is still the way to the device.
+        older.close("the host re-dialled");
+        dialer.detach("d", &older);
+        assert!(dialer.attached("d").unwrap().same_as(&newer));
+        assert_eq!(dialer.attached_devices().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn when_the_newest_connection_ends_the_device_is_reached_on_an_older_open_one() {
+        let dialer = dialer();
+        let ((older, _h1), (newer, _h2)) = (pair().await, pair().await);
+        dialer.attach("d", older.clone(), 1);
+        dialer.attach("d", newer.clone(), 2);
+        newer.close("gone");
+        // Even before its task detaches it, a closed connection is never chosen.
+        assert!(dialer.attached("d").unwrap().same_as(&older));
+        dialer.detach("d", &newer);
+        assert!(dialer.attached("d").unwrap().same_as(&older));
+        older.close("gone too");
+        dialer.detach("d", &older);
+        assert!(dialer.attached("d").is_none());
+        assert!(dialer.attached_devices().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_ended_before_its_admission_is_not_attached() {
+        let dialer = dialer();
+        let ((open, _h1), (ended, _h2)) = (pair().await, pair().await);
+        dialer.attach("d", open.clone(), 1);
+        ended.close("the host gave up on it");
+        dialer.attach("d", ended.clone(), 2);
+        assert!(dialer.attached("d").unwrap().same_as(&open));
+    }
+}
