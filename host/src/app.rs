@@ -483,8 +483,7 @@ impl App {
             // be retried elsewhere.
             if !self.namespace.confirmed() {
                 return Err(Failure::Host(
-                    "no control plane confirmed this primary: the write is not acknowledged"
-                        .into(),
+                    "no control plane confirmed this primary: the write is not acknowledged".into(),
                 ));
             }
         }

@@ -31,7 +31,8 @@ impl Proxy {
                 while let Ok((mut inbound, _)) = listener.accept().await {
                     let task = tokio::spawn(async move {
                         if let Ok(mut outbound) = TcpStream::connect(target).await {
-                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                         }
                     });
                     tasks.lock().unwrap().push(task.abort_handle());
@@ -61,7 +62,10 @@ async fn increment_on(host: SocketAddr) -> (u16, String) {
     )
     .await
     .unwrap();
-    (reply.status, reply.header(fog_proto::ERROR_HEADER).to_string())
+    (
+        reply.status,
+        reply.header(fog_proto::ERROR_HEADER).to_string(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,9 +93,13 @@ async fn a_primary_cut_off_from_the_control_plane_fences_itself_and_its_promoted
     }
     let info = fog.publish_counter("A");
     let (primary, follower) = (info.assigned[0].clone(), info.assigned[1].clone());
-    wait_for(&fog, "counter", Duration::from_secs(15), "not running", |a| {
-        a.running.contains(&primary) && a.running.contains(&follower)
-    })
+    wait_for(
+        &fog,
+        "counter",
+        Duration::from_secs(15),
+        "not running",
+        |a| a.running.contains(&primary) && a.running.contains(&follower),
+    )
     .await;
     let load = Increments::start(fog.router.addr, 100);
     let deadline = Instant::now() + Duration::from_secs(15);
