@@ -297,11 +297,11 @@ async fn an_untrusted_primary_keeps_its_app_until_an_eligible_device_exists(back
     // keeps the app where it is.
     let grace = control.heartbeat_interval() * control.config.missed_heartbeats;
     let info = until_hello(&control, &fleet, "the app lost its only place", |a| {
-        assert_eq!(a.assigned, [only.clone()], "{a:?}");
+        assert_eq!(a.assigned, std::slice::from_ref(&only), "{a:?}");
         control.started.elapsed() > grace + Duration::from_millis(500)
     })
     .await;
-    assert_eq!(info.assigned, [only.clone()]);
+    assert_eq!(info.assigned, std::slice::from_ref(&only));
     // A trusted device appears: the app is moved there (the handover waits for real hosts).
     let (key, trusted) = register(&control, 0.1).await;
     fleet.push((key, trusted.clone()));
