@@ -9,7 +9,8 @@
 #   benches/sim_scale.sh                       (never run by CI)
 #   DEVICES="1000 5000" APPS="100 1000" SECONDS_EACH=20 STORE=sled benches/sim_scale.sh
 #   PROFILE=debug for a quick look (PROFILE=release, the default, for the published rows);
-#   STORE=etcd runs the control plane on a local etcd; CHURN=P has P % of the devices a minute
+#   STORE=etcd runs the control plane on a local etcd member (STORE="sled etcd": both, one after
+#   the other, rows of the same run); CHURN=P has P % of the devices a minute
 #   leave and join again or drain while heartbeats are measured (`fog sim --churn`);
 #   FOG=path/to/fog runs that binary instead of building one (to compare two builds).
 set -euo pipefail
@@ -43,18 +44,21 @@ ticks=$(getconf CLK_TCK)
 cpu_s() { awk -v t="$ticks" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
 rss_mib() { awk '/^VmRSS:/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 
-echo "| devices | apps | heartbeats | per second | interval | p50 | p99 | max | apps placed in | probe publish | probe placed | churn (left, rejoined, drained) | control CPU (cores) | control RSS |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| store | devices | apps | heartbeats | per second | interval | p50 | p99 | max | apps placed in | probe publish | probe placed | churn (left, rejoined, drained) | control CPU (cores) | control RSS | load (1 min) at the end |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+for store in $STORE; do
 for devices in $DEVICES; do
   for apps in $APPS; do
-    run="$data/$devices-$apps"
+    run="$data/$store-$devices-$apps"
     mkdir -p "$run"
     store_args=()
-    if [ "$STORE" = etcd ]; then
+    if [ "$store" = etcd ]; then
       etcd --data-dir "$run/etcd" --listen-client-urls http://127.0.0.1:17579 \
         --advertise-client-urls http://127.0.0.1:17579 --listen-peer-urls http://127.0.0.1:17580 \
         >"$run/etcd.log" 2>&1 & pids+=($!)
       store_args=(--store etcd://127.0.0.1:17579)
+      # The control plane refuses to start on an etcd that does not answer yet.
+      for _ in $(seq 1 100); do curl -sf http://127.0.0.1:17579/health >/dev/null && break; sleep 0.1; done
     fi
     # --key-rate 0: the simulator publishes its apps with one key as fast as it can.
     FOG_LOG=warn "$FOG" control --listen 127.0.0.1:17570 --data "$run/control" "${store_args[@]}" \
@@ -73,20 +77,22 @@ for devices in $DEVICES; do
     wait "$sim_pid" || { cat "$run/sim.log" >&2; exit 1; }
     cpu1=$(cpu_s "$control_pid"); t1=$(date +%s.%N)
     rss=$(rss_mib "$control_pid")
-    python3 - "$run/sim.json" "$devices" "$apps" "$cpu0" "$cpu1" "$t0" "$t1" "$rss" <<'EOF'
+    load=$(cut -d' ' -f1 /proc/loadavg)
+    python3 - "$run/sim.json" "$devices" "$apps" "$cpu0" "$cpu1" "$t0" "$t1" "$rss" "$store" "$load" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
-devices, apps, cpu0, cpu1, t0, t1, rss = sys.argv[2:]
+devices, apps, cpu0, cpu1, t0, t1, rss, store, load = sys.argv[2:]
 cores = (float(cpu1) - float(cpu0)) / max(float(t1) - float(t0), 1e-9)
 fmt = lambda v, unit="ms": "never" if v is None else f"{v:.0f} {unit}" if unit == "ms" else f"{v:.1f} {unit}"
-print(f"| {devices} | {apps} | {r['heartbeats']} ({r['failed']} failed) "
+print(f"| {store} | {devices} | {apps} | {r['heartbeats']} ({r['failed']} failed) "
       f"| {r['heartbeats'] / max(r['seconds'], 1e-9):.0f} | {r.get('heartbeat_interval_ms', 0) / 1000:.1f} s "
       f"| {r['heartbeat_p50_ms']:.1f} ms "
       f"| {r['heartbeat_p99_ms']:.1f} ms | {r['heartbeat_max_ms']:.0f} ms | {fmt(r['apps_placed_s'], 's')} "
       f"| {fmt(r['probe_publish_ms'])} | {fmt(r['probe_placed_ms'])} "
-      f"| {r.get('churned', 0)}, {r.get('rejoined', 0)}, {r.get('drained', 0)} | {cores:.2f} | {rss} MiB |")
+      f"| {r.get('churned', 0)}, {r.get('rejoined', 0)}, {r.get('drained', 0)} | {cores:.2f} | {rss} MiB | {load} |")
 EOF
     kill "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; pids=()
   done
 done
-echo "machine: $(nproc) cores, $(uname -sr); $PROFILE build; store $STORE; churn $CHURN %/min; ${SECONDS_EACH} s measured per row; load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; $(date -u +%Y-%m-%d)"
+done
+echo "machine: $(nproc) cores, $(uname -sr); $PROFILE build; stores $STORE; churn $CHURN %/min; ${SECONDS_EACH} s measured per row; load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; $(date -u +%Y-%m-%d)"

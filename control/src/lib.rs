@@ -241,6 +241,9 @@ pub struct Control {
     metrics: metrics::ControlMetrics,
     /// Apps and placements indexed by device, while the registry is unchanged.
     plan_index: Mutex<Option<Arc<registry::PlanIndex>>>,
+    /// Held while the plan index is rebuilt: one rebuild at a time, the heartbeats that found
+    /// it stale meanwhile wait and take its result (see [`Control::plan_index`]).
+    plan_index_rebuild: Mutex<()>,
     /// Devices' measured RTTs and the behaviour their trust is earned with.
     observed: observe::Observations,
     /// Smoothed CPU each replica burns, from heartbeats.
@@ -310,6 +313,7 @@ impl Control {
             phase_changed: std::sync::atomic::AtomicBool::new(false),
             metrics: metrics::ControlMetrics::default(),
             plan_index: Mutex::new(None),
+            plan_index_rebuild: Mutex::new(()),
             observed: observe::Observations::default(),
             usage: usage::Usage::default(),
             last_full_plan: Mutex::new(None),

@@ -105,10 +105,10 @@ pub(crate) struct PlanIndex {
 }
 
 impl Control {
-    /// The registry's apps and placements indexed by device, from the cache while the store
-    /// says nothing changed.
-    pub(crate) fn plan_index(&self) -> Result<Arc<PlanIndex>, StoreError> {
-        let stamp = [
+    /// The generations of the tables the plan index is built from; `None` for a store that
+    /// cannot say.
+    fn plan_stamp(&self) -> Option<[u64; 4]> {
+        [
             Table::Apps,
             Table::Placements,
             Table::Sites,
@@ -118,13 +118,37 @@ impl Control {
         .iter()
         .copied()
         .collect::<Option<Vec<u64>>>()
-        .map(|g| [g[0], g[1], g[2], g[3]]);
-        if let Some(stamp) = stamp {
-            let cached = self.plan_index.lock().expect("plan index lock").clone();
-            if let Some(index) = cached.filter(|index| index.stamp == Some(stamp)) {
-                return Ok(index);
-            }
+        .map(|g| [g[0], g[1], g[2], g[3]])
+    }
+
+    /// The cached plan index, if the store says none of its tables changed since it was built.
+    fn cached_plan_index(&self) -> Option<Arc<PlanIndex>> {
+        let stamp = self.plan_stamp()?;
+        let cached = self.plan_index.lock().expect("plan index lock").clone();
+        cached.filter(|index| index.stamp == Some(stamp))
+    }
+
+    /// The registry's apps and placements indexed by device, from the cache while the store
+    /// says nothing changed.
+    pub(crate) fn plan_index(&self) -> Result<Arc<PlanIndex>, StoreError> {
+        if let Some(index) = self.cached_plan_index() {
+            return Ok(index);
         }
+        // One rebuild at a time. Without this, every heartbeat arriving after a registry change
+        // lists the four tables itself: harmless on sled (in-process reads), but on etcd a
+        // thousand heartbeats a second each read every app and placement over gRPC (a stalled
+        // run of 1,000 simulated devices and 1,000 apps on etcd spent its time listing and
+        // decoding). Those that waited find the index rebuilt when they get the lock.
+        let _rebuilding = self
+            .plan_index_rebuild
+            .lock()
+            .expect("plan index rebuild lock");
+        if let Some(index) = self.cached_plan_index() {
+            return Ok(index);
+        }
+        // Read before the tables: a change while they are read leaves the index stale, rebuilt
+        // on the next use.
+        let stamp = self.plan_stamp();
         let apps: BTreeMap<String, AppRecord> = self
             .apps()?
             .into_iter()
