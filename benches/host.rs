@@ -9,6 +9,10 @@ use fog_host::{App, Manifest, Runtime, RuntimeConfig};
 use fog_test_programs as programs;
 use http_body_util::Full;
 
+// The allocator the `fog` binary uses, so the figure is the shipped host's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn request(path: &str) -> http::Request<Full<Bytes>> {
     http::Request::builder()
         .uri(path)

@@ -361,6 +361,7 @@ impl Control {
                 digest,
                 attach,
                 heartbeat_interval_ms: interval.as_millis() as u64,
+                missed_heartbeats: self.config.missed_heartbeats,
             },
         ))
     }

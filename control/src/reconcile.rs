@@ -201,7 +201,7 @@ impl Control {
         let footprints = self
             .usage
             .footprints(|d| live.get(d).is_some_and(|(alive, _)| *alive));
-        let demands: Vec<AppDemand> = apps
+        let mut demands: Vec<AppDemand> = apps
             .iter()
             .filter(|a| a.replicas > 0)
             .map(|a| {
@@ -264,6 +264,7 @@ impl Control {
                 (app.clone(), devices)
             })
             .collect();
+        keep_untrusted_primaries(&mut demands, &current, &fleet);
         // Spot apps parked to make room for higher bids: each reconcile tries to place them
         // again (their state's devices seed the plan), and they count for nothing on a device
         // until placed.
@@ -666,6 +667,42 @@ fn unplaced(
         })
         .map(|demand| demand.id.clone())
         .collect()
+}
+
+/// An app whose primary is alive but fell below the app's trust minimum, while no other device
+/// could take the app, keeps the primary: its minimum is lowered to the primary's trust for
+/// this plan. Degraded is better than down; the next plan after an eligible device appears
+/// moves it there.
+fn keep_untrusted_primaries(
+    demands: &mut [AppDemand],
+    current: &placement::Assignment,
+    fleet: &[Device],
+) {
+    for demand in demands {
+        let Some(primary) = current.get(&demand.id).and_then(|d| d.first()) else {
+            continue;
+        };
+        let Some(on) = fleet.iter().find(|d| d.id == *primary) else {
+            continue;
+        };
+        if !(on.healthy && on.harvestable) || on.trust >= demand.min_trust {
+            continue;
+        }
+        let eligible = fleet.iter().any(|d| {
+            d.id != *primary
+                && d.healthy
+                && d.harvestable
+                && d.trust >= demand.min_trust
+                && !demand.excluded_devices.contains(&d.id)
+                && demand.max_price.is_none_or(|max| d.price_cpu_hour <= max)
+                && d.cpu_free + 1e-9 >= demand.cpu
+                && d.mem_free_mb + 1e-9 >= demand.mem_mb
+                && d.disk_free_mb + 1e-9 >= demand.component_mb
+        });
+        if !eligible {
+            demand.min_trust = on.trust;
+        }
+    }
 }
 
 /// True when the replicas placed on some device now need more CPU than it offers (their

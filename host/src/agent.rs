@@ -330,6 +330,9 @@ pub async fn run(
     let mut device: Option<String> = None;
     let mut known: Option<String> = None;
     let mut backoff = config.heartbeat;
+    // From now on primaries take writes only while a control plane vouches for them.
+    let lease = runtime.lease().clone();
+    lease.govern();
     loop {
         let started = tokio::time::Instant::now();
         let step = async {
@@ -390,10 +393,15 @@ pub async fn run(
                 }
                 device = Some(id);
                 backoff = config.heartbeat;
+                let window = death_window(&reply, config.heartbeat);
                 if known.as_deref() != Some(reply.digest.as_str()) {
                     apply(&shared, reply.assignments);
                     known = Some(reply.digest);
                 }
+                // Only now (a demoted primary was just told): the control plane counts this
+                // device alive until that long after it heard this heartbeat, which was no
+                // earlier than `started`.
+                lease.confirm((started + window).into_std());
                 // Never more than ten heartbeats a second, whatever the control plane does.
                 Duration::from_millis(100).saturating_sub(started.elapsed())
             }
@@ -431,6 +439,24 @@ pub async fn run(
             () = wake.notified() => {}
         }
     }
+}
+
+/// The missed heartbeats that make a device dead when a control plane does not say: the
+/// control plane's default.
+const MISSED_HEARTBEATS: u32 = 3;
+
+/// How long after a heartbeat the control plane that answered it counts the device dead if it
+/// hears nothing more: the interval it told, times the heartbeats it lets go missing.
+fn death_window(reply: &HeartbeatReply, default_interval: Duration) -> Duration {
+    let interval = match reply.heartbeat_interval_ms {
+        0 => default_interval,
+        ms => Duration::from_millis(ms),
+    };
+    let missed = match reply.missed_heartbeats {
+        0 => MISSED_HEARTBEATS,
+        n => n,
+    };
+    interval * missed
 }
 
 /// Closes the router connections when the agent stops.

@@ -478,6 +478,14 @@ impl App {
                 tracing::error!(app = %self.manifest.name, "a durable write is not on disk: {err}");
                 return Err(Failure::Host(err.to_string()));
             }
+            // Cut off from the control planes while it waited (a follower may be promoted in
+            // its place): the write is not acknowledged. Not "follower": it ran, so it must not
+            // be retried elsewhere.
+            if !self.namespace.confirmed() {
+                return Err(Failure::Host(
+                    "no control plane confirmed this primary: the write is not acknowledged".into(),
+                ));
+            }
         }
         let body = match reply {
             Reply::Whole(bytes) => {

@@ -20,11 +20,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fog_htx::HtxError;
 use fog_htx::attach::{ATTACH_PROLOGUE, HTTP_STREAM, SPLICE_STREAM, read_splice_device, read_tag};
 use fog_htx::conn::{self, Connection, HtxStream};
 use fog_htx::dial::{DATA_PLANE_PROLOGUE, Rendezvous, SpliceFuture, data_plane_config};
 use fog_htx::handshake::StaticKey;
+use fog_htx::{CloseCode, HtxError};
 use fog_proto::api::{AttachPoint, AttachedLink};
 
 use crate::htx_server::{Serves, serve_connection, serve_stream};
@@ -101,9 +101,21 @@ impl Attacher {
             return;
         }
         links.retain(|router, link| {
-            points
+            let named = points
                 .iter()
-                .any(|p| p.router == *router && *p == link.point)
+                .any(|p| p.router == *router && *p == link.point);
+            if !named {
+                // Said, since it closes a connection that may be working: a router whose
+                // registration lapsed (it could not reach the control plane for 30 s) or that
+                // moved is dialled again as soon as it is named again.
+                tracing::info!(
+                    router,
+                    addr = link.point.addr,
+                    "the control plane no longer names this router (or it moved): closing its \
+                     attach connection"
+                );
+            }
+            named
         });
         for point in points {
             if links.contains_key(&point.router) {
@@ -279,7 +291,11 @@ async fn keep(
             });
         match connected {
             Ok(connection) => {
-                tracing::debug!(router = point.router, addr = point.addr, "attached");
+                if last_error.is_some() {
+                    tracing::info!(router = point.router, addr = point.addr, "attached");
+                } else {
+                    tracing::debug!(router = point.router, addr = point.addr, "attached");
+                }
                 *state.connection.lock().expect("link lock") = Some(connection.clone());
                 let pinger = tokio::spawn(ping(connection.clone(), state.clone()));
                 while let Some(stream) = connection.accept().await {
@@ -288,9 +304,19 @@ async fn keep(
                 pinger.abort();
                 state.connection.lock().expect("link lock").take();
                 state.rtt_us.store(0, Ordering::Relaxed);
-                let ended = LinkDown::Ended(connection.error());
-                // A refusal comes right after the handshake; say it once.
-                if last_error.as_ref() != Some(&ended) {
+                let error = connection.error();
+                // A refusal comes right after the handshake: the same one again is not said
+                // again. Any other end is said every time, so a host's log shows every
+                // disconnect of a link that worked.
+                let refused = matches!(
+                    error,
+                    Some(HtxError::ClosedByPeer {
+                        code: CloseCode::Refused,
+                        ..
+                    })
+                );
+                let ended = LinkDown::Ended(error);
+                if !refused || last_error.as_ref() != Some(&ended) {
                     tracing::warn!(router = point.router, "{ended}");
                 }
                 last_error = Some(ended);

@@ -44,6 +44,8 @@ const PAGE: usize = 1000;
 pub struct Namespace {
     trees: Arc<Trees>,
     pub(crate) repl: Arc<Replication>,
+    /// Whether the control planes vouch for this host's primaries (the host's one lease).
+    pub(crate) lease: Arc<crate::replica::ControlLease>,
 }
 
 #[derive(Debug)]
@@ -75,6 +77,7 @@ impl Namespace {
                 open: OnceLock::from((tree, log)),
             }),
             repl: Arc::new(Replication::new(head)),
+            lease: Arc::default(),
         })
     }
 
@@ -87,6 +90,7 @@ impl Namespace {
                 open: OnceLock::new(),
             }),
             repl: Arc::new(Replication::new(0)),
+            lease: Arc::default(),
         }
     }
 

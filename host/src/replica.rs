@@ -21,10 +21,17 @@
 //!   [`SYNC_TIMEOUT`] is dropped from the synchronous set until it catches up again). So an
 //!   acknowledged write survives the loss of the primary whenever a caught-up follower exists.
 //! - A **fenced** primary (being moved away) refuses new requests with `x-fog-error: moved`.
+//! - A primary **cut off from the control planes** fences itself ([`ControlLease`]): the control
+//!   plane counts a device dead after `missed_heartbeats` intervals of silence and promotes a
+//!   follower elsewhere, so once no control plane has answered a heartbeat for that long (timed
+//!   from when the last answered heartbeat was *sent*, which is no later than the control plane
+//!   heard it) the primary takes no write and acknowledges none (`x-fog-error: follower`, which
+//!   routers retry on the primary their routes name), until a control plane answers again and
+//!   so confirms what the device still runs.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -71,6 +78,48 @@ pub enum Mode {
     Follower = 1,
     /// Being moved away: requests refused.
     Fenced = 2,
+}
+
+/// Until when the control planes vouch for this host's primaries: one per host, shared by every
+/// namespace. A host without a control plane is never fenced by it.
+#[derive(Debug, Default)]
+pub struct ControlLease {
+    /// `None` while no control plane governs the host; else until when writes are confirmed
+    /// (`None` inside: not yet, or never again until a control plane answers).
+    until: Mutex<Option<Option<Instant>>>,
+    /// Whether the lapse was logged (once per lapse).
+    lapsed: AtomicBool,
+}
+
+impl ControlLease {
+    /// A control plane governs this host from now on: nothing is confirmed until it answers.
+    pub fn govern(&self) {
+        *self.until.lock().expect("lease lock") = Some(None);
+    }
+
+    /// A control plane answered: writes are confirmed until `until` (when a heartbeat sent now
+    /// would make the device dead if no other were answered).
+    pub fn confirm(&self, until: Instant) {
+        *self.until.lock().expect("lease lock") = Some(Some(until));
+        if self.lapsed.swap(false, Ordering::Relaxed) {
+            tracing::info!("a control plane answered again: primaries take writes again");
+        }
+    }
+
+    /// Whether this host's primaries may take and acknowledge writes now.
+    pub fn valid(&self) -> bool {
+        let valid = match *self.until.lock().expect("lease lock") {
+            None => true,
+            Some(until) => until.is_some_and(|until| Instant::now() < until),
+        };
+        if !valid && !self.lapsed.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "no control plane answered for as long as they take to count this device dead: \
+                 its primaries refuse writes until one answers (a follower may be promoted)"
+            );
+        }
+        valid
+    }
 }
 
 /// A write this replica may not make.
@@ -156,6 +205,12 @@ impl Namespace {
         }
     }
 
+    /// Whether a control plane (if one governs this host) vouched for its primaries lately: a
+    /// write made while it did is acknowledged only if it still does.
+    pub fn confirmed(&self) -> bool {
+        self.lease.valid()
+    }
+
     /// Change the replica's mode.
     pub fn set_mode(&self, mode: Mode) {
         let _write = self.repl.write.lock().expect("write lock");
@@ -215,6 +270,11 @@ impl Namespace {
         let mode = self.mode();
         if mode != Mode::Primary {
             return Err(WriteRefused(mode).into());
+        }
+        // A primary no control plane vouches for may already have been replaced: it acts as a
+        // follower (nothing is written, so routers retry the request on the primary).
+        if !self.lease.valid() {
+            return Err(WriteRefused(Mode::Follower).into());
         }
         let tree = self.tree().map_err(|e| WriteError::Store(e.to_string()))?;
         let (changes, value) = compute(tree).map_err(WriteError::Store)?;
@@ -493,6 +553,30 @@ mod tests {
             value: value.as_bytes().to_vec(),
         };
         ns.write(|_| Ok((vec![change], ()))).unwrap().1
+    }
+
+    #[test]
+    fn a_primary_takes_writes_only_while_its_control_plane_lease_holds() {
+        let ns = namespace();
+        // No control plane governs the host: writes are never fenced by one.
+        assert_eq!(set(&ns, "a", "1"), 1);
+        ns.lease.govern();
+        let refused = |ns: &Namespace| {
+            matches!(
+                ns.write(|_| Ok((vec![], ()))),
+                Err(WriteError::Refused(WriteRefused(Mode::Follower)))
+            )
+        };
+        assert!(refused(&ns), "nothing confirmed yet");
+        ns.lease.confirm(Instant::now() + Duration::from_secs(60));
+        assert!(ns.confirmed());
+        assert_eq!(set(&ns, "a", "2"), 2);
+        ns.lease.confirm(Instant::now());
+        assert!(!ns.confirmed());
+        assert!(refused(&ns), "the lease lapsed");
+        assert_eq!(ns.head(), 2, "a refused write is not logged");
+        ns.lease.confirm(Instant::now() + Duration::from_secs(60));
+        assert_eq!(set(&ns, "a", "3"), 3);
     }
 
     #[test]

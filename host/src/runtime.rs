@@ -84,6 +84,8 @@ pub struct Runtime {
     pub(crate) durable: crate::durable::GroupCommit,
     /// Each app's namespace, shared by every version of the app loaded.
     namespaces: std::sync::Mutex<std::collections::HashMap<String, Namespace>>,
+    /// Whether the control planes vouch for this host's primaries (every namespace shares it).
+    lease: Arc<crate::replica::ControlLease>,
     /// Apps whose state trees were on disk at start; other apps' trees are created on first use.
     stored: std::collections::HashSet<String>,
     pooling: bool,
@@ -195,6 +197,7 @@ impl Runtime {
             durable: crate::durable::GroupCommit::new(db.clone(), log_file),
             db,
             namespaces: std::sync::Mutex::new(std::collections::HashMap::new()),
+            lease: Arc::default(),
             stored,
             pooling,
             next_request: AtomicU64::new(1),
@@ -209,13 +212,19 @@ impl Runtime {
         if let Some(namespace) = namespaces.get(app) {
             return Ok(namespace.clone());
         }
-        let namespace = if self.stored.contains(app) {
+        let mut namespace = if self.stored.contains(app) {
             Namespace::open(&self.db, app)?
         } else {
             Namespace::lazy(&self.db, app)
         };
+        namespace.lease = self.lease.clone();
         namespaces.insert(app.to_string(), namespace.clone());
         Ok(namespace)
+    }
+
+    /// The host's control-plane lease: the agent keeps it confirmed (see [`crate::replica`]).
+    pub fn lease(&self) -> &Arc<crate::replica::ControlLease> {
+        &self.lease
     }
 
     /// Whether instances come from the pooling allocator.

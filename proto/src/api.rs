@@ -879,6 +879,12 @@ pub struct HeartbeatReply {
     /// say.
     #[serde(default)]
     pub heartbeat_interval_ms: u64,
+    /// How many intervals of silence make the device dead to the control plane, which then
+    /// places its apps elsewhere (a follower is promoted). A primary that has heard from no
+    /// control plane for that long stops acknowledging writes (it fences itself) until one
+    /// answers again. 0 from a control plane that does not say.
+    #[serde(default)]
+    pub missed_heartbeats: u32,
 }
 
 /// One app a device should run.

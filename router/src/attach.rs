@@ -17,6 +17,7 @@
 //! not what devices say of themselves.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,6 +56,9 @@ pub struct Attach {
     handshakes: Arc<tokio::sync::Semaphore>,
     /// The last PING RTT to each attached device, µs.
     rtts: Mutex<HashMap<String, u64>>,
+    /// Connections accepted so far: each one's number ranks it among its device's connections
+    /// ([`fog_htx::dial::Dialer::attach`]).
+    accepted: AtomicU64,
 }
 
 impl std::fmt::Debug for Attach {
@@ -101,6 +105,7 @@ impl Attach {
             id: fog_proto::auth::device_id(&identity.public_hex()),
             handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES)),
             rtts: Mutex::new(HashMap::new()),
+            accepted: AtomicU64::new(0),
         })
     }
 
@@ -153,9 +158,17 @@ impl Attach {
         }
     }
 
-    /// Serve one host's attached connection until it ends.
-    async fn run(self: Arc<Self>, device: String, connection: Connection) {
-        self.gateway.dialer().attach(&device, connection.clone());
+    /// Serve one host's attached connection, the `accepted`th, until it ends.
+    async fn run(self: Arc<Self>, device: String, connection: Connection, accepted: u64) {
+        if connection.is_closed() {
+            // The host gave up on it while the control plane was asked (it may already hold a
+            // newer one, which this must not displace: see `Dialer::attach`).
+            tracing::debug!(device, "host's connection ended before it was admitted");
+            return;
+        }
+        self.gateway
+            .dialer()
+            .attach(&device, connection.clone(), accepted);
         tracing::info!(device, "host attached");
         let pinger = tokio::spawn(self.clone().ping(device.clone(), connection.clone()));
         while let Some(stream) = connection.accept().await {
@@ -168,8 +181,10 @@ impl Attach {
             });
         }
         pinger.abort();
-        self.rtts.lock().expect("rtts lock").remove(&device);
         self.gateway.dialer().detach(&device, &connection);
+        if self.gateway.dialer().attached(&device).is_none() {
+            self.rtts.lock().expect("rtts lock").remove(&device);
+        }
         tracing::info!(device, "host detached: {:?}", connection.error());
     }
 
@@ -329,6 +344,9 @@ pub async fn serve(listener: TcpListener, attach: Arc<Attach>, shutdown: impl Fu
             },
         };
         let _ = socket.set_nodelay(true);
+        // Numbered in the order hosts' connections arrive, before handshakes and admissions
+        // (which may finish in any order) run.
+        let accepted = attach.accepted.fetch_add(1, Ordering::Relaxed);
         let attach = attach.clone();
         tokio::spawn(async move {
             let handshake = tokio::time::timeout(
@@ -353,7 +371,7 @@ pub async fn serve(listener: TcpListener, attach: Arc<Attach>, shutdown: impl Fu
                 Err(err) => Err(Refusal::Hello(err.to_string())),
             };
             match admitted {
-                Ok(device) => attach.run(device, connection).await,
+                Ok(device) => attach.run(device, connection, accepted).await,
                 Err(refusal) => {
                     tracing::info!(%peer, "host refused: {refusal}");
                     connection.close_with(CloseCode::Refused, &refusal.to_string());

@@ -319,3 +319,59 @@ async fn routers_splice_only_devices_an_assignment_pairs() {
     // Admitted (not closed) all along: only the splice was refused.
     assert!(!connection.is_closed(), "{:?}", connection.error());
 }
+
+/// A host that re-dials while the router still holds its older connection has two connections
+/// with its key at once. When the one the router admitted last ends, the router keeps the one
+/// still open and serves through it at once. (The router's table of attached devices used to
+/// hold only the connection admitted last: when that one ended, the host's open connection was
+/// forgotten and the router answered "not attached" for as long as it stayed up, while the host,
+/// whose connection was fine, had nothing to log or re-dial; `scripts/attach-stall.sh` makes a
+/// real host do this by stalling processes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_keeps_serving_a_host_whose_other_connection_ended() {
+    let fog = Fog::start(1);
+    publish_hello(&fog);
+    wait_served(fog.router.addr, Duration::from_secs(15), "before").await;
+    let device = fog.devices()[0].id.clone();
+    let identity = Identity::from_text(
+        &std::fs::read_to_string(fog.dir.path().join("host0/device.key")).unwrap(),
+    )
+    .unwrap();
+    let key = fog_host::htx_server::static_key(&identity.secret_bytes());
+
+    // A second connection with the device's key, as the host's own re-dial would make. The
+    // router PINGs a connection once it has admitted it (and, before the fix, had put it in the
+    // host's place).
+    let points = attach_points(&fog).await;
+    let other = attach_as(&points[0], &device, &key).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while other.pings_echoed() == 0 {
+        assert!(!other.is_closed(), "refused: {:?}", other.error());
+        assert!(
+            Instant::now() < deadline,
+            "the router never admitted the second connection"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // That connection ends; the host's own is still open, and the host has no reason to
+    // re-dial: every request for the next 3 s is served (the router learns of the end within
+    // milliseconds; before the fix, every request after that was held 10 s, then answered 502
+    // "not attached").
+    other.close("the second connection ends");
+    let ended = Instant::now();
+    let mut served = 0;
+    while ended.elapsed() < Duration::from_secs(3) {
+        let reply = fog_tests::request(fog.router.addr, "GET", "/apps/hello/", &[], "").await;
+        match reply {
+            Ok(reply) if reply.status == 200 => served += 1,
+            other => panic!(
+                "the router forgot the host's open connection when another of its connections \
+                 ended: {:?} after {:?}",
+                other.map(|r| (r.status, r.text())),
+                ended.elapsed()
+            ),
+        }
+    }
+    println!("{served} requests served in the 3 s after the other connection ended");
+}

@@ -10,6 +10,7 @@ mod dashboard;
 mod dialout;
 mod durable;
 mod etcd;
+mod fence;
 mod flood;
 mod fog;
 mod footprint;

@@ -102,7 +102,7 @@ impl Increments {
     }
 }
 
-async fn count(fog: &Fog) -> u64 {
+pub(crate) async fn count(fog: &Fog) -> u64 {
     let reply = fog_tests::request(fog.router.addr, "GET", "/apps/counter/api/count", &[], "")
         .await
         .unwrap();
@@ -112,7 +112,7 @@ async fn count(fog: &Fog) -> u64 {
 }
 
 /// Wait until `done` holds of `name`'s app, or fail after `limit`.
-async fn wait_for(
+pub(crate) async fn wait_for(
     fog: &Fog,
     name: &str,
     limit: Duration,

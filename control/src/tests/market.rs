@@ -16,6 +16,7 @@ on_both_backends!(
     no_app_lands_on_a_device_asking_more_than_its_max_price,
     a_new_device_earns_trust_before_tier_a_and_loses_it_at_once_for_a_refused_ledger_period,
     what_routers_measure_wins_over_what_a_device_claims,
+    an_untrusted_primary_keeps_its_app_until_an_eligible_device_exists,
 );
 
 /// Register a device asking `price` per CPU-hour; returns its key and id.
@@ -210,6 +211,108 @@ async fn no_app_lands_on_a_device_asking_more_than_its_max_price(backend: Backen
     assert_eq!(single.assigned, [cheap], "{single:?}");
 }
 
+/// Send a ledger period with arithmetic that does not add up (refused: trust falls below every
+/// tier's minimum at once); returns the heartbeat's status and body.
+async fn cheat(control: &Arc<Control>, key: &Identity, id: &str) -> (u16, String) {
+    let period = api::LedgerPeriod {
+        device: id.to_string(),
+        start_ms: 1,
+        end_ms: 2,
+        price_cpu_hour: 0.1,
+        entries: vec![api::LedgerEntry {
+            app: "hello".into(),
+            fuel: 1,
+            credits: 1000.0,
+        }],
+        total_credits: 1000.0,
+    };
+    let signed_period = api::SignedPeriod {
+        signature: key.sign_bytes(&period.signed_bytes()),
+        period,
+    };
+    heartbeat(
+        control,
+        key,
+        id,
+        serde_json::json!({"periods": [signed_period]}),
+    )
+    .await
+}
+
+/// Heartbeat every device of `fleet` and reconcile, every 50 ms, until `done` holds of `hello`
+/// (or fail after 10 s).
+async fn until_hello(
+    control: &Arc<Control>,
+    fleet: &[(Identity, String)],
+    what: &str,
+    done: impl Fn(&AppInfo) -> bool,
+) -> AppInfo {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        for (key, id) in fleet {
+            assert_eq!(
+                heartbeat(control, key, id, serde_json::json!({})).await.0,
+                200
+            );
+        }
+        control.reconcile().unwrap();
+        let info = app(control, "hello").await;
+        if done(&info) {
+            return info;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {info:?} {:?}",
+            devices(control).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn an_untrusted_primary_keeps_its_app_until_an_eligible_device_exists(backend: Backend) {
+    // Trust is earned after about 0.1 s of heartbeats.
+    let config = ControlConfig {
+        trust: TrustConfig {
+            prior_weight_s: 0.7,
+            ..TrustConfig::default()
+        },
+        ..ControlConfig::default()
+    };
+    let control = Control::new(backend.store(), config);
+    let (key, only) = register(&control, 0.1).await;
+    let mut fleet = vec![(key, only.clone())];
+    let developer = Identity::generate();
+    let meta = serde_json::json!({"name": "hello", "tier": "B"});
+    assert_eq!(publish(&control, &developer, meta).await.0, 201);
+    until_hello(&control, &fleet, "not placed on the one device", |a| {
+        a.assigned == [only.clone()]
+    })
+    .await;
+    // The primary's trust falls below tier B's minimum, and no other device exists.
+    let (status, text) = cheat(&control, &fleet[0].0, &only).await;
+    assert_eq!(status, 400, "{text}");
+    let trust = |d: &[DeviceInfo], id: &str| d.iter().find(|d| d.id == id).unwrap().trust;
+    assert!(trust(&devices(&control).await, &only) < crate::trust::MIN_TRUST_B);
+    // Past the control plane's start-up grace (reconcile places nothing before), every plan
+    // keeps the app where it is.
+    let grace = control.heartbeat_interval() * control.config.missed_heartbeats;
+    let info = until_hello(&control, &fleet, "the app lost its only place", |a| {
+        assert_eq!(a.assigned, std::slice::from_ref(&only), "{a:?}");
+        control.started.elapsed() > grace + Duration::from_millis(500)
+    })
+    .await;
+    assert_eq!(info.assigned, std::slice::from_ref(&only));
+    // A trusted device appears: the app is moved there (the handover waits for real hosts).
+    let (key, trusted) = register(&control, 0.1).await;
+    fleet.push((key, trusted.clone()));
+    let moving = format!("{only} -> {trusted}");
+    until_hello(&control, &fleet, "not moved to the trusted device", |a| {
+        a.assigned == [trusted.clone()]
+            || a.moving.as_deref().is_some_and(|m| m.starts_with(&moving))
+    })
+    .await;
+}
+
 async fn a_new_device_earns_trust_before_tier_a_and_loses_it_at_once_for_a_refused_ledger_period(
     backend: Backend,
 ) {
@@ -272,29 +375,7 @@ async fn a_new_device_earns_trust_before_tier_a_and_loses_it_at_once_for_a_refus
     // handover has to wait for real hosts).
     let follower = app(&control, "hello").await.assigned[1].clone();
     let (key, id) = fleet.iter().find(|(_, id)| *id == follower).unwrap();
-    let period = api::LedgerPeriod {
-        device: id.clone(),
-        start_ms: 1,
-        end_ms: 2,
-        price_cpu_hour: 0.1,
-        entries: vec![api::LedgerEntry {
-            app: "hello".into(),
-            fuel: 1,
-            credits: 1000.0,
-        }],
-        total_credits: 1000.0,
-    };
-    let signed_period = api::SignedPeriod {
-        signature: key.sign_bytes(&period.signed_bytes()),
-        period,
-    };
-    let (status, text) = heartbeat(
-        &control,
-        key,
-        id,
-        serde_json::json!({"periods": [signed_period]}),
-    )
-    .await;
+    let (status, text) = cheat(&control, key, id).await;
     assert_eq!(status, 400, "{text}");
     let cheat = devices(&control)
         .await

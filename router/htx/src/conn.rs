@@ -218,6 +218,8 @@ struct Shared {
     queued_control: AtomicUsize,
     /// PING echoes waiting for the writer.
     pending_echoes: AtomicUsize,
+    /// PINGs from the peer this side has answered.
+    pings_echoed: AtomicU64,
     /// STREAM data bytes the writer has taken from the queue: the peer can have received no
     /// more, so it may return no more connection credit than this.
     data_taken: AtomicU64,
@@ -527,6 +529,7 @@ impl Connection {
             queued_peak: AtomicUsize::new(0),
             queued_control: AtomicUsize::new(0),
             pending_echoes: AtomicUsize::new(0),
+            pings_echoed: AtomicU64::new(0),
             data_taken: AtomicU64::new(0),
             credit_returned: AtomicU64::new(0),
         });
@@ -611,6 +614,13 @@ impl Connection {
     /// Streams open on this side of the connection (opened or accepted, not yet dropped).
     pub fn open_streams(&self) -> usize {
         self.shared.streams.lock().expect("streams lock").len()
+    }
+
+    /// PINGs the peer sent that this side answered: whether, and how often, the peer checks
+    /// that the connection is alive (a router PINGs a host's attach connection once it has
+    /// admitted it).
+    pub fn pings_echoed(&self) -> u64 {
+        self.shared.pings_echoed.load(Ordering::Relaxed)
     }
 
     /// Key updates (sent, received) so far.
@@ -809,6 +819,7 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut reader: R, mut
                             payload: echo,
                             class: Class::Echo,
                         })?;
+                        shared.pings_echoed.fetch_add(1, Ordering::Relaxed);
                     } else if let Some(waiter) =
                         shared.pings.lock().expect("pings lock").remove(&token)
                     {

@@ -63,6 +63,15 @@ pub trait Rendezvous: Send + Sync {
     fn splice<'a>(&'a self, device: &'a str) -> SpliceFuture<'a>;
 }
 
+/// The open connection of the highest order among `connections`.
+fn newest_open(connections: &[(u64, Connection)]) -> Option<Connection> {
+    connections
+        .iter()
+        .filter(|(_, c)| !c.is_closed())
+        .max_by_key(|(order, _)| *order)
+        .map(|(_, c)| c.clone())
+}
+
 /// How a client reaches peers' HTX endpoints.
 pub struct Dialer {
     key: StaticKey,
@@ -74,8 +83,9 @@ pub struct Dialer {
     seed: Vec<u8>,
     relays: RwLock<Vec<Relay>>,
     timeout: Duration,
-    /// Device id → the connection it attached with (on a router).
-    attached: RwLock<HashMap<String, Connection>>,
+    /// Device id → every connection it attached with that may still be open (on a router),
+    /// with its order (see [`Dialer::attach`]).
+    attached: RwLock<HashMap<String, Vec<(u64, Connection)>>>,
     /// Where spliced targets are reached (on a host).
     rendezvous: RwLock<Option<Arc<dyn Rendezvous>>>,
 }
@@ -105,40 +115,50 @@ impl Dialer {
         })
     }
 
-    /// `device` is attached through `connection` (replacing an older one).
-    pub fn attach(&self, device: &str, connection: Connection) {
-        self.attached
-            .write()
-            .expect("attached lock")
-            .insert(device.to_string(), connection);
+    /// `device` is attached through `connection`; `order` ranks it among the device's
+    /// connections (the router's accept order): requests go to the open connection with the
+    /// highest order. A host that re-dials holds only its newest connection, and the router may
+    /// admit its connections out of order (admission asks the control plane) and learn late
+    /// that an older one ended: ranking by when each was accepted, and keeping every open one
+    /// until it ends, means no order of admissions and endings can leave the router without
+    /// the connection the host holds.
+    pub fn attach(&self, device: &str, connection: Connection, order: u64) {
+        if connection.is_closed() {
+            return;
+        }
+        let mut attached = self.attached.write().expect("attached lock");
+        let connections = attached.entry(device.to_string()).or_default();
+        connections.retain(|(_, c)| !c.is_closed());
+        connections.push((order, connection));
     }
 
-    /// `connection` of `device` ended: forget it, unless a newer one replaced it.
+    /// `connection` of `device` ended: forget it (and any other that ended).
     pub fn detach(&self, device: &str, connection: &Connection) {
         let mut attached = self.attached.write().expect("attached lock");
-        if attached.get(device).is_some_and(|c| c.same_as(connection)) {
-            attached.remove(device);
+        if let Some(connections) = attached.get_mut(device) {
+            connections.retain(|(_, c)| !c.same_as(connection) && !c.is_closed());
+            if connections.is_empty() {
+                attached.remove(device);
+            }
         }
     }
 
-    /// The live connection `device` attached with, if any.
+    /// The open connection `device` attached with (its highest-ranked one), if any.
     pub fn attached(&self, device: &str) -> Option<Connection> {
         self.attached
             .read()
             .expect("attached lock")
             .get(device)
-            .filter(|c| !c.is_closed())
-            .cloned()
+            .and_then(|connections| newest_open(connections))
     }
 
-    /// Every device attached now, with its connection.
+    /// Every device attached now, with the connection requests to it take.
     pub fn attached_devices(&self) -> Vec<(String, Connection)> {
         self.attached
             .read()
             .expect("attached lock")
             .iter()
-            .filter(|(_, c)| !c.is_closed())
-            .map(|(d, c)| (d.clone(), c.clone()))
+            .filter_map(|(d, connections)| Some((d.clone(), newest_open(connections)?)))
             .collect()
     }
 
@@ -298,5 +318,66 @@ impl tower_service::Service<http::Uri> for HtxConnector {
             let stream = dialer.open(&addr).await?;
             Ok(TokioIo::new(stream))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One HTX connection over an in-memory pipe: (the router's side, the host's side).
+    async fn pair() -> (Connection, Connection) {
+        let (router, host) = (StaticKey::generate(), StaticKey::generate());
+        let (a, b) = tokio::io::duplex(64 << 10);
+        let (accepted, connected) = tokio::join!(
+            conn::accept(a, &router, b"test", Config::default()),
+            conn::connect(b, &host, &router.public, b"test", Config::default()),
+        );
+        (accepted.unwrap().0, connected.unwrap())
+    }
+
+    fn dialer() -> Arc<Dialer> {
+        Dialer::new(StaticKey::generate(), MixMode::Performance, Vec::new())
+    }
+
+    #[tokio::test]
+    async fn the_connection_accepted_last_wins_whatever_order_admissions_finish_in() {
+        let dialer = dialer();
+        let ((older, _h1), (newer, _h2)) = (pair().await, pair().await);
+        dialer.attach("d", newer.clone(), 2);
+        dialer.attach("d", older.clone(), 1);
+        assert!(dialer.attached("d").unwrap().same_as(&newer));
+        // The older one ends: the newer one is still the way to the device.
+        older.close("the host re-dialled");
+        dialer.detach("d", &older);
+        assert!(dialer.attached("d").unwrap().same_as(&newer));
+        assert_eq!(dialer.attached_devices().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn when_the_newest_connection_ends_the_device_is_reached_on_an_older_open_one() {
+        let dialer = dialer();
+        let ((older, _h1), (newer, _h2)) = (pair().await, pair().await);
+        dialer.attach("d", older.clone(), 1);
+        dialer.attach("d", newer.clone(), 2);
+        newer.close("gone");
+        // Even before its task detaches it, a closed connection is never chosen.
+        assert!(dialer.attached("d").unwrap().same_as(&older));
+        dialer.detach("d", &newer);
+        assert!(dialer.attached("d").unwrap().same_as(&older));
+        older.close("gone too");
+        dialer.detach("d", &older);
+        assert!(dialer.attached("d").is_none());
+        assert!(dialer.attached_devices().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_ended_before_its_admission_is_not_attached() {
+        let dialer = dialer();
+        let ((open, _h1), (ended, _h2)) = (pair().await, pair().await);
+        dialer.attach("d", open.clone(), 1);
+        ended.close("the host gave up on it");
+        dialer.attach("d", ended.clone(), 2);
+        assert!(dialer.attached("d").unwrap().same_as(&open));
     }
 }
