@@ -11,8 +11,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
 use crate::fog::spawn;
+use crate::ha::wait_acked;
 use crate::publish::Fog;
-use crate::state::{Increments, count, wait_for};
+use crate::state::{Increments, count, wait_for, wait_promoted};
 
 /// A TCP proxy to one address; [`Proxy::cut`] closes its port and drops every connection.
 struct Proxy {
@@ -102,11 +103,7 @@ async fn a_primary_cut_off_from_the_control_plane_fences_itself_and_its_promoted
     )
     .await;
     let load = Increments::start(fog.router.addr, 100);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while load.acked() < 50 {
-        assert!(Instant::now() < deadline, "no increments acknowledged");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_acked(&load, 50, "no increments acknowledged").await;
 
     let victim = fog.host_of(&primary);
     let old = fog.hosts[victim].addr;
@@ -129,22 +126,11 @@ async fn a_primary_cut_off_from_the_control_plane_fences_itself_and_its_promoted
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    wait_for(
-        &fog,
-        "counter",
-        Duration::from_secs(15),
-        "follower not promoted",
-        |app| app.assigned.first() == Some(&follower) && app.running.contains(&follower),
-    )
-    .await;
+    wait_promoted(&fog, &follower).await;
     let promoted = cut.elapsed();
     // The promoted follower takes writes through the router; the old primary still refuses.
     let before = load.acked();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while load.acked() < before + 100 {
-        assert!(Instant::now() < deadline, "the new primary takes no writes");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_acked(&load, before + 100, "the new primary takes no writes").await;
     assert_eq!(increment_on(old).await.1, "follower");
     let (acked, failed, errors, rate) = load.finish().await;
     let total = count(&fog).await;

@@ -130,6 +130,21 @@ pub(crate) async fn wait_for(
     }
 }
 
+/// Wait until `follower` leads the `counter` app and runs it, or fail after 15 s.
+pub(crate) async fn wait_promoted(fog: &Fog, follower: &str) -> AppInfo {
+    wait_for(
+        fog,
+        "counter",
+        Duration::from_secs(15),
+        "follower not promoted",
+        |app| {
+            app.assigned.first().map(String::as_str) == Some(follower)
+                && app.running.iter().any(|d| d == follower)
+        },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_planned_move_under_load_fails_nothing_and_loses_nothing() {
     let fog = Fog::start(3);
@@ -186,14 +201,7 @@ async fn a_killed_tier_a_primary_is_replaced_by_its_follower_without_losing_ackn
     let victim = fog.host_of(&primary);
     fog.hosts[victim].kill();
     let killed = Instant::now();
-    let app = wait_for(
-        &fog,
-        "counter",
-        Duration::from_secs(15),
-        "follower not promoted",
-        |app| app.assigned.first() == Some(&follower) && app.running.contains(&follower),
-    )
-    .await;
+    let app = wait_promoted(&fog, &follower).await;
     let promoted = killed.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (acked, failed, errors, rate) = load.finish().await;
