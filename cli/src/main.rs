@@ -14,7 +14,9 @@ use clap::Parser;
 
 // Each request builds and drops a wasmtime store, a WASI context and a resource table: many
 // small allocations, cheaper with mimalloc than with glibc malloc (whose free-list consolidation
-// showed in the host's per-request profile; see benches/RESULTS.md).
+// showed in the host's per-request profile; see benches/RESULTS.md). Built with `no_thp`: with
+// transparent huge pages mimalloc's arenas grew in 2 MiB steps (the host's idle RSS nearly doubled
+// and a streamed upload grew the router by more than its bound).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
