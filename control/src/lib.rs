@@ -239,11 +239,14 @@ pub struct Control {
     phase_changed: std::sync::atomic::AtomicBool,
     /// Prometheus metrics (`GET /metrics`).
     metrics: metrics::ControlMetrics,
-    /// Apps and placements indexed by device, while the registry is unchanged.
-    plan_index: Mutex<Option<Arc<registry::PlanIndex>>>,
-    /// Held while the plan index is rebuilt: one rebuild at a time, the heartbeats that found
-    /// it stale meanwhile wait and take its result (see [`Control::plan_index`]).
-    plan_index_rebuild: Mutex<()>,
+    /// Apps and placements indexed by device, kept up to date from `plan_feed`.
+    plan_index: std::sync::RwLock<registry::PlanIndex>,
+    /// The store's changes to the plan index's tables; `None` for a store that cannot feed
+    /// them (the index is then read whole on every use).
+    plan_feed: Option<Arc<store::Feed>>,
+    /// Held while the plan index is brought up to date: one update at a time, the heartbeats
+    /// that found it stale meanwhile wait and take its result (see [`Control::plan_index`]).
+    plan_index_update: Mutex<()>,
     /// Devices' measured RTTs and the behaviour their trust is earned with.
     observed: observe::Observations,
     /// Smoothed CPU each replica burns, from heartbeats.
@@ -291,6 +294,7 @@ impl Control {
         let canary = canary::Canary::new(config.canary.clone());
         Arc::new(Control {
             secrets,
+            plan_feed: store.follow(&registry::PLAN_TABLES),
             store,
             config,
             live: Mutex::new(HashMap::new()),
@@ -312,8 +316,8 @@ impl Control {
             key_limit,
             phase_changed: std::sync::atomic::AtomicBool::new(false),
             metrics: metrics::ControlMetrics::default(),
-            plan_index: Mutex::new(None),
-            plan_index_rebuild: Mutex::new(()),
+            plan_index: Default::default(),
+            plan_index_update: Mutex::new(()),
             observed: observe::Observations::default(),
             usage: usage::Usage::default(),
             last_full_plan: Mutex::new(None),

@@ -1,14 +1,15 @@
 //! Registry reads: typed views of the store's tables, the master secret and the keys and
 //! names derived from it.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, RwLockReadGuard};
 
 use fog_proto::auth;
 
 use crate::error::ApiError;
 use crate::store::{
-    AppRecord, AppSettings, DeviceRecord, PlacementRecord, StoreError, Table, decode,
+    AppRecord, AppSettings, Change, DeviceRecord, Drained, PlacementRecord, StoreError, Table,
+    decode,
 };
 use crate::{Control, names};
 
@@ -85,15 +86,22 @@ impl Control {
     }
 }
 
-/// Apps, their placements, site bundles and settings, indexed by device: what every heartbeat needs to
-/// compute a device's assignments. Rebuilt only when one of the three tables changed (see
-/// [`crate::store::Store::generation`]), so a heartbeat costs the device's own assignments, not
-/// a read of the whole registry.
+/// The tables the plan index is built from.
+pub(crate) const PLAN_TABLES: [Table; 4] = [
+    Table::Apps,
+    Table::Placements,
+    Table::Sites,
+    Table::Settings,
+];
+
+/// Apps, their placements, site bundles and settings, indexed by device: what every heartbeat
+/// needs to compute a device's assignments, and what `fog ps` answers from. Built whole from
+/// the tables once (and again whenever the store says changes may have been missed), and
+/// otherwise kept up to date key by key from the store's feed of changes
+/// ([`crate::store::Store::follow`]): every control plane's index follows every other's
+/// writes, and a registry change costs the records it touches, not a read of the registry.
 #[derive(Debug, Default)]
 pub(crate) struct PlanIndex {
-    /// The tables' generations this index was built from; `None` for a store that cannot say
-    /// (the index is then rebuilt on every use).
-    stamp: Option<[u64; 4]>,
     pub(crate) apps: BTreeMap<String, AppRecord>,
     pub(crate) placements: BTreeMap<String, PlacementRecord>,
     /// App name → site bundle sha256.
@@ -101,54 +109,129 @@ pub(crate) struct PlanIndex {
     /// App name → what it may reach and is given (apps with none written are absent).
     pub(crate) settings: HashMap<String, AppSettings>,
     /// Device id → the apps placed on it, in app-name order.
-    pub(crate) by_device: HashMap<String, Vec<String>>,
+    pub(crate) by_device: HashMap<String, BTreeSet<String>>,
+    /// Times the index was built whole: every device's assignments may have changed then.
+    rebuilds: u64,
+    /// Device id → a count of the changes to its assignments' records since the index was
+    /// made (see [`PlanIndex::epoch`]).
+    epochs: HashMap<String, u64>,
+}
+
+impl PlanIndex {
+    /// Build the index from the four tables' records.
+    fn build(
+        apps: BTreeMap<String, AppRecord>,
+        placements: BTreeMap<String, PlacementRecord>,
+        sites: HashMap<String, String>,
+        settings: HashMap<String, AppSettings>,
+    ) -> PlanIndex {
+        let mut index = PlanIndex {
+            apps,
+            placements,
+            sites,
+            settings,
+            ..PlanIndex::default()
+        };
+        let names: Vec<String> = index.apps.keys().cloned().collect();
+        for name in names {
+            for device in index.devices_of(&name) {
+                index
+                    .by_device
+                    .entry(device)
+                    .or_default()
+                    .insert(name.clone());
+            }
+        }
+        index
+    }
+
+    /// The devices `app` is placed on, as the index stands (none unless both its record and
+    /// its placement exist).
+    fn devices_of(&self, app: &str) -> BTreeSet<String> {
+        match (self.apps.contains_key(app), self.placements.get(app)) {
+            (true, Some(placement)) => placement.devices.iter().cloned().collect(),
+            _ => BTreeSet::new(),
+        }
+    }
+
+    /// A number that changes whenever a record behind `device`'s assignments changes: while
+    /// it stays the same, so do the parts of its assignments read from the index.
+    pub(crate) fn epoch(&self, device: &str) -> (u64, u64) {
+        (self.rebuilds, self.epochs.get(device).copied().unwrap_or(0))
+    }
+
+    /// Apply one change to the four tables' records.
+    fn apply(&mut self, change: &Change) -> Result<(), StoreError> {
+        let (table, app) = (change.table, change.key.as_str());
+        let before = self.devices_of(app);
+        match (table, &change.value) {
+            (Table::Apps, Some(bytes)) => {
+                self.apps
+                    .insert(app.to_string(), decode(table, app, bytes)?);
+            }
+            (Table::Apps, None) => {
+                self.apps.remove(app);
+            }
+            (Table::Placements, Some(bytes)) => {
+                self.placements
+                    .insert(app.to_string(), decode(table, app, bytes)?);
+            }
+            (Table::Placements, None) => {
+                self.placements.remove(app);
+            }
+            (Table::Sites, Some(sha)) => {
+                self.sites
+                    .insert(app.to_string(), String::from_utf8_lossy(sha).into_owned());
+            }
+            (Table::Sites, None) => {
+                self.sites.remove(app);
+            }
+            (Table::Settings, Some(bytes)) => {
+                self.settings
+                    .insert(app.to_string(), decode(table, app, bytes)?);
+            }
+            (Table::Settings, None) => {
+                self.settings.remove(app);
+            }
+            // Not one of the plan's tables.
+            _ => return Ok(()),
+        }
+        let after = self.devices_of(app);
+        for gone in before.difference(&after) {
+            if let Some(on) = self.by_device.get_mut(gone) {
+                on.remove(app);
+                if on.is_empty() {
+                    self.by_device.remove(gone);
+                }
+            }
+        }
+        for added in after.difference(&before) {
+            self.by_device
+                .entry(added.clone())
+                .or_default()
+                .insert(app.to_string());
+        }
+        // Every device that had or has the app: its assignments may read what changed.
+        for device in before.union(&after) {
+            *self.epochs.entry(device.clone()).or_default() += 1;
+        }
+        Ok(())
+    }
+
+    /// Whether two indexes hold the same records (however they were made).
+    #[cfg(test)]
+    pub(crate) fn same_records(&self, other: &PlanIndex) -> bool {
+        self.apps == other.apps
+            && self.placements == other.placements
+            && self.sites == other.sites
+            && self.settings == other.settings
+            && self.by_device == other.by_device
+    }
 }
 
 impl Control {
-    /// The generations of the tables the plan index is built from; `None` for a store that
-    /// cannot say.
-    fn plan_stamp(&self) -> Option<[u64; 4]> {
-        [
-            Table::Apps,
-            Table::Placements,
-            Table::Sites,
-            Table::Settings,
-        ]
-        .map(|table| self.store.generation(table))
-        .iter()
-        .copied()
-        .collect::<Option<Vec<u64>>>()
-        .map(|g| [g[0], g[1], g[2], g[3]])
-    }
-
-    /// The cached plan index, if the store says none of its tables changed since it was built.
-    fn cached_plan_index(&self) -> Option<Arc<PlanIndex>> {
-        let stamp = self.plan_stamp()?;
-        let cached = self.plan_index.lock().expect("plan index lock").clone();
-        cached.filter(|index| index.stamp == Some(stamp))
-    }
-
-    /// The registry's apps and placements indexed by device, from the cache while the store
-    /// says nothing changed.
-    pub(crate) fn plan_index(&self) -> Result<Arc<PlanIndex>, StoreError> {
-        if let Some(index) = self.cached_plan_index() {
-            return Ok(index);
-        }
-        // One rebuild at a time. Without this, every heartbeat arriving after a registry change
-        // lists the four tables itself: harmless on sled (in-process reads), but on etcd a
-        // thousand heartbeats a second each read every app and placement over gRPC (a stalled
-        // run of 1,000 simulated devices and 1,000 apps on etcd spent its time listing and
-        // decoding). Those that waited find the index rebuilt when they get the lock.
-        let _rebuilding = self
-            .plan_index_rebuild
-            .lock()
-            .expect("plan index rebuild lock");
-        if let Some(index) = self.cached_plan_index() {
-            return Ok(index);
-        }
-        // Read before the tables: a change while they are read leaves the index stale, rebuilt
-        // on the next use.
-        let stamp = self.plan_stamp();
+    /// The plan index built whole from the four tables.
+    pub(crate) fn read_plan_index(&self) -> Result<PlanIndex, StoreError> {
         let apps: BTreeMap<String, AppRecord> = self
             .apps()?
             .into_iter()
@@ -167,26 +250,72 @@ impl Control {
             .iter()
             .map(|(app, bytes)| Ok((app.clone(), decode(Table::Settings, app, bytes)?)))
             .collect::<Result<_, StoreError>>()?;
-        let mut by_device: HashMap<String, Vec<String>> = HashMap::new();
-        for name in apps.keys() {
-            for device in placements.get(name).map(|p| &p.devices[..]).unwrap_or(&[]) {
-                let on = by_device.entry(device.clone()).or_default();
-                if on.last() != Some(name) {
-                    on.push(name.clone());
+        Ok(PlanIndex::build(apps, placements, sites, settings))
+    }
+
+    /// The registry's apps and placements indexed by device, brought up to date with the
+    /// changes the store has fed since the last use (or rebuilt whole when it may have missed
+    /// some).
+    pub(crate) fn plan_index(&self) -> Result<RwLockReadGuard<'_, PlanIndex>, StoreError> {
+        let read = || self.plan_index.read().expect("plan index lock");
+        let feed = match &self.plan_feed {
+            Some(feed) if !feed.pending() => return Ok(read()),
+            Some(feed) => feed,
+            None => {
+                // A store that cannot feed changes: read the tables every time.
+                let fresh = self.read_plan_index()?;
+                let mut index = self.plan_index.write().expect("plan index lock");
+                let rebuilds = index.rebuilds + 1;
+                *index = PlanIndex { rebuilds, ..fresh };
+                drop(index);
+                return Ok(read());
+            }
+        };
+        // One update at a time. Without this, every heartbeat arriving after a registry change
+        // would drain and rebuild itself; those that waited find the index up to date.
+        let _updating = self
+            .plan_index_update
+            .lock()
+            .expect("plan index update lock");
+        match feed.drain() {
+            Drained::Changes(changes) => {
+                if !changes.is_empty() {
+                    let mut index = self.plan_index.write().expect("plan index lock");
+                    for change in &changes {
+                        if let Err(err) = index.apply(change) {
+                            // The record is unreadable; the next use reads the tables again
+                            // (and fails the same way until the record is fixed).
+                            self.plan_feed_lost();
+                            return Err(err);
+                        }
+                    }
                 }
             }
+            Drained::Lost => {
+                // Read without the lock: heartbeats answer from the old index meanwhile.
+                let fresh = match self.read_plan_index() {
+                    Ok(fresh) => fresh,
+                    Err(err) => {
+                        self.plan_feed_lost();
+                        return Err(err);
+                    }
+                };
+                let mut index = self.plan_index.write().expect("plan index lock");
+                let (rebuilds, epochs) = (index.rebuilds + 1, std::mem::take(&mut index.epochs));
+                *index = PlanIndex {
+                    rebuilds,
+                    epochs,
+                    ..fresh
+                };
+            }
         }
-        let index = Arc::new(PlanIndex {
-            stamp,
-            apps,
-            placements,
-            sites,
-            settings,
-            by_device,
-        });
-        if stamp.is_some() {
-            *self.plan_index.lock().expect("plan index lock") = Some(index.clone());
+        Ok(read())
+    }
+
+    /// The plan index must be read from the tables again at its next use.
+    fn plan_feed_lost(&self) {
+        if let Some(feed) = &self.plan_feed {
+            feed.lose();
         }
-        Ok(index)
     }
 }

@@ -286,6 +286,13 @@ pub trait Store: Send + Sync {
         let _ = table;
         None
     }
+    /// A feed of every change to `tables` from now on (see [`Feed`]), if this store can see
+    /// every change (it hears of every writer's); `None` otherwise, and a reader must read
+    /// the tables whenever it needs them.
+    fn follow(&self, tables: &[Table]) -> Option<std::sync::Arc<Feed>> {
+        let _ = tables;
+        None
+    }
     /// Take part in the election of the control plane that reconciles, as `id`: become the
     /// leader if there is none, stay the leader (renewing its lease), or learn who leads.
     /// Called before every reconcile. A store only one control plane can use (sled) always
@@ -301,6 +308,255 @@ pub trait Store: Send + Sync {
     fn announce(&self, id: &str, record: &[u8]) -> Result<(), StoreError>;
     /// Every control plane announced and not expired, as (id, record).
     fn planes(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+}
+
+/// One change to a record as a store saw it take effect: the new value, or `None` when the
+/// record was removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The table.
+    pub table: Table,
+    /// The record's key.
+    pub key: String,
+    /// What the record holds now.
+    pub value: Option<Vec<u8>>,
+}
+
+/// What [`Feed::drain`] hands over.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Drained {
+    /// The changes since the last drain, oldest first.
+    Changes(Vec<Change>),
+    /// Changes may have been missed (the feed is new, an etcd watch restarted or is down, too
+    /// many piled up, a write's outcome is unknown): whatever was built from the feed must be
+    /// read again from the tables. Every change before this drain shows in what is read
+    /// now; those after come with the next drain.
+    Lost,
+}
+
+/// Most changes a feed holds between drains: past it they are dropped and the reader
+/// rebuilds, which then costs less than replaying them.
+const FEED_BOUND: usize = 100_000;
+
+/// Longest [`Feed::drain`] waits for the store's own writes to come back through an etcd
+/// watch before it says changes were lost (the reader then reads the tables instead).
+const FEED_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The changes to some tables, by every writer the store hears of (this process's writes;
+/// on etcd also every other control plane's, through a watch), for one reader that keeps a
+/// view of those tables up to date key by key instead of reading them whole (see
+/// [`Store::follow`]).
+#[derive(Debug)]
+pub struct Feed {
+    tables: Vec<Table>,
+    state: std::sync::Mutex<FeedState>,
+    /// Signalled when the store sees further revisions (etcd).
+    seen: std::sync::Condvar,
+}
+
+#[derive(Debug)]
+struct FeedState {
+    changes: Vec<Change>,
+    lost: bool,
+    /// False while the store cannot see every change (an etcd watch that is down): every
+    /// drain then says `lost`.
+    live: bool,
+    /// The highest revision of this store's own writes to the followed tables (etcd), and the
+    /// highest the watch has delivered: a drain waits until the second reaches the first, so
+    /// a reader always sees its own process's writes.
+    wanted: i64,
+    delivered: i64,
+}
+
+impl Feed {
+    fn new(tables: &[Table], live: bool) -> Feed {
+        Feed {
+            tables: tables.to_vec(),
+            state: std::sync::Mutex::new(FeedState {
+                changes: Vec::new(),
+                // Nothing was built from it yet.
+                lost: true,
+                live,
+                wanted: 0,
+                delivered: 0,
+            }),
+            seen: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Whether this feed carries changes to `table`.
+    pub fn follows(&self, table: Table) -> bool {
+        self.tables.contains(&table)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, FeedState> {
+        self.state.lock().expect("feed lock")
+    }
+
+    /// Whether a drain now would hand over anything (changes, or word of lost ones), or wait
+    /// for the store's own writes.
+    pub fn pending(&self) -> bool {
+        let state = self.state();
+        !state.changes.is_empty() || state.lost || !state.live || state.wanted > state.delivered
+    }
+
+    /// The changes since the last drain, after the store's own writes so far have arrived.
+    pub fn drain(&self) -> Drained {
+        let mut state = self.state();
+        if state.wanted > state.delivered {
+            let deadline = std::time::Instant::now() + FEED_CATCH_UP;
+            state = wait_blocking(|| {
+                let mut state = state;
+                while state.wanted > state.delivered {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        tracing::warn!(
+                            wanted = state.wanted,
+                            delivered = state.delivered,
+                            "the store's watch has not delivered its own writes; rebuilding"
+                        );
+                        state.lost = true;
+                        state.changes.clear();
+                        state.delivered = state.wanted;
+                        break;
+                    }
+                    state = self.seen.wait_timeout(state, left).expect("feed lock").0;
+                }
+                state
+            });
+        }
+        let changes = std::mem::take(&mut state.changes);
+        if std::mem::replace(&mut state.lost, false) || !state.live {
+            Drained::Lost
+        } else {
+            Drained::Changes(changes)
+        }
+    }
+
+    /// Say changes were lost: the next drain says [`Drained::Lost`].
+    pub fn lose(&self) {
+        let mut state = self.state();
+        state.changes.clear();
+        state.lost = true;
+    }
+
+    fn push(&self, change: Change) {
+        let mut state = self.state();
+        if state.changes.len() >= FEED_BOUND {
+            state.changes.clear();
+            state.lost = true;
+            return;
+        }
+        state.changes.push(change);
+    }
+}
+
+/// Wait in `work` without stalling a multi-thread tokio runtime the caller may be on (its
+/// other tasks move to other workers meanwhile).
+pub(crate) fn wait_blocking<T>(work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
+/// The feeds a store writes its changes to (see [`Store::follow`]).
+#[derive(Debug, Default)]
+pub(crate) struct Feeds {
+    feeds: std::sync::Mutex<Vec<std::sync::Weak<Feed>>>,
+    /// False while the store cannot see every change (an etcd watch that is down).
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl Feeds {
+    /// A new feed of `tables`, which says `lost` on its first drain.
+    pub(crate) fn add(&self, tables: &[Table]) -> std::sync::Arc<Feed> {
+        let live = !self.down.load(std::sync::atomic::Ordering::SeqCst);
+        let feed = std::sync::Arc::new(Feed::new(tables, live));
+        let mut feeds = self.feeds.lock().expect("feeds lock");
+        feeds.retain(|f| f.strong_count() > 0);
+        feeds.push(std::sync::Arc::downgrade(&feed));
+        feed
+    }
+
+    fn each(&self, mut f: impl FnMut(&Feed)) {
+        for feed in self.feeds.lock().expect("feeds lock").iter() {
+            if let Some(feed) = feed.upgrade() {
+                f(&feed);
+            }
+        }
+    }
+
+    /// Whether some feed carries changes to `table`.
+    pub(crate) fn follow(&self, table: Table) -> bool {
+        let mut any = false;
+        self.each(|feed| any |= feed.follows(table));
+        any
+    }
+
+    /// `key` in `table` now holds `value` (`None`: removed).
+    pub(crate) fn changed(&self, table: Table, key: &str, value: Option<&[u8]>) {
+        self.each(|feed| {
+            if feed.follows(table) {
+                feed.push(Change {
+                    table,
+                    key: key.to_string(),
+                    value: value.map(<[u8]>::to_vec),
+                });
+            }
+        });
+    }
+
+    /// Changes may have been missed: every reader rebuilds.
+    pub(crate) fn lost(&self) {
+        self.each(Feed::lose);
+    }
+
+    /// Whether the store sees every change from now on (`false`: changes may go unseen until
+    /// it says `true` again, and every drain meanwhile says `lost`).
+    pub(crate) fn set_live(&self, live: bool) {
+        self.down.store(!live, std::sync::atomic::Ordering::SeqCst);
+        self.each(|feed| {
+            let mut state = feed.state();
+            state.live = live;
+            state.changes.clear();
+            state.lost = true;
+        });
+        // A drain waiting for its own writes stops waiting on a watch that went away.
+        if !live {
+            self.each(|feed| {
+                let mut state = feed.state();
+                state.delivered = state.wanted;
+                feed.seen.notify_all();
+            });
+        }
+    }
+
+    /// This store wrote to `table` at `revision` (etcd): a drain waits until the watch has
+    /// delivered it.
+    pub(crate) fn wrote_at(&self, table: Table, revision: i64) {
+        self.each(|feed| {
+            let mut state = feed.state();
+            // While the watch is down every drain rebuilds anyway: nothing to wait for.
+            if feed.follows(table) && state.live {
+                state.wanted = state.wanted.max(revision);
+            }
+        });
+    }
+
+    /// The watch has delivered every change up to `revision`.
+    pub(crate) fn delivered(&self, revision: i64) {
+        self.each(|feed| {
+            let mut state = feed.state();
+            if revision > state.delivered {
+                state.delivered = revision;
+                feed.seen.notify_all();
+            }
+        });
+    }
 }
 
 /// Seconds a control plane's announcement lives (see [`Store::announce`]).
@@ -319,6 +575,11 @@ pub struct SledStore {
     /// The one control plane on this store (sled locks its directory): this process's own
     /// announcement, in memory.
     announced: std::sync::Arc<std::sync::Mutex<Option<Announcement>>>,
+    /// Readers following some tables' changes (see [`Store::follow`]).
+    feeds: std::sync::Arc<Feeds>,
+    /// Held from a write to a followed table until its change is in the feeds: two writers of
+    /// one key hand their changes over in the order their writes took effect.
+    ordered: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl SledStore {
@@ -343,7 +604,31 @@ impl SledStore {
             db,
             generations: std::sync::Arc::new(Default::default()),
             announced: Default::default(),
+            feeds: Default::default(),
+            ordered: Default::default(),
         }
+    }
+
+    /// Make `write` to `key` in `table`, after which the record holds `now` (`None`:
+    /// removed), and hand the change to the feeds following `table`.
+    fn write(
+        &self,
+        table: Table,
+        key: &str,
+        now: Option<&[u8]>,
+        write: impl FnOnce(&sled::Tree) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let tree = self.tree(table)?;
+        let ordered = self
+            .feeds
+            .follow(table)
+            .then(|| self.ordered.lock().expect("ordered lock"));
+        write(&tree)?;
+        self.wrote(table);
+        if ordered.is_some() {
+            self.feeds.changed(table, key, now);
+        }
+        Ok(())
     }
 
     /// Count a write to `table`, after it is made (a reader that read the old generation
@@ -395,31 +680,30 @@ impl Store for SledStore {
                 });
             }
         };
-        self.tree(table)?
-            .compare_and_swap(key, old, Some(value))
-            .map_err(|e| StoreError::Backend(e.to_string()))?
-            .map_err(|_| StoreError::Conflict {
-                table: table.name(),
-                key: key.to_string(),
-            })?;
-        self.wrote(table);
-        Ok(())
+        self.write(table, key, Some(value), |tree| {
+            tree.compare_and_swap(key, old, Some(value))
+                .map_err(|e| StoreError::Backend(e.to_string()))?
+                .map_err(|_| StoreError::Conflict {
+                    table: table.name(),
+                    key: key.to_string(),
+                })
+        })
     }
 
     fn put(&self, table: Table, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.tree(table)?
-            .insert(key, value)
-            .map_err(|e| StoreError::Backend(e.to_string()))?;
-        self.wrote(table);
-        Ok(())
+        self.write(table, key, Some(value), |tree| {
+            tree.insert(key, value)
+                .map(|_| ())
+                .map_err(|e| StoreError::Backend(e.to_string()))
+        })
     }
 
     fn delete(&self, table: Table, key: &str) -> Result<(), StoreError> {
-        self.tree(table)?
-            .remove(key)
-            .map_err(|e| StoreError::Backend(e.to_string()))?;
-        self.wrote(table);
-        Ok(())
+        self.write(table, key, None, |tree| {
+            tree.remove(key)
+                .map(|_| ())
+                .map_err(|e| StoreError::Backend(e.to_string()))
+        })
     }
 
     fn list(&self, table: Table) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
@@ -441,6 +725,11 @@ impl Store for SledStore {
 
     fn generation(&self, table: Table) -> Option<u64> {
         Some(self.generations[table.index()].load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    fn follow(&self, tables: &[Table]) -> Option<std::sync::Arc<Feed>> {
+        // This process is the only writer (sled locks its directory): it sees every change.
+        Some(self.feeds.add(tables))
     }
 
     fn announce(&self, id: &str, record: &[u8]) -> Result<(), StoreError> {

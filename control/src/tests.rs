@@ -4,6 +4,7 @@
 mod canary;
 mod etcd;
 mod footprint;
+mod index;
 mod interval;
 mod market;
 mod onion;

@@ -23,14 +23,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
-    WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    TxnOpResponse, TxnResponse, WatchOptions,
 };
 use tokio::runtime::{Handle, Runtime, RuntimeFlavor};
 
 use super::{
-    Leadership, Revision, RevisionKind, SledStore, Store, StoreError, Table, Versioned,
-    writing_as_leader,
+    Feed, Feeds, Leadership, Revision, RevisionKind, SledStore, Store, StoreError, Table,
+    Versioned, writing_as_leader,
 };
 
 /// Seconds the leader's lease lives without renewal: a leader that stops (killed, paused,
@@ -115,6 +115,9 @@ pub struct EtcdStore {
     local: SledStore,
     /// What the watch on the prefix (and this store's own writes) saw change, per table.
     changes: Arc<Changes>,
+    /// Readers following some tables' changes key by key, fed by the same watch (see
+    /// [`Store::follow`]).
+    feeds: Arc<Feeds>,
     /// Where this control plane stands in the election.
     standing: std::sync::Mutex<Standing>,
 }
@@ -147,7 +150,12 @@ const REWATCH_PAUSE: Duration = Duration::from_millis(500);
 
 /// Count the changes under `prefix` into `changes`, for as long as the store lives, watching
 /// again whenever the watch breaks (a member went away, the stream was cancelled).
-async fn watch_changes(mut client: Client, prefix: String, changes: Arc<Changes>) {
+async fn watch_changes(
+    mut client: Client,
+    prefix: String,
+    changes: Arc<Changes>,
+    feeds: Arc<Feeds>,
+) {
     let leader_key = format!("{prefix}/{LEADER_KEY}");
     let planes = format!("{prefix}/{PLANES}/");
     loop {
@@ -163,33 +171,55 @@ async fn watch_changes(mut client: Client, prefix: String, changes: Arc<Changes>
                     // From here on every change shows; anything read before may be stale.
                     changes.saw_everything();
                     changes.watching.store(true, Ordering::SeqCst);
+                    feeds.set_live(true);
+                    // Our writes up to here are in whatever is read from now on.
+                    feeds.delivered(response.header().map_or(0, |h| h.revision()));
                 }
                 if response.canceled() {
                     break;
                 }
+                let mut delivered = 0;
                 for event in response.events() {
-                    let table = event
+                    let entry = event
                         .kv()
                         .and_then(|kv| kv.key_str().ok())
                         .and_then(|key| key.strip_prefix(&prefix)?.strip_prefix('/'))
-                        .and_then(|rest| rest.split('/').next())
-                        .and_then(|name| Table::ALL.into_iter().find(|t| t.name() == name));
-                    match table {
-                        Some(table) => changes.saw(table),
+                        .and_then(|rest| rest.split_once('/'))
+                        .and_then(|(name, key)| {
+                            Table::ALL
+                                .into_iter()
+                                .find(|t| t.name() == name)
+                                .map(|table| (table, key))
+                        });
+                    delivered = event.kv().map_or(delivered, |kv| kv.mod_revision());
+                    match entry {
+                        Some((table, key)) => {
+                            changes.saw(table);
+                            let value = match event.event_type() {
+                                EventType::Put => event.kv().map(|kv| kv.value()),
+                                EventType::Delete => None,
+                            };
+                            feeds.changed(table, key, value);
+                        }
                         // The election and the announcements change no table.
                         None if event.kv().is_some_and(|kv| {
                             kv.key() == leader_key.as_bytes()
                                 || kv.key().starts_with(planes.as_bytes())
                         }) => {}
-                        None => changes.saw_everything(),
+                        None => {
+                            changes.saw_everything();
+                            feeds.lost();
+                        }
                     }
                 }
+                feeds.delivered(delivered);
             }
             Ok::<_, etcd_client::Error>(())
         }
         .await;
         changes.watching.store(false, Ordering::SeqCst);
         changes.saw_everything();
+        feeds.set_live(false);
         if let Err(err) = watched {
             tracing::warn!("etcd watch broke: {err}; watching again");
         }
@@ -285,10 +315,14 @@ impl EtcdStore {
         };
         tracing::info!(endpoints = ?config.endpoints, prefix = config.prefix, "registry on etcd");
         let changes = Arc::new(Changes::default());
+        let feeds = Arc::new(Feeds::default());
+        // Down until the watch is created.
+        feeds.set_live(false);
         runtime.spawn(watch_changes(
             client.clone(),
             config.prefix.clone(),
             changes.clone(),
+            feeds.clone(),
         ));
         Ok(EtcdStore {
             config,
@@ -296,6 +330,7 @@ impl EtcdStore {
             runtime: Some(runtime),
             local,
             changes,
+            feeds,
             standing: std::sync::Mutex::new(Standing::default()),
         })
     }
@@ -331,7 +366,7 @@ impl EtcdStore {
 
     /// Run `op` under `fence` (if any) in one transaction: [`StoreError::Deposed`] if the fence
     /// failed.
-    fn fenced(&self, op: TxnOp, fence: Option<Compare>) -> Result<(), StoreError> {
+    fn fenced(&self, op: TxnOp, fence: Option<Compare>) -> Result<TxnResponse, StoreError> {
         let txn = Txn::new()
             .when(fence.into_iter().collect::<Vec<_>>())
             .and_then([op]);
@@ -340,9 +375,17 @@ impl EtcdStore {
             async move { client.txn(txn).await }
         })?;
         if response.succeeded() {
-            Ok(())
+            Ok(response)
         } else {
             Err(StoreError::Deposed)
+        }
+    }
+
+    /// This store's write to `table` took effect at the revision in `header`: a feed's next
+    /// drain waits for the watch to deliver it.
+    fn wrote(&self, table: Table, header: Option<&etcd_client::ResponseHeader>) {
+        if let Some(header) = header {
+            self.feeds.wrote_at(table, header.revision());
         }
     }
 
@@ -524,6 +567,7 @@ impl Store for EtcdStore {
         self.changes.saw(table);
         let response = response?;
         if response.succeeded() {
+            self.wrote(table, response.header());
             return Ok(());
         }
         // Which compare failed: the record's, or (for a fenced write) the leadership's.
@@ -553,7 +597,8 @@ impl Store for EtcdStore {
         if let Some(fence) = self.fence()? {
             let put = self.fenced(TxnOp::put(key, value.to_vec(), None), Some(fence));
             self.changes.saw(table);
-            return put;
+            self.wrote(table, put.as_ref().ok().and_then(|r| r.header()));
+            return put.map(|_| ());
         }
         let value = value.to_vec();
         let put = self.run(move |mut client| {
@@ -561,6 +606,7 @@ impl Store for EtcdStore {
             async move { client.put(key, value, None).await }
         });
         self.changes.saw(table);
+        self.wrote(table, put.as_ref().ok().and_then(|r| r.header()));
         put.map(|_| ())
     }
 
@@ -572,13 +618,29 @@ impl Store for EtcdStore {
         if let Some(fence) = self.fence()? {
             let deleted = self.fenced(TxnOp::delete(key, None), Some(fence));
             self.changes.saw(table);
-            return deleted;
+            if let Ok(response) = &deleted {
+                // Deleting nothing makes no revision (and no event to wait for).
+                let removed = response.op_responses().into_iter().any(|r| match r {
+                    TxnOpResponse::Delete(d) => d.deleted() > 0,
+                    _ => false,
+                });
+                if removed {
+                    self.wrote(table, response.header());
+                }
+            }
+            return deleted.map(|_| ());
         }
         let deleted = self.run(move |mut client| {
             let key = key.clone();
             async move { client.delete(key, None).await }
         });
         self.changes.saw(table);
+        if let Ok(response) = &deleted {
+            // Deleting nothing makes no revision (and no event to wait for).
+            if response.deleted() > 0 {
+                self.wrote(table, response.header());
+            }
+        }
         deleted.map(|_| ())
     }
 
@@ -736,6 +798,14 @@ impl Store for EtcdStore {
                 )
             })
             .collect())
+    }
+
+    fn follow(&self, tables: &[Table]) -> Option<Arc<Feed>> {
+        // Bulk tables live on the local disk, where nobody else writes.
+        if tables.iter().any(|t| t.is_bulk()) {
+            return None;
+        }
+        Some(self.feeds.add(tables))
     }
 
     fn generation(&self, table: Table) -> Option<u64> {
