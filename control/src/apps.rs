@@ -161,8 +161,7 @@ impl Control {
             Some((true, true)) => {}
         }
         let primary = self
-            .placements()?
-            .get(name)
+            .placement_of(name)?
             .and_then(|p| p.devices.first().cloned());
         if primary.as_deref() == Some(wanted.to.as_str()) {
             return Err(ApiError::Conflict(format!(
@@ -196,8 +195,7 @@ impl Control {
         self.record_transfer(&device, body.len() as u64, started.elapsed());
         self.app(name)?;
         let primary = self
-            .placements()?
-            .get(name)
+            .placement_of(name)?
             .and_then(|p| p.devices.first().cloned());
         if primary.as_deref() != Some(device.as_str()) {
             return Err(ApiError::Forbidden(format!(
@@ -222,8 +220,7 @@ impl Control {
         let (signer, _, _) = self.signed(request, api::MAX_JSON_BYTES).await?;
         let device = self.signing_device(&signer)?;
         let assigned = self
-            .placements()?
-            .get(name)
+            .placement_of(name)?
             .is_some_and(|p| p.devices.contains(&device));
         if !assigned {
             return Err(ApiError::Forbidden(format!(

@@ -281,7 +281,8 @@ impl Control {
                     (l.at, l.interval),
                 )
             });
-            live.insert(
+            self.put_live(
+                &mut live,
                 id.to_string(),
                 Live {
                     at: Instant::now(),
@@ -400,12 +401,14 @@ impl Control {
     /// (both hold replicas, or one is taking over from the other), or 403: a router splices
     /// only such peers.
     pub(crate) fn pairing(&self, a: &str, b: &str) -> Answer {
-        let apps: Vec<String> = self
-            .placements()?
-            .into_iter()
-            .filter(|(_, p)| p.devices.iter().any(|d| d == a) && p.devices.iter().any(|d| d == b))
-            .map(|(app, _)| app)
-            .collect();
+        // From the plan index: the apps placed on both, not a walk over every placement.
+        let apps: Vec<String> = {
+            let index = self.plan_index()?;
+            match (index.by_device.get(a), index.by_device.get(b)) {
+                (Some(on_a), Some(on_b)) => on_a.intersection(on_b).cloned().collect(),
+                _ => Vec::new(),
+            }
+        };
         if a == b || apps.is_empty() {
             return Err(ApiError::Forbidden(format!(
                 "no assignment pairs devices {a} and {b}"

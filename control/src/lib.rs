@@ -197,6 +197,13 @@ pub struct Control {
     store: Arc<dyn Store>,
     config: ControlConfig,
     live: Mutex<HashMap<String, Live>>,
+    /// App → the devices in the live table whose last heartbeat reported running it (alive or
+    /// not), kept in step with it (see [`Control::put_live`]): what `fog ps` shows of one app
+    /// without a walk over every device.
+    running: Mutex<HashMap<String, std::collections::BTreeSet<String>>>,
+    /// The most CPU a usable device offers (see [`Control::planned_cpu`]), and when it was
+    /// computed: `fog ps` prices replicas with it, recomputed at most once a second.
+    cpu_ceiling: Mutex<Option<(Instant, f64)>>,
     /// Devices in the live table (heard from since start): the fleet size the heartbeat
     /// interval is set by, read without the live table's lock.
     fleet: std::sync::atomic::AtomicUsize,
@@ -298,6 +305,8 @@ impl Control {
             store,
             config,
             live: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
+            cpu_ceiling: Mutex::new(None),
             fleet: std::sync::atomic::AtomicUsize::new(0),
             known_devices: devices::KnownDevices::default(),
             logs: logs::Logs::default(),

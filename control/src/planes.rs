@@ -440,7 +440,7 @@ impl Control {
                         };
                         revived |= !was_alive && self.is_alive(&entry);
                         updated = true;
-                        live.insert(id, entry);
+                        self.put_live(&mut live, id, entry);
                     }
                 }
             }

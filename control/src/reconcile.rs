@@ -17,6 +17,9 @@ use crate::store::{
 };
 use crate::{ApiError, Control, autoscale, observe, replicas, trust};
 
+/// How long a computed CPU ceiling prices replicas (see [`Control::cpu_ceiling`]).
+const CEILING_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Control {
     /// Run the autoscaler over every autoscaled app; true if a replica count changed.
     pub(crate) fn autoscale(
@@ -95,7 +98,20 @@ impl Control {
         let busiest = self
             .usage
             .busiest(|d| live.get(d).is_some_and(|(alive, _)| *alive));
-        // The most any usable device offers now, capped by what it registered.
+        let ceiling = self.cpu_ceiling_of(devices, live);
+        let floor = self.config.replica_cpu_floor;
+        move |app: &AppRecord| {
+            crate::usage::planned_cpu(app.tier, busiest.get(&app.name).copied(), floor, ceiling)
+        }
+    }
+
+    /// The most any usable device offers now, capped by what it registered; remembered for
+    /// [`Control::cpu_ceiling`].
+    fn cpu_ceiling_of(
+        &self,
+        devices: &[DeviceRecord],
+        live: &HashMap<String, (bool, Heartbeat)>,
+    ) -> f64 {
         let ceiling = devices
             .iter()
             .filter_map(|d| match live.get(&d.id) {
@@ -103,10 +119,37 @@ impl Control {
                 _ => None,
             })
             .fold(0.0, f64::max);
-        let floor = self.config.replica_cpu_floor;
-        move |app: &AppRecord| {
-            crate::usage::planned_cpu(app.tier, busiest.get(&app.name).copied(), floor, ceiling)
+        *self.cpu_ceiling.lock().expect("ceiling lock") = Some((Instant::now(), ceiling));
+        ceiling
+    }
+
+    /// The most any usable device offers, as computed within the last second (each reconcile
+    /// computes it): pricing one app's replicas reads no device records.
+    pub(crate) fn cpu_ceiling(&self) -> Result<f64, StoreError> {
+        if let Some((at, ceiling)) = *self.cpu_ceiling.lock().expect("ceiling lock")
+            && at.elapsed() < CEILING_FRESH
+        {
+            return Ok(ceiling);
         }
+        Ok(self.cpu_ceiling_of(&self.admitted_devices()?, &self.live_heartbeats()))
+    }
+
+    /// The cores one replica of `app` is planned with, as [`Control::planned_cpu`] says, from
+    /// the devices running it only.
+    pub(crate) fn planned_cpu_of(
+        &self,
+        app: &AppRecord,
+        running: &[String],
+    ) -> Result<f64, StoreError> {
+        let busiest = self
+            .usage
+            .busiest_of(&app.name, running.iter().map(String::as_str));
+        Ok(crate::usage::planned_cpu(
+            app.tier,
+            busiest,
+            self.config.replica_cpu_floor,
+            self.cpu_ceiling()?,
+        ))
     }
 
     /// Every device's last heartbeat, and whether it is alive.

@@ -118,6 +118,35 @@ impl Usage {
         self.largest(counts, |sample| sample.cores)
     }
 
+    /// `app`'s busiest replica's smoothed cores over `devices` only: what
+    /// [`Usage::busiest`] says of it when they are the devices it counts that run it, without
+    /// a walk over every device.
+    pub fn busiest_of<'a>(
+        &self,
+        app: &str,
+        devices: impl IntoIterator<Item = &'a str>,
+    ) -> Option<f64> {
+        let usage = self.devices.lock().expect("usage lock");
+        devices
+            .into_iter()
+            .filter_map(|d| usage.get(d)?.get(app)?.cores)
+            .reduce(f64::max)
+    }
+
+    /// `app`'s largest measured memory footprint over `devices` (those reporting it, see
+    /// [`Usage::footprint`]), MiB.
+    pub fn footprint_of<'a>(
+        &self,
+        app: &str,
+        devices: impl IntoIterator<Item = &'a str>,
+    ) -> Option<f64> {
+        let usage = self.devices.lock().expect("usage lock");
+        devices
+            .into_iter()
+            .filter_map(|d| usage.get(d)?.get(app)?.memory_mb)
+            .reduce(f64::max)
+    }
+
     /// `app`'s largest measured memory footprint over every device reporting it, MiB.
     pub fn footprint(&self, app: &str) -> Option<f64> {
         let devices = self.devices.lock().expect("usage lock");

@@ -1,13 +1,13 @@
 //! Views: what `fog ps`, `fog devices`, routers (routes) and Betanet visitors (names) read.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use fog_proto::api::{self, AppInfo, DeviceInfo, Replica, Route, RouteMode, Tier};
 
 use crate::api::{Answer, json};
 use crate::error::ApiError;
 use crate::store::{AppRecord, AppTerms, DeviceRecord, PlacementRecord, StoreError, Table, decode};
-use crate::{Control, names, now_ms};
+use crate::{Control, Live, names, now_ms};
 
 impl Control {
     /// `GET /v1/names/{name}`: the signed descriptor of the app a Betanet name (the hex id of
@@ -65,16 +65,59 @@ impl Control {
         running
     }
 
-    pub(crate) fn app_info(&self, app: &AppRecord) -> Result<AppInfo, StoreError> {
-        let placement = match self.store.get(Table::Placements, &app.name)? {
-            Some(bytes) => Some(decode::<PlacementRecord>(
-                Table::Placements,
-                &app.name,
-                &bytes,
-            )?),
-            None => None,
+    /// Put `entry` in the live table as device `id`'s, keeping the index of what runs where
+    /// in step.
+    pub(crate) fn put_live(&self, live: &mut HashMap<String, Live>, id: String, entry: Live) {
+        let apps = |l: &Live| -> BTreeSet<String> {
+            l.heartbeat.running.iter().map(|r| r.app.clone()).collect()
         };
-        let running = self.running_on().remove(&app.name).unwrap_or_default();
+        let after = apps(&entry);
+        let before = live.get(&id).map(apps).unwrap_or_default();
+        if before != after {
+            let mut running = self.running.lock().expect("running lock");
+            for gone in before.difference(&after) {
+                if let Some(devices) = running.get_mut(gone) {
+                    devices.remove(&id);
+                    if devices.is_empty() {
+                        running.remove(gone);
+                    }
+                }
+            }
+            for added in after.difference(&before) {
+                running.entry(added.clone()).or_default().insert(id.clone());
+            }
+        }
+        live.insert(id, entry);
+    }
+
+    /// The live devices that report running `app`, in id order: what [`Control::running_on`]
+    /// says of it, from the devices that run it only.
+    pub(crate) fn running_of(&self, app: &str) -> Vec<String> {
+        let reporting: Vec<String> = self
+            .running
+            .lock()
+            .expect("running lock")
+            .get(app)
+            .map(|devices| devices.iter().cloned().collect())
+            .unwrap_or_default();
+        let live = self.live.lock().expect("live lock");
+        reporting
+            .into_iter()
+            .filter(|d| live.get(d).is_some_and(|l| self.is_alive(l)))
+            .collect()
+    }
+
+    /// The placement of `app`, from the plan index.
+    pub(crate) fn placement_of(&self, app: &str) -> Result<Option<PlacementRecord>, StoreError> {
+        Ok(self.plan_index()?.placements.get(app).cloned())
+    }
+
+    /// What `fog ps` shows of `app`: read from its own records, the plan index and the
+    /// devices that run it, never from a walk over every app or device (it answers every
+    /// publish).
+    pub(crate) fn app_info(&self, app: &AppRecord) -> Result<AppInfo, StoreError> {
+        let placement = self.placement_of(&app.name)?;
+        let running = self.running_of(&app.name);
         let events = self.events_of(&app.name)?;
         let terms: Option<AppTerms> = match self.store.get(Table::Terms, &app.name)? {
             Some(bytes) => Some(decode(Table::Terms, &app.name, &bytes)?),
@@ -85,15 +128,26 @@ impl Control {
             .as_ref()
             .map(|p| p.devices.clone())
             .unwrap_or_default();
-        // What it pays: each assigned device charges the planned demand at its own asked
-        // price, as its signed ledger periods will.
-        let devices = self.admitted_devices()?;
-        let cpu_planned = self.planned_cpu(&devices, &self.live_heartbeats())(app);
-        let price_per_hour = assigned
-            .iter()
-            .filter_map(|id| devices.iter().find(|d| &d.id == id))
-            .map(|d| api::LedgerPeriod::credits_per_hour(cpu_planned, d.price_cpu_hour))
-            .sum();
+        // What it pays: each assigned (admitted) device charges the planned demand at its own
+        // asked price, as its signed ledger periods will.
+        let cpu_planned = self.planned_cpu_of(app, &running)?;
+        let mut price_per_hour = 0.0;
+        for id in &assigned {
+            let Some(bytes) = self.store.get(Table::Devices, id)? else {
+                continue;
+            };
+            let device: DeviceRecord = decode(Table::Devices, id, &bytes)?;
+            if self.is_admitted(&device.public_key)? {
+                price_per_hour +=
+                    api::LedgerPeriod::credits_per_hour(cpu_planned, device.price_cpu_hour);
+            }
+        }
+        let footprint_mb = {
+            let running = self.running.lock().expect("running lock");
+            let reporting = running.get(&app.name).into_iter().flatten();
+            self.usage
+                .footprint_of(&app.name, reporting.map(String::as_str))
+        };
         Ok(AppInfo {
             name: app.name.clone(),
             owner: app.owner.clone(),
@@ -122,7 +176,7 @@ impl Control {
             durable: settings.durable,
             cpu_planned,
             price_per_hour,
-            footprint_mb: self.usage.footprint(&app.name),
+            footprint_mb,
             // From the store: any control plane, leading or not, answers the same.
             moving: self
                 .stored_handover(&app.name)?
@@ -131,11 +185,12 @@ impl Control {
     }
 
     pub(crate) fn app_infos(&self) -> Result<Vec<AppInfo>, StoreError> {
-        self.apps()?.iter().map(|a| self.app_info(a)).collect()
+        let apps: Vec<AppRecord> = self.plan_index()?.apps.values().cloned().collect();
+        apps.iter().map(|a| self.app_info(a)).collect()
     }
 
     pub(crate) fn device_infos(&self) -> Result<Vec<DeviceInfo>, StoreError> {
-        let placements = self.placements()?;
+        let by_device = self.plan_index()?.by_device.clone();
         let admitted = self.admitted_keys()?;
         let live = self.live.lock().expect("live lock");
         self.devices()?
@@ -159,11 +214,10 @@ impl Control {
                     harvest: l.and_then(|l| l.heartbeat.harvest.clone()),
                     cpu_free: l.map_or(0.0, |l| l.heartbeat.cpu_free),
                     heartbeat_age_ms: l.map_or(u64::MAX, |l| l.at.elapsed().as_millis() as u64),
-                    assigned: placements
-                        .iter()
-                        .filter(|(_, p)| p.devices.contains(&d.id))
-                        .map(|(a, _)| a.clone())
-                        .collect(),
+                    assigned: by_device
+                        .get(&d.id)
+                        .map(|apps| apps.iter().cloned().collect())
+                        .unwrap_or_default(),
                     // The canary runs everywhere; its checks show in the trust reasons.
                     running: l
                         .map(|l| {
@@ -197,7 +251,12 @@ impl Control {
     /// Live replicas of every app: assigned, on a device with a fresh heartbeat that reports
     /// running the app.
     pub fn routes(&self) -> Result<Vec<Route>, StoreError> {
-        let placements = self.placements()?;
+        // From the plan index, not the tables: a router long-polls this.
+        let (apps, placements) = {
+            let index = self.plan_index()?;
+            let apps: Vec<AppRecord> = index.apps.values().cloned().collect();
+            (apps, index.placements.clone())
+        };
         // Only admitted devices: a replica is never routed to a pending one.
         let devices: HashMap<String, DeviceRecord> = self
             .admitted_devices()?
@@ -212,8 +271,7 @@ impl Control {
             .iter()
             .filter_map(|(id, l)| l.heartbeat.htx.clone().map(|h| (id.clone(), h)))
             .collect();
-        self.apps()?
-            .into_iter()
+        apps.into_iter()
             .map(|app| {
                 let betanet = Some(self.public_names(&app)?.betanet_id.clone());
                 let assigned = placements
