@@ -320,6 +320,11 @@ impl Control {
         // pushed): whichever router a visitor reaches holds a connection to each replica, and
         // any two devices share a rendezvous.
         let mut seen = self.version.subscribe();
+        // What the assignments below are computed from: the bumps seen, how many of them
+        // touched the index only, and this device's epoch in it.
+        let mut bumps_seen = *seen.borrow_and_update();
+        let mut index_bumps_seen = self.index_bumps.load(Ordering::SeqCst);
+        let mut epoch = self.plan_index()?.epoch(id);
         // The canary is for admitted devices only: a pending one gets no work at all.
         let admitted = self.is_admitted_cached(&signer)?;
         let assignments_for = |id: &str| -> Result<Vec<Assignment>, StoreError> {
@@ -347,6 +352,20 @@ impl Control {
                 .await
                 .is_ok_and(|r| r.is_ok())
             {
+                // Only this device's digest is computed again, and only if what it is made
+                // of may have changed: a bump other than the index's, or its epoch moved.
+                // (Two bumps at once may be miscounted as index-only; the second's own wake,
+                // which follows at once, computes it.)
+                let bumps = *seen.borrow_and_update();
+                let index_bumps = self.index_bumps.load(Ordering::SeqCst);
+                let only_index =
+                    bumps.wrapping_sub(bumps_seen) <= index_bumps.wrapping_sub(index_bumps_seen);
+                let now = self.plan_index()?.epoch(id);
+                (bumps_seen, index_bumps_seen) = (bumps, index_bumps);
+                if only_index && now == epoch {
+                    continue;
+                }
+                epoch = now;
                 assignments = assignments_for(id)?;
                 attach = self.registrations.attach_points();
                 digest = self::digest(&assignments, &attach);
@@ -420,6 +439,16 @@ impl Control {
     /// Wake every long-poll: placements or what devices run have changed.
     pub(crate) fn bump(&self) {
         self.version.send_modify(|v| *v += 1);
+    }
+
+    /// Wake every long-poll for a change to records in the plan index only (placements
+    /// written, nothing else that assignments are made of): a held heartbeat whose device's
+    /// epoch in the index ([`crate::registry::PlanIndex::epoch`]) did not move keeps its
+    /// digest without computing its assignments again.
+    pub(crate) fn bump_index(&self) {
+        // Counted first: a long-poll that sees the bump sees the count.
+        self.index_bumps.fetch_add(1, Ordering::SeqCst);
+        self.bump();
     }
 
     /// Alive unless silent for `missed_heartbeats` of the interval it was last told, counted

@@ -218,6 +218,9 @@ pub struct Control {
     changed: Notify,
     /// Bumped whenever placements or what devices run change: wakes long-polls.
     version: watch::Sender<u64>,
+    /// How many of `version`'s bumps said only that records in the plan index changed (see
+    /// [`Control::bump_index`]), counted before each is made.
+    index_bumps: std::sync::atomic::AtomicU64,
     /// When this control plane started: placements are not recomputed until devices have had
     /// time to heartbeat, so a restart never takes replicas away from live devices.
     started: Instant,
@@ -313,6 +316,7 @@ impl Control {
             writes: Mutex::new(()),
             changed: Notify::new(),
             version: watch::channel(0).0,
+            index_bumps: std::sync::atomic::AtomicU64::new(0),
             started: Instant::now(),
             master: Mutex::new(None),
             public_names: Mutex::new(HashMap::new()),

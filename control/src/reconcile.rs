@@ -453,8 +453,12 @@ impl Control {
         let phase_changed = self
             .phase_changed
             .swap(false, std::sync::atomic::Ordering::AcqRel);
-        if changed || phase_changed {
+        if phase_changed {
             self.bump();
+        } else if changed {
+            // Placements only: a held heartbeat computes its assignments again only if its
+            // device's records moved.
+            self.bump_index();
         }
         Ok(())
     }
@@ -590,6 +594,8 @@ impl Control {
                 .lock()
                 .expect("restores lock")
                 .remove(&app.name);
+            self.phase_changed
+                .store(true, std::sync::atomic::Ordering::Release);
         }
         let (devices, promotion) =
             replicas::order(old, planned, |d| report(d).map(|r| r.state_seq));
@@ -603,6 +609,9 @@ impl Control {
                 .lock()
                 .expect("restores lock")
                 .insert(app.name.clone(), devices[0].clone());
+            // The new primary's assignment says it restores, beyond its placement.
+            self.phase_changed
+                .store(true, std::sync::atomic::Ordering::Release);
             self.record_event(
                 &app.name,
                 format!(

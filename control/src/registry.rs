@@ -61,7 +61,19 @@ impl Control {
         crate::apps::owned(name, Some(self.app(name)?), signer)
     }
 
+    /// Every app, in name order, from the plan index (kept up to date from the store's feed
+    /// of changes, not read from the table).
     pub(crate) fn apps(&self) -> Result<Vec<AppRecord>, StoreError> {
+        Ok(self.plan_index()?.apps.values().cloned().collect())
+    }
+
+    /// Every app's placement, from the plan index.
+    pub(crate) fn placements(&self) -> Result<BTreeMap<String, PlacementRecord>, StoreError> {
+        Ok(self.plan_index()?.placements.clone())
+    }
+
+    /// Every app, read from the table.
+    fn read_apps(&self) -> Result<Vec<AppRecord>, StoreError> {
         self.store
             .list(Table::Apps)?
             .iter()
@@ -77,7 +89,8 @@ impl Control {
             .collect()
     }
 
-    pub(crate) fn placements(&self) -> Result<BTreeMap<String, PlacementRecord>, StoreError> {
+    /// Every placement, read from the table.
+    fn read_placements(&self) -> Result<BTreeMap<String, PlacementRecord>, StoreError> {
         self.store
             .list(Table::Placements)?
             .iter()
@@ -233,11 +246,11 @@ impl Control {
     /// The plan index built whole from the four tables.
     pub(crate) fn read_plan_index(&self) -> Result<PlanIndex, StoreError> {
         let apps: BTreeMap<String, AppRecord> = self
-            .apps()?
+            .read_apps()?
             .into_iter()
             .map(|a| (a.name.clone(), a))
             .collect();
-        let placements = self.placements()?;
+        let placements = self.read_placements()?;
         let sites = self
             .store
             .list(Table::Sites)?
