@@ -74,7 +74,7 @@ fn record(table: Table, app: &str, seed: u8) -> Vec<u8> {
         }),
         Table::Sites => format!("{seed:064x}").into_bytes(),
         Table::Settings => encode(&AppSettings {
-            durable: seed % 2 == 0,
+            durable: seed.is_multiple_of(2),
             vars: [("seed".to_string(), seed.to_string())].into(),
             ..AppSettings::default()
         }),
