@@ -290,12 +290,17 @@ pub fn plan(
         if dropped[s] {
             continue;
         }
-        let ids: Vec<String> = (0..slot.replicas)
+        let mut ids: Vec<String> = (0..slot.replicas)
             .map(|k| {
                 let g = slot.first_gene + k;
                 devices[problem.device_of(g, chosen[g]) as usize].id.clone()
             })
             .collect();
+        // The replica visitors will reach first (see `primary_of`), as the latency was scored.
+        if let Some(primary) = problem.primary_of(slot, &chosen) {
+            let first = ids.remove(primary);
+            ids.insert(0, first);
+        }
         let wanted = slot.current.len().min(slot.replicas);
         let kept = slot
             .current

@@ -454,3 +454,26 @@ fn a_slow_device_gets_no_tier_s_replica_beside_apps_already_placed_on_the_fast_o
         assert!(!ids.contains(&"d0".to_string()), "seed {seed}: {ids:?}");
     }
 }
+
+#[test]
+fn an_active_passive_app_gets_its_primary_on_the_nearest_of_its_devices() {
+    // Visitors reach only the primary of a tier-A app: with one near device among far ones,
+    // every app placed on it has it first, whatever order the genes hold them in.
+    for seed in 1..=3 {
+        let mut devices = uniform_fleet(4, 0.10, 80.0);
+        devices[3].latency_ms = 5.0;
+        let apps: Vec<AppDemand> = (0..8)
+            .map(|i| AppDemand::new(format!("a{i}"), 0.1, 64.0, Tier::A))
+            .collect();
+        let outcome = placement::plan(&devices, &apps, &Assignment::new(), &config(seed));
+        let on_near: Vec<&Vec<String>> = outcome
+            .assignment
+            .values()
+            .filter(|ids| ids.contains(&"d3".to_string()))
+            .collect();
+        assert!(!on_near.is_empty(), "seed {seed}: {:?}", outcome.assignment);
+        for ids in on_near {
+            assert_eq!(ids[0], "d3", "seed {seed}: {ids:?}");
+        }
+    }
+}
