@@ -378,9 +378,18 @@ impl Control {
             })
             .collect();
         let alive = |d: &str| live.get(d).is_some_and(|(alive, _)| *alive);
+        // The moves asked for, in one read: not a read per app (on etcd a round trip each,
+        // thousands a tick, which outlasted the leader's lease at 4,000 apps).
+        let moves: HashSet<String> = self
+            .store
+            .list(Table::Moves)?
+            .into_iter()
+            .map(|(app, _)| app)
+            .collect();
         for app in &apps {
-            // Only apps still registered (one may have been removed while we planned).
-            if self.store.get(Table::Apps, &app.name)?.is_none() {
+            // Only apps still registered (one may have been removed while we planned): the
+            // plan index follows removals by any control plane.
+            if !self.plan_index()?.apps.contains_key(&app.name) {
                 continue;
             }
             let mut old = placements
@@ -431,7 +440,7 @@ impl Control {
             }
             // A parked app (autoscaled to zero, or a spot app giving way) may go without devices.
             let parking = parked.contains_key(&app.name) || spot;
-            let devices = self.lead(app, &old, planned, &reports, &alive, parking)?;
+            let devices = self.lead(app, &old, planned, &reports, &alive, parking, &moves)?;
             if !devices.is_empty() && parked.contains_key(&app.name) {
                 self.store.delete(Table::Parked, &app.name)?;
             }
@@ -466,7 +475,8 @@ impl Control {
     /// Decide an app's placement from the planner's: keep or promote the primary, or run a
     /// handover while the old primary is alive (see [`replicas`]). Every handover and restore
     /// it starts, advances or ends is written to the store before it takes effect (see
-    /// [`crate::soft`]).
+    /// [`crate::soft`]). `moves`: the apps a move was asked for, as listed this tick.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn lead(
         &self,
         app: &AppRecord,
@@ -475,6 +485,7 @@ impl Control {
         reports: &HashMap<(String, String), api::RunningApp>,
         alive: &dyn Fn(&str) -> bool,
         parking: bool,
+        moves: &HashSet<String>,
     ) -> Result<Vec<String>, StoreError> {
         let report = |d: &str| reports.get(&(d.to_string(), app.name.clone()));
         let mut handovers = self.handovers.lock().expect("handovers lock");
@@ -516,7 +527,12 @@ impl Control {
         }
         let primary = old.first().filter(|p| alive(p.as_str()));
         // A requested move, or the planner dropping a live primary: hand over.
-        let requested = match self.store.get(Table::Moves, &app.name) {
+        let requested = match moves
+            .contains(&app.name)
+            .then(|| self.store.get(Table::Moves, &app.name))
+            .transpose()
+            .map(Option::flatten)
+        {
             Ok(Some(to)) => {
                 // Taken once (fenced: a deposed leader takes nothing).
                 match self.store.delete(Table::Moves, &app.name) {
