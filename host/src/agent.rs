@@ -300,11 +300,55 @@ impl Pace {
             .saturating_sub(self.interval)
             .max(LEAST_WAIT)
     }
+
+    /// How the attempts of a heartbeat sent with `left` of the lease to run (zero: lapsed, or
+    /// not yet confirmed) go: whether the first may be held, and each attempt's time.
+    ///
+    /// The first is held when the lease leaves room for a hold and a prompt attempt after it
+    /// (always, at the normal pace); a heartbeat sent again soon after the last (a finished load
+    /// interrupts a held one to report the app at once) finds less left, and asks the current
+    /// control plane to answer at once too, else a hung one would be waited out once more. With
+    /// the lease already lapsed there is nothing left to keep: every attempt is given the window,
+    /// so a slow control plane, the only one perhaps, is not given up on again and again.
+    fn attempts(&self, left: Duration) -> Attempts {
+        if left.is_zero() {
+            return Attempts {
+                held: false,
+                first: self.window,
+                rest: self.window,
+            };
+        }
+        let first = left.saturating_sub(self.prompt()).min(self.held());
+        if first >= self.interval + LEAST_WAIT {
+            Attempts {
+                held: true,
+                first,
+                rest: self.prompt(),
+            }
+        } else {
+            Attempts {
+                held: false,
+                first: self.prompt(),
+                rest: self.prompt(),
+            }
+        }
+    }
+}
+
+/// The attempts of one heartbeat: see [`Pace::attempts`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Attempts {
+    /// Whether the first attempt names the assignments already known (so it may be held).
+    held: bool,
+    /// The first attempt's time.
+    first: Duration,
+    /// Every other attempt's time.
+    rest: Duration,
 }
 
 /// Send `heartbeat` to the current control plane, then (if it fails or does not answer in
-/// time) to each other one and to the current one again, each of those asked to answer at once:
-/// see [`Pace`].
+/// time) to each other one and to the current one again, each of those asked to answer at once;
+/// `left` is what remains of the lease (see [`Pace`]).
 async fn send_heartbeat(
     client: &reqwest::Client,
     identity: &Identity,
@@ -312,7 +356,9 @@ async fn send_heartbeat(
     path: &str,
     heartbeat: &Heartbeat,
     pace: Pace,
+    left: Duration,
 ) -> Result<HeartbeatReply, AgentError> {
+    let attempts = pace.attempts(left);
     let held =
         bytes::Bytes::from(serde_json::to_vec(heartbeat).expect("API types always serialise"));
     let prompt = bytes::Bytes::from(
@@ -325,10 +371,10 @@ async fn send_heartbeat(
     let tries = control.all().len() + 1;
     let bytes = control
         .try_in_turn(tries, |step, base| {
-            let (body, timeout) = if step == 0 {
-                (held.clone(), pace.held())
-            } else {
-                (prompt.clone(), pace.prompt())
+            let (body, timeout) = match step {
+                0 if attempts.held => (held.clone(), attempts.first),
+                0 => (prompt.clone(), attempts.first),
+                _ => (prompt.clone(), attempts.rest),
             };
             // Signed for each attempt: a nonce is accepted once.
             let auth = identity.sign("POST", path, auth::now_s(), &auth::sha256_hex(&body), "");
@@ -480,6 +526,8 @@ pub async fn run(
     let mut known: Option<String> = None;
     let mut backoff = config.heartbeat;
     let mut pace = Pace::default_for(config.heartbeat);
+    // Until when the last answered heartbeat confirmed the lease.
+    let mut lease_end: Option<tokio::time::Instant> = None;
     // From now on primaries take writes only while a control plane vouches for them.
     let lease = runtime.lease().clone();
     lease.govern();
@@ -523,9 +571,18 @@ pub async fn run(
             heartbeat.known = known.clone();
             let path = format!("/v1/devices/{id}/heartbeat");
             let logged = heartbeat.logs.last().map(|l| l.seq);
-            let reply =
-                send_heartbeat(&client, &identity, &config.control, &path, &heartbeat, pace)
-                    .await?;
+            let left =
+                lease_end.map_or(Duration::ZERO, |end| end.saturating_duration_since(started));
+            let reply = send_heartbeat(
+                &client,
+                &identity,
+                &config.control,
+                &path,
+                &heartbeat,
+                pace,
+                left,
+            )
+            .await?;
             if let Some(seq) = logged {
                 shared.apps.request_log().acknowledge(seq);
             }
@@ -555,6 +612,7 @@ pub async fn run(
                 // Only now (a demoted primary was just told): the control plane counts this
                 // device alive until that long after it heard this heartbeat, which was no
                 // earlier than `started`.
+                lease_end = Some(started + pace.window);
                 lease.confirm((started + pace.window).into_std());
                 // Never more than ten heartbeats a second, whatever the control plane does.
                 Duration::from_millis(100).saturating_sub(started.elapsed())
@@ -983,6 +1041,21 @@ mod tests {
         assert_eq!(pace.prompt(), Duration::from_millis(500));
         // Sent one held interval after the previous one, the lease has window - interval left:
         // the held attempt and one prompt one fit in it, for every interval a fleet announces.
+        // At the normal pace the first attempt is held; sent again soon after (a finished load
+        // interrupted it) it is not, and with the lease lapsed every attempt gets the window.
+        let normal = pace.attempts(pace.window - pace.interval);
+        assert_eq!(
+            normal,
+            Attempts {
+                held: true,
+                first: pace.held(),
+                rest: pace.prompt()
+            }
+        );
+        let again = pace.attempts(Duration::from_millis(1700));
+        assert!(!again.held && again.first + again.rest <= Duration::from_millis(1700));
+        let lapsed = pace.attempts(Duration::ZERO);
+        assert!(!lapsed.held && lapsed.first == pace.window && lapsed.rest == pace.window);
         for secs in [1, 2, 5, 10] {
             let pace = Pace::default_for(Duration::from_secs(secs));
             assert!(

@@ -4,6 +4,8 @@
 
 use std::time::Instant;
 
+use fog_test_programs as programs;
+
 use crate::fence::Proxy;
 use crate::fog::spawn;
 use crate::ha::wait_acked;
@@ -50,6 +52,10 @@ async fn a_hung_first_control_plane_does_not_stop_a_primarys_writes() {
     }
     let hung = Instant::now();
     let before = load.acked();
+    // A new app to load meanwhile: a finished load interrupts the held heartbeat to report it at
+    // once, and the heartbeat sent again must not wait the hung control plane out once more.
+    let (code, _, err) = fog.fog(&["publish", programs::HELLO, "--name", "hello", "--wait", "0"]);
+    assert_eq!(code, 0, "{err}");
     // 5 s at 100/s: the lease (3 heartbeat intervals) would lapse within the first 3 s were
     // the hung control plane waited out (the HTTP client's 30 s).
     wait_acked(
