@@ -7,7 +7,7 @@
 //! `/proc/self/smaps_rollup` (anonymous, file-backed and shared-memory parts) and the live heap
 //! from a counting global allocator. Prints Markdown tables for `benches/RESULTS.md`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
@@ -18,16 +18,19 @@ use fog_host::{Manifest, Runtime, RuntimeConfig};
 use fog_test_programs as programs;
 use http_body_util::Full;
 
-/// The system allocator, counting the bytes live on the heap.
+/// The `fog` binary's allocator (mimalloc), counting the bytes live on the heap, so that the
+/// memory measured here is what a host process holds.
 struct Counting;
+
+const INNER: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 static HEAP: AtomicIsize = AtomicIsize::new(0);
 
-// SAFETY: every call is forwarded to `System` unchanged; only a counter is updated beside it.
+// SAFETY: every call is forwarded to mimalloc unchanged; only a counter is updated beside it.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: same contract as the caller's.
-        let p = unsafe { System.alloc(layout) };
+        let p = unsafe { INNER.alloc(layout) };
         if !p.is_null() {
             HEAP.fetch_add(layout.size() as isize, Ordering::Relaxed);
         }
@@ -35,7 +38,7 @@ unsafe impl GlobalAlloc for Counting {
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: same contract as the caller's.
-        let p = unsafe { System.alloc_zeroed(layout) };
+        let p = unsafe { INNER.alloc_zeroed(layout) };
         if !p.is_null() {
             HEAP.fetch_add(layout.size() as isize, Ordering::Relaxed);
         }
@@ -43,12 +46,12 @@ unsafe impl GlobalAlloc for Counting {
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) };
+        unsafe { INNER.dealloc(ptr, layout) };
         HEAP.fetch_sub(layout.size() as isize, Ordering::Relaxed);
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: same contract as the caller's.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        let p = unsafe { INNER.realloc(ptr, layout, new_size) };
         if !p.is_null() {
             HEAP.fetch_add(
                 new_size as isize - layout.size() as isize,

@@ -100,7 +100,38 @@ struct ReplicaState {
     addr: Option<String>,
     htx: Option<HtxEndpoint>,
     in_flight: AtomicU32,
+    /// How long this replica took to answer lately (to the response's head, smoothed over
+    /// about four answers), in microseconds; 0 until its first answer. Among equally loaded
+    /// replicas of an active-active app the fastest lately is tried first, so a visitor near
+    /// one device is not sent across the world to another that is just as idle.
+    latency_us: AtomicU32,
     suspect_until: Mutex<Option<Instant>>,
+}
+
+impl ReplicaState {
+    fn new(device: String, addr: Option<String>, htx: Option<HtxEndpoint>) -> ReplicaState {
+        ReplicaState {
+            device,
+            addr,
+            htx,
+            in_flight: AtomicU32::new(0),
+            latency_us: AtomicU32::new(0),
+            suspect_until: Mutex::new(None),
+        }
+    }
+
+    /// Fold one answer's time into `latency_us` (the first answer sets it).
+    fn answered_in(&self, took: Duration) {
+        let sample = u32::try_from(took.as_micros()).unwrap_or(u32::MAX).max(1);
+        let _ = self
+            .latency_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(match old {
+                    0 => sample,
+                    old => old - old / 4 + sample / 4,
+                })
+            });
+    }
 }
 
 /// How one app's requests are spread, over which replicas, and its Betanet id.
@@ -283,15 +314,7 @@ impl Gateway {
                     old.iter()
                         .find(|o| o.device == r.device && o.addr == r.addr && o.htx == r.htx)
                         .cloned()
-                        .unwrap_or_else(|| {
-                            Arc::new(ReplicaState {
-                                device: r.device,
-                                addr: r.addr,
-                                htx: r.htx,
-                                in_flight: AtomicU32::new(0),
-                                suspect_until: Mutex::new(None),
-                            })
-                        })
+                        .unwrap_or_else(|| Arc::new(ReplicaState::new(r.device, r.addr, r.htx)))
                 })
                 .collect();
             next.insert(route.app, (route.mode, replicas, route.betanet));
@@ -626,7 +649,9 @@ impl Gateway {
     }
 
     /// Replicas of `app` to try, suspects last: in route order (primary first) for
-    /// active-passive apps, least-loaded first for active-active ones.
+    /// active-passive apps; for active-active ones least-loaded first and, among equally loaded
+    /// ones, the fastest to answer lately (one never measured before the others, so each gets
+    /// measured; a fast one that slows down falls behind and the others are measured again).
     fn candidates(&self, app: &str) -> Option<Vec<Arc<ReplicaState>>> {
         let routes = self.routes.read().expect("routes lock");
         let (mode, replicas, _) = routes.get(app)?;
@@ -640,9 +665,13 @@ impl Gateway {
         };
         match mode {
             RouteMode::ActivePassive => replicas.sort_by_key(|r| suspect(r)),
-            RouteMode::ActiveActive => {
-                replicas.sort_by_key(|r| (suspect(r), r.in_flight.load(Ordering::Relaxed)))
-            }
+            RouteMode::ActiveActive => replicas.sort_by_key(|r| {
+                (
+                    suspect(r),
+                    r.in_flight.load(Ordering::Relaxed),
+                    r.latency_us.load(Ordering::Relaxed),
+                )
+            }),
         }
         Some(replicas)
     }
@@ -896,13 +925,11 @@ impl Gateway {
         {
             self.dialer.learn([(addr.clone(), key)]);
         }
-        let replica = Arc::new(ReplicaState {
-            device: challenge.device.clone(),
-            addr: challenge.addr.clone(),
-            htx: challenge.htx.clone(),
-            in_flight: AtomicU32::new(0),
-            suspect_until: Mutex::new(None),
-        });
+        let replica = Arc::new(ReplicaState::new(
+            challenge.device.clone(),
+            challenge.addr.clone(),
+            challenge.htx.clone(),
+        ));
         let (parts, ()) = http::Request::get(challenge.path.as_str())
             .body(())
             .map_err(|e| format!("bad spot-check path: {e}"))?
@@ -1004,6 +1031,7 @@ impl Gateway {
         };
         fog_net::trace::inject(&tracing::Span::current(), forward.headers_mut());
         replica.in_flight.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let sent = async {
             match htx {
                 true => self.htx_client.request(forward).await,
@@ -1041,6 +1069,7 @@ impl Gateway {
                         replica.device
                     )),
                     _ => {
+                        replica.answered_in(started.elapsed());
                         let (parts, body) = response.into_parts();
                         Forwarded::Answer(http::Response::from_parts(parts, body.boxed()))
                     }
@@ -1271,6 +1300,73 @@ mod tests {
         let status = response.status();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+
+    /// A replica on loopback that answers each request after `delay`, counting what it served.
+    async fn replica_answering_after(
+        delay: Duration,
+    ) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = served.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let counted = counted.clone();
+                let service = hyper::service::service_fn(move |_: http::Request<_>| {
+                    let counted = counted.clone();
+                    async move {
+                        // The replica's own distance from the visitor, not a wait of the test.
+                        tokio::time::sleep(delay).await;
+                        counted.fetch_add(1, Ordering::Relaxed);
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from_static(b"hello"),
+                        )))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        (addr, served)
+    }
+
+    #[tokio::test]
+    async fn equally_idle_replicas_of_an_active_active_app_are_chosen_by_measured_latency() {
+        // The far replica comes first in the route: without measurements it would take every
+        // request sent one at a time.
+        let (far, far_served) = replica_answering_after(Duration::from_millis(200)).await;
+        let (near, near_served) = replica_answering_after(Duration::ZERO).await;
+        let gateway = Gateway::new(GatewayConfig {
+            htx_data_plane: false,
+            ..GatewayConfig::new("http://127.0.0.1:9".parse().unwrap())
+        });
+        let replica = |device: &str, addr: std::net::SocketAddr| fog_proto::api::Replica {
+            device: device.into(),
+            addr: Some(addr.to_string()),
+            htx: None,
+        };
+        gateway.set_routes(vec![Route {
+            app: "hello".into(),
+            mode: RouteMode::ActiveActive,
+            replicas: vec![replica("far", far), replica("near", near)],
+            betanet: None,
+        }]);
+        for _ in 0..10 {
+            let response = gateway.handle(request("hello.localhost", "/")).await;
+            assert_eq!(response.status(), 200);
+        }
+        // One request each to measure both, then the near one.
+        assert_eq!(
+            (
+                far_served.load(Ordering::Relaxed),
+                near_served.load(Ordering::Relaxed)
+            ),
+            (1, 9)
+        );
     }
 
     #[tokio::test]

@@ -1,10 +1,10 @@
 //! Fog's router: the visitor edge.
 //!
 //! [`Gateway`] is the plain-HTTP front: it maps a request to an app (by a `<app>.localhost` host
-//! name or an `/apps/<app>/` path prefix), picks the least-loaded live replica from the routes the
-//! control plane publishes, forwards the request to that device's host with `x-fog-app`, and
-//! retries on another replica when a device fails before answering. It never sees app state, and
-//! it never tells hosts who the visitor is.
+//! name or an `/apps/<app>/` path prefix), picks the least-loaded live replica (ties: the one
+//! that answered fastest lately) from the routes the control plane publishes, forwards the
+//! request to that device's host with `x-fog-app`, and retries on another replica when a device
+//! fails before answering. It never sees app state, and it never tells hosts who the visitor is.
 //!
 //! Hosts are reached over HTX ([`dial`]), optionally through mix relays. [`front`] is the second
 //! way in for visitors: HTX connections addressed to an app's self-certifying Betanet name and

@@ -290,12 +290,17 @@ pub fn plan(
         if dropped[s] {
             continue;
         }
-        let ids: Vec<String> = (0..slot.replicas)
+        let mut ids: Vec<String> = (0..slot.replicas)
             .map(|k| {
                 let g = slot.first_gene + k;
                 devices[problem.device_of(g, chosen[g]) as usize].id.clone()
             })
             .collect();
+        // The replica visitors will reach first (see `primary_of`), as the latency was scored.
+        if let Some(primary) = problem.primary_of(slot, &chosen) {
+            let first = ids.remove(primary);
+            ids.insert(0, first);
+        }
         let wanted = slot.current.len().min(slot.replicas);
         let kept = slot
             .current
@@ -332,7 +337,7 @@ fn search(
     // The current placement as genes, where every replica of every app is still on an eligible
     // device; otherwise the greedy genes fill the gaps.
     let mut current_genes = greedy_genes.to_vec();
-    let mut current_complete = true;
+    let mut missing = vec![false; current_genes.len()];
     for slot in &problem.slots {
         for k in 0..slot.replicas {
             let g = slot.first_gene + k;
@@ -342,10 +347,11 @@ fn search(
                 .and_then(|d| slot.candidates.binary_search(d).ok())
             {
                 Some(v) => current_genes[g] = v as u32,
-                None => current_complete = false,
+                None => missing[g] = true,
             }
         }
     }
+    let current_complete = !missing.contains(&true);
 
     let nsga = Config {
         population: config.population,
@@ -371,10 +377,18 @@ fn search(
         compose(problem, &population, &front, floor)
     };
 
-    // Keep the current placement unless the choice is clearly better.
+    // Keep the current placement unless the choice is clearly better. Where some replicas
+    // must move (their device left or no longer qualifies), the baseline is the current
+    // placement with only those replicas replaced, so that losing one device moves what was on
+    // it rather than whatever a fresh pick would rearrange.
     let mut chosen = chosen;
     let mut kept_current = false;
-    if current_complete {
+    let baseline = if current_complete {
+        Some(current_genes.clone())
+    } else {
+        repaired(problem, &current_genes, &missing, &chosen)
+    };
+    if let Some(current_genes) = baseline {
         let mut current_objectives = [0.0; 6];
         let violation = problem.assess(&current_genes, &mut current_objectives, None, None);
         if violation.iter().all(|&v| v <= 0.0) {
@@ -389,8 +403,8 @@ fn search(
             let scores = pick::scores(&rows, &blended);
             let (current_score, chosen_score) = (scores[rows.len() - 2], scores[rows.len() - 1]);
             if chosen_score > current_score - config.min_gain {
-                chosen = current_genes.clone();
-                kept_current = true;
+                chosen = current_genes;
+                kept_current = current_complete;
             }
         }
     }
@@ -403,6 +417,37 @@ fn search(
         })
         .collect();
     (chosen, front, kept_current)
+}
+
+/// `current` with each `missing` gene (a replica whose device can no longer hold it) taken from
+/// `chosen`'s genes for the same app, the same replica first, skipping devices the app's other
+/// replicas hold; `None` when some replica finds no such device.
+fn repaired(
+    problem: &PlacementProblem<'_>,
+    current: &[u32],
+    missing: &[bool],
+    chosen: &[u32],
+) -> Option<Vec<u32>> {
+    let mut genes = current.to_vec();
+    for slot in &problem.slots {
+        let range = slot.first_gene..slot.first_gene + slot.replicas;
+        for g in range.clone().filter(|&g| missing[g]) {
+            let holds = |genes: &[u32], d: u32| {
+                range
+                    .clone()
+                    .any(|h| h != g && !missing[h] && problem.device_of(h, genes[h]) == d)
+                    || range.clone().any(|h| {
+                        h != g && missing[h] && h < g && problem.device_of(h, genes[h]) == d
+                    })
+            };
+            let pick = std::iter::once(g)
+                .chain(range.clone().filter(|&h| h != g))
+                .map(|h| chosen[h])
+                .find(|&v| !holds(&genes, problem.device_of(g, v)))?;
+            genes[g] = pick;
+        }
+    }
+    Some(genes)
 }
 
 /// Place only the `pending` apps, keeping every other app where `current` has it: the devices

@@ -158,6 +158,27 @@ impl<'a> PlacementProblem<'a> {
         slot.candidates[(value as usize).min(slot.candidates.len() - 1)]
     }
 
+    /// Which replica of a new active-passive app's `slot` visitors will reach, as an offset
+    /// into its genes: the chosen device nearest the routers, which [`super::plan`] lists
+    /// first. The control plane makes the first device of a new placement its primary, and an
+    /// active-passive app's visitors reach only its primary (the latency objective, a mean over
+    /// replicas, does not depend on their order). `None` for a tier-S app (every replica
+    /// serves), a single replica, or an app already placed: there the control plane keeps the
+    /// primary, or hands over to or promotes the follower holding the most state.
+    pub fn primary_of(&self, slot: &Slot, genes: &[u32]) -> Option<usize> {
+        if self.apps[slot.app].tier == Tier::S || slot.replicas < 2 || !slot.current.is_empty() {
+            return None;
+        }
+        let device = |k: usize| {
+            let g = slot.first_gene + k;
+            self.device_of(g, genes[g])
+        };
+        (0..slot.replicas).min_by(|&a, &b| {
+            let latency = |k: usize| self.devices[device(k) as usize].latency_ms;
+            latency(a).total_cmp(&latency(b))
+        })
+    }
+
     /// Objectives and the violation of each kind (capacity, distinct, tier-S region share) for
     /// `genes`; violations per slot are added to `per_slot` when given. Slots marked in `skip`
     /// are left out, as if those apps were not placed.
