@@ -130,12 +130,7 @@ pub async fn call<T: serde::de::DeserializeOwned>(
 ) -> Result<T, AgentError> {
     let body = serde_json::to_vec(body).expect("API types always serialise");
     let bytes = call_raw(client, identity, control, path, body, "application/json").await?;
-    serde_json::from_slice(&bytes).map_err(|e| AgentError::Refused {
-        path: path.to_string(),
-        status: 200,
-        reason: format!("unreadable answer: {e}"),
-        code: None,
-    })
+    decode(path, &bytes)
 }
 
 /// A signed POST with any body; the answer's bytes on success, from the first control plane
@@ -151,11 +146,12 @@ async fn call_raw(
     let auth = identity.sign("POST", path, auth::now_s(), &auth::sha256_hex(&body), "");
     let body = bytes::Bytes::from(body);
     control
-        .try_each(|base| call_one(client, &auth, base, path, body.clone(), content_type))
+        .try_each(|base| call_one(client, &auth, base, path, body.clone(), content_type, None))
         .await
 }
 
-/// [`call_raw`] to one control plane.
+/// [`call_raw`] to one control plane, given up (as unreachable) after `timeout` if one is set
+/// (else the client's).
 async fn call_one(
     client: &reqwest::Client,
     auth: &str,
@@ -163,28 +159,30 @@ async fn call_one(
     path: &str,
     body: bytes::Bytes,
     content_type: &str,
+    timeout: Option<Duration>,
 ) -> Result<bytes::Bytes, AgentError> {
     let url = format!("{control}{path}");
-    let response = client
+    let unreachable = |e: reqwest::Error| AgentError::Unreachable {
+        url: url.clone(),
+        reason: match timeout {
+            Some(timeout) if e.is_timeout() => format!("no answer within {timeout:?}"),
+            _ => e.to_string(),
+        },
+    };
+    let mut request = client
         .post(&url)
         .header(AUTH_HEADER, auth)
         .header(META_HEADER, "")
         .header("content-type", content_type)
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| AgentError::Unreachable {
-            url: url.clone(),
-            reason: e.to_string(),
-        })?;
+        .body(body);
+    if let Some(timeout) = timeout {
+        // From the connection's start to the answer's last byte: a control plane that accepts
+        // connections and never answers is given up on as one that refuses them.
+        request = request.timeout(timeout);
+    }
+    let response = request.send().await.map_err(unreachable)?;
     let status = response.status().as_u16();
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|e| AgentError::Unreachable {
-            url: url.clone(),
-            reason: e.to_string(),
-        })?;
+    let bytes = response.bytes().await.map_err(unreachable)?;
     if status >= 400 {
         let (reason, code) = serde_json::from_slice::<api::ErrorBody>(&bytes).map_or_else(
             |_| (String::from_utf8_lossy(&bytes).into_owned(), None),
@@ -198,6 +196,214 @@ async fn call_one(
         });
     }
     Ok(bytes)
+}
+
+/// A signed JSON call like [`call`], each control plane tried given `timeout` to answer.
+async fn call_within<T: serde::de::DeserializeOwned>(
+    client: &reqwest::Client,
+    identity: &Identity,
+    control: &ControlUrls,
+    path: &str,
+    body: &impl serde::Serialize,
+    timeout: Duration,
+) -> Result<T, AgentError> {
+    let body = bytes::Bytes::from(serde_json::to_vec(body).expect("API types always serialise"));
+    let bytes = control
+        .try_each(|base| {
+            // Signed for each control plane tried: a nonce is accepted once.
+            let auth = identity.sign("POST", path, auth::now_s(), &auth::sha256_hex(&body), "");
+            let body = body.clone();
+            async move {
+                call_one(
+                    client,
+                    &auth,
+                    base,
+                    path,
+                    body,
+                    "application/json",
+                    Some(timeout),
+                )
+                .await
+            }
+        })
+        .await?;
+    decode(path, &bytes)
+}
+
+/// An answer's JSON, or why it is unreadable.
+fn decode<T: serde::de::DeserializeOwned>(path: &str, bytes: &[u8]) -> Result<T, AgentError> {
+    serde_json::from_slice(bytes).map_err(|e| AgentError::Refused {
+        path: path.to_string(),
+        status: 200,
+        reason: format!("unreadable answer: {e}"),
+        code: None,
+    })
+}
+
+/// The least time any heartbeat attempt is given, whatever the interval: an answer given at
+/// once still crosses a loaded machine's scheduler and the control plane's store.
+const LEAST_WAIT: Duration = Duration::from_millis(250);
+
+/// How long the agent waits for a heartbeat's answer, derived from the control-plane lease
+/// ([`crate::replica::ControlLease`]). A control plane that has nothing new for the device holds
+/// its heartbeat one interval (the assignment long-poll); the lease, confirmed from when the
+/// previous heartbeat was sent (at most one hold earlier), therefore has `window - interval`
+/// left when the next is sent. A control plane that accepts the connection and never answers
+/// (hung, stopped, black-holed) must be given up on early enough for another to answer before
+/// that runs out, or the device's primaries fence themselves although a healthy control plane
+/// was in the list.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Pace {
+    /// The heartbeat interval the control plane announced: the longest it holds a heartbeat.
+    interval: Duration,
+    /// How long after a heartbeat a control plane counts the device dead, and the lease lasts.
+    window: Duration,
+}
+
+impl Pace {
+    /// The pace a reply announces (the agent's defaults where it says nothing).
+    fn of(reply: &HeartbeatReply, default_interval: Duration) -> Pace {
+        let interval = match reply.heartbeat_interval_ms {
+            0 => default_interval,
+            ms => Duration::from_millis(ms),
+        };
+        let missed = match reply.missed_heartbeats {
+            0 => MISSED_HEARTBEATS,
+            n => n,
+        };
+        Pace {
+            interval,
+            window: interval * missed,
+        }
+    }
+
+    /// Before any reply: the agent's interval and the control plane's default missed count.
+    fn default_for(interval: Duration) -> Pace {
+        Pace {
+            interval,
+            window: interval * MISSED_HEARTBEATS,
+        }
+    }
+
+    /// The first attempt, to the current control plane, which may hold it one interval: until
+    /// half the window (1.5 intervals with the default 3 missed), never less than a hold and a
+    /// little more.
+    fn held(&self) -> Duration {
+        (self.window / 2).max(self.interval + LEAST_WAIT)
+    }
+
+    /// Every further attempt asks its control plane to answer at once (it names no assignments
+    /// already known, so there is nothing to wait for) and gets what the held attempt left of
+    /// the lease: `window - interval - window / 2` (half an interval by default).
+    fn prompt(&self) -> Duration {
+        (self.window / 2)
+            .saturating_sub(self.interval)
+            .max(LEAST_WAIT)
+    }
+
+    /// How the attempts of a heartbeat sent with `left` of the lease to run (zero: lapsed, or
+    /// not yet confirmed) go: whether the first may be held, and each attempt's time.
+    ///
+    /// The first is held when the lease leaves room for a hold and a prompt attempt after it
+    /// (always, at the normal pace); a heartbeat sent again soon after the last (a finished load
+    /// interrupts a held one to report the app at once) finds less left, and asks the current
+    /// control plane to answer at once too, else a hung one would be waited out once more. With
+    /// the lease already lapsed there is nothing left to keep: every attempt is given the window,
+    /// so a slow control plane, the only one perhaps, is not given up on again and again.
+    fn attempts(&self, left: Duration) -> Attempts {
+        if left.is_zero() {
+            return Attempts {
+                held: false,
+                first: self.window,
+                rest: self.window,
+            };
+        }
+        let first = left.saturating_sub(self.prompt()).min(self.held());
+        if first >= self.interval + LEAST_WAIT {
+            Attempts {
+                held: true,
+                first,
+                rest: self.prompt(),
+            }
+        } else {
+            Attempts {
+                held: false,
+                first: self.prompt(),
+                rest: self.prompt(),
+            }
+        }
+    }
+}
+
+/// The attempts of one heartbeat: see [`Pace::attempts`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Attempts {
+    /// Whether the first attempt names the assignments already known (so it may be held).
+    held: bool,
+    /// The first attempt's time.
+    first: Duration,
+    /// Every other attempt's time.
+    rest: Duration,
+}
+
+/// Send `heartbeat` to the current control plane, then (if it fails or does not answer in
+/// time) to each other one and to the current one again, each of those asked to answer at once;
+/// `left` is what remains of the lease (see [`Pace`]).
+async fn send_heartbeat(
+    client: &reqwest::Client,
+    identity: &Identity,
+    control: &ControlUrls,
+    path: &str,
+    heartbeat: &Heartbeat,
+    pace: Pace,
+    left: Duration,
+) -> Result<HeartbeatReply, AgentError> {
+    let attempts = pace.attempts(left);
+    let held =
+        bytes::Bytes::from(serde_json::to_vec(heartbeat).expect("API types always serialise"));
+    let prompt = bytes::Bytes::from(
+        serde_json::to_vec(&Heartbeat {
+            known: None,
+            ..heartbeat.clone()
+        })
+        .expect("API types always serialise"),
+    );
+    // With one control plane there is nothing to fail over to: giving it up early would only
+    // turn a slow answer (a loaded machine) into a missed heartbeat. With several, the last try
+    // (the current one again) has no other after it and gets the window too.
+    let tries = match control.all().len() {
+        1 => 1,
+        n => n + 1,
+    };
+    let bytes = control
+        .try_in_turn(tries, |step, base| {
+            let body = if step == 0 && attempts.held {
+                held.clone()
+            } else {
+                prompt.clone()
+            };
+            let timeout = match step {
+                _ if step + 1 == tries => pace.window.max(attempts.first),
+                0 => attempts.first,
+                _ => attempts.rest,
+            };
+            // Signed for each attempt: a nonce is accepted once.
+            let auth = identity.sign("POST", path, auth::now_s(), &auth::sha256_hex(&body), "");
+            async move {
+                call_one(
+                    client,
+                    &auth,
+                    base,
+                    path,
+                    body,
+                    "application/json",
+                    Some(timeout),
+                )
+                .await
+            }
+        })
+        .await?;
+    decode(path, &bytes)
 }
 
 /// A component by hash, from the first control plane that has it. The request is signed so the
@@ -330,6 +536,9 @@ pub async fn run(
     let mut device: Option<String> = None;
     let mut known: Option<String> = None;
     let mut backoff = config.heartbeat;
+    let mut pace = Pace::default_for(config.heartbeat);
+    // Until when the last answered heartbeat confirmed the lease.
+    let mut lease_end: Option<tokio::time::Instant> = None;
     // From now on primaries take writes only while a control plane vouches for them.
     let lease = runtime.lease().clone();
     lease.govern();
@@ -339,12 +548,15 @@ pub async fn run(
             let id = match &device {
                 Some(id) => id.clone(),
                 None => {
-                    let registered: DeviceRegistered = call(
+                    // Not held, but it writes to the store: a window and more (never the
+                    // client's 30 s, which a hung first control plane would cost every start).
+                    let registered: DeviceRegistered = call_within(
                         &client,
                         &identity,
                         &config.control,
                         "/v1/devices",
                         &registration,
+                        pace.window.max(REGISTRATION_WAIT),
                     )
                     .await?;
                     tracing::info!(
@@ -370,8 +582,18 @@ pub async fn run(
             heartbeat.known = known.clone();
             let path = format!("/v1/devices/{id}/heartbeat");
             let logged = heartbeat.logs.last().map(|l| l.seq);
-            let reply: HeartbeatReply =
-                call(&client, &identity, &config.control, &path, &heartbeat).await?;
+            let left =
+                lease_end.map_or(Duration::ZERO, |end| end.saturating_duration_since(started));
+            let reply = send_heartbeat(
+                &client,
+                &identity,
+                &config.control,
+                &path,
+                &heartbeat,
+                pace,
+                left,
+            )
+            .await?;
             if let Some(seq) = logged {
                 shared.apps.request_log().acknowledge(seq);
             }
@@ -393,7 +615,7 @@ pub async fn run(
                 }
                 device = Some(id);
                 backoff = config.heartbeat;
-                let window = death_window(&reply, config.heartbeat);
+                pace = Pace::of(&reply, config.heartbeat);
                 if known.as_deref() != Some(reply.digest.as_str()) {
                     apply(&shared, reply.assignments);
                     known = Some(reply.digest);
@@ -401,7 +623,8 @@ pub async fn run(
                 // Only now (a demoted primary was just told): the control plane counts this
                 // device alive until that long after it heard this heartbeat, which was no
                 // earlier than `started`.
-                lease.confirm((started + window).into_std());
+                lease_end = Some(started + pace.window);
+                lease.confirm((started + pace.window).into_std());
                 // Never more than ten heartbeats a second, whatever the control plane does.
                 Duration::from_millis(100).saturating_sub(started.elapsed())
             }
@@ -445,19 +668,8 @@ pub async fn run(
 /// control plane's default.
 const MISSED_HEARTBEATS: u32 = 3;
 
-/// How long after a heartbeat the control plane that answered it counts the device dead if it
-/// hears nothing more: the interval it told, times the heartbeats it lets go missing.
-fn death_window(reply: &HeartbeatReply, default_interval: Duration) -> Duration {
-    let interval = match reply.heartbeat_interval_ms {
-        0 => default_interval,
-        ms => Duration::from_millis(ms),
-    };
-    let missed = match reply.missed_heartbeats {
-        0 => MISSED_HEARTBEATS,
-        n => n,
-    };
-    interval * missed
-}
+/// The least a registration is given before the next control plane is tried.
+const REGISTRATION_WAIT: Duration = Duration::from_secs(5);
 
 /// Closes the router connections when the agent stops.
 struct CloseOnDrop(Option<Arc<crate::attach::Attacher>>);
@@ -826,4 +1038,45 @@ pub fn default_data_dir() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
         .unwrap_or_else(|| PathBuf::from("."))
         .join("fog")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hung_control_plane_is_given_up_on_with_time_left_for_another_within_the_lease() {
+        // The default: 1 s interval, 3 missed heartbeats.
+        let pace = Pace::default_for(Duration::from_secs(1));
+        assert_eq!(pace.held(), Duration::from_millis(1500));
+        assert_eq!(pace.prompt(), Duration::from_millis(500));
+        // Sent one held interval after the previous one, the lease has window - interval left:
+        // the held attempt and one prompt one fit in it, for every interval a fleet announces.
+        // At the normal pace the first attempt is held; sent again soon after (a finished load
+        // interrupted it) it is not, and with the lease lapsed every attempt gets the window.
+        let normal = pace.attempts(pace.window - pace.interval);
+        assert_eq!(
+            normal,
+            Attempts {
+                held: true,
+                first: pace.held(),
+                rest: pace.prompt()
+            }
+        );
+        let again = pace.attempts(Duration::from_millis(1700));
+        assert!(!again.held && again.first + again.rest <= Duration::from_millis(1700));
+        let lapsed = pace.attempts(Duration::ZERO);
+        assert!(!lapsed.held && lapsed.first == pace.window && lapsed.rest == pace.window);
+        for secs in [1, 2, 5, 10] {
+            let pace = Pace::default_for(Duration::from_secs(secs));
+            assert!(
+                pace.held() > pace.interval,
+                "a held heartbeat is waited for"
+            );
+            assert!(
+                pace.held() + pace.prompt() <= pace.window - pace.interval,
+                "{pace:?}"
+            );
+        }
+    }
 }

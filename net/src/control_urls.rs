@@ -79,23 +79,39 @@ impl ControlUrls {
         &self.urls
     }
 
-    /// Send a request built by `attempt` (given a base URL, owned so the request may keep it) to the current control plane, and on
-    /// a failure that [`Failover::fail_over`] to each other one in turn; the first that answers
-    /// becomes the current one. The last failure if all fail.
+    /// Send a request built by `attempt` (given a base URL, owned so the request may keep it)
+    /// to the current control plane, and on a failure that [`Failover::fail_over`] to each
+    /// other one in turn; the first that answers becomes the current one. The last failure if
+    /// all fail.
     pub async fn try_each<T, E, F, Fut>(&self, mut attempt: F) -> Result<T, E>
     where
         E: Failover,
         F: FnMut(String) -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        self.try_in_turn(self.urls.len(), |_, base| attempt(base))
+            .await
+    }
+
+    /// Like [`ControlUrls::try_each`], for `tries` attempts that go round the list from the
+    /// current control plane (more tries than URLs try the current one again last), each told
+    /// its number: 0 for the current control plane, so a caller may ask the first for more
+    /// than the others (a heartbeat is held by the first, answered at once by the others).
+    pub async fn try_in_turn<T, E, F, Fut>(&self, tries: usize, mut attempt: F) -> Result<T, E>
+    where
+        E: Failover,
+        F: FnMut(usize, String) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
         let start = self.current.load(Ordering::Relaxed);
         let count = self.urls.len();
+        let tries = tries.max(1);
         let mut last = None;
-        for step in 0..count {
+        for step in 0..tries {
             let index = (start + step) % count;
-            match attempt(self.urls[index].clone()).await {
+            match attempt(step, self.urls[index].clone()).await {
                 Ok(answer) => {
-                    if step > 0 {
+                    if index != start % count {
                         // Only move if no other request moved it meanwhile.
                         let _ = self.current.compare_exchange(
                             start,
@@ -107,7 +123,7 @@ impl ControlUrls {
                     }
                     return Ok(answer);
                 }
-                Err(err) if err.fail_over() && step + 1 < count => {
+                Err(err) if err.fail_over() && step + 1 < tries => {
                     tracing::debug!(control = %self.urls[index], "control plane failed; trying the next");
                     last = Some(err);
                 }
@@ -197,6 +213,32 @@ mod tests {
         assert_eq!(answer, Err(Err::Refused));
         assert_eq!(tried, 1);
         assert_eq!(urls.current(), "http://a");
+    }
+
+    #[tokio::test]
+    async fn extra_tries_go_round_to_the_current_one_again() {
+        let urls = ControlUrls::parse("http://a,http://b").unwrap();
+        let mut tried = Vec::new();
+        let answer = urls
+            .try_in_turn(3, |step, url| {
+                tried.push((step, url.clone()));
+                async move { if step < 2 { Err(Err::Down) } else { Ok(url) } }
+            })
+            .await;
+        assert_eq!(answer, Ok("http://a".to_string()));
+        assert_eq!(
+            tried,
+            [
+                (0, "http://a".into()),
+                (1, "http://b".into()),
+                (2, "http://a".into())
+            ]
+        );
+        assert_eq!(
+            urls.current(),
+            "http://a",
+            "answered by the current one: no move"
+        );
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use crate::fog::spawn;
@@ -15,33 +16,43 @@ use crate::ha::wait_acked;
 use crate::publish::Fog;
 use crate::state::{Increments, count, wait_for, wait_promoted};
 
-/// A TCP proxy to one address; [`Proxy::cut`] closes its port and drops every connection.
-struct Proxy {
-    addr: SocketAddr,
+/// A TCP proxy to one address; [`Proxy::cut`] closes its port and drops every connection,
+/// [`Proxy::hang`] keeps them open and forwards nothing more (a hung control plane).
+pub(crate) struct Proxy {
+    pub(crate) addr: SocketAddr,
     tasks: Arc<Mutex<Vec<AbortHandle>>>,
+    hung: watch::Sender<bool>,
 }
 
 impl Proxy {
-    async fn start(target: SocketAddr) -> Proxy {
+    pub(crate) async fn start(target: SocketAddr) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let tasks = Arc::new(Mutex::new(Vec::new()));
+        let hung = watch::channel(false).0;
         let accepting = {
-            let tasks = tasks.clone();
+            let (tasks, hung) = (tasks.clone(), hung.clone());
             tokio::spawn(async move {
                 while let Ok((mut inbound, _)) = listener.accept().await {
+                    let mut hang = hung.subscribe();
                     let task = tokio::spawn(async move {
-                        if let Ok(mut outbound) = TcpStream::connect(target).await {
-                            let _ =
-                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        let already = *hang.borrow();
+                        if !already && let Ok(mut outbound) = TcpStream::connect(target).await {
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => return,
+                                _ = hang.changed() => {}
+                            }
                         }
+                        // Hung: the connection stays open and nothing more crosses it.
+                        std::future::pending::<()>().await;
+                        drop(inbound);
                     });
                     tasks.lock().unwrap().push(task.abort_handle());
                 }
             })
         };
         tasks.lock().unwrap().push(accepting.abort_handle());
-        Proxy { addr, tasks }
+        Proxy { addr, tasks, hung }
     }
 
     /// Stop: the listener and every connection through it are dropped.
@@ -49,6 +60,17 @@ impl Proxy {
         for task in self.tasks.lock().unwrap().drain(..) {
             task.abort();
         }
+    }
+
+    /// Hang: connections (open ones and new ones) are held open and never answered again.
+    pub(crate) fn hang(&self) {
+        self.hung.send_replace(true);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
     }
 }
 

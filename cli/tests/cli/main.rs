@@ -16,6 +16,7 @@ mod fog;
 mod footprint;
 mod ha;
 mod harvest;
+mod hung;
 pub mod jspy;
 mod lab;
 mod logs;

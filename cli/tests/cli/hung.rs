@@ -1,0 +1,80 @@
+//! A hung control plane (it accepts connections and never answers) first in a host's list
+//! while another one answers: the host gives up on it in time to keep its control-plane lease,
+//! so its primary keeps taking writes through the router and no visitor request fails.
+
+use std::time::Instant;
+
+use fog_test_programs as programs;
+
+use crate::fence::Proxy;
+use crate::fog::spawn;
+use crate::ha::wait_acked;
+use crate::publish::Fog;
+use crate::state::{Increments, count, wait_for};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_first_control_plane_does_not_stop_a_primarys_writes() {
+    let mut fog = Fog::start(0);
+    let mut proxies = Vec::new();
+    for i in 0..2 {
+        // The proxy to the control plane first: each host heartbeats through it until it hangs,
+        // then has the control plane's own address next in its list.
+        let proxy = Proxy::start(fog.control.addr).await;
+        let control = format!("http://{},{}", proxy.addr, fog.control.url());
+        let data = fog.dir.path().join(format!("host{i}"));
+        fog.hosts.push(spawn(&[
+            "host",
+            "--control",
+            &control,
+            "--data",
+            data.to_str().unwrap(),
+            "--cpu",
+            "1",
+            "--always-on",
+        ]));
+        proxies.push(proxy);
+    }
+    let info = fog.publish_counter("A");
+    let (primary, follower) = (info.assigned[0].clone(), info.assigned[1].clone());
+    wait_for(
+        &fog,
+        "counter",
+        std::time::Duration::from_secs(15),
+        "not running",
+        |a| a.running.contains(&primary) && a.running.contains(&follower),
+    )
+    .await;
+    let load = Increments::start(fog.router.addr, 100);
+    wait_acked(&load, 50, "no increments acknowledged").await;
+
+    for proxy in &proxies {
+        proxy.hang();
+    }
+    let hung = Instant::now();
+    let before = load.acked();
+    // A new app to load meanwhile: a finished load interrupts the held heartbeat to report it at
+    // once, and the heartbeat sent again must not wait the hung control plane out once more.
+    let (code, _, err) = fog.fog(&["publish", programs::HELLO, "--name", "hello", "--wait", "0"]);
+    assert_eq!(code, 0, "{err}");
+    // 5 s at 100/s: the lease (3 heartbeat intervals) would lapse within the first 3 s were
+    // the hung control plane waited out (the HTTP client's 30 s).
+    wait_acked(
+        &load,
+        before + 500,
+        "writes stopped while the control plane hung",
+    )
+    .await;
+    let took = hung.elapsed();
+    let (acked, failed, errors, rate) = load.finish().await;
+    let total = count(&fog).await;
+    println!(
+        "hung control plane: {} increments acknowledged in the {took:?} after it hung \
+         ({acked} in all at {rate:.0}/s), {failed} failed, count {total}",
+        acked - before
+    );
+    assert_eq!(failed, 0, "failed visitor requests: {errors:?}");
+    assert!(
+        total >= acked,
+        "acknowledged increments lost: {total} < {acked}"
+    );
+}
