@@ -264,13 +264,18 @@ impl LabFog {
             .iter()
             .find(|(_, p)| {
                 p.as_ref().is_some_and(|p| {
-                    p.log().lines().next().is_some_and(|first| {
-                        // "fog: host … device ID …" names the process's own device.
-                        let words: Vec<&str> = first.split_whitespace().collect();
-                        words
-                            .windows(2)
-                            .any(|w| w[0] == "device" && w[1].trim_end_matches(',') == id)
-                    })
+                    // "fog: host … device ID …" names the process's own device. It is the first
+                    // line on stdout, but stderr shares the log: a warning logged while the host
+                    // starts (a registration retried on a loaded machine) may come before it.
+                    p.log()
+                        .lines()
+                        .find(|line| line.starts_with("fog: host "))
+                        .is_some_and(|line| {
+                            let words: Vec<&str> = line.split_whitespace().collect();
+                            words
+                                .windows(2)
+                                .any(|w| w[0] == "device" && w[1].trim_end_matches(',') == id)
+                        })
                 })
             })
             .map(|(name, _)| name.clone())
