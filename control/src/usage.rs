@@ -126,11 +126,7 @@ impl Usage {
         app: &str,
         devices: impl IntoIterator<Item = &'a str>,
     ) -> Option<f64> {
-        let usage = self.devices.lock().expect("usage lock");
-        devices
-            .into_iter()
-            .filter_map(|d| usage.get(d)?.get(app)?.cores)
-            .reduce(f64::max)
+        self.largest_of(app, devices, |sample| sample.cores)
     }
 
     /// `app`'s largest measured memory footprint over `devices` (those reporting it, see
@@ -140,11 +136,7 @@ impl Usage {
         app: &str,
         devices: impl IntoIterator<Item = &'a str>,
     ) -> Option<f64> {
-        let usage = self.devices.lock().expect("usage lock");
-        devices
-            .into_iter()
-            .filter_map(|d| usage.get(d)?.get(app)?.memory_mb)
-            .reduce(f64::max)
+        self.largest_of(app, devices, |sample| sample.memory_mb)
     }
 
     /// `app`'s largest measured memory footprint over every device reporting it, MiB.
@@ -164,6 +156,20 @@ impl Usage {
 
     /// Each app's largest `figure` over the devices `counts` accepts; apps with no figure on
     /// any of them are absent.
+    /// `app`'s largest `figure` over `devices` only.
+    fn largest_of<'a>(
+        &self,
+        app: &str,
+        devices: impl IntoIterator<Item = &'a str>,
+        figure: impl Fn(&Sample) -> Option<f64>,
+    ) -> Option<f64> {
+        let usage = self.devices.lock().expect("usage lock");
+        devices
+            .into_iter()
+            .filter_map(|d| figure(usage.get(d)?.get(app)?))
+            .reduce(f64::max)
+    }
+
     fn largest(
         &self,
         counts: impl Fn(&str) -> bool,

@@ -209,25 +209,34 @@ async fn call_within<T: serde::de::DeserializeOwned>(
 ) -> Result<T, AgentError> {
     let body = bytes::Bytes::from(serde_json::to_vec(body).expect("API types always serialise"));
     let bytes = control
-        .try_each(|base| {
-            // Signed for each control plane tried: a nonce is accepted once.
-            let auth = identity.sign("POST", path, auth::now_s(), &auth::sha256_hex(&body), "");
-            let body = body.clone();
-            async move {
-                call_one(
-                    client,
-                    &auth,
-                    base,
-                    path,
-                    body,
-                    "application/json",
-                    Some(timeout),
-                )
-                .await
-            }
-        })
+        .try_each(|base| post_signed(client, identity, base, path, body.clone(), timeout))
         .await?;
     decode(path, &bytes)
+}
+
+/// POST the JSON `body` to the control plane at `base`, signed for this attempt alone (a nonce is
+/// accepted once, so every control plane tried gets its own signature), given `timeout` to answer.
+fn post_signed<'a>(
+    client: &'a reqwest::Client,
+    identity: &Identity,
+    base: String,
+    path: &'a str,
+    body: bytes::Bytes,
+    timeout: Duration,
+) -> impl std::future::Future<Output = Result<bytes::Bytes, AgentError>> + 'a {
+    let auth = identity.sign("POST", path, auth::now_s(), &auth::sha256_hex(&body), "");
+    async move {
+        call_one(
+            client,
+            &auth,
+            base,
+            path,
+            body,
+            "application/json",
+            Some(timeout),
+        )
+        .await
+    }
 }
 
 /// An answer's JSON, or why it is unreadable.
@@ -387,20 +396,7 @@ async fn send_heartbeat(
                 0 => attempts.first,
                 _ => attempts.rest,
             };
-            // Signed for each attempt: a nonce is accepted once.
-            let auth = identity.sign("POST", path, auth::now_s(), &auth::sha256_hex(&body), "");
-            async move {
-                call_one(
-                    client,
-                    &auth,
-                    base,
-                    path,
-                    body,
-                    "application/json",
-                    Some(timeout),
-                )
-                .await
-            }
+            post_signed(client, identity, base, path, body, timeout)
         })
         .await?;
     decode(path, &bytes)
