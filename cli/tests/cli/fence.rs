@@ -91,6 +91,24 @@ async fn increment_on(host: SocketAddr) -> (u16, String) {
     )
 }
 
+/// Start host `i` of `fog` with one core, always on, given the control planes `control`, and
+/// `extra` arguments.
+pub(crate) fn spawn_host(fog: &mut Fog, i: usize, control: &str, extra: &[&str]) {
+    let data = fog.dir.path().join(format!("host{i}"));
+    let mut args = vec![
+        "host",
+        "--control",
+        control,
+        "--data",
+        data.to_str().unwrap(),
+        "--cpu",
+        "1",
+        "--always-on",
+    ];
+    args.extend_from_slice(extra);
+    fog.hosts.push(spawn(&args));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_cut_off_from_the_control_plane_fences_itself_and_its_promoted_follower_takes_writes()
  {
@@ -99,19 +117,7 @@ async fn a_primary_cut_off_from_the_control_plane_fences_itself_and_its_promoted
     for i in 0..3 {
         let proxy = Proxy::start(fog.control.addr).await;
         let control = format!("http://{}", proxy.addr);
-        let data = fog.dir.path().join(format!("host{i}"));
-        fog.hosts.push(spawn(&[
-            "host",
-            "--control",
-            &control,
-            "--data",
-            data.to_str().unwrap(),
-            "--cpu",
-            "1",
-            "--always-on",
-            "--listen",
-            "127.0.0.1:0",
-        ]));
+        spawn_host(&mut fog, i, &control, &["--listen", "127.0.0.1:0"]);
         proxies.push(proxy);
     }
     let info = fog.publish_counter("A");

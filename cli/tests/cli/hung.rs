@@ -6,8 +6,7 @@ use std::time::Instant;
 
 use fog_test_programs as programs;
 
-use crate::fence::Proxy;
-use crate::fog::spawn;
+use crate::fence::{Proxy, spawn_host};
 use crate::ha::wait_acked;
 use crate::publish::Fog;
 use crate::state::{Increments, count, wait_for};
@@ -21,17 +20,7 @@ async fn a_hung_first_control_plane_does_not_stop_a_primarys_writes() {
         // then has the control plane's own address next in its list.
         let proxy = Proxy::start(fog.control.addr).await;
         let control = format!("http://{},{}", proxy.addr, fog.control.url());
-        let data = fog.dir.path().join(format!("host{i}"));
-        fog.hosts.push(spawn(&[
-            "host",
-            "--control",
-            &control,
-            "--data",
-            data.to_str().unwrap(),
-            "--cpu",
-            "1",
-            "--always-on",
-        ]));
+        spawn_host(&mut fog, i, &control, &[]);
         proxies.push(proxy);
     }
     let info = fog.publish_counter("A");
