@@ -1,6 +1,9 @@
 //! Control planes knowing each other: each announces itself in the store about twice a second
 //! ([`Store::announce`]; on etcd under a short lease, so a dead one disappears) with its
-//! advertised URL and the devices heartbeating to it, and reads the others' announcements.
+//! advertised URL, and puts the last heartbeat of each device it heard since its previous round
+//! (one record per device, so a round writes what the fleet's capped heartbeat rate brings, not
+//! the whole fleet); it reads the others' announcements, and only the devices' records that
+//! changed ([`Store::heard`]: on etcd, from its watch).
 //!
 //! Two things follow. Liveness is shared: a device heartbeats to one control plane, and every
 //! other control plane (the leader that places replicas, a follower answering routes) learns it
@@ -56,7 +59,8 @@ const MAX_BLOB_BYTES: usize = {
     if c > b { c } else { b }
 };
 
-/// What one control plane tells the others (JSON: heartbeats are API types).
+/// What one control plane tells the others (JSON: heartbeats are API types). Small whatever
+/// the fleet's size: the devices it hears are records of their own ([`HeardDevice`]).
 #[derive(Debug, Serialize, Deserialize)]
 struct PlaneRecord {
     /// When it was written (Unix ms; 0 from a control plane that does not say).
@@ -64,8 +68,6 @@ struct PlaneRecord {
     at_ms: u64,
     /// Where the others reach its API, if it advertises one.
     url: Option<String>,
-    /// Devices whose heartbeats it received itself, with when (Unix ms).
-    devices: Vec<SeenDevice>,
     /// The fronts, relays and attach endpoints registered with it.
     #[serde(default)]
     registrations: crate::names::SharedRegistrations,
@@ -75,9 +77,6 @@ struct PlaneRecord {
     /// New primaries it (as leader) has restore a snapshot first: (app, device).
     #[serde(default)]
     restores: Vec<(String, String)>,
-    /// Devices' throughputs it measured itself (the newest figure of a device wins).
-    #[serde(default)]
-    throughput: Vec<(String, crate::observe::Throughput)>,
 }
 
 /// What the leader decided that devices must hear whichever control plane they talk to.
@@ -89,11 +88,16 @@ pub(crate) struct LeaderSays {
     pub(crate) restores: HashMap<String, String>,
 }
 
+/// A device a control plane received a heartbeat from itself, as it tells the others (keyed
+/// by the device's id).
 #[derive(Debug, Serialize, Deserialize)]
-struct SeenDevice {
-    id: String,
+struct HeardDevice {
+    /// When (Unix ms).
     seen_ms: u64,
     heartbeat: Heartbeat,
+    /// The device's throughput, if this control plane measured it (the newest figure wins).
+    #[serde(default)]
+    throughput: Option<crate::observe::Throughput>,
 }
 
 /// Another control plane that announced a URL.
@@ -136,6 +140,9 @@ pub(crate) struct Planes {
     pub(crate) leader_says: std::sync::Mutex<LeaderSays>,
     /// How well this control plane has seen the fleet (`None` until presence first ran).
     sight: std::sync::Mutex<Option<Sight>>,
+    /// When the last presence round that announced the devices heard began: the next
+    /// announces those heard since (`None`: every device, as after a lapsed lease).
+    announced_up_to: std::sync::Mutex<Option<Instant>>,
 }
 
 /// When this control plane's view of which devices heartbeat was last clear, and since when it
@@ -174,6 +181,7 @@ impl Default for Planes {
             trust_generation: std::sync::Mutex::new(None),
             leader_says: std::sync::Mutex::new(LeaderSays::default()),
             sight: std::sync::Mutex::new(None),
+            announced_up_to: std::sync::Mutex::new(None),
         }
     }
 }
@@ -327,18 +335,36 @@ impl Control {
         }
     }
 
-    /// One round: write our announcement, read everyone's, take in the devices others saw.
-    /// True if every announcement read was fresh (see [`BLIND_AFTER`]).
+    /// One round: write our announcement and the devices heard since the last round, read
+    /// everyone's announcement and the devices others heard since. True if every announcement
+    /// read was fresh (see [`BLIND_AFTER`]).
     fn exchange_presence(&self) -> Result<bool, StoreError> {
-        let devices: Vec<SeenDevice> = {
+        let round = Instant::now();
+        let since = *self.planes.announced_up_to.lock().expect("announced lock");
+        let heard: Vec<(String, u64, Heartbeat)> = {
             let live = self.live.lock().expect("live lock");
             let now = now_ms();
             live.iter()
-                .filter(|(_, l)| l.local && self.is_alive(l))
-                .map(|(id, l)| SeenDevice {
-                    id: id.clone(),
-                    seen_ms: now.saturating_sub(l.at.elapsed().as_millis() as u64),
-                    heartbeat: l.heartbeat.clone(),
+                .filter(|(_, l)| l.local && since.is_none_or(|s| l.at > s) && self.is_alive(l))
+                .map(|(id, l)| {
+                    let seen_ms = now.saturating_sub(l.at.elapsed().as_millis() as u64);
+                    (id.clone(), seen_ms, l.heartbeat.clone())
+                })
+                .collect()
+        };
+        let heard: Vec<(String, Vec<u8>)> = {
+            let throughputs: HashMap<String, crate::observe::Throughput> =
+                self.observed.throughputs().into_iter().collect();
+            heard
+                .into_iter()
+                .map(|(id, seen_ms, heartbeat)| {
+                    let record = HeardDevice {
+                        seen_ms,
+                        heartbeat,
+                        throughput: throughputs.get(&id).copied(),
+                    };
+                    let bytes = serde_json::to_vec(&record).expect("heartbeats always serialise");
+                    (id, bytes)
                 })
                 .collect()
         };
@@ -360,14 +386,14 @@ impl Control {
         let record = PlaneRecord {
             at_ms: now_ms(),
             url: self.config.advertise.clone(),
-            devices,
             registrations: self.registrations.export(now_ms()),
             fencing,
             restores,
-            throughput: self.observed.throughputs(),
         };
         let bytes = serde_json::to_vec(&record).expect("announcements always serialise");
-        self.store.announce(&self.id, &bytes)?;
+        let kept = self.store.announce(&self.id, &bytes, &heard)?;
+        // A lapsed lease took the devices announced before with it: name them all next round.
+        *self.planes.announced_up_to.lock().expect("announced lock") = kept.then_some(round);
         let mut peers = Vec::new();
         let mut seen: HashMap<String, (u64, Heartbeat)> = HashMap::new();
         let mut attach_changed = false;
@@ -394,16 +420,24 @@ impl Control {
             attach_changed |= self.registrations.import(record.registrations, now_ms());
             says.fencing.extend(record.fencing);
             says.restores.extend(record.restores);
-            self.observed.merge_throughputs(record.throughput);
-            for device in record.devices {
-                match seen.get(&device.id) {
-                    Some((at, _)) if *at >= device.seen_ms => {}
-                    _ => {
-                        seen.insert(device.id, (device.seen_ms, device.heartbeat));
-                    }
+        }
+        let mut throughputs = Vec::new();
+        for (id, bytes) in self.store.heard()? {
+            let Ok(device) = serde_json::from_slice::<HeardDevice>(&bytes) else {
+                tracing::warn!(device = id, "unreadable record of a device heard");
+                continue;
+            };
+            if let Some(throughput) = device.throughput {
+                throughputs.push((id.clone(), throughput));
+            }
+            match seen.get(&id) {
+                Some((at, _)) if *at >= device.seen_ms => {}
+                _ => {
+                    seen.insert(id, (device.seen_ms, device.heartbeat));
                 }
             }
         }
+        self.observed.merge_throughputs(throughputs);
         peers.sort_by(|a, b| a.id.cmp(&b.id));
         let says_changed = {
             let mut held = self.planes.leader_says.lock().expect("leader says lock");
@@ -429,6 +463,14 @@ impl Control {
                     Some(l) if l.at >= at => {}
                     previous => {
                         let was_alive = previous.is_some_and(|l| self.is_alive(l));
+                        // A record outlives the device's silence (it goes only with the control
+                        // plane that wrote it): one of a device long gone tells nothing new.
+                        if previous.is_none()
+                            && self.planes.silence(at)
+                                > self.heartbeat_interval() * self.config.missed_heartbeats
+                        {
+                            continue;
+                        }
                         // What its apps use (fuel counters, memory peaks) counts wherever the
                         // device heartbeats: the leader plans with it.
                         self.usage.record(&id, &heartbeat.running, at);
@@ -461,8 +503,12 @@ impl Control {
                     .map(|(id, _)| id.clone())
                     .collect()
             };
-            self.observed
-                .reload_evidence(self.store.as_ref(), |d| elsewhere.contains(d))?;
+            // Alone, or every device heartbeating here: nothing another saved is ours to take
+            // (and the table is not listed each time our own saves change it).
+            if !elsewhere.is_empty() {
+                self.observed
+                    .reload_evidence(self.store.as_ref(), |d| elsewhere.contains(d))?;
+            }
             *trust_seen = trust_now;
         }
         drop(trust_seen);

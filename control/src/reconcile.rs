@@ -181,6 +181,8 @@ impl Control {
             apps = self.apps()?;
         }
         self.save_evidence(false)?;
+        self.observed
+            .preload(self.store.as_ref(), devices.iter().map(|d| d.id.as_str()))?;
         // What is measured of each device, as placement takes it (see `observe`).
         let latency = observe::placement_latencies(
             &devices

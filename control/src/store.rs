@@ -272,6 +272,16 @@ pub trait Store: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Write `value` under `key`.
     fn put(&self, table: Table, key: &str, value: &[u8]) -> Result<(), StoreError>;
+    /// Write each (key, value) of `records`, as [`Store::put`] would, in as few requests as the
+    /// backend allows (etcd: transactions of up to 128 writes); not atomic as a whole. For a
+    /// loop over thousands of records (a new fleet's trust evidence), where a round trip each
+    /// would outlast the leader's lease.
+    fn put_many(&self, table: Table, records: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+        for (key, value) in records {
+            self.put(table, key, value)?;
+        }
+        Ok(())
+    }
     /// Remove `key`.
     fn delete(&self, table: Table, key: &str) -> Result<(), StoreError>;
     /// Every (key, value), in key order.
@@ -302,12 +312,29 @@ pub trait Store: Send + Sync {
         Ok(Leadership::Leader)
     }
     /// Say that control plane `id` is up, with `record` (what it tells the others: its URL,
-    /// the devices heartbeating to it), for [`PLANE_TTL_S`] seconds; called about twice a
-    /// second. On a shared store (etcd) the record lives under a lease, so a control plane that
-    /// stops disappears from [`Store::planes`] within the TTL.
-    fn announce(&self, id: &str, record: &[u8]) -> Result<(), StoreError>;
+    /// its registrations, the leader's fences), for [`PLANE_TTL_S`] seconds, and that it heard
+    /// the devices in `heard` (device id, its last heartbeat as the control plane encodes it)
+    /// since its last call; called about twice a second. On a shared store (etcd) all of it
+    /// lives under one lease renewed by each call, so a control plane that stops disappears
+    /// from [`Store::planes`], and the devices it last heard from [`Store::heard`], within the
+    /// TTL. Each device is its own record, written only when heard: what a call writes is
+    /// bounded by the fleet's heartbeat rate, never by its size. `Ok(false)` if what earlier
+    /// calls said may be gone (the lease lapsed): the next call should name every device.
+    fn announce(
+        &self,
+        id: &str,
+        record: &[u8],
+        heard: &[(String, Vec<u8>)],
+    ) -> Result<bool, StoreError>;
     /// Every control plane announced and not expired, as (id, record).
     fn planes(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Devices other control planes heard, as (device id, the record announced): those
+    /// announced since the last call, or, on the first call and whenever some may have been
+    /// missed, every one still announced. A store only one control plane can use (sled) has
+    /// none.
+    fn heard(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 /// One change to a record as a store saw it take effect: the new value, or `None` when the
@@ -732,9 +759,15 @@ impl Store for SledStore {
         Some(self.feeds.add(tables))
     }
 
-    fn announce(&self, id: &str, record: &[u8]) -> Result<(), StoreError> {
+    fn announce(
+        &self,
+        id: &str,
+        record: &[u8],
+        _heard: &[(String, Vec<u8>)],
+    ) -> Result<bool, StoreError> {
+        // The only control plane on this store: nobody else needs the devices it heard.
         *self.announced.lock().expect("announced lock") = Some((id.to_string(), record.to_vec()));
-        Ok(())
+        Ok(true)
     }
 
     fn planes(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {

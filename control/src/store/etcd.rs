@@ -44,6 +44,17 @@ const LEADER_KEY: &str = "leader";
 /// Where control planes announce themselves (see [`Store::announce`]), under the prefix.
 const PLANES: &str = "planes";
 
+/// Where control planes put the last heartbeat of each device they heard (see
+/// [`Store::announce`]), one key per device, under the prefix.
+const HEARD: &str = "heard";
+
+/// Most writes in one transaction (etcd's `--max-txn-ops` default).
+const TXN_OPS: usize = 128;
+
+/// Most bytes of values in one transaction: well under etcd's request limit (1.5 MiB) and
+/// its gRPC receive limit (2 MiB).
+const TXN_BYTES: usize = 512 << 10;
+
 /// This control plane's standing in the election.
 #[derive(Debug, Default)]
 struct Standing {
@@ -120,6 +131,51 @@ pub struct EtcdStore {
     feeds: Arc<Feeds>,
     /// Where this control plane stands in the election.
     standing: std::sync::Mutex<Standing>,
+    /// The lease this control plane's announcement and the devices it heard live under, while
+    /// it lives (renewed by every [`Store::announce`]).
+    presence: std::sync::Mutex<Option<i64>>,
+    /// Devices' heartbeats the watch saw control planes put (see [`Store::heard`]).
+    heard: Arc<Heard>,
+}
+
+/// What the watch saw under [`HEARD`] since [`Store::heard`] last took it: the newest record of
+/// each device, with the lease it was put under (so a control plane skips its own).
+#[derive(Debug, Default)]
+struct Heard {
+    state: std::sync::Mutex<HeardState>,
+}
+
+#[derive(Debug)]
+struct HeardState {
+    records: std::collections::HashMap<String, (Vec<u8>, i64)>,
+    /// Records may have been missed (the watch is new or restarted): the next
+    /// [`Store::heard`] reads them all.
+    lost: bool,
+}
+
+impl Default for HeardState {
+    fn default() -> Self {
+        HeardState {
+            records: Default::default(),
+            lost: true,
+        }
+    }
+}
+
+impl Heard {
+    fn put(&self, device: &str, record: &[u8], lease: i64) {
+        let mut state = self.state.lock().expect("heard lock");
+        // Bounded by the fleet: one record per device.
+        state
+            .records
+            .insert(device.to_string(), (record.to_vec(), lease));
+    }
+
+    fn lose(&self) {
+        let mut state = self.state.lock().expect("heard lock");
+        state.records.clear();
+        state.lost = true;
+    }
 }
 
 /// Changes per table, counted from an etcd watch on the whole prefix (writes by any control
@@ -155,9 +211,11 @@ async fn watch_changes(
     prefix: String,
     changes: Arc<Changes>,
     feeds: Arc<Feeds>,
+    heard: Arc<Heard>,
 ) {
     let leader_key = format!("{prefix}/{LEADER_KEY}");
     let planes = format!("{prefix}/{PLANES}/");
+    let heard_prefix = format!("{prefix}/{HEARD}/");
     loop {
         let watched = async {
             let mut stream = client
@@ -172,6 +230,7 @@ async fn watch_changes(
                     changes.saw_everything();
                     changes.watching.store(true, Ordering::SeqCst);
                     feeds.set_live(true);
+                    heard.lose();
                     // Our writes up to here are in whatever is read from now on.
                     feeds.delivered(response.header().map_or(0, |h| h.revision()));
                 }
@@ -180,6 +239,16 @@ async fn watch_changes(
                 }
                 let mut delivered = 0;
                 for event in response.events() {
+                    // A device heard by some control plane: no table, and no write a drain
+                    // waits for.
+                    if let Some(kv) = event.kv()
+                        && let Some(device) = kv.key().strip_prefix(heard_prefix.as_bytes())
+                    {
+                        if event.event_type() == EventType::Put {
+                            heard.put(&String::from_utf8_lossy(device), kv.value(), kv.lease());
+                        }
+                        continue;
+                    }
                     let entry = event
                         .kv()
                         .and_then(|kv| kv.key_str().ok())
@@ -220,6 +289,7 @@ async fn watch_changes(
         changes.watching.store(false, Ordering::SeqCst);
         changes.saw_everything();
         feeds.set_live(false);
+        heard.lose();
         if let Err(err) = watched {
             tracing::warn!("etcd watch broke: {err}; watching again");
         }
@@ -316,6 +386,7 @@ impl EtcdStore {
         tracing::info!(endpoints = ?config.endpoints, prefix = config.prefix, "registry on etcd");
         let changes = Arc::new(Changes::default());
         let feeds = Arc::new(Feeds::default());
+        let heard = Arc::new(Heard::default());
         // Down until the watch is created.
         feeds.set_live(false);
         runtime.spawn(watch_changes(
@@ -323,6 +394,7 @@ impl EtcdStore {
             config.prefix.clone(),
             changes.clone(),
             feeds.clone(),
+            heard.clone(),
         ));
         Ok(EtcdStore {
             config,
@@ -332,6 +404,8 @@ impl EtcdStore {
             changes,
             feeds,
             standing: std::sync::Mutex::new(Standing::default()),
+            presence: std::sync::Mutex::new(None),
+            heard,
         })
     }
 
@@ -367,9 +441,19 @@ impl EtcdStore {
     /// Run `op` under `fence` (if any) in one transaction: [`StoreError::Deposed`] if the fence
     /// failed.
     fn fenced(&self, op: TxnOp, fence: Option<Compare>) -> Result<TxnResponse, StoreError> {
+        self.fenced_ops(vec![op], fence)
+    }
+
+    /// Run `ops` under `fence` (if any) in one transaction: [`StoreError::Deposed`] if the
+    /// fence failed.
+    fn fenced_ops(
+        &self,
+        ops: Vec<TxnOp>,
+        fence: Option<Compare>,
+    ) -> Result<TxnResponse, StoreError> {
         let txn = Txn::new()
             .when(fence.into_iter().collect::<Vec<_>>())
-            .and_then([op]);
+            .and_then(ops);
         let response = self.run(move |mut client| {
             let txn = txn.clone();
             async move { client.txn(txn).await }
@@ -391,6 +475,67 @@ impl EtcdStore {
 
     fn table_prefix(&self, table: Table) -> String {
         format!("{}/{}/", self.config.prefix, table.name())
+    }
+
+    /// Every key starting with `prefix`, read in pages (so no answer nears gRPC's message
+    /// limit) at one revision: one consistent snapshot.
+    fn range(&self, prefix: &str) -> Result<Vec<etcd_client::KeyValue>, StoreError> {
+        let end = prefix_end(prefix.as_bytes());
+        let mut out = Vec::new();
+        let mut from = prefix.as_bytes().to_vec();
+        // Every page reads at the first page's revision.
+        let mut revision = 0;
+        loop {
+            let (start, end_key) = (from.clone(), end.clone());
+            let mut response = self.run(move |mut client| {
+                let (start, end_key) = (start.clone(), end_key.clone());
+                async move {
+                    let options = GetOptions::new()
+                        .with_range(end_key)
+                        .with_limit(PAGE)
+                        .with_revision(revision);
+                    client.get(start, Some(options)).await
+                }
+            })?;
+            if revision == 0 {
+                revision = response.header().map_or(0, |h| h.revision());
+            }
+            let more = response.more();
+            let kvs = response.take_kvs();
+            let Some(last) = kvs.last() else { break };
+            from = last.key().to_vec();
+            from.push(0);
+            out.extend(kvs);
+            if !more {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// This control plane's presence lease, renewed; a new one if it had none or it lapsed
+    /// (then `false`: whatever was put under the old one is gone).
+    fn presence_lease(&self) -> Result<(i64, bool), StoreError> {
+        let mut presence = self.presence.lock().expect("presence lock");
+        if let Some(lease) = *presence {
+            let ttl = self.run(move |mut client| async move {
+                let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
+                keeper.keep_alive().await?;
+                Ok(stream.message().await?.map_or(0, |r| r.ttl()))
+            })?;
+            if ttl > 0 {
+                return Ok((lease, true));
+            }
+            tracing::warn!(
+                "this control plane's presence lease lapsed; announcing every device it hears again"
+            );
+            *presence = None;
+        }
+        let granted = self.run(move |mut client| async move {
+            client.lease_grant(super::PLANE_TTL_S, None).await
+        })?;
+        *presence = Some(granted.id());
+        Ok((granted.id(), false))
     }
 
     /// Run `request` with a clone of the client on the store's runtime and wait for it. A
@@ -610,6 +755,36 @@ impl Store for EtcdStore {
         put.map(|_| ())
     }
 
+    fn put_many(&self, table: Table, records: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+        if table.is_bulk() {
+            return self.local.put_many(table, records);
+        }
+        let fence = self.fence()?;
+        let mut start = 0;
+        while start < records.len() {
+            // As many as fit one transaction.
+            let mut end = start;
+            let mut bytes = 0;
+            while end < records.len()
+                && end - start < TXN_OPS
+                && (end == start || bytes + records[end].1.len() <= TXN_BYTES)
+            {
+                bytes += records[end].1.len();
+                end += 1;
+            }
+            let ops: Vec<TxnOp> = records[start..end]
+                .iter()
+                .map(|(key, value)| TxnOp::put(self.key(table, key), value.clone(), None))
+                .collect();
+            let written = self.fenced_ops(ops, fence.clone());
+            self.changes.saw(table);
+            self.wrote(table, written.as_ref().ok().and_then(|r| r.header()));
+            written?;
+            start = end;
+        }
+        Ok(())
+    }
+
     fn delete(&self, table: Table, key: &str) -> Result<(), StoreError> {
         if table.is_bulk() {
             return self.local.delete(table, key);
@@ -649,41 +824,17 @@ impl Store for EtcdStore {
             return self.local.list(table);
         }
         let prefix = self.table_prefix(table);
-        let end = prefix_end(prefix.as_bytes());
-        let mut out = Vec::new();
-        let mut from = prefix.clone().into_bytes();
-        // Every page reads at the first page's revision: one consistent snapshot.
-        let mut revision = 0;
-        loop {
-            let (start, end_key) = (from.clone(), end.clone());
-            let mut response = self.run(move |mut client| {
-                let (start, end_key) = (start.clone(), end_key.clone());
-                async move {
-                    let options = GetOptions::new()
-                        .with_range(end_key)
-                        .with_limit(PAGE)
-                        .with_revision(revision);
-                    client.get(start, Some(options)).await
-                }
-            })?;
-            if revision == 0 {
-                revision = response.header().map_or(0, |h| h.revision());
-            }
-            let more = response.more();
-            let kvs = response.take_kvs();
-            let Some(last) = kvs.last() else { break };
-            from = last.key().to_vec();
-            from.push(0);
-            for kv in kvs {
+        Ok(self
+            .range(&prefix)?
+            .into_iter()
+            .map(|kv| {
                 let (key, value) = kv.into_key_value();
-                let key = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-                out.push((key, value));
-            }
-            if !more {
-                break;
-            }
-        }
-        Ok(out)
+                (
+                    String::from_utf8_lossy(&key[prefix.len()..]).into_owned(),
+                    value,
+                )
+            })
+            .collect())
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -757,14 +908,17 @@ impl Store for EtcdStore {
         })
     }
 
-    fn announce(&self, id: &str, record: &[u8]) -> Result<(), StoreError> {
-        // A fresh lease each time: the previous one expires on its own once nothing renews
-        // it, and the key moves to the new one.
-        let granted = self.run(move |mut client| async move {
-            client.lease_grant(super::PLANE_TTL_S, None).await
-        })?;
+    fn announce(
+        &self,
+        id: &str,
+        record: &[u8],
+        heard: &[(String, Vec<u8>)],
+    ) -> Result<bool, StoreError> {
+        // One lease for the announcement and every device heard, renewed each round: the
+        // devices' keys outlive the round they were put in, and all go with the control plane.
+        let (lease, kept) = self.presence_lease()?;
         let key = format!("{}/{PLANES}/{id}", self.config.prefix);
-        let (record, lease) = (record.to_vec(), granted.id());
+        let record = record.to_vec();
         self.run(move |mut client| {
             let (key, record) = (key.clone(), record.clone());
             async move {
@@ -773,7 +927,74 @@ impl Store for EtcdStore {
                     .await
             }
         })?;
-        Ok(())
+        // The devices, in transactions small enough for any etcd.
+        let send = |batch: Vec<TxnOp>| -> Result<(), StoreError> {
+            let txn = Txn::new().and_then(batch);
+            self.run(move |mut client| {
+                let txn = txn.clone();
+                async move { client.txn(txn).await }
+            })?;
+            Ok(())
+        };
+        let mut batch: Vec<TxnOp> = Vec::new();
+        let mut bytes = 0;
+        for (device, record) in heard {
+            if batch.len() == TXN_OPS || (bytes + record.len() > TXN_BYTES && !batch.is_empty()) {
+                send(std::mem::take(&mut batch))?;
+                bytes = 0;
+            }
+            bytes += record.len();
+            batch.push(TxnOp::put(
+                format!("{}/{HEARD}/{device}", self.config.prefix),
+                record.clone(),
+                Some(PutOptions::new().with_lease(lease)),
+            ));
+        }
+        if !batch.is_empty() {
+            send(batch)?;
+        }
+        Ok(kept)
+    }
+
+    fn heard(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let ours = *self.presence.lock().expect("presence lock");
+        let theirs = |lease: i64| Some(lease) != ours;
+        let records = {
+            let mut state = self.heard.state.lock().expect("heard lock");
+            if state.lost || !self.changes.watching.load(Ordering::SeqCst) {
+                // Whatever the watch brings from here on comes on top of what is read now.
+                state.lost = false;
+                state.records.clear();
+                None
+            } else {
+                Some(std::mem::take(&mut state.records))
+            }
+        };
+        if let Some(records) = records {
+            return Ok(records
+                .into_iter()
+                .filter(|(_, (_, lease))| theirs(*lease))
+                .map(|(device, (record, _))| (device, record))
+                .collect());
+        }
+        let prefix = format!("{}/{HEARD}/", self.config.prefix);
+        match self.range(&prefix) {
+            Ok(kvs) => Ok(kvs
+                .into_iter()
+                .filter(|kv| theirs(kv.lease()))
+                .map(|kv| {
+                    let (key, value) = kv.into_key_value();
+                    (
+                        String::from_utf8_lossy(&key[prefix.len()..]).into_owned(),
+                        value,
+                    )
+                })
+                .collect()),
+            Err(err) => {
+                self.heard.lose();
+                Err(err)
+            }
+        }
     }
 
     fn planes(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {

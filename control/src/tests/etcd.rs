@@ -371,6 +371,7 @@ async fn a_deposed_leaders_fenced_writes_fail_and_change_nothing() {
     for write in [
         as_leader(|| first.put(Table::Placements, "app", b"stale")),
         as_leader(|| first.delete(Table::Placements, "app")),
+        as_leader(|| first.put_many(Table::Placements, &[("app".into(), b"stale".to_vec())])),
         as_leader(|| {
             let read = first.get_versioned(Table::Placements, "app").unwrap();
             first.put_if(Table::Placements, "app", b"stale", &read.revision)
@@ -510,4 +511,94 @@ async fn a_device_heartbeating_to_one_control_plane_is_alive_on_the_others() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Regression: a control plane announced the last heartbeat of every device heartbeating to
+/// it in one record, twice a second; at 5,000 devices that was 2.4 MB, which etcd refuses.
+#[test]
+fn devices_heard_by_a_fleet_larger_than_an_etcd_request_reach_the_other_control_plane() {
+    let cluster = EtcdCluster::start(1).unwrap_or_else(|e| panic!("{e}"));
+    let ours = connect(&cluster, "heard", Duration::from_secs(5)).unwrap();
+    let theirs = connect(&cluster, "heard", Duration::from_secs(5)).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || theirs
+            .generation(Table::Apps)
+            .is_some()),
+        "the watch never started"
+    );
+    // 3,000 devices of 1 KiB each: twice what one etcd request may carry.
+    let record = |device: usize, round: u8| {
+        let mut bytes = vec![round; 1024];
+        bytes[..8].copy_from_slice(&(device as u64).to_le_bytes());
+        bytes
+    };
+    let fleet: Vec<(String, Vec<u8>)> = (0..3_000)
+        .map(|d| (format!("device-{d}"), record(d, 1)))
+        .collect();
+    assert!(
+        !ours.announce("ours", b"{}", &fleet).unwrap(),
+        "a first announcement has no earlier one to keep"
+    );
+    let mut seen = std::collections::HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.len() < fleet.len() {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {} devices reached the other control plane",
+            seen.len(),
+            fleet.len()
+        );
+        seen.extend(theirs.heard().unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(fleet.iter().all(|(d, r)| seen.get(d) == Some(r)));
+    assert!(
+        ours.heard().unwrap().is_empty(),
+        "a control plane is not told what it announced itself"
+    );
+    // A full read may come before the watch has delivered every put it already showed: wait
+    // until the watch is quiet (each record it brings is one already seen).
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < Duration::from_millis(500) {
+        let late = theirs.heard().unwrap();
+        if !late.is_empty() {
+            assert!(late.iter().all(|(d, r)| seen.get(d) == Some(r)));
+            quiet_since = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The next round names one device heard again: only it is read by the other.
+    assert!(
+        ours.announce("ours", b"{}", &[("device-7".into(), record(7, 2))])
+            .unwrap(),
+        "the lease was kept"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let changed = loop {
+        let changed = theirs.heard().unwrap();
+        if !changed.is_empty() || Instant::now() > deadline {
+            break changed;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let names: Vec<&str> = changed.iter().map(|(d, _)| d.as_str()).collect();
+    assert_eq!(names, ["device-7"]);
+    assert!(changed[0].1 == record(7, 2), "device-7's old record");
+    assert_eq!(theirs.planes().unwrap().len(), 1);
+}
+
+/// Regression: a reconcile after 5,000 devices registered saved each one's first trust
+/// evidence in a fenced transaction of its own, outlasting the leader's 3 s lease.
+#[test]
+fn thousands_of_records_written_at_once_as_the_leader_all_land() {
+    use crate::store::{Leadership, as_leader};
+    let cluster = EtcdCluster::start(1).unwrap_or_else(|e| panic!("{e}"));
+    let store = connect(&cluster, "many", Duration::from_secs(5)).unwrap();
+    assert_eq!(store.lead("leader").unwrap(), Leadership::Leader);
+    // More records than one transaction takes, and more bytes than one request.
+    let records: Vec<(String, Vec<u8>)> = (0..2_000)
+        .map(|d| (format!("device-{d:04}"), vec![(d % 251) as u8; 1024]))
+        .collect();
+    as_leader(|| store.put_many(Table::Trust, &records)).unwrap();
+    assert_eq!(store.list(Table::Trust).unwrap(), records);
 }
