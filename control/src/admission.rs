@@ -130,17 +130,12 @@ impl Control {
 
     /// Whether `key` (hex) is admitted.
     pub(crate) fn is_admitted(&self, key: &str) -> Result<bool, StoreError> {
-        Ok(self.store.get(Table::Admitted, key)?.is_some())
+        self.device_index(|index| index.admitted.contains(key))
     }
 
     /// Every admitted key.
     pub(crate) fn admitted_keys(&self) -> Result<std::collections::HashSet<String>, StoreError> {
-        Ok(self
-            .store
-            .list(Table::Admitted)?
-            .into_iter()
-            .map(|(key, _)| key)
-            .collect())
+        self.device_index(|index| index.admitted.clone())
     }
 
     /// Admit `key` (already admitted: left as it was).
@@ -172,14 +167,9 @@ impl Control {
         Ok(())
     }
 
-    /// Registered devices that are admitted: the only ones placement is given.
-    pub(crate) fn admitted_devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
-        let admitted = self.admitted_keys()?;
-        Ok(self
-            .devices()?
-            .into_iter()
-            .filter(|d| admitted.contains(&d.public_key))
-            .collect())
+    /// Registered devices that are admitted, in id order: the only ones placement is given.
+    pub(crate) fn admitted_devices(&self) -> Result<std::sync::Arc<Vec<DeviceRecord>>, StoreError> {
+        self.device_index(|index| index.admitted_devices())
     }
 
     /// Relays that registered recently and are admitted: the only ones routers and visitors

@@ -257,6 +257,11 @@ pub struct Control {
     /// Held while the plan index is brought up to date: one update at a time, the heartbeats
     /// that found it stale meanwhile wait and take its result (see [`Control::plan_index`]).
     plan_index_update: Mutex<()>,
+    /// Registered devices and admitted keys, kept up to date from `device_feed`.
+    device_index: Mutex<registry::DeviceIndex>,
+    /// The store's changes to the device index's tables; `None` for a store that cannot feed
+    /// them (the tables are then read on every use).
+    device_feed: Option<Arc<store::Feed>>,
     /// Devices' measured RTTs and the behaviour their trust is earned with.
     observed: observe::Observations,
     /// Smoothed CPU each replica burns, from heartbeats.
@@ -305,6 +310,8 @@ impl Control {
         Arc::new(Control {
             secrets,
             plan_feed: store.follow(&registry::PLAN_TABLES),
+            device_feed: store.follow(&registry::DEVICE_TABLES),
+            device_index: Default::default(),
             store,
             config,
             live: Mutex::new(HashMap::new()),

@@ -165,6 +165,7 @@ impl Control {
     /// Compute placements for every app from the registered devices and write them (after the
     /// start-up grace period of `missed_heartbeats` intervals).
     pub fn reconcile(&self) -> Result<(), StoreError> {
+        let started = Instant::now();
         let mut apps = self.apps()?;
         // Only admitted devices are placed on: a pending one is never given work.
         let devices = self.admitted_devices()?;
@@ -347,6 +348,7 @@ impl Control {
             pending
         };
         let planning = Instant::now();
+        let read = planning.duration_since(started);
         let outcome = if full {
             let outcome = placement::plan(&fleet, &demands, &current, &self.config.placement);
             *self.last_full_plan.lock().expect("plan lock") = Some((Instant::now(), fleet_now));
@@ -359,9 +361,8 @@ impl Control {
             crate::preempt::make_room(outcome, &fleet, &demands, &current, &self.config.placement);
         // A spot app that gave way has a new problem even when it was not pending.
         pending.extend(outcome.unplaceable.iter().map(|u| u.app.clone()));
-        self.metrics
-            .placement
-            .observe(planning.elapsed().as_secs_f64());
+        let planned_in = planning.elapsed();
+        self.metrics.placement.observe(planned_in.as_secs_f64());
         let problems: HashMap<&str, &str> = outcome
             .unplaceable
             .iter()
@@ -461,6 +462,17 @@ impl Control {
             }
         }
         self.store.flush()?;
+        // Where a tick's time goes (`FOG_LOG=fog_control::reconcile=debug`): it must stay well
+        // inside the leader's lease.
+        tracing::debug!(
+            devices = devices.len(),
+            apps = apps.len(),
+            full,
+            read_ms = read.as_secs_f64() * 1e3,
+            plan_ms = planned_in.as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            "reconciled"
+        );
         let phase_changed = self
             .phase_changed
             .swap(false, std::sync::atomic::Ordering::AcqRel);
@@ -645,7 +657,13 @@ impl Control {
     /// that leadership (a control plane that lost it mid-reconcile changes nothing more).
     pub fn reconcile_if_leading(&self) -> Result<(), StoreError> {
         use std::sync::atomic::Ordering;
-        match self.store.lead(&self.id)? {
+        let electing = Instant::now();
+        let leadership = self.store.lead(&self.id)?;
+        tracing::debug!(
+            lead_ms = electing.elapsed().as_secs_f64() * 1e3,
+            "took part in the election"
+        );
+        match leadership {
             Leadership::Leader => {
                 if !self.leading.swap(true, Ordering::AcqRel) {
                     tracing::info!(id = self.id, "leading: this control plane reconciles");
@@ -682,7 +700,16 @@ impl Control {
         tokio::pin!(shutdown);
         loop {
             let control = self.clone();
-            match tokio::task::spawn_blocking(move || control.reconcile_if_leading()).await {
+            let queued = Instant::now();
+            match tokio::task::spawn_blocking(move || {
+                tracing::debug!(
+                    queued_ms = queued.elapsed().as_secs_f64() * 1e3,
+                    "reconcile tick starts"
+                );
+                control.reconcile_if_leading()
+            })
+            .await
+            {
                 Ok(Ok(())) => {}
                 Ok(Err(StoreError::Deposed)) => {
                     tracing::warn!("another control plane was elected during this reconcile");

@@ -81,12 +81,63 @@ impl Control {
             .collect()
     }
 
+    /// Every registered device, in id order, from the device index.
     pub(crate) fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
-        self.store
+        self.device_index(|index| index.devices.values().cloned().collect())
+    }
+
+    /// Use the registered devices and admitted keys, brought up to date with the changes the
+    /// store has fed since the last use (or read whole when it may have missed some, and every
+    /// time from a store that cannot feed them). On etcd each reconcile listed both tables
+    /// over gRPC: 10,000 devices and as many keys a tick.
+    pub(crate) fn device_index<T>(
+        &self,
+        use_it: impl FnOnce(&mut DeviceIndex) -> T,
+    ) -> Result<T, StoreError> {
+        let Some(feed) = &self.device_feed else {
+            return Ok(use_it(&mut self.read_device_index()?));
+        };
+        let mut index = self.device_index.lock().expect("device index lock");
+        match feed.drain() {
+            Drained::Changes(changes) => {
+                for change in &changes {
+                    if let Err(err) = index.apply(change) {
+                        // Unreadable: the next use reads the tables again.
+                        feed.lose();
+                        return Err(err);
+                    }
+                }
+            }
+            Drained::Lost => match self.read_device_index() {
+                Ok(fresh) => *index = fresh,
+                Err(err) => {
+                    feed.lose();
+                    return Err(err);
+                }
+            },
+        }
+        Ok(use_it(&mut index))
+    }
+
+    /// The device index read whole from its tables.
+    fn read_device_index(&self) -> Result<DeviceIndex, StoreError> {
+        let devices = self
+            .store
             .list(Table::Devices)?
             .iter()
-            .map(|(k, v)| decode(Table::Devices, k, v))
-            .collect()
+            .map(|(k, v)| Ok((k.clone(), decode(Table::Devices, k, v)?)))
+            .collect::<Result<_, StoreError>>()?;
+        let admitted = self
+            .store
+            .list(Table::Admitted)?
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        Ok(DeviceIndex {
+            devices,
+            admitted,
+            admitted_devices: None,
+        })
     }
 
     /// Every placement, read from the table.
@@ -96,6 +147,62 @@ impl Control {
             .iter()
             .map(|(k, v)| Ok((k.clone(), decode(Table::Placements, k, v)?)))
             .collect()
+    }
+}
+
+/// The tables the device index is built from.
+pub(crate) const DEVICE_TABLES: [Table; 2] = [Table::Devices, Table::Admitted];
+
+/// Registered devices and admitted keys, kept up to date key by key from the store's feed of
+/// [`DEVICE_TABLES`] (see [`Control::device_index`]).
+#[derive(Debug, Default)]
+pub(crate) struct DeviceIndex {
+    /// Device id → its registration.
+    pub(crate) devices: BTreeMap<String, DeviceRecord>,
+    /// Admitted public keys (hex).
+    pub(crate) admitted: std::collections::HashSet<String>,
+    /// The admitted devices in id order, made at the first use after a change.
+    admitted_devices: Option<Arc<Vec<DeviceRecord>>>,
+}
+
+impl DeviceIndex {
+    /// Take in one change to a device or an admission.
+    fn apply(&mut self, change: &Change) -> Result<(), StoreError> {
+        let key = change.key.as_str();
+        match (change.table, &change.value) {
+            (Table::Devices, Some(bytes)) => {
+                self.devices
+                    .insert(key.to_string(), decode(Table::Devices, key, bytes)?);
+            }
+            (Table::Devices, None) => {
+                self.devices.remove(key);
+            }
+            (Table::Admitted, Some(_)) => {
+                self.admitted.insert(key.to_string());
+            }
+            (Table::Admitted, None) => {
+                self.admitted.remove(key);
+            }
+            _ => return Ok(()),
+        }
+        self.admitted_devices = None;
+        Ok(())
+    }
+
+    /// Registered devices that are admitted, in id order.
+    pub(crate) fn admitted_devices(&mut self) -> Arc<Vec<DeviceRecord>> {
+        let (devices, admitted) = (&self.devices, &self.admitted);
+        self.admitted_devices
+            .get_or_insert_with(|| {
+                Arc::new(
+                    devices
+                        .values()
+                        .filter(|d| admitted.contains(&d.public_key))
+                        .cloned()
+                        .collect(),
+                )
+            })
+            .clone()
     }
 }
 

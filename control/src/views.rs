@@ -260,8 +260,8 @@ impl Control {
         // Only admitted devices: a replica is never routed to a pending one.
         let devices: HashMap<String, DeviceRecord> = self
             .admitted_devices()?
-            .into_iter()
-            .map(|d| (d.id.clone(), d))
+            .iter()
+            .map(|d| (d.id.clone(), d.clone()))
             .collect();
         let running = self.running_on();
         let htx: HashMap<String, api::HtxEndpoint> = self
