@@ -85,3 +85,73 @@ fn fog_control_with_an_unreachable_etcd_exits_with_one_error_naming_the_endpoint
     }
     assert!(errors[0].contains("unreachable"), "{err}");
 }
+
+/// `fog sim` against a control plane on etcd: simulated devices register, heartbeat and are
+/// given every app published; the probe app is placed too.
+#[test]
+fn simulated_devices_get_every_app_placed_by_a_control_plane_on_etcd() {
+    let etcd = EtcdCluster::start(1).unwrap_or_else(|e| panic!("{e}"));
+    let data = tempfile::tempdir().unwrap();
+    let control = spawn(&[
+        "control",
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        data.path().to_str().unwrap(),
+        "--store",
+        &etcd.url(),
+        "--key-rate",
+        "0",
+    ]);
+    let mut sim = std::process::Command::new(crate::fog::FOG)
+        .args([
+            "sim",
+            "--control",
+            &control.url(),
+            "--devices",
+            "40",
+            "--apps",
+            "30",
+            "--for",
+            "3",
+            "--json",
+            "--admission-token",
+            crate::fog::ADMISSION_TOKEN,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while sim.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = sim.kill();
+            let output = sim.wait_with_output().unwrap();
+            panic!(
+                "fog sim did not finish within 180 s: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = sim.wait_with_output().unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{err}");
+    let report: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(report["devices"], 40, "{report}");
+    assert_eq!(report["apps"], 30, "{report}");
+    assert!(
+        report["apps_placed_s"].is_f64(),
+        "not every app placed: {report}"
+    );
+    assert!(
+        report["probe_placed_ms"].is_f64(),
+        "the probe never placed: {report}"
+    );
+    assert!(report["heartbeats"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["failed"], 0, "heartbeats failed: {report}");
+}
