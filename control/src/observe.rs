@@ -281,21 +281,28 @@ impl Observations {
         }
     }
 
-    /// `device`'s evidence from memory, or read from the store once and kept in memory (so a
-    /// reconcile over a large fleet reads the store only for devices it has not seen yet).
-    fn cached<'a>(
-        trust: &'a mut HashMap<String, Evidence>,
+    /// The trust table locked, with `device`'s evidence in memory: read from the store once
+    /// (so a reconcile over a large fleet reads the store only for devices it has not seen
+    /// yet), without holding the lock meanwhile. Holding it across the read made every
+    /// device's first evidence an etcd round trip under one lock: at 5,000 new devices their
+    /// heartbeats queued on it for seconds, and the reconcile (which reads every device's trust)
+    /// behind them, past the leader's lease.
+    fn cached(
+        &self,
         store: &dyn Store,
         device: &str,
-    ) -> Result<&'a mut Evidence, StoreError> {
-        if !trust.contains_key(device) {
+    ) -> Result<std::sync::MutexGuard<'_, HashMap<String, Evidence>>, StoreError> {
+        if !self.trust.lock().expect("trust lock").contains_key(device) {
             let loaded = match store.get(Table::Trust, device)? {
                 Some(bytes) => crate::trust::decode_evidence(device, &bytes)?,
                 None => Evidence::default(),
             };
-            trust.insert(device.to_string(), loaded);
+            let mut trust = self.trust.lock().expect("trust lock");
+            // Another reader may have loaded it (and a heartbeat changed it) meanwhile.
+            trust.entry(device.to_string()).or_insert(loaded);
+            return Ok(trust);
         }
-        Ok(trust.get_mut(device).expect("inserted above"))
+        Ok(self.trust.lock().expect("trust lock"))
     }
 
     /// Read the saved evidence of the `devices` not in memory yet in one listing of the table,
@@ -338,8 +345,9 @@ impl Observations {
         device: &str,
         change: impl FnOnce(&mut Evidence),
     ) -> Result<(), StoreError> {
-        let mut trust = self.trust.lock().expect("trust lock");
-        change(Self::cached(&mut trust, store, device)?);
+        let mut trust = self.cached(store, device)?;
+        change(trust.entry(device.to_string()).or_default());
+        drop(trust);
         self.dirty
             .lock()
             .expect("dirty lock")
@@ -356,8 +364,8 @@ impl Observations {
         config: &TrustConfig,
     ) -> Result<Evidence, StoreError> {
         let mut evidence = {
-            let mut trust = self.trust.lock().expect("trust lock");
-            Self::cached(&mut trust, store, device)?.clone()
+            let trust = self.cached(store, device)?;
+            trust.get(device).cloned().unwrap_or_default()
         };
         evidence.decay(now_ms, config);
         Ok(evidence)
