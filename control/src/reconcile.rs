@@ -17,6 +17,9 @@ use crate::store::{
 };
 use crate::{ApiError, Control, autoscale, observe, replicas, trust};
 
+/// How often a reconcile tick renews the leadership while it runs (the lease lives 3 s).
+const RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How long a computed CPU ceiling prices replicas (see [`Control::cpu_ceiling`]).
 const CEILING_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -668,13 +671,15 @@ impl Control {
                 if !self.leading.swap(true, Ordering::AcqRel) {
                     tracing::info!(id = self.id, "leading: this control plane reconciles");
                 }
-                crate::store::as_leader(|| {
-                    // Resume what the last leader left in flight before deciding anything.
-                    if !self.soft_loaded.load(Ordering::Acquire) {
-                        self.load_soft_state()?;
-                        self.soft_loaded.store(true, Ordering::Release);
-                    }
-                    self.reconcile()
+                self.renewing_leadership(|| {
+                    crate::store::as_leader(|| {
+                        // Resume what the last leader left in flight before deciding anything.
+                        if !self.soft_loaded.load(Ordering::Acquire) {
+                            self.load_soft_state()?;
+                            self.soft_loaded.store(true, Ordering::Release);
+                        }
+                        self.reconcile()
+                    })
                 })
             }
             Leadership::Follower { leader } => {
@@ -688,6 +693,35 @@ impl Control {
                 Ok(())
             }
         }
+    }
+
+    /// Run `tick` while another thread renews this control plane's leadership every
+    /// [`RENEW_EVERY`]: a tick that takes longer than the leader's lease (a full plan of
+    /// thousands of apps, a machine short of CPU) keeps it instead of losing it mid-way and
+    /// starting again under a new election. A leader that stops (killed, paused) still loses
+    /// it within the lease, since the renewing stops with it; one deposed meanwhile learns it
+    /// at its next renewal, and its fenced writes fail from then on.
+    pub(crate) fn renewing_leadership<T>(&self, tick: impl FnOnce() -> T) -> T {
+        std::thread::scope(|scope| {
+            let (done, finished) = std::sync::mpsc::channel::<()>();
+            scope.spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    finished.recv_timeout(RENEW_EVERY)
+                {
+                    match self.store.lead(&self.id) {
+                        Ok(Leadership::Leader) => {}
+                        Ok(Leadership::Follower { leader }) => {
+                            tracing::warn!(?leader, "deposed during a reconcile");
+                            return;
+                        }
+                        Err(err) => tracing::warn!("cannot renew the leadership: {err}"),
+                    }
+                }
+            });
+            let outcome = tick();
+            drop(done);
+            outcome
+        })
     }
 
     /// True if this control plane led at its last reconcile tick.

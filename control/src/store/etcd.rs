@@ -35,7 +35,7 @@ use super::{
 
 /// Seconds the leader's lease lives without renewal: a leader that stops (killed, paused,
 /// partitioned from the cluster) is replaced within about this long. The reconcile loop
-/// renews it every tick (1 s).
+/// renews it before every tick (1 s) and every second while a tick runs.
 pub const LEADER_LEASE_TTL_S: i64 = 3;
 
 /// The election key under the prefix.

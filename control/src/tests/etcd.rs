@@ -602,3 +602,27 @@ fn thousands_of_records_written_at_once_as_the_leader_all_land() {
     as_leader(|| store.put_many(Table::Trust, &records)).unwrap();
     assert_eq!(store.list(Table::Trust).unwrap(), records);
 }
+
+/// Regression: the leader's lease was renewed only between reconcile ticks, so a tick longer
+/// than the lease (a full plan of thousands of apps, a machine short of CPU) lost it mid-way.
+#[test]
+fn a_reconcile_tick_longer_than_the_leaders_lease_keeps_the_leadership() {
+    use crate::store::Leadership;
+    use crate::store::etcd::LEADER_LEASE_TTL_S;
+    let cluster = EtcdCluster::start(1).unwrap_or_else(|e| panic!("{e}"));
+    let control = Control::new(
+        Arc::new(connect(&cluster, "renew", Duration::from_secs(5)).unwrap()),
+        ControlConfig::default(),
+    );
+    let other = connect(&cluster, "renew", Duration::from_secs(5)).unwrap();
+    assert_eq!(control.store.lead(&control.id).unwrap(), Leadership::Leader);
+    control.renewing_leadership(|| {
+        std::thread::sleep(Duration::from_secs(2 * LEADER_LEASE_TTL_S as u64));
+    });
+    assert_eq!(
+        other.lead("other").unwrap(),
+        Leadership::Follower {
+            leader: Some(control.id.clone())
+        }
+    );
+}
