@@ -65,6 +65,9 @@ struct Standing {
     revision: i64,
 }
 
+/// Default for [`EtcdConfig::history`]: far longer than any watch of a control plane lags.
+pub const DEFAULT_HISTORY: Duration = Duration::from_secs(600);
+
 /// Keys fetched per request when listing a table.
 const PAGE: i64 = 500;
 
@@ -77,6 +80,11 @@ pub struct EtcdConfig {
     pub prefix: String,
     /// How long one request may take before the store reports etcd unreachable.
     pub timeout: Duration,
+    /// How much of the cluster's history (old revisions) is kept: older revisions are
+    /// compacted away, so the heartbeats and announcements written every round do not grow
+    /// etcd's database until it hits its space quota. `None` leaves compaction to the cluster
+    /// (etcd's `--auto-compaction-retention`).
+    pub history: Option<Duration>,
 }
 
 impl EtcdConfig {
@@ -112,6 +120,7 @@ impl EtcdConfig {
             endpoints,
             prefix: prefix.to_string(),
             timeout: Duration::from_secs(5),
+            history: Some(DEFAULT_HISTORY),
         })
     }
 }
@@ -197,6 +206,48 @@ impl Changes {
     fn saw_everything(&self) {
         for table in Table::ALL {
             self.saw(table);
+        }
+    }
+}
+
+/// Compact the cluster's history older than `history`, for as long as the store lives: every
+/// quarter of `history` note the cluster's revision, and compact to the newest noted revision
+/// at least `history` old. Every control plane does this; a revision another already compacted
+/// is not an error. Watches follow the present, so none is cut off unless it lags by `history`
+/// (it is then cancelled by etcd and made again, reading everything anew).
+async fn compact_history(mut client: Client, prefix: String, history: Duration) {
+    let mut noted: std::collections::VecDeque<(tokio::time::Instant, i64)> = Default::default();
+    let every = (history / 4).max(Duration::from_millis(50));
+    loop {
+        tokio::time::sleep(every).await;
+        let read = client
+            .get(
+                format!("{prefix}/"),
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await;
+        match read.map(|r| r.header().map(|h| h.revision())) {
+            Ok(Some(revision)) => noted.push_back((tokio::time::Instant::now(), revision)),
+            Ok(None) => {}
+            Err(err) => {
+                tracing::debug!("cannot read etcd's revision to compact its history: {err}");
+                continue;
+            }
+        }
+        let mut target = None;
+        while let Some(&(at, revision)) = noted.front()
+            && at.elapsed() >= history
+        {
+            target = Some(revision);
+            noted.pop_front();
+        }
+        let Some(revision) = target else { continue };
+        match client.compact(revision, None).await {
+            Ok(_) => tracing::debug!(revision, "etcd history compacted"),
+            // Already compacted to this revision or beyond (by another control plane).
+            Err(etcd_client::Error::GRpcStatus(status))
+                if status.code() == tonic::Code::OutOfRange => {}
+            Err(err) => tracing::warn!(revision, "cannot compact etcd's history: {err}"),
         }
     }
 }
@@ -389,6 +440,13 @@ impl EtcdStore {
         let heard = Arc::new(Heard::default());
         // Down until the watch is created.
         feeds.set_live(false);
+        if let Some(history) = config.history {
+            runtime.spawn(compact_history(
+                client.clone(),
+                config.prefix.clone(),
+                history,
+            ));
+        }
         runtime.spawn(watch_changes(
             client.clone(),
             config.prefix.clone(),

@@ -626,3 +626,49 @@ fn a_reconcile_tick_longer_than_the_leaders_lease_keeps_the_leadership() {
         }
     );
 }
+
+/// The store compacts the cluster's history older than it was told to keep, so the records
+/// written every round (heartbeats, announcements) do not fill etcd's space quota.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_compacts_etcd_history_older_than_it_keeps() {
+    let cluster = EtcdCluster::start(1).unwrap_or_else(|e| panic!("{e}"));
+    let mut client = etcd_client::Client::connect(cluster.endpoints(), None)
+        .await
+        .unwrap();
+    let first = client.put("outside/key", "one", None).await.unwrap();
+    let old = first.header().unwrap().revision();
+    client.put("outside/key", "two", None).await.unwrap();
+    let _store = EtcdStore::connect(
+        EtcdConfig {
+            history: Some(Duration::from_millis(400)),
+            ..EtcdConfig::from_url(&cluster.url()).unwrap()
+        },
+        SledStore::temporary().unwrap(),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let read = client
+            .get(
+                "outside/key",
+                Some(etcd_client::GetOptions::new().with_revision(old)),
+            )
+            .await;
+        match read {
+            Err(etcd_client::Error::GRpcStatus(status))
+                if status.code() == tonic::Code::OutOfRange =>
+            {
+                break;
+            }
+            Err(err) => panic!("reading an old revision failed otherwise: {err}"),
+            Ok(found) => {
+                assert_eq!(found.kvs()[0].value(), b"one");
+                assert!(
+                    Instant::now() < deadline,
+                    "revision {old} is still readable 30 s after a store keeping 400 ms of history started"
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
