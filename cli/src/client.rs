@@ -12,7 +12,8 @@ use fog_proto::auth::{self, AUTH_HEADER, Identity, META_HEADER};
 #[derive(Debug, Clone, clap::Args)]
 pub struct ControlArgs {
     /// The control planes' base URLs, comma-separated: requests go to the one that answered
-    /// last and fail over to the next on connection errors, timeouts and 503.
+    /// last and fail over to the next on connection errors, timeouts, 503 and a control plane
+    /// that stopped answering (its liveness check unanswered).
     #[arg(
         long,
         env = "FOG_CONTROL",
@@ -98,7 +99,10 @@ impl Api {
     pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let answer = self
             .control
-            .try_each(|base| Sent::answer(self.http.get(format!("{base}{path}"))))
+            .try_each(|base| {
+                let request = self.http.get(format!("{base}{path}"));
+                self.unless_hung(base, Sent::answer(request))
+            })
             .await;
         decode(path, answer)
     }
@@ -123,18 +127,50 @@ impl Api {
         let answer = self
             .control
             .try_each(|base| {
-                Sent::answer(
-                    self.http
-                        .request(method.clone(), format!("{base}{path}"))
-                        .header(AUTH_HEADER, &header)
-                        .header(META_HEADER, meta)
-                        .body(body.clone()),
-                )
+                let request = self
+                    .http
+                    .request(method.clone(), format!("{base}{path}"))
+                    .header(AUTH_HEADER, &header)
+                    .header(META_HEADER, meta)
+                    .body(body.clone());
+                self.unless_hung(base, Sent::answer(request))
             })
             .await;
         decode(path, answer)
     }
+
+    /// `answer`, unless the control plane at `base` stops answering first: while it has not
+    /// answered, it is asked for its `/plane` (no store read) every [`PROBE_EVERY`], and one
+    /// left unanswered for [`PROBE_WITHIN`] gives it up as hung (a process stopped, a machine
+    /// frozen: the connection accepted, nothing ever answered) so the next one is asked. A
+    /// control plane slow on this request but alive keeps it, however long it takes.
+    async fn unless_hung<T>(
+        &self,
+        base: String,
+        answer: impl Future<Output = Result<T, Sent>>,
+    ) -> Result<T, Sent> {
+        let probe = format!("{base}{}/plane", fog_proto::api::PREFIX);
+        let hung = async {
+            loop {
+                tokio::time::sleep(PROBE_EVERY).await;
+                let alive = self.http.get(&probe).timeout(PROBE_WITHIN).send().await;
+                if alive.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            answer = answer => answer,
+            () = hung => Err(Sent::Hung { url: base }),
+        }
+    }
 }
+
+/// How often a control plane that has not answered yet is asked whether it is alive.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+
+/// How long a control plane asked whether it is alive has to answer.
+const PROBE_WITHIN: Duration = Duration::from_secs(10);
 
 /// A request to one control plane that another may answer instead.
 #[derive(Debug)]
@@ -143,6 +179,8 @@ enum Sent {
     Unreachable { url: String, source: reqwest::Error },
     /// The control plane answered 503 (it cannot reach its store, or is stopping).
     Unavailable(bytes::Bytes),
+    /// The control plane accepted the request and then stopped answering anything.
+    Hung { url: String },
 }
 
 impl Failover for Sent {
@@ -182,6 +220,12 @@ fn decode<T: serde::de::DeserializeOwned>(
         Err(Sent::Unavailable(bytes)) => (reqwest::StatusCode::SERVICE_UNAVAILABLE, bytes),
         Err(Sent::Unreachable { url, source }) => {
             return Err(anyhow::Error::new(source).context(format!("cannot reach {url} ({path})")));
+        }
+        Err(Sent::Hung { url }) => {
+            bail!(
+                "the control plane at {url} stopped answering ({path}): it accepted the request, \
+                 then left its liveness check unanswered for {PROBE_WITHIN:?}"
+            );
         }
     };
     if !status.is_success() {

@@ -67,3 +67,35 @@ async fn a_hung_first_control_plane_does_not_stop_a_primarys_writes() {
         "acknowledged increments lost: {total} < {acked}"
     );
 }
+
+/// A `fog` command whose first control plane hung (it accepted the connection and never
+/// answers) gives up on it once its liveness check goes unanswered, and the next answers: it
+/// does not wait out the HTTP client's 120 s timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_fails_over_from_a_hung_first_control_plane() {
+    let fog = Fog::start(0);
+    let proxy = Proxy::start(fog.control.addr).await;
+    proxy.hang();
+    let control = format!("http://{},{}", proxy.addr, fog.control.url());
+    let started = Instant::now();
+    let (code, _, err) = crate::fog::run(&[
+        "publish",
+        programs::HELLO,
+        "--name",
+        "hello",
+        "--wait",
+        "0",
+        "--control",
+        &control,
+        "--key",
+        &fog.key,
+    ]);
+    let took = started.elapsed();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(fog.app("hello").name, "hello");
+    // The liveness check: asked 5 s in, unanswered for 10 s. The client's own timeout is 120 s.
+    assert!(
+        took < std::time::Duration::from_secs(60),
+        "the command waited {took:?} on the hung control plane"
+    );
+}
