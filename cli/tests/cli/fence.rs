@@ -11,7 +11,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
-use crate::fog::spawn;
 use crate::ha::wait_acked;
 use crate::publish::Fog;
 use crate::state::{Increments, count, wait_for, wait_promoted};
@@ -94,19 +93,9 @@ async fn increment_on(host: SocketAddr) -> (u16, String) {
 /// Start host `i` of `fog` with one core, always on, given the control planes `control`, and
 /// `extra` arguments.
 pub(crate) fn spawn_host(fog: &mut Fog, i: usize, control: &str, extra: &[&str]) {
-    let data = fog.dir.path().join(format!("host{i}"));
-    let mut args = vec![
-        "host",
-        "--control",
-        control,
-        "--data",
-        data.to_str().unwrap(),
-        "--cpu",
-        "1",
-        "--always-on",
-    ];
-    args.extend_from_slice(extra);
-    fog.hosts.push(spawn(&args));
+    let args = [&["--always-on"], extra].concat();
+    let host = crate::soft::host(fog.dir.path(), i, control, &args);
+    fog.hosts.push(host);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

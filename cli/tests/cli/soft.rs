@@ -49,7 +49,9 @@ fn router(dir: &Path, control: &str) -> Running {
     ])
 }
 
-fn host(dir: &Path, i: usize, control: &str, extra: &[&str]) -> Running {
+/// Start host `i` with one core under `dir`, given the control planes `control`, and `extra`
+/// arguments.
+pub(crate) fn host(dir: &Path, i: usize, control: &str, extra: &[&str]) -> Running {
     let data = dir.join(format!("host{i}"));
     let mut args = vec![
         "host",
