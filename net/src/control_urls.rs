@@ -79,6 +79,16 @@ impl ControlUrls {
         &self.urls
     }
 
+    /// The same control planes as a list of its own whose requests go first to the one at
+    /// `index` (round the list): clients given successive indexes spread over the planes, as
+    /// hosts configured with different orders do.
+    pub fn starting_at(&self, index: usize) -> ControlUrls {
+        ControlUrls {
+            urls: self.urls.clone(),
+            current: Arc::new(AtomicUsize::new(index % self.urls.len())),
+        }
+    }
+
     /// Send a request built by `attempt` (given a base URL, owned so the request may keep it)
     /// to the current control plane, and on a failure that [`Failover::fail_over`] to each
     /// other one in turn; the first that answers becomes the current one. The last failure if
@@ -177,6 +187,17 @@ mod tests {
             ControlUrls::parse("a:1"),
             Err(ControlUrlsError::Scheme(_))
         ));
+    }
+
+    #[test]
+    fn a_list_started_elsewhere_goes_first_there_and_moves_on_its_own() {
+        let urls = ControlUrls::parse("http://a,http://b,http://c").unwrap();
+        let second = urls.starting_at(1);
+        assert_eq!(second.current(), "http://b");
+        assert_eq!(urls.starting_at(5).current(), "http://c", "round the list");
+        second.current.store(2, Ordering::Relaxed);
+        assert_eq!(urls.current(), "http://a", "the original list did not move");
+        assert_eq!(second.all(), urls.all());
     }
 
     #[tokio::test]

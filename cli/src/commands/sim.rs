@@ -33,7 +33,8 @@ use serde::Serialize;
 #[derive(Debug, clap::Args)]
 pub struct Sim {
     /// The control planes' base URLs, comma-separated: requests go to the one that answered
-    /// last and fail over to the next on connection errors, timeouts and 503.
+    /// last and fail over to the next on connection errors, timeouts and 503. With several,
+    /// device N heartbeats first to the Nth (round the list), so the fleet spreads over them.
     #[arg(
         long,
         env = "FOG_CONTROL",
@@ -232,7 +233,8 @@ impl Sim {
         let interval = Duration::from_millis(self.heartbeat_ms);
         let mut tasks = Vec::new();
         for (n, (identity, id)) in devices.into_iter().enumerate() {
-            let (client, control) = (client.clone(), self.control.clone());
+            // Each device heartbeats first to its own plane of the list (round robin).
+            let (client, control) = (client.clone(), self.control.starting_at(n));
             let registration = registration.clone();
             let (table, counters, latencies) = (table.clone(), counters.clone(), latencies.clone());
             let churn = self.churn;
@@ -329,7 +331,11 @@ impl Sim {
                     {
                         Ok(reply) => {
                             let ms = sent.elapsed().as_secs_f64() * 1e3;
-                            if counters.measuring.load(Ordering::Relaxed) {
+                            // Counted inside the measured window only (devices stop after
+                            // their next heartbeat, a departed one after it rejoins).
+                            if counters.measuring.load(Ordering::Relaxed)
+                                && !stop.load(Ordering::Relaxed)
+                            {
                                 latencies.lock().expect("latencies lock").push(ms);
                             }
                             // Run (report running) what the device is assigned.
@@ -431,6 +437,7 @@ impl Sim {
             done = work => done?,
             _ = tokio::signal::ctrl_c() => {}
         }
+        let measured = measured_from.elapsed();
         stop.store(true, Ordering::Relaxed);
         for task in tasks {
             let _ = task.await;
@@ -453,7 +460,7 @@ impl Sim {
             heartbeat_p50_ms: quantile(0.5),
             heartbeat_p99_ms: quantile(0.99),
             heartbeat_max_ms: latencies.last().copied().unwrap_or(0.0),
-            seconds: measured_from.elapsed().as_secs_f64(),
+            seconds: measured.as_secs_f64(),
             apps: self.apps,
             apps_placed_s: placed.0,
             probe_publish_ms: placed.1,
