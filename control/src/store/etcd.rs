@@ -255,10 +255,15 @@ async fn compact_history(mut client: Client, prefix: String, history: Duration) 
 /// Pause before watching again after the watch broke.
 const REWATCH_PAUSE: Duration = Duration::from_millis(500);
 
+/// Largest watch response taken. etcd sends a watch that fell behind up to 1,000 revisions at
+/// once (each up to etcd's request limit, 1.5 MiB by default), far over gRPC's default 4 MiB; a
+/// response over the limit breaks the watch, and watching again reads every table afresh.
+const WATCH_MESSAGE_LIMIT: usize = 256 << 20;
+
 /// Count the changes under `prefix` into `changes`, for as long as the store lives, watching
 /// again whenever the watch breaks (a member went away, the stream was cancelled).
 async fn watch_changes(
-    mut client: Client,
+    client: Client,
     prefix: String,
     changes: Arc<Changes>,
     feeds: Arc<Feeds>,
@@ -270,6 +275,8 @@ async fn watch_changes(
     loop {
         let watched = async {
             let mut stream = client
+                .watch_client()
+                .max_decoding_message_size(WATCH_MESSAGE_LIMIT)
                 .watch(
                     format!("{prefix}/"),
                     Some(WatchOptions::new().with_prefix()),

@@ -305,6 +305,40 @@ fn a_table_changed_by_another_control_plane_is_seen_through_the_watch() {
 }
 
 #[test]
+fn a_watch_response_over_grpcs_default_message_limit_keeps_the_watch() {
+    // A watch falling behind gets up to 1,000 revisions in one response, easily over gRPC's
+    // default 4 MiB; one record that large (allowed by a raised etcd request limit) makes such
+    // a response here.
+    let cluster = EtcdCluster::start_with(1, &["--max-request-bytes", "10485760"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ours = connect(&cluster, "large", Duration::from_secs(5)).unwrap();
+    let theirs = connect(&cluster, "large", Duration::from_secs(5)).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || ours
+            .generation(Table::Apps)
+            .is_some()),
+        "the watch never started"
+    );
+    let apps = ours.generation(Table::Apps).unwrap();
+    let devices = ours.generation(Table::Devices).unwrap();
+    theirs
+        .put(Table::Apps, "large", &vec![7u8; 5 << 20])
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || ours
+            .generation(Table::Apps)
+            .is_some_and(|seen| seen > apps)),
+        "the large write was never seen"
+    );
+    // A watch that broke and was made again counts every table as changed.
+    assert_eq!(
+        ours.generation(Table::Devices),
+        Some(devices),
+        "the watch broke on the large response"
+    );
+}
+
+#[test]
 fn without_a_watch_the_store_cannot_vouch_for_a_cached_view() {
     let cluster = EtcdCluster::start(1).unwrap_or_else(|e| panic!("{e}"));
     let store = connect(&cluster, "unwatched", Duration::from_millis(500)).unwrap();

@@ -97,9 +97,15 @@ impl EtcdCluster {
     /// Start `n` members and wait until every one is healthy. Ports are picked free just before
     /// the start; if another process takes one meanwhile, the start is tried again.
     pub fn start(n: usize) -> Result<EtcdCluster, EtcdError> {
+        Self::start_with(n, &[])
+    }
+
+    /// [`EtcdCluster::start`] with `flags` added to every member's command line (such as
+    /// `--max-request-bytes`).
+    pub fn start_with(n: usize, flags: &[&str]) -> Result<EtcdCluster, EtcdError> {
         let mut last = None;
         for _ in 0..3 {
-            match Self::try_start(n) {
+            match Self::try_start(n, flags) {
                 Ok(cluster) => return Ok(cluster),
                 Err(err @ EtcdError::Missing { .. }) => return Err(err),
                 Err(err) => last = Some(err),
@@ -108,7 +114,7 @@ impl EtcdCluster {
         Err(last.expect("three attempts"))
     }
 
-    fn try_start(n: usize) -> Result<EtcdCluster, EtcdError> {
+    fn try_start(n: usize, flags: &[&str]) -> Result<EtcdCluster, EtcdError> {
         let dir = tempfile::Builder::new()
             .prefix("fog-etcd-")
             .tempdir()
@@ -150,6 +156,7 @@ impl EtcdCluster {
                 .args(["--initial-cluster-token", &token])
                 .args(["--logger", "zap", "--log-outputs", "stderr"])
                 .args(["--log-level", "warn"])
+                .args(flags)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log_file)
