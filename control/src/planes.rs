@@ -341,7 +341,10 @@ impl Control {
     fn exchange_presence(&self) -> Result<bool, StoreError> {
         let round = Instant::now();
         let since = *self.planes.announced_up_to.lock().expect("announced lock");
-        let heard: Vec<(String, u64, Heartbeat)> = {
+        let heard: Vec<(String, u64, Heartbeat)> = if !self.store.shared() {
+            // No other control plane to tell.
+            Vec::new()
+        } else {
             let live = self.live.lock().expect("live lock");
             let now = now_ms();
             live.iter()

@@ -311,6 +311,12 @@ pub trait Store: Send + Sync {
         let _ = id;
         Ok(Leadership::Leader)
     }
+    /// Whether other control planes may use this store too (etcd): only then does one need the
+    /// devices another heard ([`Store::announce`]'s `heard`). sled, locked by one process, is
+    /// never shared.
+    fn shared(&self) -> bool {
+        false
+    }
     /// Say that control plane `id` is up, with `record` (what it tells the others: its URL,
     /// its registrations, the leader's fences), for [`PLANE_TTL_S`] seconds, and that it heard
     /// the devices in `heard` (device id, its last heartbeat as the control plane encodes it)

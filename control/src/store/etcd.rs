@@ -711,6 +711,10 @@ fn probe(runtime: &Runtime, endpoints: &[String], timeout: Duration) -> String {
 }
 
 impl Store for EtcdStore {
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         if table.is_bulk() {
             return self.local.get(table, key);
