@@ -275,17 +275,23 @@ fn eventually(within: Duration, condition: impl Fn() -> bool) -> bool {
     condition()
 }
 
-#[test]
-fn a_table_changed_by_another_control_plane_is_seen_through_the_watch() {
-    let cluster = EtcdCluster::start(1).unwrap_or_else(|e| panic!("{e}"));
-    let ours = connect(&cluster, "watched", Duration::from_secs(5)).unwrap();
-    let theirs = connect(&cluster, "watched", Duration::from_secs(5)).unwrap();
+/// Two stores under `prefix` (ours and another control plane's), once ours watches.
+fn ours_watching_and_theirs(cluster: &EtcdCluster, prefix: &str) -> (EtcdStore, EtcdStore) {
+    let ours = connect(cluster, prefix, Duration::from_secs(5)).unwrap();
+    let theirs = connect(cluster, prefix, Duration::from_secs(5)).unwrap();
     assert!(
         eventually(Duration::from_secs(10), || ours
             .generation(Table::Apps)
             .is_some()),
         "the watch never started"
     );
+    (ours, theirs)
+}
+
+#[test]
+fn a_table_changed_by_another_control_plane_is_seen_through_the_watch() {
+    let cluster = EtcdCluster::start(1).unwrap_or_else(|e| panic!("{e}"));
+    let (ours, theirs) = ours_watching_and_theirs(&cluster, "watched");
     let apps = ours.generation(Table::Apps).unwrap();
     let devices = ours.generation(Table::Devices).unwrap();
     // Another control plane's write shows through the watch, in that table only.
@@ -311,14 +317,7 @@ fn a_watch_response_over_grpcs_default_message_limit_keeps_the_watch() {
     // a response here.
     let cluster = EtcdCluster::start_with(1, &["--max-request-bytes", "10485760"])
         .unwrap_or_else(|e| panic!("{e}"));
-    let ours = connect(&cluster, "large", Duration::from_secs(5)).unwrap();
-    let theirs = connect(&cluster, "large", Duration::from_secs(5)).unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || ours
-            .generation(Table::Apps)
-            .is_some()),
-        "the watch never started"
-    );
+    let (ours, theirs) = ours_watching_and_theirs(&cluster, "large");
     let apps = ours.generation(Table::Apps).unwrap();
     let devices = ours.generation(Table::Devices).unwrap();
     theirs
