@@ -1,18 +1,55 @@
 //! The request an app's handler receives: method, path, query, headers and the whole body.
 
+use std::cell::OnceCell;
+use std::rc::Rc;
+
 use wasip2::http::types::{IncomingRequest, Method};
 use wasip2::io::streams::StreamError;
 
 use crate::{MAX_REQUEST_BODY, Response};
 
-/// An HTTP request, read in full before the handler runs.
+/// An HTTP request. Method, target and body are read before the handler runs; the headers are
+/// fetched from the host the first time the handler asks for one, so a handler that never looks
+/// at them does not pay for copying them in.
 #[derive(Debug, Clone)]
 pub struct Request {
     method: String,
     path: String,
     query: String,
-    headers: Vec<(String, Vec<u8>)>,
+    headers: Headers,
     body: Vec<u8>,
+}
+
+/// A request's headers as (lower-case name, raw value) pairs, read on first use.
+#[derive(Debug, Clone)]
+struct Headers {
+    read: OnceCell<Vec<(String, Vec<u8>)>>,
+    /// The request to read them from; `None` once they are known (a request built by hand).
+    from: Option<Rc<IncomingRequest>>,
+}
+
+impl Headers {
+    fn known(headers: Vec<(String, Vec<u8>)>) -> Self {
+        Headers {
+            read: OnceCell::from(lower_case(headers)),
+            from: None,
+        }
+    }
+
+    fn get(&self) -> &[(String, Vec<u8>)] {
+        self.read.get_or_init(|| match &self.from {
+            // The `fields` handle is dropped here, before the request it belongs to.
+            Some(incoming) => lower_case(incoming.headers().entries()),
+            None => Vec::new(),
+        })
+    }
+}
+
+fn lower_case(headers: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>)> {
+    headers
+        .into_iter()
+        .map(|(name, value)| (name.to_ascii_lowercase(), value))
+        .collect()
 }
 
 impl Request {
@@ -20,6 +57,10 @@ impl Request {
     ///
     /// `target` is the path with an optional `?query`.
     pub fn new(method: &str, target: &str, headers: Vec<(String, Vec<u8>)>, body: Vec<u8>) -> Self {
+        Self::with_headers(method, target, Headers::known(headers), body)
+    }
+
+    fn with_headers(method: &str, target: &str, headers: Headers, body: Vec<u8>) -> Self {
         let (path, query) = match target.split_once('?') {
             Some((path, query)) => (path, query),
             None => (target, ""),
@@ -29,10 +70,7 @@ impl Request {
             method: method.to_ascii_uppercase(),
             path: path.to_string(),
             query: query.to_string(),
-            headers: headers
-                .into_iter()
-                .map(|(name, value)| (name.to_ascii_lowercase(), value))
-                .collect(),
+            headers,
             body,
         }
     }
@@ -54,9 +92,12 @@ impl Request {
         let target = incoming
             .path_with_query()
             .unwrap_or_else(|| "/".to_string());
-        let headers = incoming.headers().entries();
         let body = read_body(&incoming)?;
-        Ok(Request::new(&method, &target, headers, body))
+        let headers = Headers {
+            read: OnceCell::new(),
+            from: Some(Rc::new(incoming)),
+        };
+        Ok(Request::with_headers(&method, &target, headers, body))
     }
 
     /// The method in upper case: `"GET"`, `"POST"`, ...
@@ -89,6 +130,7 @@ impl Request {
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
         self.headers
+            .get()
             .iter()
             .find(|(key, _)| *key == name)
             .and_then(|(_, value)| std::str::from_utf8(value).ok())
@@ -96,7 +138,7 @@ impl Request {
 
     /// All headers as (lower-case name, raw value) pairs, in the order received.
     pub fn headers(&self) -> &[(String, Vec<u8>)] {
-        &self.headers
+        self.headers.get()
     }
 
     /// The body bytes.
@@ -115,6 +157,9 @@ impl Request {
     }
 }
 
+/// Bytes asked for per read of the request body.
+const READ_CHUNK: u64 = 64 * 1024;
+
 /// Read the whole body, refusing one larger than [`MAX_REQUEST_BODY`].
 fn read_body(incoming: &IncomingRequest) -> Result<Vec<u8>, Response> {
     let unreadable = |what: &str| Response::error(400, &format!("request body unreadable: {what}"));
@@ -125,7 +170,13 @@ fn read_body(incoming: &IncomingRequest) -> Result<Vec<u8>, Response> {
     {
         let stream = body.stream().map_err(|()| unreadable("no stream"))?;
         loop {
-            match stream.blocking_read(64 * 1024) {
+            // A non-blocking read first: a body that is already there (or already over, as an
+            // empty one is) costs no wait; only when nothing is ready yet does the read block.
+            let chunk = match stream.read(READ_CHUNK) {
+                Ok(chunk) if chunk.is_empty() => stream.blocking_read(READ_CHUNK),
+                other => other,
+            };
+            match chunk {
                 Ok(chunk) => {
                     if bytes.len() + chunk.len() > MAX_REQUEST_BODY {
                         return Err(Response::error(413, "request body too large"));

@@ -114,8 +114,9 @@ impl Response {
         // A header the host refuses (forbidden or malformed) leaves the response without headers
         // rather than without an answer.
         let fields = Fields::from_list(&headers).unwrap_or_else(|_| Fields::new());
+        // A new `outgoing-response` is already 200: only another status costs a call.
         let response = OutgoingResponse::new(fields);
-        if response.set_status_code(self.status).is_err() {
+        if self.status != 200 && response.set_status_code(self.status).is_err() {
             let _ = response.set_status_code(500);
         }
         let Ok(body) = response.body() else {

@@ -133,7 +133,7 @@ async fn api_echoes_json_and_computes() {
     assert_eq!(echo.status, 200);
     assert_eq!(
         echo.text(),
-        r#"{"echo":{"hello":["fog",1]},"method":"POST","path":"/echo","query":"x=1"}"#
+        r#"{"content_type":"application/json","echo":{"hello":["fog",1]},"method":"POST","path":"/echo","query":"x=1"}"#
     );
     let not_json = request(host.addr, "POST", "/echo", &[("x-fog-app", "api")], "{")
         .await

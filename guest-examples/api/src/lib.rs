@@ -1,6 +1,7 @@
 //! `api`: a JSON echo and a CPU-bound computation sized by a parameter.
 //!
-//! - `POST /echo` with a JSON body returns `{"echo": <body>, "method": ..., "path": ...}`;
+//! - `POST /echo` with a JSON body returns `{"echo": <body>, "method": ..., "path": ...}` and the
+//!   `content-type` it was sent with;
 //! - `GET /primes?n=N` counts the primes below N (a sieve: CPU and memory grow with N, N ≤ 50
 //!   million) and returns `{"n": N, "primes": count}`;
 //! - `GET /fib?n=N` computes the N-th Fibonacci number modulo 2^64 by naive iteration repeated
@@ -17,6 +18,7 @@ fn handle(req: Request) -> Response {
     match (req.method(), req.path()) {
         ("POST", "/echo") => match req.json::<Value>() {
             Ok(body) => Response::json(&json!({
+                "content_type": req.header("content-type"),
                 "echo": body,
                 "method": req.method(),
                 "path": req.path(),
