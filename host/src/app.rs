@@ -19,7 +19,7 @@ use crate::code::Compiled;
 use crate::error::{Failure, first_line};
 use crate::kv::Namespace;
 use crate::runtime::Runtime;
-use crate::state::{Footprint, Grants, MemoryLimitReached, RequestState};
+use crate::state::{Footprint, Grants, MemoryLimitReached, RequestState, WasiContexts};
 use fog_proto::{Limits, Manifest};
 
 /// The response type the host produces.
@@ -76,6 +76,8 @@ pub struct App {
     footprint: Arc<Footprint>,
     /// What the app is granted now; swapped when the control plane changes it.
     grants: std::sync::RwLock<Arc<Grants>>,
+    /// WASI contexts its finished requests left for the next ones.
+    contexts: Arc<WasiContexts>,
 }
 
 impl std::fmt::Debug for App {
@@ -120,6 +122,7 @@ impl App {
             permits,
             meter: Meter::default(),
             footprint: Arc::new(Footprint::default()),
+            contexts: Arc::new(WasiContexts::new()),
         }
     }
 
@@ -312,6 +315,7 @@ impl App {
             RequestState::new(
                 &limits,
                 &self.manifest.permissions,
+                &self.contexts,
                 grants,
                 self.namespace.clone(),
                 written.clone(),
@@ -344,6 +348,7 @@ impl App {
             .new_response_outparam(sender)
             .map_err(host_error)?;
         let task_fuel = fuel_used.clone();
+        let contexts = self.contexts.clone();
         // The guest runs inside this request's own task, beside the code that reads its
         // response: no spawn, no cross-thread wake-up per request. Dropping the future (deadline,
         // oversized body) drops the store and so stops the guest.
@@ -357,12 +362,16 @@ impl App {
             }
             .await;
             task_fuel.store(budget - store.get_fuel().unwrap_or(0), Ordering::Relaxed);
-            let state = store.data();
-            GuestEnd {
+            let state = store.into_data();
+            let end = GuestEnd {
                 result,
                 memory_hit: state.limiter.hit,
                 stderr: state.stderr.contents(),
-            }
+            };
+            // Only a store that ran to its end gives its context back; one dropped midway
+            // (deadline, visitor gone) takes its context with it.
+            contexts.give_back(state);
+            end
         });
         // Wait for the response head, then read the body up to the limit; past STREAM_ABOVE
         // bytes, stop reading and stream the rest.

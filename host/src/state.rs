@@ -3,9 +3,12 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::OutputStream;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
@@ -55,30 +58,63 @@ impl Grants {
 /// Bytes of guest stderr kept per request (panic messages land there).
 const STDERR_CAPACITY: usize = 4096;
 
-/// The data of one request's `Store`.
-pub struct RequestState {
-    wasi: WasiCtx,
-    http: WasiHttpCtx,
-    table: ResourceTable,
-    hooks: FogHttpHooks,
-    grants: std::sync::Arc<Grants>,
-    namespace: Namespace,
-    /// The highest change-log sequence number this request wrote.
-    written: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    pub(crate) limiter: MemoryLimiter,
-    pub(crate) stderr: MemoryOutputPipe,
+/// WASI contexts kept per app between requests: contexts an app's guests cannot change (no
+/// arguments, no environment, the app's fixed permissions), so building one per request (two
+/// random generators seeded each time) was work thrown away. Each request still gets a fresh
+/// resource table and its own stderr buffer.
+///
+/// What carries over from one request to the next of the same app: the random generators'
+/// state (they go on with their streams) and the `wasi:random/insecure-seed` value, which WASI
+/// allows to be the same on every call.
+pub(crate) struct WasiContexts {
+    free: Mutex<Vec<ReusableWasi>>,
 }
 
-impl RequestState {
-    pub(crate) fn new(
-        limits: &Limits,
-        permissions: &Permissions,
-        grants: std::sync::Arc<Grants>,
-        namespace: Namespace,
-        written: std::sync::Arc<std::sync::atomic::AtomicU64>,
-        footprint: std::sync::Arc<Footprint>,
-    ) -> Self {
+/// Contexts kept per app; requests beyond this many at once build their own and drop them.
+const KEPT_CONTEXTS: usize = 4;
+
+impl WasiContexts {
+    pub(crate) fn new() -> Self {
+        WasiContexts {
+            free: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A context for one request, with a fresh stderr buffer.
+    fn take(&self, permissions: &Permissions) -> (ReusableWasi, MemoryOutputPipe) {
+        let wasi = self
+            .free
+            .lock()
+            .expect("WASI contexts lock")
+            .pop()
+            .unwrap_or_else(|| ReusableWasi::new(permissions));
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        *wasi.stderr.0.lock().expect("stderr lock") = stderr.clone();
+        (wasi, stderr)
+    }
+
+    /// Keep the context of a finished request (the store it served is gone).
+    pub(crate) fn give_back(&self, state: RequestState) {
+        self.keep(state.wasi);
+    }
+
+    fn keep(&self, wasi: ReusableWasi) {
+        let mut free = self.free.lock().expect("WASI contexts lock");
+        if free.len() < KEPT_CONTEXTS {
+            free.push(wasi);
+        }
+    }
+}
+
+/// A WASI context whose stderr can be pointed at a new buffer.
+struct ReusableWasi {
+    ctx: WasiCtx,
+    stderr: Stderr,
+}
+
+impl ReusableWasi {
+    fn new(permissions: &Permissions) -> Self {
+        let stderr = Stderr(Arc::new(Mutex::new(MemoryOutputPipe::new(0))));
         let mut wasi = WasiCtx::builder();
         wasi.stderr(stderr.clone());
         if permissions.sockets {
@@ -97,8 +133,67 @@ impl RequestState {
         {
             tracing::warn!(dir = %dir.display(), "cannot open the app's read directory: {err}");
         }
+        ReusableWasi {
+            ctx: wasi.build(),
+            stderr,
+        }
+    }
+}
+
+/// The guest's stderr: every stream the guest opens on it writes to the buffer of the request
+/// running now.
+#[derive(Clone)]
+struct Stderr(Arc<Mutex<MemoryOutputPipe>>);
+
+impl Stderr {
+    fn current(&self) -> MemoryOutputPipe {
+        self.0.lock().expect("stderr lock").clone()
+    }
+}
+
+impl IsTerminal for Stderr {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for Stderr {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        self.current().p2_stream()
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        self.current().async_stream()
+    }
+}
+
+/// The data of one request's `Store`.
+pub struct RequestState {
+    wasi: ReusableWasi,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: FogHttpHooks,
+    grants: std::sync::Arc<Grants>,
+    namespace: Namespace,
+    /// The highest change-log sequence number this request wrote.
+    written: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) stderr: MemoryOutputPipe,
+}
+
+impl RequestState {
+    pub(crate) fn new(
+        limits: &Limits,
+        permissions: &Permissions,
+        contexts: &WasiContexts,
+        grants: std::sync::Arc<Grants>,
+        namespace: Namespace,
+        written: std::sync::Arc<std::sync::atomic::AtomicU64>,
+        footprint: std::sync::Arc<Footprint>,
+    ) -> Self {
+        let (wasi, stderr) = contexts.take(permissions);
         RequestState {
-            wasi: wasi.build(),
+            wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             hooks: FogHttpHooks {
@@ -135,7 +230,7 @@ impl RequestState {
 impl WasiView for RequestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx: &mut self.wasi.ctx,
             table: &mut self.table,
         }
     }
@@ -291,5 +386,53 @@ impl ResourceLimiter for MemoryLimiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(stream: &mut dyn OutputStream, text: &str) {
+        stream
+            .write(bytes::Bytes::copy_from_slice(text.as_bytes()))
+            .expect("writing to stderr");
+    }
+
+    #[test]
+    fn a_reused_context_writes_stderr_only_to_the_request_running_now() {
+        let contexts = WasiContexts::new();
+        let permissions = Permissions::default();
+
+        let (wasi, first) = contexts.take(&permissions);
+        let mut stream = wasi.stderr.p2_stream();
+        write(&mut *stream, "first");
+        let kept = Arc::as_ptr(&wasi.stderr.0);
+        contexts.keep(wasi);
+
+        let (wasi, second) = contexts.take(&permissions);
+        assert_eq!(
+            Arc::as_ptr(&wasi.stderr.0),
+            kept,
+            "the kept context is the one taken next"
+        );
+        // A stream the first request opened still writes to the first request's buffer.
+        write(&mut *stream, " again");
+        write(&mut *wasi.stderr.p2_stream(), "second");
+        assert_eq!(&first.contents()[..], b"first again");
+        assert_eq!(&second.contents()[..], b"second");
+    }
+
+    #[test]
+    fn no_more_than_the_kept_number_of_contexts_stay() {
+        let contexts = WasiContexts::new();
+        let permissions = Permissions::default();
+        let taken: Vec<_> = (0..KEPT_CONTEXTS + 3)
+            .map(|_| contexts.take(&permissions).0)
+            .collect();
+        for wasi in taken {
+            contexts.keep(wasi);
+        }
+        assert_eq!(contexts.free.lock().unwrap().len(), KEPT_CONTEXTS);
     }
 }
