@@ -112,6 +112,7 @@ impl App {
         namespace: Namespace,
     ) -> App {
         let permits = Arc::new(Semaphore::new(manifest.limits.max_concurrency as usize));
+        let contexts = Arc::new(WasiContexts::new(&manifest.permissions));
         App {
             runtime,
             grants: std::sync::RwLock::new(Arc::new(Grants::of(&manifest))),
@@ -122,7 +123,7 @@ impl App {
             permits,
             meter: Meter::default(),
             footprint: Arc::new(Footprint::default()),
-            contexts: Arc::new(WasiContexts::new()),
+            contexts,
         }
     }
 

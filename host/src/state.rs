@@ -65,18 +65,23 @@ const STDERR_CAPACITY: usize = 4096;
 ///
 /// What carries over from one request to the next of the same app: the random generators'
 /// state (they go on with their streams) and the `wasi:random/insecure-seed` value, which WASI
-/// allows to be the same on every call.
+/// allows to be the same on every call. Contexts of an app that reads a directory are not kept:
+/// each request opens the directory afresh, so a directory replaced on disk is what the next
+/// request sees.
 pub(crate) struct WasiContexts {
     free: Mutex<Vec<ReusableWasi>>,
+    /// Whether finished requests' contexts are kept at all.
+    reuse: bool,
 }
 
 /// Contexts kept per app; requests beyond this many at once build their own and drop them.
 const KEPT_CONTEXTS: usize = 4;
 
 impl WasiContexts {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(permissions: &Permissions) -> Self {
         WasiContexts {
             free: Mutex::new(Vec::new()),
+            reuse: permissions.read_dir.is_none(),
         }
     }
 
@@ -99,6 +104,9 @@ impl WasiContexts {
     }
 
     fn keep(&self, wasi: ReusableWasi) {
+        if !self.reuse {
+            return;
+        }
         let mut free = self.free.lock().expect("WASI contexts lock");
         if free.len() < KEPT_CONTEXTS {
             free.push(wasi);
@@ -401,8 +409,8 @@ mod tests {
 
     #[test]
     fn a_reused_context_writes_stderr_only_to_the_request_running_now() {
-        let contexts = WasiContexts::new();
         let permissions = Permissions::default();
+        let contexts = WasiContexts::new(&permissions);
 
         let (wasi, first) = contexts.take(&permissions);
         let mut stream = wasi.stderr.p2_stream();
@@ -425,8 +433,8 @@ mod tests {
 
     #[test]
     fn no_more_than_the_kept_number_of_contexts_stay() {
-        let contexts = WasiContexts::new();
         let permissions = Permissions::default();
+        let contexts = WasiContexts::new(&permissions);
         let taken: Vec<_> = (0..KEPT_CONTEXTS + 3)
             .map(|_| contexts.take(&permissions).0)
             .collect();
@@ -434,5 +442,18 @@ mod tests {
             contexts.keep(wasi);
         }
         assert_eq!(contexts.free.lock().unwrap().len(), KEPT_CONTEXTS);
+    }
+
+    #[test]
+    fn a_context_with_a_preopened_directory_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let permissions = Permissions {
+            read_dir: Some(dir.path().to_path_buf()),
+            ..Permissions::default()
+        };
+        let contexts = WasiContexts::new(&permissions);
+        let (wasi, _) = contexts.take(&permissions);
+        contexts.keep(wasi);
+        assert!(contexts.free.lock().unwrap().is_empty());
     }
 }
