@@ -24,7 +24,8 @@ pub struct Request {
 #[derive(Debug, Clone)]
 struct Headers {
     read: OnceCell<Vec<(String, Vec<u8>)>>,
-    /// The request to read them from; `None` once they are known (a request built by hand).
+    /// The request to read them from (kept alive with the `Request`); `None` for a request
+    /// built by hand, whose headers are known from the start.
     from: Option<Rc<IncomingRequest>>,
 }
 
