@@ -85,16 +85,18 @@ impl WasiContexts {
         }
     }
 
-    /// A context for one request, with a fresh stderr buffer.
+    /// A context for one request, with a fresh stderr buffer. A new context is built outside
+    /// the lock, so requests of the same app do not wait on each other's building.
     fn take(&self, permissions: &Permissions) -> (ReusableWasi, MemoryOutputPipe) {
-        let wasi = self
-            .free
-            .lock()
-            .expect("WASI contexts lock")
-            .pop()
-            .unwrap_or_else(|| ReusableWasi::new(permissions));
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
-        *wasi.stderr.0.lock().expect("stderr lock") = stderr.clone();
+        let kept = self.free.lock().expect("WASI contexts lock").pop();
+        let wasi = match kept {
+            Some(wasi) => {
+                *wasi.stderr.0.lock().expect("stderr lock") = stderr.clone();
+                wasi
+            }
+            None => ReusableWasi::new(permissions, stderr.clone()),
+        };
         (wasi, stderr)
     }
 
@@ -121,8 +123,9 @@ struct ReusableWasi {
 }
 
 impl ReusableWasi {
-    fn new(permissions: &Permissions) -> Self {
-        let stderr = Stderr(Arc::new(Mutex::new(MemoryOutputPipe::new(0))));
+    /// A context built for `permissions`, its stderr writing to `buffer`.
+    fn new(permissions: &Permissions, buffer: MemoryOutputPipe) -> Self {
+        let stderr = Stderr(Arc::new(Mutex::new(buffer)));
         let mut wasi = WasiCtx::builder();
         wasi.stderr(stderr.clone());
         if permissions.sockets {
